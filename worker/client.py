@@ -1,0 +1,210 @@
+"""An httpx client of the scheduler API, as a worker sees it.
+
+Error responses (``{"error": {"code", "message", "fields"}}``) become exceptions:
+
+* ``WorkerAPIError`` (any 4xx/5xx; carries ``status``, ``code``, ``message``, ``fields``)
+    * ``AuthError``: 401/403, the worker token is wrong or revoked
+    * ``NotFound``: 404
+    * ``Conflict``: 409 other than ``stale_attempt`` (e.g. the attempt was already started)
+        * ``StaleAttempt``: 409 ``stale_attempt``, a newer attempt owns the job; stop writing
+    * ``InvalidRequest``: 400/413/422
+    * ``ServerUnavailable``: 5xx or no connection; transient, retried before it is raised
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "AuthError",
+    "Conflict",
+    "InvalidRequest",
+    "NotFound",
+    "ServerUnavailable",
+    "StaleAttempt",
+    "WorkerAPIError",
+    "WorkerClient",
+]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerAPIError(Exception):
+    def __init__(self, status: int, code: str, message: str, fields: dict | None = None):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
+
+
+class AuthError(WorkerAPIError):
+    pass
+
+
+class NotFound(WorkerAPIError):
+    pass
+
+
+class Conflict(WorkerAPIError):
+    pass
+
+
+class StaleAttempt(Conflict):
+    pass
+
+
+class InvalidRequest(WorkerAPIError):
+    pass
+
+
+class ServerUnavailable(WorkerAPIError):
+    pass
+
+
+def error_from_response(response: httpx.Response) -> WorkerAPIError:
+    """Map an error response to the exception for its status and code."""
+    try:
+        body = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        body = {}
+    code = str(body.get("code") or response.reason_phrase or "error")
+    message = str(body.get("message") or response.text[:500])
+    fields = body.get("fields") if isinstance(body.get("fields"), dict) else None
+    status = response.status_code
+    if status in (401, 403):
+        cls: type[WorkerAPIError] = AuthError
+    elif status == 404:
+        cls = NotFound
+    elif status == 409:
+        cls = StaleAttempt if code == "stale_attempt" else Conflict
+    elif status >= 500:
+        cls = ServerUnavailable
+    else:
+        cls = InvalidRequest
+    return cls(status, code, message, fields)
+
+
+class WorkerClient:
+    """Calls of the worker side of the API; every attempt write is fenced by ``(job_id, attempt)``.
+
+    Transient failures (no connection, 502/503/504) are retried ``retries`` times with backoff, so a restart
+    of the API does not fail a running job.
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self._http = httpx.Client(
+            base_url=server_url.rstrip("/") + "/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+        self.retries, self.backoff_s = retries, backoff_s
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> WorkerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            call_kwargs = dict(kwargs)
+            if callable(call_kwargs.get("content")):  # a streamed body is made afresh for every try
+                call_kwargs["content"] = call_kwargs["content"]()
+            try:
+                response = self._http.request(method, url, **call_kwargs)
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise ServerUnavailable(0, "unreachable", f"{method} {url}: {exc}") from exc
+                log.warning("%s %s failed (%s); retrying in %.1fs", method, url, exc, delay)
+            else:
+                if response.status_code not in (502, 503, 504) or attempt == self.retries:
+                    if response.is_error:
+                        raise error_from_response(response)
+                    return response
+                log.warning("%s %s answered %s; retrying in %.1fs", method, url, response.status_code, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _attempt(job_id: str, attempt: int) -> str:
+        return f"/attempts/{job_id}/{attempt}"
+
+    # ------------------------------------------------------------ worker lifecycle
+
+    def register(self, name: str, hostname: str, device_groups: list[dict]) -> dict:
+        body = {"name": name, "hostname": hostname, "device_groups": device_groups}
+        return self._request("POST", "/workers/register", json=body).json()
+
+    def heartbeat(self, worker_id: str, running: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Report running attempts; returns the attempts the scheduler wants cancelled."""
+        body = {"running": [{"job_id": j, "attempt": n} for j, n in running]}
+        # a heartbeat is retried by the next heartbeat, not here: a late one is worth less than a fresh one
+        response = self._http.post(f"/workers/{worker_id}/heartbeat", json=body)
+        if response.is_error:
+            raise error_from_response(response)
+        return [(c["job_id"], int(c["attempt"])) for c in response.json().get("cancel", [])]
+
+    # ------------------------------------------------------------ attempt writes (fenced)
+
+    def start(self, job_id: str, attempt: int) -> dict:
+        return self._request("POST", self._attempt(job_id, attempt) + "/start").json()
+
+    def download_bundle(self, job_id: str, attempt: int, dest: Path) -> Path:
+        url = self._attempt(job_id, attempt) + "/bundle"
+        with self._http.stream("GET", url) as response:
+            if response.is_error:
+                response.read()
+                raise error_from_response(response)
+            with open(dest, "wb") as f:
+                for chunk in response.iter_bytes(1 << 20):
+                    f.write(chunk)
+        return dest
+
+    def post_logs(self, job_id: str, attempt: int, lines: list[dict]) -> None:
+        self._request("POST", self._attempt(job_id, attempt) + "/logs", json={"lines": lines})
+
+    def post_metrics(self, job_id: str, attempt: int, records: list[dict]) -> None:
+        self._request("POST", self._attempt(job_id, attempt) + "/metrics", json={"records": records})
+
+    def put_artifact(self, job_id: str, attempt: int, path: str, file: Path) -> None:
+        size = file.stat().st_size
+
+        def body() -> Iterable[bytes]:
+            with open(file, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        # a generator body streams the file; Content-Length lets the API check it arrived whole
+        self._request(
+            "PUT",
+            self._attempt(job_id, attempt) + "/artifacts/" + path,
+            content=body,
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        )
+
+    def finish(
+        self, job_id: str, attempt: int, state: str, exit_code: int | None = None, error: str | None = None
+    ) -> dict:
+        body = {"state": state, "exit_code": exit_code, "error": error}
+        return self._request("POST", self._attempt(job_id, attempt) + "/finish", json=body).json()

@@ -1,0 +1,431 @@
+"""Where a job runs: ``python <entrypoint>`` in a child process group with a scrubbed environment.
+
+The runner owns the child for its whole life: it streams stdout/stderr line by line to a sink in small batches,
+tails the metrics file the script appends to, uploads each checkpoint folder that appears under the output
+folder, and kills the whole process group on cancel (SIGTERM, then SIGKILL after a grace period) or when the
+sink reports that a newer attempt owns the job. The sink is the API in production and a list in unit tests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal, Protocol
+
+__all__ = ["AttemptSink", "JobRunner", "JobSpec", "RunResult", "StaleAttemptSignal", "job_environment"]
+
+log = logging.getLogger(__name__)
+
+# Variables copied from the worker's own environment; everything else (tokens, storage and broker credentials,
+# TWINKLE_WORKER_*, AWS_*, proxies) stays out of the untrusted script's reach.
+_PASSED_THROUGH = ("PATH", "LANG")
+
+
+class StaleAttemptSignal(Exception):
+    """Raised by a sink when the API says another attempt owns the job (409 ``stale_attempt``)."""
+
+
+class AttemptSink(Protocol):
+    """Where the runner sends what the job produces. Raising ``StaleAttemptSignal`` stops the job."""
+
+    def send_logs(self, lines: list[dict]) -> None: ...
+
+    def send_metrics(self, records: list[dict]) -> None: ...
+
+    def send_artifact(self, path: str, file: Path) -> None: ...
+
+
+@dataclass
+class JobSpec:
+    """Everything the child needs; ``JobSpec.in_folder`` lays out one attempt's folder."""
+
+    job_id: str
+    attempt: int
+    code_dir: Path
+    entrypoint: str
+    home_dir: Path
+    output_dir: Path
+    metrics_file: Path
+    tmp_dir: Path
+    python: str = sys.executable
+    resume_from: Path | None = None
+    cuda_visible_devices: str | None = None
+    assets_dir: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def in_folder(cls, job_id: str, attempt: int, folder: Path, entrypoint: str, **kwargs) -> JobSpec:
+        """``folder/code`` (the unpacked bundle, the cwd), ``output/``, ``metrics.jsonl``, ``tmp/``; HOME is ``folder``."""
+        return cls(
+            job_id=job_id,
+            attempt=attempt,
+            code_dir=folder / "code",
+            entrypoint=entrypoint,
+            home_dir=folder,
+            output_dir=folder / "output",
+            metrics_file=folder / "metrics.jsonl",
+            tmp_dir=folder / "tmp",
+            **kwargs,
+        )
+
+
+def job_environment(spec: JobSpec, parent_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The child's whole environment: a short allow-list plus the ``TWINKLE_*`` job contract."""
+    parent = os.environ if parent_env is None else parent_env
+    env = {k: parent[k] for k in _PASSED_THROUGH if k in parent}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(
+        HOME=str(spec.home_dir),
+        TMPDIR=str(spec.tmp_dir),
+        PYTHONUNBUFFERED="1",
+        TWINKLE_JOB_ID=spec.job_id,
+        TWINKLE_ATTEMPT=str(spec.attempt),
+        TWINKLE_OUTPUT_DIR=str(spec.output_dir),
+        TWINKLE_METRICS_FILE=str(spec.metrics_file),
+    )
+    if spec.cuda_visible_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
+    if spec.assets_dir:
+        env["TWINKLE_ASSETS_DIR"] = spec.assets_dir
+    if spec.resume_from is not None:
+        env["TWINKLE_RESUME_FROM"] = str(spec.resume_from)
+    env.update(spec.extra_env)
+    return env
+
+
+@dataclass
+class RunResult:
+    """How the attempt ended. ``stale``: a newer attempt owns the job; ``abandoned``: the worker is shutting down."""
+
+    state: Literal["succeeded", "failed", "cancelled", "stale", "abandoned"]
+    exit_code: int | None
+    error: str | None = None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    # If the daemon is killed with SIGKILL, the job must not run on as an orphan nobody reports on.
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+try:  # loaded here, not in the child: dlopen after fork in a threaded process can deadlock
+    _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+except OSError:  # pragma: no cover
+    _LIBC = None
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return str(num)
+
+
+def _is_temporary(name: str) -> bool:
+    # model.save writes a temp folder and renames it into place; only the final name is a checkpoint
+    return name.startswith(".") or name.endswith((".tmp", ".partial", ".incomplete")) or ".tmp" in name
+
+
+class _OutputWatcher:
+    """Uploads files under the output folder, each once per (size, mtime) it was seen with."""
+
+    def __init__(self, root: Path, upload):
+        self.root, self._upload = root, upload
+        self._sent: dict[str, tuple[int, int]] = {}
+        self._folders: dict[str, int] = {}
+
+    def _sync_tree(self, base: Path) -> int:
+        count = 0
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if not _is_temporary(d))
+            for name in sorted(filenames):
+                if _is_temporary(name):
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # replaced while we walked; the next pass sees the new one
+                    continue
+                rel = path.relative_to(self.root).as_posix()
+                sig = (st.st_size, st.st_mtime_ns)
+                if self._sent.get(rel) == sig:
+                    continue
+                self._upload("output/" + rel, path)
+                self._sent[rel] = sig
+                count += 1
+        return count
+
+    def scan_new_folders(self) -> int:
+        """Upload each top-level folder that appeared (or was replaced) since the last scan."""
+        if not self.root.is_dir():
+            return 0
+        count = 0
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not entry.is_dir(follow_symlinks=False) or _is_temporary(entry.name):
+                continue
+            ino = entry.inode()
+            if self._folders.get(entry.name) == ino:
+                continue
+            count += self._sync_tree(Path(entry.path))
+            self._folders[entry.name] = ino
+        return count
+
+    def final_sync(self) -> int:
+        """Everything new or changed, top-level files included."""
+        return self._sync_tree(self.root) if self.root.is_dir() else 0
+
+
+class _MetricsTail:
+    """Reads complete JSON lines appended to the metrics file since the last read."""
+
+    def __init__(self, path: Path):
+        self.path, self._offset, self._partial = path, 0, b""
+
+    def read(self) -> tuple[list[dict], list[str]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return [], []
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        records, problems = [], []
+        for raw in lines:
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+                if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
+                    raise ValueError("expected an object with a 'metrics' object")
+                step = rec.get("step")
+                records.append(
+                    {
+                        "step": int(step) if step is not None else None,
+                        "ts": float(rec.get("ts") or time.time()),
+                        "metrics": rec["metrics"],
+                    }
+                )
+            except (ValueError, TypeError) as exc:
+                problems.append(f"ignored a metrics line ({exc}): {raw[:200]!r}")
+        return records, problems
+
+
+class JobRunner:
+    """Runs one attempt to its end. ``run()`` blocks; ``cancel()`` and ``abandon()`` may be called from any thread."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        sink: AttemptSink,
+        *,
+        kill_grace_s: float = 10.0,
+        flush_interval_s: float = 0.5,
+        batch_lines: int = 200,
+        max_line_chars: int = 8192,
+        checkpoint_poll_s: float = 1.0,
+        stderr_tail_lines: int = 20,
+        parent_env: Mapping[str, str] | None = None,
+    ):
+        self.spec, self.sink = spec, sink
+        self.kill_grace_s, self.flush_interval_s, self.batch_lines = kill_grace_s, flush_interval_s, batch_lines
+        self.max_line_chars, self.checkpoint_poll_s = max_line_chars, checkpoint_poll_s
+        self.parent_env = parent_env
+        self._lines: queue.Queue[dict | None] = queue.Queue()
+        self._stderr_tail: deque[str] = deque(maxlen=stderr_tail_lines)
+        self._proc: subprocess.Popen | None = None
+        self._ended = threading.Event()
+        self._stop_reason: Literal["cancelled", "stale", "abandoned"] | None = None
+        self._lock = threading.Lock()
+        self._upload_lock = threading.Lock()
+        self._outputs = _OutputWatcher(spec.output_dir, self._send_artifact)
+        self._metrics = _MetricsTail(spec.metrics_file)
+        self.started = threading.Event()
+
+    # ------------------------------------------------------------ control
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def cancel(self) -> None:
+        """Cancelled by the user: SIGTERM the process group, SIGKILL it after the grace period."""
+        self._stop("cancelled", graceful=True)
+
+    def abandon(self) -> None:
+        """The worker is going away: stop the job without reporting an end (the lease reaper requeues it)."""
+        self._stop("abandoned", graceful=True)
+
+    def _stop(self, reason: Literal["cancelled", "stale", "abandoned"], graceful: bool) -> None:
+        with self._lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+        if self._proc is None or self._ended.is_set():
+            return
+        if not graceful:
+            self._killpg(signal.SIGKILL)
+            return
+        self._killpg(signal.SIGTERM)
+        threading.Thread(target=self._kill_after_grace, daemon=True, name="runner-kill").start()
+
+    def _kill_after_grace(self) -> None:
+        if not self._ended.wait(self.kill_grace_s):
+            log.info("job %s attempt %s ignored SIGTERM; sending SIGKILL", self.spec.job_id, self.spec.attempt)
+            self._killpg(signal.SIGKILL)
+
+    def _killpg(self, sig: int) -> None:
+        if self._proc is None:
+            return
+        try:
+            os.killpg(self._proc.pid, sig)  # start_new_session made the child its group's leader
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    # ------------------------------------------------------------ sink calls
+
+    def _guarded(self, what: str, fn, *args) -> None:
+        if self._stop_reason == "stale":
+            return
+        try:
+            fn(*args)
+        except StaleAttemptSignal:
+            log.warning("job %s attempt %s is stale; killing it", self.spec.job_id, self.spec.attempt)
+            self._stop("stale", graceful=False)
+        except Exception as exc:  # noqa: BLE001 - a failed upload must not kill a training run
+            log.error("job %s attempt %s: could not send %s: %s", self.spec.job_id, self.spec.attempt, what, exc)
+
+    def _send_artifact(self, path: str, file: Path) -> None:
+        self._guarded(f"artifact {path}", self.sink.send_artifact, path, file)
+
+    def _flush_logs(self, batch: list[dict]) -> None:
+        if batch:
+            self._guarded("logs", self.sink.send_logs, list(batch))
+            batch.clear()
+
+    def _flush_metrics(self, batch: list[dict]) -> None:
+        records, problems = self._metrics.read()
+        batch.extend(self._line("system", problem) for problem in problems)
+        if records:
+            self._guarded("metrics", self.sink.send_metrics, records)
+
+    # ------------------------------------------------------------ the run
+
+    def _line(self, stream: str, text: str) -> dict:
+        if len(text) > self.max_line_chars:
+            text = text[: self.max_line_chars] + f"... [{len(text) - self.max_line_chars} chars cut]"
+        return {"ts": time.time(), "stream": stream, "text": text}
+
+    def _read(self, pipe: IO[bytes], stream: str) -> None:
+        for raw in iter(pipe.readline, b""):
+            text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if stream == "stderr":
+                self._stderr_tail.append(text)
+            self._lines.put(self._line(stream, text))
+        pipe.close()
+
+    def _watch_outputs(self) -> None:
+        while not self._ended.wait(self.checkpoint_poll_s):
+            with self._upload_lock:
+                self._outputs.scan_new_folders()
+
+    def _spawn(self) -> subprocess.Popen:
+        spec = self.spec
+        for folder in (spec.output_dir, spec.tmp_dir, spec.home_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(
+            [spec.python, spec.entrypoint],
+            cwd=spec.code_dir,
+            env=job_environment(spec, self.parent_env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if _LIBC is not None else None,
+            close_fds=True,
+        )
+
+    def run(self) -> RunResult:
+        spec = self.spec
+        entry = spec.code_dir / spec.entrypoint
+        if not entry.is_file():
+            return RunResult("failed", None, f"entrypoint {spec.entrypoint!r} is not in the bundle")
+        with self._lock:
+            if self._stop_reason is not None:  # cancelled before it started
+                return RunResult(self._stop_reason, None, "stopped before the job started")
+            self._proc = self._spawn()
+        self.started.set()
+        self._lines.put(self._line("system", f"attempt {spec.attempt}: python {spec.entrypoint} (pid {self._proc.pid})"))
+        readers = [
+            threading.Thread(target=self._read, args=(self._proc.stdout, "stdout"), daemon=True),
+            threading.Thread(target=self._read, args=(self._proc.stderr, "stderr"), daemon=True),
+        ]
+        watcher = threading.Thread(target=self._watch_outputs, daemon=True, name="runner-outputs")
+        for t in (*readers, watcher):
+            t.start()
+
+        batch: list[dict] = []
+        last_flush = time.monotonic()
+        leader_exit: float | None = None
+        while True:
+            timeout = max(0.0, self.flush_interval_s - (time.monotonic() - last_flush))
+            try:
+                batch.append(self._lines.get(timeout=timeout))
+            except queue.Empty:
+                pass
+            exited = self._proc.poll() is not None
+            if exited and leader_exit is None:
+                leader_exit = time.monotonic()
+            # a grandchild that left the group (setsid) could hold a pipe open forever: give up on it after 5 s
+            done = exited and (not any(t.is_alive() for t in readers) or time.monotonic() - leader_exit > 5)
+            if len(batch) >= self.batch_lines or time.monotonic() - last_flush >= self.flush_interval_s or done:
+                if done:
+                    while not self._lines.empty():
+                        batch.append(self._lines.get_nowait())
+                self._flush_metrics(batch)
+                self._flush_logs(batch)
+                last_flush = time.monotonic()
+            if done:
+                break
+            if exited:
+                # the leader exited; leftovers in its group would hold the pipes open forever
+                self._killpg(signal.SIGKILL)
+
+        returncode = self._proc.wait()
+        self._ended.set()
+        watcher.join()
+        self._killpg(signal.SIGKILL)
+        return self._result(returncode, batch)
+
+    def _result(self, returncode: int, batch: list[dict]) -> RunResult:
+        if self._stop_reason in ("stale", "abandoned"):
+            return RunResult(self._stop_reason, returncode)
+        with self._upload_lock:
+            uploaded = self._outputs.final_sync()
+        self._flush_metrics(batch)
+        if self._stop_reason == "cancelled":
+            state, error = "cancelled", None
+        elif returncode == 0:
+            state, error = "succeeded", None
+        else:
+            state = "failed"
+            why = f"killed by signal {_signal_name(-returncode)}" if returncode < 0 else f"exit code {returncode}"
+            error = why + ("\n" + "\n".join(self._stderr_tail) if self._stderr_tail else "")
+        batch.append(self._line("system", f"attempt {self.spec.attempt} {state} (exit code {returncode})"))
+        self._flush_logs(batch)
+        if self._stop_reason == "stale":  # the last flush can learn that too
+            return RunResult("stale", returncode)
+        log.info("job %s attempt %s %s; %d final uploads", self.spec.job_id, self.spec.attempt, state, uploaded)
+        return RunResult(state, returncode, error)
