@@ -1,0 +1,284 @@
+// Job detail: live log tail (SSE), loss / learning-rate / grad-norm charts, attempts and what ended each,
+// cancel, and checkpoints with download links.
+
+import { API, ApiError, get, post } from '../api.js';
+import { METRICS, lineChart, series } from '../chart.js';
+import { deviceGroupText, endedAt, jobDuration, jobName, jobWorker, queueInfo, requestGroups, submittedAt } from '../model.js';
+import { TERMINAL, alertBox, formatBytes, formatDuration, h, pageTitle, poll, replace, runSeconds, stateBadge, timeEl } from '../ui.js';
+
+const REFRESH_MS = 3000;
+const MAX_LOG_LINES = 2000;
+const URL_MAX_AGE_MS = 60_000; // presigned links are short-lived: fetch fresh ones before following an old one
+
+function endedBy(attempt) {
+  if (attempt.error) return attempt.error;
+  const state = String(attempt.state || '').toLowerCase();
+  if (state === 'succeeded') return 'Finished normally';
+  if (state === 'cancelled') return 'Cancelled';
+  if (attempt.exit_code !== null && attempt.exit_code !== undefined) {
+    return attempt.exit_code < 0 ? `Killed by signal ${-attempt.exit_code}` : `Exited with code ${attempt.exit_code}`;
+  }
+  return TERMINAL.has(state) ? state : '—';
+}
+
+function section(id, title, ...children) {
+  return h('section', { class: 'section', 'aria-labelledby': `${id}-h` }, h('h2', { id: `${id}-h` }, title), ...children);
+}
+
+export async function render(root, { params }) {
+  const jobId = params[0];
+  const enc = encodeURIComponent(jobId);
+  let job;
+  try {
+    job = await get(`/jobs/${enc}`);
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) {
+      root.append(pageTitle('Job not found'), h('p', {}, 'No job of yours has the id ', h('code', {}, jobId), '. ', h('a', { href: '/' }, 'Back to your jobs')));
+      return;
+    }
+    throw err;
+  }
+
+  // ---- skeleton
+  const titleSlot = h('div', { class: 'title-row' });
+  const errorSlot = h('div');
+  const summary = h('dl', { class: 'summary', id: 'job-summary' });
+  const charts = h('div', { class: 'charts', id: 'charts' });
+  const logBox = h('pre', { class: 'log', id: 'log', role: 'log', 'aria-label': 'Job log', tabindex: '0' });
+  const logStatus = h('span', { class: 'muted', id: 'log-status' }, 'Connecting…');
+  const follow = h('input', { type: 'checkbox', id: 'follow', checked: true });
+  const attemptsBody = h('tbody');
+  const artifactsSlot = h('div', { id: 'artifacts' });
+  const cancelButton = h('button', { type: 'button', class: 'button danger', id: 'cancel-job' }, 'Cancel job');
+
+  const dialog = h(
+    'dialog',
+    { id: 'cancel-dialog', 'aria-labelledby': 'cancel-dialog-h' },
+    h('h2', { id: 'cancel-dialog-h' }, 'Cancel this job?'),
+    h('p', {}, 'Training stops now. Checkpoints already uploaded stay available.'),
+    h(
+      'form',
+      { method: 'dialog', class: 'actions' },
+      h('button', { value: 'keep', class: 'button secondary', autofocus: true }, 'Keep running'),
+      h('button', { value: 'cancel', class: 'button danger', id: 'confirm-cancel' }, 'Cancel job'),
+    ),
+  );
+
+  root.append(
+    h('p', { class: 'breadcrumb' }, h('a', { href: '/' }, '← My jobs')),
+    titleSlot,
+    errorSlot,
+    summary,
+    section('metrics', 'Training metrics', charts),
+    section(
+      'logs',
+      'Log',
+      h(
+        'div',
+        { class: 'log-bar' },
+        logStatus,
+        h('span', { class: 'checkbox' }, follow, h('label', { for: 'follow' }, 'Follow new lines')),
+        h('a', { href: `${API}/jobs/${enc}/logs`, download: `${jobId}.log` }, 'Download full log'),
+      ),
+      logBox,
+    ),
+    section(
+      'attempts',
+      'Attempts',
+      h(
+        'div',
+        { class: 'table-scroll' },
+        h(
+          'table',
+          { class: 'table', id: 'attempts-table' },
+          h('thead', {}, h('tr', {}, ['#', 'Worker', 'State', 'Started', 'Ran for', 'Exit code', 'What ended it'].map((t) => h('th', { scope: 'col' }, t)))),
+          attemptsBody,
+        ),
+      ),
+    ),
+    section('checkpoints', 'Checkpoints', artifactsSlot),
+    dialog,
+  );
+
+  // ---- drawing
+
+  let drawnTitle = '';
+  function drawJob() {
+    const terminal = TERMINAL.has(String(job.state).toLowerCase());
+    // Redraw the title row only when it changes, so a focused Cancel button keeps its focus.
+    const titleKey = JSON.stringify([jobName(job), job.state]);
+    if (titleKey !== drawnTitle) {
+      drawnTitle = titleKey;
+      replace(titleSlot, pageTitle(jobName(job)), stateBadge(job.state), terminal ? null : cancelButton);
+    }
+    const groups = requestGroups(job);
+    const queue = queueInfo(job);
+    const row = (term, value) => [h('dt', {}, term), h('dd', {}, value ?? h('span', { class: 'muted' }, '—'))];
+    replace(
+      summary,
+      row('Job id', h('code', {}, job.id)),
+      row('State', stateBadge(job.state)),
+      queue ? row('Queue', queue) : null,
+      row('Worker', jobWorker(job) ? h('span', { class: 'mono' }, jobWorker(job)) : null),
+      row('Duration', formatDuration(jobDuration(job))),
+      row('Submitted', timeEl(submittedAt(job))),
+      endedAt(job) ? row('Ended', timeEl(endedAt(job))) : null,
+      job.entrypoint ? row('Entrypoint', h('code', {}, job.entrypoint)) : null,
+      row('Devices', groups.length ? h('ul', { class: 'plain-list' }, groups.map((g) => h('li', {}, deviceGroupText(g)))) : null),
+    );
+    const attempts = job.attempts || [];
+    replace(
+      attemptsBody,
+      attempts.length
+        ? attempts.map((a) =>
+            h(
+              'tr',
+              {},
+              h('td', { class: 'num' }, a.n ?? a.attempt),
+              h('td', { class: 'mono' }, a.worker_name ?? a.worker_id ?? '—'),
+              h('td', {}, stateBadge(a.state)),
+              h('td', {}, timeEl(a.started_at)),
+              h('td', { class: 'num' }, formatDuration(runSeconds(a.started_at, a.ended_at))),
+              h('td', { class: 'num' }, a.exit_code ?? '—'),
+              h('td', {}, endedBy(a)),
+            ),
+          )
+        : h('tr', {}, h('td', { colspan: '7', class: 'muted' }, 'Not started yet.')),
+    );
+  }
+
+  let metricsKey = '';
+  function drawMetrics(records) {
+    const key = JSON.stringify([records.length, records[records.length - 1]]);
+    if (key === metricsKey) return; // unchanged: keep any open <details>
+    metricsKey = key;
+    replace(charts, METRICS.map((m) => lineChart({ id: m.id, title: m.title, points: series(records, m.names) })));
+  }
+
+  let artifactsAt = 0;
+  function drawArtifacts(items) {
+    artifactsAt = Date.now();
+    if (!items.length) {
+      replace(artifactsSlot, h('p', { class: 'muted' }, 'No checkpoints yet. Files the script saves under its output folder appear here.'));
+      return;
+    }
+    const rows = items.map((item) => {
+      const link = h('a', { href: item.url, download: item.path.split('/').pop(), rel: 'noreferrer' }, 'Download', h('span', { class: 'visually-hidden' }, ` ${item.path}`));
+      link.addEventListener('click', async (event) => {
+        if (Date.now() - artifactsAt < URL_MAX_AGE_MS) return;
+        event.preventDefault();
+        const fresh = await get(`/jobs/${enc}/artifacts`);
+        drawArtifacts(fresh.items || []);
+        const again = (fresh.items || []).find((x) => x.attempt === item.attempt && x.path === item.path);
+        if (again) location.assign(again.url);
+      });
+      return h('tr', {}, h('td', { class: 'num' }, item.attempt), h('td', { class: 'mono break' }, item.path), h('td', { class: 'num' }, formatBytes(item.size)), h('td', {}, link));
+    });
+    replace(
+      artifactsSlot,
+      h(
+        'div',
+        { class: 'table-scroll' },
+        h(
+          'table',
+          { class: 'table', id: 'artifacts-table' },
+          h('thead', {}, h('tr', {}, ['Attempt', 'File', 'Size', ''].map((t, i) => h('th', { scope: 'col' }, i === 3 ? h('span', { class: 'visually-hidden' }, 'Link') : t)))),
+          h('tbody', {}, rows),
+        ),
+      ),
+    );
+  }
+
+  // ---- cancel
+
+  cancelButton.addEventListener('click', () => dialog.showModal());
+  dialog.addEventListener('close', async () => {
+    if (dialog.returnValue !== 'cancel') {
+      cancelButton.focus();
+      return;
+    }
+    cancelButton.disabled = true;
+    try {
+      job = await post(`/jobs/${enc}/cancel`);
+      replace(errorSlot, alertBox('Cancel requested.', { kind: 'info' }));
+      drawJob();
+      poller.now();
+    } catch (err) {
+      cancelButton.disabled = false;
+      replace(errorSlot, alertBox(`Could not cancel: ${err.message}`));
+    }
+  });
+
+  // ---- live log tail
+
+  let pending = [];
+  let scheduled = false;
+  let lastAttempt = null;
+  const flush = () => {
+    scheduled = false;
+    const frag = document.createDocumentFragment();
+    for (const line of pending) frag.append(line);
+    pending = [];
+    logBox.append(frag);
+    while (logBox.childNodes.length > MAX_LOG_LINES) logBox.firstChild.remove();
+    if (follow.checked) logBox.scrollTop = logBox.scrollHeight;
+  };
+  const addLine = (text, kind) => {
+    pending.push(h('span', { class: `line${kind ? ` line-${kind}` : ''}` }, `${text}\n`));
+    if (!scheduled) {
+      scheduled = true;
+      requestAnimationFrame(flush);
+    }
+  };
+
+  const stream = new EventSource(`${API}/jobs/${enc}/logs/stream`);
+  stream.addEventListener('open', () => replace(logStatus, h('span', { class: 'live' }, 'Live')));
+  stream.addEventListener('message', (event) => {
+    let record;
+    try {
+      record = JSON.parse(event.data);
+    } catch {
+      record = null;
+    }
+    if (!record || typeof record !== 'object') {
+      addLine(event.data, null);
+      return;
+    }
+    if (record.attempt !== undefined && String(record.attempt) !== String(lastAttempt)) {
+      if (lastAttempt !== null || Number(record.attempt) > 1) addLine(`── attempt ${record.attempt} ──`, 'system');
+      lastAttempt = record.attempt;
+    }
+    addLine(record.text ?? record.line ?? '', record.stream === 'stderr' ? 'stderr' : record.stream === 'system' ? 'system' : null);
+  });
+  stream.addEventListener('end', () => {
+    stream.close();
+    replace(logStatus, 'The job has ended; this is the whole log.');
+    poller.now();
+  });
+  stream.addEventListener('error', () => {
+    if (stream.readyState === EventSource.CLOSED) replace(logStatus, 'The log stream closed. Reload the page to reconnect.');
+    else replace(logStatus, 'Reconnecting…');
+  });
+  window.addEventListener('pagehide', () => stream.close());
+
+  // ---- refresh job, metrics and checkpoints until the job ends (then once more)
+
+  drawJob();
+  const poller = poll(async () => {
+    const [jobResult, metricsResult, artifactsResult] = await Promise.allSettled([
+      get(`/jobs/${enc}`),
+      get(`/jobs/${enc}/metrics`),
+      get(`/jobs/${enc}/artifacts`),
+    ]);
+    const failed = [jobResult, metricsResult, artifactsResult].find((r) => r.status === 'rejected');
+    if (failed) replace(errorSlot, alertBox(`Could not refresh: ${failed.reason.message}`));
+    else if (!errorSlot.querySelector('.alert-info')) replace(errorSlot);
+    if (jobResult.status === 'fulfilled') {
+      job = jobResult.value;
+      drawJob();
+    }
+    if (metricsResult.status === 'fulfilled') drawMetrics(metricsResult.value.records || []);
+    if (artifactsResult.status === 'fulfilled') drawArtifacts(artifactsResult.value.items || []);
+    return !TERMINAL.has(String(job.state).toLowerCase());
+  }, REFRESH_MS);
+}

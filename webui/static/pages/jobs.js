@@ -1,0 +1,119 @@
+// My jobs: state, place in the queue and why it waits, worker, duration. Refreshes live; paginated.
+
+import { get, query } from '../api.js';
+import { jobDuration, jobName, jobWorker, queueInfo, submittedAt } from '../model.js';
+import { alertBox, formatDuration, h, pageTitle, poll, replace, stateBadge, timeEl } from '../ui.js';
+
+export const PAGE_SIZE = 25;
+const REFRESH_MS = 3000;
+const STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
+
+function pageHref(page, state) {
+  const params = new URLSearchParams();
+  if (state) params.set('state', state);
+  if (page > 1) params.set('page', String(page));
+  const s = params.toString();
+  return s ? `/?${s}` : '/';
+}
+
+function jobRow(job) {
+  const queue = queueInfo(job);
+  return h(
+    'tr',
+    { dataset: { jobId: job.id } },
+    h('th', { scope: 'row' }, h('a', { href: `/jobs/${encodeURIComponent(job.id)}` }, jobName(job)), h('div', { class: 'muted small mono' }, job.id)),
+    h('td', {}, stateBadge(job.state)),
+    h('td', {}, queue || h('span', { class: 'muted' }, '—')),
+    h('td', { class: 'mono' }, jobWorker(job) || h('span', { class: 'muted' }, '—')),
+    h('td', { class: 'num' }, formatDuration(jobDuration(job))),
+    h('td', {}, timeEl(submittedAt(job))),
+  );
+}
+
+export async function render(root) {
+  const params = new URLSearchParams(location.search);
+  const state = STATES.includes(params.get('state')) ? params.get('state') : '';
+  const page = Math.max(1, Number.parseInt(params.get('page') || '1', 10) || 1);
+
+  const select = h(
+    'select',
+    { id: 'state-filter', name: 'state' },
+    h('option', { value: '' }, 'All states'),
+    STATES.map((s) => h('option', { value: s, selected: s === state }, s[0].toUpperCase() + s.slice(1))),
+  );
+  select.addEventListener('change', () => location.assign(pageHref(1, select.value)));
+
+  const tbody = h('tbody');
+  const status = h('p', { class: 'muted', id: 'jobs-status', role: 'status' });
+  const pager = h('nav', { class: 'pager', 'aria-label': 'Pages' });
+  const errorSlot = h('div');
+  const table = h(
+    'table',
+    { class: 'table', id: 'jobs-table' },
+    h('caption', { class: 'visually-hidden' }, 'Your jobs, newest first'),
+    h(
+      'thead',
+      {},
+      h('tr', {}, ['Job', 'State', 'Queue', 'Worker', 'Duration', 'Submitted'].map((t) => h('th', { scope: 'col' }, t))),
+    ),
+    tbody,
+  );
+  const empty = h(
+    'div',
+    { class: 'empty', hidden: true },
+    h('p', {}, state ? `No ${state} jobs.` : 'You have not submitted a job yet.'),
+    h('p', {}, h('a', { class: 'button', href: '/submit' }, 'Submit a job')),
+  );
+
+  root.append(
+    h(
+      'div',
+      { class: 'title-row' },
+      pageTitle('My jobs'),
+      h('div', { class: 'inline-field' }, h('label', { for: 'state-filter' }, 'Show'), select),
+    ),
+    errorSlot,
+    h('div', { class: 'table-scroll' }, table),
+    empty,
+    h('div', { class: 'table-foot' }, status, pager),
+  );
+
+  const refresh = async () => {
+    const offset = (page - 1) * PAGE_SIZE;
+    let data;
+    try {
+      data = await get(`/jobs${query({ state, limit: PAGE_SIZE, offset })}`);
+    } catch (err) {
+      replace(errorSlot, alertBox(`Could not load your jobs: ${err.message}`));
+      return true;
+    }
+    replace(errorSlot);
+    const items = data.items || [];
+    const total = data.total ?? items.length;
+
+    // Keep keyboard focus on the same job link across a refresh.
+    const focused = document.activeElement;
+    const focusHref = focused && tbody.contains(focused) ? focused.getAttribute('href') : null;
+    replace(tbody, items.map(jobRow));
+    if (focusHref) {
+      const again = [...tbody.querySelectorAll('a')].find((a) => a.getAttribute('href') === focusHref);
+      if (again) again.focus();
+    }
+
+    table.hidden = items.length === 0;
+    empty.hidden = items.length !== 0 || page > 1;
+    const pages = Math.max(1, Math.ceil(total / PAGE_SIZE));
+    const from = items.length ? offset + 1 : 0;
+    const to = offset + items.length;
+    replace(status, total ? `Showing ${from}–${to} of ${total} jobs` : '');
+    replace(
+      pager,
+      page > 1 ? h('a', { href: pageHref(page - 1, state), rel: 'prev' }, '← Newer') : null,
+      total > PAGE_SIZE ? h('span', { class: 'muted' }, `Page ${page} of ${pages}`) : null,
+      page < pages ? h('a', { href: pageHref(page + 1, state), rel: 'next' }, 'Older →') : null,
+    );
+    return true;
+  };
+
+  poll(refresh, REFRESH_MS);
+}

@@ -1,0 +1,74 @@
+// Workers: donor and pooled machines, the DeviceGroups they offer, state, last heartbeat, jobs run, GPU-hours.
+
+import { get } from '../api.js';
+import { deviceGroupText } from '../model.js';
+import { alertBox, formatNumber, h, pageTitle, poll, replace, stateBadge, timeEl } from '../ui.js';
+
+const REFRESH_MS = 10000;
+
+function kindOf(worker) {
+  const kind = String(worker.kind ?? worker.type ?? (worker.pool ? 'pool' : 'donor')).toLowerCase();
+  return kind === 'pool' || kind === 'pooled' ? 'Pool' : 'Donor';
+}
+
+function gpuHoursOf(w) {
+  if (w.gpu_hours !== undefined && w.gpu_hours !== null) return Number(w.gpu_hours);
+  return Number(w.gpu_seconds ?? 0) / 3600;
+}
+
+function workerRow(w) {
+  const groups = w.device_groups || [];
+  const gpuHours = gpuHoursOf(w);
+  return h(
+    'tr',
+    { dataset: { workerId: w.id ?? w.worker_id ?? '' } },
+    h('th', { scope: 'row' }, h('span', { class: 'mono' }, w.name || w.id), w.owner ? h('div', { class: 'muted small' }, `by ${w.owner}`) : null),
+    h('td', {}, kindOf(w)),
+    h('td', {}, groups.length ? h('ul', { class: 'plain-list' }, groups.map((g) => h('li', {}, deviceGroupText(g)))) : h('span', { class: 'muted' }, '—')),
+    h('td', {}, stateBadge(w.state)),
+    h('td', {}, timeEl(w.last_heartbeat_at ?? w.last_heartbeat)),
+    h('td', { class: 'num' }, w.jobs_run ?? 0),
+    h('td', { class: 'num' }, formatNumber(gpuHours, 3)),
+  );
+}
+
+export async function render(root) {
+  const tbody = h('tbody');
+  const errorSlot = h('div');
+  const totals = h('p', { class: 'muted', id: 'workers-totals' });
+  const table = h(
+    'table',
+    { class: 'table', id: 'workers-table' },
+    h('caption', { class: 'visually-hidden' }, 'Donor and pooled workers'),
+    h('thead', {}, h('tr', {}, ['Worker', 'Kind', 'Device groups', 'State', 'Last heartbeat', 'Jobs run', 'GPU-hours given'].map((t) => h('th', { scope: 'col' }, t)))),
+    tbody,
+  );
+  const empty = h('p', { class: 'empty', hidden: true }, 'No workers have registered yet. Anyone with a GPU can donate it with ', h('code', {}, 'twinkle-worker --server URL --token T'), '.');
+  root.append(
+    pageTitle('Workers'),
+    h('p', { class: 'lede' }, 'The machines that run jobs: GPUs donated by people, and pooled clusters that join the same way.'),
+    errorSlot,
+    totals,
+    h('div', { class: 'table-scroll' }, table),
+    empty,
+  );
+
+  poll(async () => {
+    let data;
+    try {
+      data = await get('/workers');
+    } catch (err) {
+      replace(errorSlot, alertBox(`Could not load workers: ${err.message}`));
+      return true;
+    }
+    replace(errorSlot);
+    const items = Array.isArray(data) ? data : data.items || [];
+    replace(tbody, items.map(workerRow));
+    table.hidden = !items.length;
+    empty.hidden = items.length > 0;
+    const hours = items.reduce((sum, w) => sum + gpuHoursOf(w), 0);
+    const jobs = items.reduce((sum, w) => sum + Number(w.jobs_run ?? 0), 0);
+    replace(totals, items.length ? `${items.length} worker${items.length === 1 ? '' : 's'} · ${jobs} jobs run · ${formatNumber(hours, 3)} GPU-hours given` : '');
+    return true;
+  }, REFRESH_MS);
+}
