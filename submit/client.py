@@ -1,0 +1,279 @@
+"""The user side of the API for ``twinkle-submit``: jobs, logs (plain and SSE), artifacts, script inspection.
+
+Exceptions (every message says what to do next):
+
+* ``SubmitError``
+    * ``ConfigError``: no token, or a bad server URL
+    * ``APIError`` (``status``, ``code``, ``fields``)
+        * ``Unauthorized``: 401/403
+        * ``JobNotFound``: 404
+        * ``InvalidInput``: 400/413/422, with each field's problem
+    * ``Unreachable``: no connection to the server
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+
+__all__ = [
+    "APIError",
+    "Client",
+    "ConfigError",
+    "DEFAULT_SERVER",
+    "InvalidInput",
+    "JobNotFound",
+    "LogEvent",
+    "SubmitError",
+    "Unauthorized",
+    "Unreachable",
+    "config_path",
+    "resolve_connection",
+]
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+TOKEN_HELP = (
+    "create one with `curl -X POST $SERVER/api/v1/users -H 'Authorization: Bearer <admin token>' -d '{\"name\": ...}'` "
+    "(ask the platform admin) or, if you have a token already, `POST /api/v1/users/me/tokens`; then pass it with "
+    "--token, set TWINKLE_TOKEN, or write `token = \"twk_u_...\"` to {config}"
+)
+
+
+class SubmitError(Exception):
+    """A problem the user can act on; ``str()`` is the message to print."""
+
+
+class ConfigError(SubmitError):
+    pass
+
+
+class APIError(SubmitError):
+    def __init__(self, status: int, code: str, message: str, fields: dict | None = None):
+        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
+        super().__init__(message)
+
+
+class Unauthorized(APIError):
+    pass
+
+
+class JobNotFound(APIError):
+    pass
+
+
+class InvalidInput(APIError):
+    pass
+
+
+class Unreachable(SubmitError):
+    pass
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "twinkle" / "config.toml"
+
+
+def _read_config() -> dict:
+    path = config_path()
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix or delete it") from exc
+
+
+def resolve_connection(server: str | None, token: str | None, *, need_token: bool = True) -> tuple[str, str | None]:
+    """``--server`` / ``TWINKLE_API_URL`` / config / default, and ``--token`` / ``TWINKLE_TOKEN`` / config."""
+    config = _read_config()
+    server = server or os.environ.get("TWINKLE_API_URL") or config.get("server") or DEFAULT_SERVER
+    token = token or os.environ.get("TWINKLE_TOKEN") or config.get("token")
+    if not str(server).startswith(("http://", "https://")):
+        raise ConfigError(f"server {server!r} is not a URL; pass e.g. --server http://127.0.0.1:8000")
+    if need_token and not token:
+        raise ConfigError("no API token. " + TOKEN_HELP.format(config=config_path()))
+    return str(server).rstrip("/"), token
+
+
+@dataclass
+class LogEvent:
+    id: str | None
+    event: str
+    data: str
+
+
+def _error(response: httpx.Response) -> APIError:
+    try:
+        body = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        body = {}
+    code = str(body.get("code") or response.reason_phrase or "error")
+    message = str(body.get("message") or response.text[:300] or response.reason_phrase)
+    fields = body.get("fields") if isinstance(body.get("fields"), dict) else {}
+    status = response.status_code
+    if status in (401, 403):
+        return Unauthorized(
+            status, code, f"the server refused the token ({message}): it is wrong, expired or revoked. "
+            "Check --token / TWINKLE_TOKEN / " + str(config_path()),
+        )
+    if status == 404:
+        return JobNotFound(status, code, message, fields)
+    if 400 <= status < 500:
+        return InvalidInput(status, code, message, fields)
+    return APIError(status, code, f"the server failed ({status} {code}: {message}); try again, or tell its admin")
+
+
+class Client:
+    def __init__(self, server: str, token: str | None, *, timeout: float = 60.0, transport: Any = None):
+        self.server = server.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.server + "/api/v1", headers=headers, timeout=timeout,
+                                  transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unreachable(
+                f"cannot reach {self.server} ({exc.__class__.__name__}: {exc}); is the platform running? "
+                "Set the address with --server or TWINKLE_API_URL"
+            ) from exc
+        if response.is_error:
+            raise _error(response)
+        return response
+
+    # ------------------------------------------------------------ jobs
+
+    def submit(
+        self, bundle: bytes, entrypoint: str, *, name: str | None = None, request: dict | None = None,
+        filename: str = "bundle.zip",
+    ) -> dict:
+        import json
+
+        data: dict[str, str] = {"entrypoint": entrypoint}
+        if name:
+            data["name"] = name
+        if request:
+            data["request"] = json.dumps(request)
+        files = {"file": (filename, bundle, "application/zip")}
+        return self._request("POST", "/jobs", data=data, files=files).json()
+
+    def inspect(self, script: bytes, filename: str) -> dict:
+        files = {"file": (filename, script, "text/x-python")}
+        return self._request("POST", "/scripts/inspect", files=files).json()
+
+    def list_jobs(self, state: str | None = None, limit: int = 50, offset: int = 0) -> dict:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if state:
+            params["state"] = state
+        return self._request("GET", "/jobs", params=params).json()
+
+    def job(self, job_id: str) -> dict:
+        return self._request("GET", f"/jobs/{job_id}").json()
+
+    def cancel(self, job_id: str) -> dict:
+        return self._request("POST", f"/jobs/{job_id}/cancel").json()
+
+    def logs(self, job_id: str) -> str:
+        return self._request("GET", f"/jobs/{job_id}/logs").text
+
+    def metrics(self, job_id: str) -> list[dict]:
+        return self._request("GET", f"/jobs/{job_id}/metrics").json().get("records", [])
+
+    def artifacts(self, job_id: str) -> list[dict]:
+        return self._request("GET", f"/jobs/{job_id}/artifacts").json().get("items", [])
+
+    def stream_logs(self, job_id: str, last_event_id: str | None = None) -> Iterator[LogEvent]:
+        """Server-sent events of the job's log until ``event: end``; reconnects with ``Last-Event-ID``."""
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last_event_id:
+                headers["Last-Event-ID"] = last_event_id
+            try:
+                with self._http.stream("GET", f"/jobs/{job_id}/logs/stream", headers=headers,
+                                       timeout=httpx.Timeout(30.0, read=None)) as response:
+                    if response.is_error:
+                        response.read()
+                        raise _error(response)
+                    for event in _parse_sse(response.iter_lines()):
+                        failures = 0
+                        if event.id:
+                            last_event_id = event.id
+                        yield event
+                        if event.event == "end":
+                            return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > 5:
+                    raise Unreachable(f"lost the log stream of {job_id} ({exc}); run `twinkle-submit logs {job_id}`") from exc
+                import time
+
+                time.sleep(min(2.0 * failures, 10.0))
+                continue
+            # the server closed the stream without `end` (a proxy timeout, say): resume where we were
+            failures += 1
+            if failures > 5:
+                return
+
+    def download(self, url: str, dest: Path, on_bytes: Callable[[int], None] | None = None) -> int:
+        """Fetch a (presigned) artifact URL to ``dest``; relative URLs are resolved against the server."""
+        absolute = urljoin(self.server + "/", url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        total = 0
+        try:
+            # presigned URLs carry their own auth; our bearer token must not travel to a storage host
+            with httpx.stream("GET", absolute, timeout=httpx.Timeout(60.0, read=300.0)) as response:
+                if response.is_error:
+                    response.read()
+                    raise _error(response)
+                with open(tmp, "wb") as f:
+                    for chunk in response.iter_bytes(1 << 20):
+                        f.write(chunk)
+                        total += len(chunk)
+                        if on_bytes:
+                            on_bytes(len(chunk))
+        except httpx.TransportError as exc:
+            raise Unreachable(f"download of {url} failed: {exc}") from exc
+        tmp.replace(dest)
+        return total
+
+
+def _parse_sse(lines: Iterator[str]) -> Iterator[LogEvent]:
+    event_id, event, data = None, "message", []
+    for line in lines:
+        if line == "":
+            if data or event != "message":
+                yield LogEvent(event_id, event, "\n".join(data))
+            event_id, event, data = None, "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        key, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if key == "id":
+            event_id = value
+        elif key == "event":
+            event = value
+        elif key == "data":
+            data.append(value)
+    if data:
+        yield LogEvent(event_id, event, "\n".join(data))

@@ -1,0 +1,204 @@
+"""The Celery side of the worker: the ``twinkle.run_attempt(job_id, attempt)`` task and what it does.
+
+A message is an assignment, nothing more: it is acked before it runs (``acks_late=False``) and the task is
+idempotent on ``(job_id, attempt)`` because ``POST /attempts/{job}/{n}/start`` answers 409 to a second start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from celery import Celery
+
+from worker.client import Conflict, NotFound, StaleAttempt, WorkerAPIError, WorkerClient
+from worker.runner import JobRunner, JobSpec, RunResult, StaleAttemptSignal
+from worker.settings import WorkerSettings
+
+__all__ = ["TASK_NAME", "AttemptExecutor", "BundleError", "ClientSink", "create_celery_app", "unpack_bundle"]
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "twinkle.run_attempt"
+
+
+class BundleError(Exception):
+    """The bundle cannot be unpacked safely (bad zip, a path escaping the folder)."""
+
+
+def unpack_bundle(bundle: Path, dest: Path, entrypoint: str) -> None:
+    """Unpack a zip bundle into ``dest``; a bare script (a ``.py`` upload) is written as the entrypoint."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if not zipfile.is_zipfile(bundle):
+        target = dest / PurePosixPath(entrypoint).name
+        shutil.copyfile(bundle, target)
+        return
+    root = dest.resolve()
+    with zipfile.ZipFile(bundle) as zf:
+        for info in zf.infolist():
+            name = PurePosixPath(info.filename)
+            target = (root / name).resolve()
+            if name.is_absolute() or ".." in name.parts or not target.is_relative_to(root):
+                raise BundleError(f"bundle entry {info.filename!r} points outside the job folder")
+            # the high bits of external_attr carry the Unix mode; a symlink there is never followed or made
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise BundleError(f"bundle entry {info.filename!r} is a symbolic link")
+        zf.extractall(root)
+
+
+class ClientSink:
+    """Sends the runner's output to the API; a 409 ``stale_attempt`` stops the job."""
+
+    def __init__(self, client: WorkerClient, job_id: str, attempt: int):
+        self.client, self.job_id, self.attempt = client, job_id, attempt
+
+    def _call(self, fn, *args) -> None:
+        try:
+            fn(self.job_id, self.attempt, *args)
+        except StaleAttempt as exc:
+            raise StaleAttemptSignal(str(exc)) from exc
+
+    def send_logs(self, lines: list[dict]) -> None:
+        self._call(self.client.post_logs, lines)
+
+    def send_metrics(self, records: list[dict]) -> None:
+        self._call(self.client.post_metrics, records)
+
+    def send_artifact(self, path: str, file: Path) -> None:
+        self._call(self.client.put_artifact, path, file)
+
+
+class AttemptExecutor:
+    """Runs assignments for one worker and knows which attempts are running (for heartbeats and cancels)."""
+
+    def __init__(self, client: WorkerClient, settings: WorkerSettings, cuda_visible_devices: str | None = None):
+        self.client, self.settings = client, settings
+        self.cuda_visible_devices = cuda_visible_devices
+        self._running: dict[tuple[str, int], JobRunner] = {}
+        self._cancelled: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+        self._closing = False
+
+    def running(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._running)
+
+    def cancel(self, job_id: str, attempt: int) -> bool:
+        """Cancel a running attempt (or one whose task has not started yet). True if it was running here."""
+        key = (job_id, attempt)
+        with self._lock:
+            self._cancelled.add(key)
+            runner = self._running.get(key)
+        if runner is not None:
+            log.info("cancelling job %s attempt %s", job_id, attempt)
+            runner.cancel()
+        return runner is not None
+
+    def abandon_all(self) -> None:
+        """The daemon is stopping: stop every job without reporting it (the lease reaper requeues them)."""
+        with self._lock:
+            self._closing = True
+            runners = list(self._running.values())
+        for runner in runners:
+            runner.abandon()
+
+    def run_attempt(self, job_id: str, attempt: int) -> RunResult | None:
+        key = (job_id, attempt)
+        with self._lock:
+            if self._closing or key in self._cancelled or key in self._running:
+                log.info("skipping job %s attempt %s (cancelled, running or shutting down)", job_id, attempt)
+                return None
+        try:
+            started = self.client.start(job_id, attempt)
+        except (Conflict, NotFound) as exc:
+            # already started, superseded by a newer attempt, or cancelled: a duplicate delivery, not an error
+            log.info("not running job %s attempt %s: %s", job_id, attempt, exc)
+            return None
+        folder = self.settings.work_dir.resolve() / "jobs" / job_id / str(attempt)
+        try:
+            return self._run_started(job_id, attempt, started, folder)
+        finally:
+            with self._lock:
+                self._running.pop(key, None)
+            if not self.settings.keep_job_dirs:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _run_started(self, job_id: str, attempt: int, started: dict, folder: Path) -> RunResult | None:
+        entrypoint = started.get("entrypoint") or "train.py"
+        if folder.exists():  # a fresh folder: never mix files of an earlier run of this attempt
+            shutil.rmtree(folder)
+        spec = JobSpec.in_folder(
+            job_id,
+            attempt,
+            folder,
+            entrypoint,
+            cuda_visible_devices=self.cuda_visible_devices,
+            assets_dir=os.environ.get("TWINKLE_ASSETS_DIR"),
+        )
+        sink = ClientSink(self.client, job_id, attempt)
+        runner = JobRunner(
+            spec,
+            sink,
+            kill_grace_s=self.settings.kill_grace_s,
+            flush_interval_s=self.settings.log_flush_interval_s,
+            batch_lines=self.settings.log_batch_lines,
+            max_line_chars=self.settings.max_log_line_chars,
+        )
+        with self._lock:
+            self._running[(job_id, attempt)] = runner
+            if (job_id, attempt) in self._cancelled:
+                runner.cancel()
+        try:
+            spec.code_dir.mkdir(parents=True)
+            bundle = self.client.download_bundle(job_id, attempt, folder / "bundle.zip")
+            unpack_bundle(bundle, spec.code_dir, entrypoint)
+            bundle.unlink()
+        except StaleAttempt:
+            log.warning("job %s attempt %s went stale before it ran", job_id, attempt)
+            return RunResult("stale", None)
+        except (BundleError, zipfile.BadZipFile, WorkerAPIError, OSError) as exc:
+            return self._finish(job_id, attempt, RunResult("failed", None, f"could not fetch the bundle: {exc}"))
+        result = runner.run()
+        if result.state in ("stale", "abandoned"):
+            log.warning("job %s attempt %s ended %s; not reporting it", job_id, attempt, result.state)
+            return result
+        return self._finish(job_id, attempt, result)
+
+    def _finish(self, job_id: str, attempt: int, result: RunResult) -> RunResult:
+        try:
+            self.client.finish(job_id, attempt, result.state, result.exit_code, result.error)
+        except StaleAttempt:
+            log.warning("job %s attempt %s finished but is stale; the report was refused", job_id, attempt)
+            return RunResult("stale", result.exit_code, result.error)
+        log.info("job %s attempt %s %s (exit code %s)", job_id, attempt, result.state, result.exit_code)
+        return result
+
+
+def create_celery_app(broker_url: str, executor: AttemptExecutor) -> Celery:
+    """A Celery app whose only task runs assignments on ``executor``; one at a time, prefetch 1, acked early."""
+    app = Celery("twinkle-worker", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_acks_late=False,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # our own lease replaces these; they only add broker chatter
+        worker_enable_remote_control=False,
+        worker_send_task_events=False,
+    )
+
+    @app.task(name=TASK_NAME, acks_late=False, ignore_result=True)
+    def run_attempt(job_id: str, attempt: int) -> str | None:
+        result = executor.run_attempt(str(job_id), int(attempt))
+        return result.state if result else None
+
+    return app
