@@ -1,0 +1,7 @@
+"""Training losses. Each is called as ``loss(inputs, outputs, **kw) -> {'loss', 'num_tokens'}``."""
+
+from twinkle.loss.base import Loss, selective_log_softmax
+from twinkle.loss.cross_entropy import ChunkedCrossEntropyLoss, CrossEntropyLoss
+from twinkle.loss.mse import MSELoss
+
+__all__ = ["ChunkedCrossEntropyLoss", "CrossEntropyLoss", "Loss", "MSELoss", "selective_log_softmax"]

@@ -1,0 +1,971 @@
+"""``TransformersModel``: a Hugging Face causal LM with LoRA (PEFT) or full fine-tuning, one process or torchrun.
+
+Gradient accumulation (our choice, documented in TWINKLE-API.md): with ``gradient_accumulation_steps=gas`` the
+optimizer steps once after every ``gas`` micro-batches (after micro-batches gas, 2·gas, ...);
+``clip_grad_and_step`` is a no-op in between. Upstream steps after micro-batch 1+gas first; we don't.
+
+Sum-reduced losses (``CrossEntropyLoss(reduction='sum')``, the default) are divided by the *global* number of
+labelled tokens at the optimizer step (all-reduced over data ranks), so dp=N with a global batch B gives the same
+update as one process with batch B.
+
+Mixed precision: ``mixed_precision='bf16'`` (or ``'fp16'``) keeps float32 weights and runs the forward under
+``torch.autocast`` on CUDA. On the CPU it falls back to float32 and says so in one info log line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import random
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from twinkle.errors import (
+    AdapterError,
+    CheckpointError,
+    ConfigError,
+    OptimizerNotSetError,
+    UnknownComponentError,
+)
+from twinkle.infra import remote_class, remote_function
+from twinkle.loss import CrossEntropyLoss, Loss, selective_log_softmax
+from twinkle.metric import Accuracy, LossMetric, Metric, TrainMetric
+from twinkle.model._checkpoint import atomic_dir, default_output_dir
+from twinkle.model._hub import resolve_model_dir
+from twinkle.model.base import TwinkleModel
+from twinkle.model.optimizer_group import OptimizerGroup
+from twinkle.model.transformers import _parallel
+from twinkle.patch import Patch
+from twinkle.utils.device_mesh import DeviceMesh
+from twinkle.utils.logger import get_logger
+from twinkle.utils.platform import Platform
+
+logger = get_logger("twinkle.model")
+
+__all__ = ["TransformersModel"]
+
+_MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "inputs_embeds", "pixel_values", "image_grid_thw")
+_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": None, "fp32": None, None: None}
+TRAINER_STATE = "trainer_state.json"
+
+
+def _is_rank0() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _lookup(name: str, modules: list[Any], base: type, kind: str) -> type:
+    for module in modules:
+        cls = getattr(module, name, None)
+        if inspect.isclass(cls) and issubclass(cls, base) and cls is not base:
+            return cls
+    known = sorted(
+        {
+            n
+            for m in modules
+            for n in dir(m)
+            if not n.startswith("_") and inspect.isclass(getattr(m, n)) and issubclass(getattr(m, n), base)
+            and getattr(m, n) is not base
+        }
+    )
+    raise UnknownComponentError(f"unknown {kind} {name!r}; known names: {', '.join(known)} (or pass a class)")
+
+
+@remote_class()
+class TransformersModel(TwinkleModel):
+    """A causal LM loaded through ``transformers``, trained with LoRA adapters or in full.
+
+    Args:
+        model_cls: the ``transformers`` class (or its name); default ``config.architectures[0]``, else
+            ``AutoModelForCausalLM``.
+        model_id: ``ms://org/name``, ``hf://org/name``, a bare id (ModelScope) or a local folder.
+        config: a ``PretrainedConfig``; with no ``model_id`` the model is built from it with random weights.
+        device_mesh: the data-parallel layout (dp and/or fsdp); injected from ``twinkle.initialize`` when omitted.
+        mixed_precision: ``'bf16'``, ``'fp16'`` or ``'no'``; autocast on CUDA, float32 on the CPU.
+        strategy: ``'accelerate'`` (DDP over dp; FSDP2 when the mesh has fsdp) or ``'native_fsdp'`` (FSDP2).
+        ddp_config: keyword arguments of ``DistributedDataParallel``.
+        fsdp_config: keyword arguments of ``fully_shard`` (``reshard_after_forward``, ``mp_policy``, ...).
+        grad_scaler_config: keyword arguments of ``torch.amp.GradScaler`` (fp16 only).
+        memory_efficient_init: load with ``low_cpu_mem_usage`` (meta-device init, then weights).
+        **hf_kw: passed to ``from_pretrained``; ``gradient_checkpointing=False`` turns checkpointing off
+            (default on, as upstream).
+
+    Raises:
+        ModelNotFoundError: ``model_id`` cannot be resolved to a folder.
+        UnsupportedParallelismError: the mesh uses tp/pp/cp/ep or Ulysses.
+    """
+
+    def __init__(
+        self,
+        model_cls: Any = None,
+        model_id: str | None = None,
+        config: Any = None,
+        device_mesh: DeviceMesh | None = None,
+        mixed_precision: str | None = "bf16",
+        strategy: str = "accelerate",
+        ddp_config: dict[str, Any] | None = None,
+        fsdp_config: dict[str, Any] | None = None,
+        grad_scaler_config: dict[str, Any] | None = None,
+        memory_efficient_init: bool = False,
+        **hf_kw: Any,
+    ) -> None:
+        import transformers
+
+        if strategy not in ("accelerate", "native_fsdp"):
+            raise ConfigError(f"strategy must be 'accelerate' or 'native_fsdp', got {strategy!r}")
+        if mixed_precision not in _PRECISIONS:
+            raise ConfigError(f"mixed_precision must be 'bf16', 'fp16' or 'no', got {mixed_precision!r}")
+        if model_id is None and config is None:
+            raise ConfigError("TransformersModel needs model_id= (a hub id or a local folder) or config=")
+        _parallel.check_mesh(device_mesh)
+        self.device_mesh = device_mesh
+        self.strategy = strategy
+        self.ddp_config = ddp_config
+        self.fsdp_config = fsdp_config
+        self.model_id = model_id
+        self.model_dir = resolve_model_dir(model_id) if model_id is not None else None
+        self.tokenizer_id = self.model_dir
+        self._tokenizer: Any = None
+
+        gradient_checkpointing = hf_kw.pop("gradient_checkpointing", True)
+        if config is None:
+            config = transformers.AutoConfig.from_pretrained(self.model_dir, trust_remote_code=True)
+        if model_cls is None:
+            arch = (getattr(config, "architectures", None) or [None])[0]
+            model_cls = getattr(transformers, arch, None) if arch else None
+            model_cls = model_cls or transformers.AutoModelForCausalLM
+        elif isinstance(model_cls, str):
+            model_cls = getattr(transformers, model_cls)
+        if "torch_dtype" in hf_kw:
+            hf_kw["dtype"] = hf_kw.pop("torch_dtype")
+        hf_kw.setdefault("dtype", torch.float32)  # float32 master weights; autocast does the low precision
+        if self.model_dir is not None:
+            if memory_efficient_init:
+                hf_kw.setdefault("low_cpu_mem_usage", True)
+            self.model = model_cls.from_pretrained(self.model_dir, config=config, **hf_kw)
+        else:
+            dtype = hf_kw.pop("dtype")
+            self.model = model_cls._from_config(config, dtype=dtype) if hasattr(model_cls, "_from_config") else (
+                model_cls(config).to(dtype)
+            )
+
+        self.device = self._pick_device()
+        self.model.to(self.device)
+        self.autocast_dtype = self._pick_autocast(mixed_precision)
+        self.scaler = None
+        if self.autocast_dtype is torch.float16:
+            self.scaler = torch.amp.GradScaler(self.device.type, **(grad_scaler_config or {}))
+        if gradient_checkpointing:
+            # non-reentrant: works with frozen inputs (LoRA), DDP and FSDP2 without enable_input_require_grads
+            enable = getattr(self.model, "activation_checkpointing_enable", None) or getattr(
+                self.model, "gradient_checkpointing_enable", None
+            )
+            if enable is not None:
+                enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(self.model.config, "use_cache"):
+            self.model.config.use_cache = False
+
+        self._wrapped: torch.nn.Module | None = None
+        self.optimizer_groups: dict[str, OptimizerGroup] = {"": self._new_group("", 1)}
+        self.active_group = ""
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _pick_device(self) -> torch.device:
+        kind = str(getattr(self.device_mesh, "device_type", "") or "").lower()
+        if kind in ("cpu",) or not torch.cuda.is_available():
+            return torch.device("cpu")
+        return Platform.get_local_device()
+
+    def _pick_autocast(self, mixed_precision: str | None) -> torch.dtype | None:
+        dtype = _PRECISIONS[mixed_precision]
+        if dtype is None:
+            return None
+        if self.device.type == "cpu":
+            logger.info("mixed_precision=%r on the CPU: training in float32", mixed_precision)
+            return None
+        if dtype is torch.bfloat16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            logger.info("this GPU has no bf16: training in float32")
+            return None
+        return dtype
+
+    def _new_group(self, adapter_name: str, gas: int) -> OptimizerGroup:
+        if gas < 1:
+            raise ConfigError(f"gradient_accumulation_steps must be >= 1, got {gas}")
+        group = OptimizerGroup(adapter_name=adapter_name, gradient_accumulation_steps=gas)
+        group.loss = CrossEntropyLoss(reduction="sum")
+        group.train_metrics = [LossMetric(self.device_mesh), Accuracy(self.device_mesh), TrainMetric(self.device_mesh)]
+        group.eval_metrics = [LossMetric(self.device_mesh), Accuracy(self.device_mesh)]
+        return group
+
+    def _group(self, adapter_name: str | None = None) -> OptimizerGroup:
+        if adapter_name is None or adapter_name == "":
+            if len(self.optimizer_groups) == 1:
+                return next(iter(self.optimizer_groups.values()))
+            return self.optimizer_groups[self.active_group]
+        if adapter_name not in self.optimizer_groups:
+            raise AdapterError(
+                f"no adapter named {adapter_name!r}; added: {', '.join(repr(n) for n in self.optimizer_groups)}. "
+                f"Call add_adapter_to_model({adapter_name!r}, LoraConfig(...)) first"
+            )
+        return self.optimizer_groups[adapter_name]
+
+    @property
+    def _is_peft(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def _activate(self, group: OptimizerGroup) -> None:
+        if group.adapter_name and self._is_peft and self.model.active_adapter != group.adapter_name:
+            self.model.set_adapter(group.adapter_name)
+        if group.adapter_name:
+            self.active_group = group.adapter_name
+
+    def _module(self) -> torch.nn.Module:
+        """The module to call: the DDP wrapper, the FSDP2-sharded model, or the plain model."""
+        if self._wrapped is None:
+            if _parallel.needs_wrap(self.device_mesh):
+                if _parallel.uses_fsdp(self.device_mesh, self.strategy):
+                    if self.scaler is not None:
+                        raise _parallel.UnsupportedParallelismError(
+                            "fp16 with a GradScaler is not supported under FSDP2 here; use mixed_precision='bf16'"
+                        )
+                    self._wrapped = _parallel.wrap_fsdp(self.model, self.device_mesh, self.device, self.fsdp_config)
+                else:
+                    self._wrapped = _parallel.wrap_ddp(self.model, self.device, self.ddp_config)
+            else:
+                self._wrapped = self.model
+        return self._wrapped
+
+    def _trainable(self, group: OptimizerGroup) -> list[tuple[str, torch.nn.Parameter]]:
+        params = []
+        for name, param in self.model.named_parameters():
+            if group.adapter_name:
+                tag = f".{group.adapter_name}."
+                if not (tag in name and (".lora_" in name or "modules_to_save" in name)):
+                    continue
+            elif not param.requires_grad:
+                continue
+            params.append((name, param))
+        return params
+
+    # ------------------------------------------------------------------ adapters, patches
+
+    @remote_function(dispatch="all")
+    def add_adapter_to_model(
+        self, adapter_name: str, config_or_dir: Any, gradient_accumulation_steps: int = 1, **kwargs: Any
+    ) -> None:
+        """Add a LoRA adapter (a ``peft`` config, or a folder with ``adapter_config.json``) and make it active.
+
+        Raises:
+            AdapterError: the config targets no module of this model, or the name is taken.
+            ConfigError: called after training started on a data-parallel mesh (adapters must exist before the
+                model is wrapped for DDP/FSDP).
+        """
+        from peft import LoraConfig, PeftConfig, get_peft_model
+
+        if not adapter_name:
+            raise AdapterError("adapter_name must be a non-empty string, e.g. 'default'")
+        if self._is_peft and adapter_name in self.model.peft_config:
+            raise AdapterError(f"an adapter named {adapter_name!r} exists already; pick another name")
+        if self._wrapped is not None and (self._wrapped is not self.model or self._is_fsdp()):
+            raise ConfigError(
+                "add adapters before the first set_optimizer/forward: the model is already wrapped for data "
+                "parallelism"
+            )
+        load_dir = None
+        if isinstance(config_or_dir, (str, os.PathLike)):
+            load_dir = resolve_model_dir(config_or_dir)
+            config = PeftConfig.from_pretrained(load_dir)
+            config.inference_mode = False
+        else:
+            config = config_or_dir
+        if isinstance(config, Mapping):
+            config = LoraConfig(**config)
+        try:
+            if self._is_peft:
+                self.model.add_adapter(adapter_name, config)
+            else:
+                self.model = get_peft_model(self.model, config, adapter_name=adapter_name)
+        except ValueError as exc:
+            if "not found in the base model" in str(exc) or "target modules" in str(exc).lower():
+                raise AdapterError(
+                    f"LoRA config for adapter {adapter_name!r} targets no module of {type(self.model).__name__}: "
+                    f"target_modules={getattr(config, 'target_modules', None)!r}. Use 'all-linear' or names of its "
+                    f"linear layers (e.g. q_proj, v_proj)"
+                ) from exc
+            raise
+        self.model.to(self.device)
+        self.model.set_adapter(adapter_name)
+        self._wrapped = None
+        group = self._new_group(adapter_name, gradient_accumulation_steps)
+        if not self._trainable(group):
+            raise AdapterError(f"adapter {adapter_name!r} has no trainable parameters; check its LoraConfig")
+        self.optimizer_groups.pop("", None)  # full-parameter training ends once an adapter exists
+        self.optimizer_groups[adapter_name] = group
+        self.active_group = adapter_name
+        if load_dir is not None:
+            self.load(load_dir, adapter_name=adapter_name)
+
+    @remote_function(dispatch="all")
+    def apply_patch(self, patch_cls: Any, **kwargs: Any) -> None:
+        """Apply a ``twinkle.patch.Patch`` (class, instance or name in ``twinkle.patch``) to the model."""
+        import twinkle.patch as patches
+
+        if isinstance(patch_cls, str):
+            patch_cls = _lookup(patch_cls, [patches], Patch, "patch")
+        patch = patch_cls() if inspect.isclass(patch_cls) else patch_cls
+        replaced = patch(self.model, **kwargs)
+        if isinstance(replaced, torch.nn.Module):
+            self.model = replaced
+            self._wrapped = None
+
+    # ------------------------------------------------------------------ setters
+
+    @remote_function(dispatch="all")
+    def set_loss(self, loss_cls: Any, adapter_name: str | None = None, **kwargs: Any) -> None:
+        """Use a loss from ``twinkle.loss`` (name), a ``Loss`` subclass, or an instance."""
+        import twinkle.loss as losses
+
+        if isinstance(loss_cls, str):
+            loss_cls = _lookup(loss_cls, [losses], Loss, "loss")
+        self._group(adapter_name).loss = loss_cls(**kwargs) if inspect.isclass(loss_cls) else loss_cls
+
+    @remote_function(dispatch="all")
+    def set_optimizer(
+        self,
+        optimizer_cls: Any = "AdamW",
+        adapter_name: str | None = None,
+        lr: float = 1e-5,
+        weight_decay: float = 0.01,
+        **kwargs: Any,
+    ) -> None:
+        """Build the group's optimizer over its trainable parameters, biases and norm weights without decay.
+
+        ``optimizer_cls`` is a ``torch.optim`` name, a class, or a ready optimizer instance (used as is).
+        """
+        group = self._group(adapter_name)
+        self._activate(group)
+        self._module()  # FSDP2 replaces parameters: shard before the optimizer captures them
+        if isinstance(optimizer_cls, torch.optim.Optimizer):
+            group.optimizer = optimizer_cls
+            return
+        if isinstance(optimizer_cls, str):
+            optimizer_cls = _lookup(optimizer_cls, [torch.optim], torch.optim.Optimizer, "optimizer")
+        norm_params = {
+            id(p)
+            for module in self.model.modules()
+            if "norm" in type(module).__name__.lower()
+            for p in module.parameters(recurse=False)
+        }
+        decay, no_decay = [], []
+        for name, param in self._trainable(group):
+            (no_decay if name.endswith("bias") or id(param) in norm_params else decay).append(param)
+        if not decay and not no_decay:
+            raise AdapterError(f"optimizer group {group.adapter_name!r} has no trainable parameters")
+        param_groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        group.optimizer = optimizer_cls([g for g in param_groups if g["params"]], lr=lr, **kwargs)
+
+    @remote_function(dispatch="all")
+    def set_lr_scheduler(self, scheduler_cls: Any, adapter_name: str | None = None, **kwargs: Any) -> None:
+        """A scheduler from ``torch.optim.lr_scheduler`` or ``twinkle.module.scheduler`` (by name), or a class.
+
+        Raises:
+            OptimizerNotSetError: before ``set_optimizer``.
+            UnknownComponentError: an unknown name (the message lists the known ones).
+        """
+        from torch.optim import lr_scheduler
+
+        import twinkle.module.scheduler as ours
+
+        group = self._group(adapter_name)
+        if group.optimizer is None:
+            raise OptimizerNotSetError("call set_optimizer(...) before set_lr_scheduler(...)")
+        if isinstance(scheduler_cls, str):
+            scheduler_cls = _lookup(scheduler_cls, [lr_scheduler, ours], lr_scheduler.LRScheduler, "lr scheduler")
+        group.lr_scheduler = scheduler_cls(group.optimizer, **kwargs)
+
+    @remote_function(dispatch="all")
+    def set_template(self, template_cls: Any = "Template", adapter_name: str | None = None, **kwargs: Any) -> None:
+        """A ``twinkle.template`` template for Trajectory inputs; always built on this model's tokenizer."""
+        import twinkle.template as templates
+        from twinkle.template import Template
+
+        kwargs["model_id"] = self.tokenizer_id
+        if isinstance(template_cls, str):
+            template_cls = _lookup(template_cls, [templates], Template, "template") if template_cls != "Template" else (
+                Template
+            )
+        self._group(adapter_name).template = template_cls(**kwargs) if inspect.isclass(template_cls) else template_cls
+
+    @remote_function(dispatch="all")
+    def set_processor(self, processor_cls: Any = "InputProcessor", adapter_name: str | None = None, **kwargs: Any):
+        """The ``twinkle.processor`` input processor that collates encoded rows into tensors."""
+        import twinkle.processor as processors
+        from twinkle.processor import InputProcessor
+
+        kwargs.setdefault("device_mesh", self.device_mesh)
+        if isinstance(processor_cls, str):
+            processor_cls = (
+                InputProcessor if processor_cls == "InputProcessor"
+                else _lookup(processor_cls, [processors], InputProcessor, "processor")
+            )
+        self._group(adapter_name).processor = (
+            processor_cls(**kwargs) if inspect.isclass(processor_cls) else processor_cls
+        )
+
+    @remote_function(dispatch="all")
+    def add_metric(self, metric_cls: Any, is_training: bool | None = None, adapter_name: str | None = None, **kw):
+        """Add a metric (``twinkle.metric`` name, class or instance) to training, evaluation, or both (None)."""
+        import twinkle.metric as metrics
+
+        if isinstance(metric_cls, str):
+            metric_cls = _lookup(metric_cls, [metrics], Metric, "metric")
+        group = self._group(adapter_name)
+        for training, bucket in ((True, group.train_metrics), (False, group.eval_metrics)):
+            if is_training is None or is_training == training:
+                bucket.append(metric_cls(self.device_mesh, **kw) if inspect.isclass(metric_cls) else metric_cls)
+
+    # ------------------------------------------------------------------ inputs
+
+    def _collate(self, inputs: Any, group: OptimizerGroup) -> dict[str, Any]:
+        if isinstance(inputs, Mapping):
+            batch = dict(inputs)
+        else:
+            rows = list(inputs)
+            if not rows:
+                raise ConfigError("forward got an empty batch")
+            if all(isinstance(r, Mapping) and "input_ids" not in r and "messages" in r for r in rows):
+                if group.template is None:
+                    self.set_template("Template", adapter_name=group.adapter_name or None)
+                rows = group.template.batch_encode(rows)
+            if group.processor is None:
+                self.set_processor("InputProcessor", adapter_name=group.adapter_name or None)
+            batch = dict(group.processor(rows))
+        out = {}
+        for key, value in batch.items():
+            if isinstance(value, np.ndarray):
+                value = torch.from_numpy(value)
+            elif isinstance(value, list) and value and isinstance(value[0], (int, float)):
+                value = torch.tensor(value)
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.device, non_blocking=True)
+                if value.dim() == 1 and key in ("input_ids", "attention_mask", "position_ids", "labels"):
+                    value = value.unsqueeze(0)
+            out[key] = value
+        return out
+
+    def _run(self, module: torch.nn.Module, batch: dict[str, Any], temperature: float, loss: Any) -> dict[str, Any]:
+        model_inputs = {k: batch[k] for k in _MODEL_KEYS if batch.get(k) is not None}
+        if "position_ids" in model_inputs and "attention_mask" in model_inputs:
+            # padding positions carry -1; rotary embeddings only need a finite value there
+            model_inputs["position_ids"] = model_inputs["position_ids"].clamp(min=0)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            result = module(**model_inputs, use_cache=False)
+        logits = result.logits
+        outputs: dict[str, Any] = {"logits": logits}
+        labels = batch.get("labels")
+        if labels is not None and getattr(loss, "require_logps", True) and labels.dtype in (torch.long, torch.int):
+            scaled = logits if temperature == 1.0 else logits / temperature
+            outputs["logps"] = selective_log_softmax(scaled, labels)
+        if getattr(loss, "require_entropy", False):
+            logp_all = torch.log_softmax(logits.float(), dim=-1)
+            outputs["entropy"] = -(logp_all.exp() * logp_all).sum(-1)
+        return outputs
+
+    @staticmethod
+    def _public(outputs: dict[str, Any], keep_logits: bool) -> dict[str, Any]:
+        public = {}
+        for key, value in outputs.items():
+            if key == "logits" and not keep_logits:
+                continue
+            public[key] = value.detach() if isinstance(value, torch.Tensor) else value
+        return public
+
+    # ------------------------------------------------------------------ training step
+
+    @remote_function(dispatch="slice_dp", collect="flatten")
+    def forward(
+        self,
+        inputs: Any,
+        adapter_name: str | None = None,
+        temperature: float = 1.0,
+        return_logits: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Training forward over a batch: encoded rows (what the DataLoader yields), Trajectories, or a dict.
+
+        Returns ``logps`` ``[batch, seq]`` (log-probability of each label, 0 where unlabelled), plus ``logits``
+        when ``return_logits`` or the loss needs them.
+        """
+        group = self._group(adapter_name)
+        self._activate(group)
+        module = self._module()
+        batch = self._collate(inputs, group)
+        self.model.train()
+        # the backward that follows completes a window when this is the gas-th micro-batch
+        _parallel.set_grad_sync(module, (group.cur_step + 1) % group.gradient_accumulation_steps == 0)
+        outputs = self._run(module, batch, temperature, group.loss)
+        group.last_forward = (batch, outputs, True)
+        keep = return_logits or getattr(group.loss, "require_logits", False)
+        return self._public(outputs, keep)
+
+    @remote_function(dispatch="slice_dp", collect="flatten")
+    def forward_only(
+        self,
+        inputs: Any,
+        adapter_name: str | None = None,
+        temperature: float = 1.0,
+        return_logits: bool = False,
+        disable_lora: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Evaluation forward without gradients; ``disable_lora=True`` runs the base model (a DPO reference)."""
+        import contextlib
+
+        group = self._group(adapter_name)
+        self._activate(group)
+        module = self._module()
+        batch = self._collate(inputs, group)
+        was_training = self.model.training
+        self.model.eval()
+        ctx = self.model.disable_adapter() if disable_lora and self._is_peft else contextlib.nullcontext()
+        try:
+            with torch.no_grad(), ctx:
+                outputs = self._run(module, batch, temperature, group.loss)
+        finally:
+            self.model.train(was_training)
+        group.last_forward = (batch, outputs, False)
+        keep = return_logits or getattr(group.loss, "require_logits", False)
+        return self._public(outputs, keep)
+
+    @remote_function(dispatch="all", collect="mean")
+    def calculate_loss(self, adapter_name: str | None = None, **kwargs: Any) -> float:
+        """Apply the group's loss to the last forward; returns its value (sum losses: the local sum)."""
+        group = self._group(adapter_name)
+        if group.last_forward is None:
+            raise ConfigError("calculate_loss needs a forward(...) or forward_only(...) first")
+        batch, outputs, training = group.last_forward
+        result = group.loss(batch, outputs, **kwargs)
+        loss, tokens = result["loss"], int(result.get("num_tokens") or 0)
+        value = float(loss.detach().item())
+        metrics = group.train_metrics if training else group.eval_metrics
+        for metric in metrics:
+            metric.accumulate(batch, outputs, loss=value, num_tokens=tokens)
+        if training:
+            group.pending_loss, group.pending_loss_tokens = loss, tokens
+            rows = batch["input_ids"].shape[0] if isinstance(batch.get("input_ids"), torch.Tensor) else 0
+            group.pending_samples += rows
+        else:
+            group.last_forward = None
+        return value
+
+    @remote_function(dispatch="all")
+    def backward(self, adapter_name: str | None = None, **kwargs: Any) -> None:
+        """Back-propagate the last training loss and count the micro-batch (``cur_step += 1``)."""
+        group = self._group(adapter_name)
+        if group.pending_loss is None:
+            raise ConfigError("backward needs forward(...) and calculate_loss(...) first")
+        loss = group.pending_loss
+        if group.pending_loss_tokens > 0:
+            group.pending_tokens += group.pending_loss_tokens
+        else:
+            loss = loss / group.gradient_accumulation_steps  # mean losses: average over the window
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward()
+        group.pending_loss, group.last_forward = None, None
+        group.cur_step += 1
+        for metric in group.train_metrics:
+            metric.accumulate(None, None, cur_step=group.cur_step, gradient_accumulation_steps=group.gradient_accumulation_steps)
+
+    @remote_function(dispatch="slice_dp", collect="mean")
+    def forward_backward(self, inputs: Any, adapter_name: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """``forward`` + ``calculate_loss(**kwargs)`` + ``backward``; returns the outputs plus ``loss``."""
+        fwd_keys = ("temperature", "return_logits")
+        fwd_kw = {k: kwargs.pop(k) for k in fwd_keys if k in kwargs}
+        outputs = self.forward(inputs=inputs, adapter_name=adapter_name, **fwd_kw)
+        outputs["loss"] = self.calculate_loss(adapter_name=adapter_name, **kwargs)
+        self.backward(adapter_name=adapter_name)
+        return outputs
+
+    def _finalize_grads(self, group: OptimizerGroup) -> None:
+        """Once per optimizer step: divide gradients of sum losses by the global token count."""
+        if group.grads_finalized_at == group.cur_step:
+            return
+        group.grads_finalized_at = group.cur_step
+        counts = [float(group.pending_tokens), float(group.pending_samples)]
+        world = 1
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            t = torch.tensor(counts, dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            counts = t.tolist()
+            # DDP and FSDP2 average gradients over the data ranks; undo that to get the global sum
+            world = self.device_mesh.data_world_size if self.device_mesh is not None else dist.get_world_size()
+        tokens, samples = counts
+        group.consumed_train_samples += int(samples)
+        group.pending_tokens, group.pending_samples = 0, 0
+        if tokens > 0:
+            factor = world / tokens
+            for _, param in self._trainable(group):
+                if param.grad is not None:
+                    param.grad.mul_(factor)
+
+    @remote_function(dispatch="all", collect="first")
+    def clip_grad_norm(
+        self, max_grad_norm: float = 1.0, norm_type: float = 2.0, adapter_name: str | None = None, **kwargs: Any
+    ) -> float | None:
+        """Clip the gradients of the group (once per optimizer step) and return their norm before clipping."""
+        group = self._group(adapter_name)
+        if not group.claim("clip"):
+            return group.last_grad_norm
+        self._finalize_grads(group)
+        if self.scaler is not None and group.optimizer is not None:
+            self.scaler.unscale_(group.optimizer)
+        params = [p for _, p in self._trainable(group) if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, norm_type=norm_type)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        group.last_grad_norm = float(norm)
+        for metric in group.train_metrics:
+            metric.accumulate(None, None, grad_norm=group.last_grad_norm)
+        return group.last_grad_norm
+
+    def _require_optimizer(self, group: OptimizerGroup) -> None:
+        if group.optimizer is None:
+            raise OptimizerNotSetError(
+                f"no optimizer for adapter {group.adapter_name!r}: call model.set_optimizer('AdamW', lr=...) "
+                f"before stepping"
+            )
+
+    @remote_function(dispatch="all")
+    def step(self, adapter_name: str | None = None, **kwargs: Any) -> None:
+        """Optimizer step, only when the last backward completed an accumulation window."""
+        group = self._group(adapter_name)
+        self._require_optimizer(group)
+        if not group.claim("step"):
+            return
+        self._finalize_grads(group)
+        lr = group.optimizer.param_groups[0]["lr"]
+        if self.scaler is not None:
+            self.scaler.step(group.optimizer)
+            self.scaler.update()
+        else:
+            group.optimizer.step()
+        for metric in group.train_metrics:
+            metric.accumulate(None, None, lr=lr)
+
+    @remote_function(dispatch="all")
+    def zero_grad(self, adapter_name: str | None = None, **kwargs: Any) -> None:
+        group = self._group(adapter_name)
+        if group.optimizer is not None and group.claim("zero_grad"):
+            group.optimizer.zero_grad(set_to_none=True)
+
+    @remote_function(dispatch="all")
+    def lr_step(self, adapter_name: str | None = None, **kwargs: Any) -> None:
+        group = self._group(adapter_name)
+        if group.lr_scheduler is not None and group.claim("lr_step"):
+            group.lr_scheduler.step()
+
+    @remote_function(dispatch="all", collect="first")
+    def clip_grad_and_step(
+        self, max_grad_norm: float = 1.0, norm_type: float = 2.0, adapter_name: str | None = None, **kwargs: Any
+    ) -> None:
+        """clip, step, zero_grad and lr_step at the end of an accumulation window; a no-op in between."""
+        group = self._group(adapter_name)
+        self._require_optimizer(group)
+        self.clip_grad_norm(max_grad_norm, norm_type, adapter_name=adapter_name)
+        self.step(adapter_name=adapter_name)
+        self.zero_grad(adapter_name=adapter_name)
+        self.lr_step(adapter_name=adapter_name)
+
+    # ------------------------------------------------------------------ metrics
+
+    @remote_function(dispatch="all", collect="first")
+    def calculate_metric(self, is_training: bool = True, adapter_name: str | None = None, **kwargs: Any):
+        """Every metric of the group as strings: loss, grad_norm, accuracy, lr, iters, speed, ...
+
+        When ``TWINKLE_METRICS_FILE`` is set, rank 0 also appends ``{"step", "ts", "metrics"}`` as one JSON line
+        (evaluation metrics are prefixed ``eval/`` there).
+        """
+        group = self._group(adapter_name)
+        values: dict[str, str] = {}
+        for metric in group.train_metrics if is_training else group.eval_metrics:
+            values.update(metric.calculate())
+        sink = os.environ.get("TWINKLE_METRICS_FILE")
+        if sink and _is_rank0():
+            numbers: dict[str, Any] = {}
+            for key, value in values.items():
+                try:
+                    numbers[key if is_training else f"eval/{key}"] = float(value)
+                except ValueError:
+                    numbers[key if is_training else f"eval/{key}"] = value
+            record = {"step": group.optimizer_steps, "ts": time.time(), "metrics": numbers}
+            Path(sink).parent.mkdir(parents=True, exist_ok=True)
+            with open(sink, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        return values
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None and self.tokenizer_id is not None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_id)
+            except Exception as exc:  # noqa: BLE001 - a model folder without a tokenizer still trains
+                logger.warning("no tokenizer in %s (%s); checkpoints will not include one", self.tokenizer_id, exc)
+                self._tokenizer = False
+        return self._tokenizer or None
+
+    def _full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's state dict on the CPU (a collective under FSDP2: every rank must call it)."""
+        if self._is_fsdp():
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    @remote_function(dispatch="all", collect="first")
+    def get_state_dict(self, adapter_name: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The trainable weights: the adapter's (keys without the adapter name) or, without adapters, the model's."""
+        group = self._group(adapter_name)
+        full = self._full_state_dict()
+        if not group.adapter_name:
+            return full
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.model, state_dict=full, adapter_name=group.adapter_name)
+
+    def _is_fsdp(self) -> bool:
+        return self._wrapped is not None and self._wrapped is self.model and hasattr(self.model, "reshard")
+
+    def _optimizer_state(self, group: OptimizerGroup) -> dict[str, Any]:
+        if self._is_fsdp():
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            return get_optimizer_state_dict(
+                self.model, group.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        return group.optimizer.state_dict()
+
+    @remote_function(dispatch="all", collect="first")
+    def save(
+        self,
+        name: str | None = None,
+        output_dir: str | None = None,
+        interval: int = 1,
+        adapter_name: str | None = None,
+        save_optimizer: bool = False,
+        **kwargs: Any,
+    ) -> str | None:
+        """Write a checkpoint folder atomically and return its path (rank 0 writes; every rank must call).
+
+        Args:
+            name: folder name; default ``checkpoint-step-{cur_step}``.
+            output_dir: parent folder; default ``$TWINKLE_OUTPUT_DIR`` when set, else ``output``.
+            interval: save only when the optimizer-step count is a multiple of it (else return None).
+            save_optimizer: also write ``optimizer.pt``, ``scheduler.pt``, ``trainer_state.json``, ``rng_state.pt``.
+
+        Raises:
+            CheckpointError: the folder cannot be written.
+        """
+        group = self._group(adapter_name)
+        if interval > 1 and group.optimizer_steps % interval:
+            return None
+        target = Path(output_dir or default_output_dir()) / (name or f"checkpoint-step-{group.cur_step}")
+        weights = self.get_state_dict(adapter_name=adapter_name)  # collective under FSDP2
+        optim_state = self._optimizer_state(group) if save_optimizer and group.optimizer is not None else None
+        error = None
+        if _is_rank0():
+            try:
+                with atomic_dir(target) as tmp:
+                    self._write(tmp, group, weights, optim_state, save_optimizer)
+            except CheckpointError as exc:
+                error = str(exc)
+            except OSError as exc:
+                error = (
+                    f"cannot write checkpoint {str(target)!r} ({exc}); pass a writable output_dir= to save(), or "
+                    f"set TWINKLE_OUTPUT_DIR"
+                )
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error:
+            raise CheckpointError(error)
+        return str(target)
+
+    def _write(self, tmp: Path, group: OptimizerGroup, weights: dict, optim_state: Any, save_optimizer: bool) -> None:
+        from safetensors.torch import save_file
+
+        if group.adapter_name:
+            config = self.model.peft_config[group.adapter_name]
+            config.save_pretrained(str(tmp))
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "adapter_model.safetensors"))
+        else:
+            self.model.save_pretrained(str(tmp), state_dict=weights)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(tmp))
+        if save_optimizer:
+            if optim_state is not None:
+                torch.save(optim_state, tmp / "optimizer.pt")
+            if group.lr_scheduler is not None:
+                torch.save(group.lr_scheduler.state_dict(), tmp / "scheduler.pt")
+            if self.scaler is not None:
+                torch.save(self.scaler.state_dict(), tmp / "scaler.pt")
+            state = {
+                "cur_step": group.cur_step,
+                "gradient_accumulation_steps": group.gradient_accumulation_steps,
+                "consumed_train_samples": group.consumed_train_samples,
+                "adapter_name": group.adapter_name,
+            }
+            (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+            rng = {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            }
+            torch.save(rng, tmp / "rng_state.pt")
+
+    @remote_function(dispatch="all")
+    def load(self, name: str, load_optimizer: bool = False, adapter_name: str | None = None, **kwargs: Any) -> None:
+        """Load weights saved by ``save`` (a folder, or a hub id) into the group; optionally its optimizer.
+
+        Raises:
+            CheckpointError: the folder has no weights of the expected kind.
+            OptimizerNotSetError: ``load_optimizer=True`` before ``set_optimizer``.
+        """
+        group = self._group(adapter_name)
+        folder = Path(resolve_model_dir(name) if not Path(name).exists() else name)
+        self._module()
+        if group.adapter_name:
+            state = self._read_adapter(folder)
+            suffix = f".{group.adapter_name}"
+            mapping = {}
+            for key in self.model.state_dict():
+                if f"{suffix}." in key:
+                    mapping[key.replace(suffix + ".", ".", 1)] = key
+            missing = [k for k in state if k not in mapping]
+            if missing:
+                raise CheckpointError(
+                    f"{folder}: adapter weights {missing[:3]} match no parameter of adapter {group.adapter_name!r}; "
+                    f"was it saved from a model with the same LoraConfig?"
+                )
+            self._load_into_model({mapping[k]: v for k, v in state.items()})
+        else:
+            from transformers import AutoModelForCausalLM
+
+            if not (folder / "config.json").exists():
+                raise CheckpointError(f"{folder} holds no full model (no config.json); pass a folder save() wrote")
+            source = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+            self._load_into_model(source.state_dict())
+        if load_optimizer:
+            self._require_optimizer(group)
+            path = folder / "optimizer.pt"
+            if not path.exists():
+                raise CheckpointError(f"{folder} has no optimizer.pt; save it with save(..., save_optimizer=True)")
+            optim_state = torch.load(path, map_location="cpu", weights_only=False)
+            if self._is_fsdp():
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+                set_optimizer_state_dict(
+                    self.model, group.optimizer, optim_state, options=StateDictOptions(full_state_dict=True)
+                )
+            else:
+                group.optimizer.load_state_dict(optim_state)
+            if group.lr_scheduler is not None and (folder / "scheduler.pt").exists():
+                group.lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+            if self.scaler is not None and (folder / "scaler.pt").exists():
+                self.scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=False))
+
+    @staticmethod
+    def _read_adapter(folder: Path) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        path = folder / "adapter_model.safetensors"
+        if path.exists():
+            return load_file(str(path))
+        legacy = folder / "adapter_model.bin"
+        if legacy.exists():
+            return torch.load(legacy, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"{folder} has no adapter_model.safetensors; pass a folder save() wrote for an adapter")
+
+    def _load_into_model(self, state: dict[str, torch.Tensor]) -> None:
+        if self._is_fsdp():
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+            return
+        own = self.model.state_dict()
+        with torch.no_grad():
+            for key, value in state.items():
+                if key in own:
+                    own[key].copy_(value.to(own[key].dtype))
+
+    @remote_function(dispatch="all", collect="first")
+    def resume_from_checkpoint(self, checkpoint_dir: str, adapter_name: str | None = None, **kwargs: Any):
+        """Restore weights, optimizer, scheduler, RNG and step counters from ``save(..., save_optimizer=True)``.
+
+        Returns:
+            ``{'cur_step', 'consumed_train_samples', 'gradient_accumulation_steps'}``; pass
+            ``consumed_train_samples`` to ``DataLoader.skip_consumed_samples``.
+        """
+        group = self._group(adapter_name)
+        folder = Path(checkpoint_dir)
+        if not (folder / TRAINER_STATE).exists():
+            raise CheckpointError(
+                f"{folder} has no {TRAINER_STATE}; resume needs a checkpoint saved with save(..., save_optimizer=True)"
+            )
+        self.load(str(folder), load_optimizer=True, adapter_name=adapter_name)
+        state = json.loads((folder / TRAINER_STATE).read_text())
+        group.cur_step = int(state["cur_step"])
+        group.gradient_accumulation_steps = int(state.get("gradient_accumulation_steps", group.gradient_accumulation_steps))
+        group.consumed_train_samples = int(state.get("consumed_train_samples", 0))
+        group.grads_finalized_at = group.cur_step
+        group.done = {op: group.cur_step for op in ("clip", "step", "zero_grad", "lr_step")}
+        rng_path = folder / "rng_state.pt"
+        if rng_path.exists():
+            rng = torch.load(rng_path, weights_only=False)
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        return {
+            "cur_step": group.cur_step,
+            "consumed_train_samples": group.consumed_train_samples,
+            "gradient_accumulation_steps": group.gradient_accumulation_steps,
+        }
+
+    @remote_function(dispatch="all", collect="first")
+    def get_train_configs(self, adapter_name: str | None = None, **kwargs: Any) -> str:
+        """A readable summary of the group's training set-up."""
+        group = self._group(adapter_name)
+        lines = [
+            f"model: {self.model_id} ({type(self.model).__name__}) on {self.device}, autocast={self.autocast_dtype}",
+            f"mesh: {self.device_mesh!r}, strategy: {self.strategy}",
+            f"adapter: {group.adapter_name or '(full fine-tuning)'}, gas: {group.gradient_accumulation_steps}",
+            f"optimizer: {group.optimizer!r}".replace("\n", " "),
+            f"lr_scheduler: {type(group.lr_scheduler).__name__ if group.lr_scheduler else None}",
+            f"loss: {group.loss!r}",
+        ]
+        if group.adapter_name:
+            lines.append(f"lora: {self.model.peft_config[group.adapter_name]!r}")
+        return "\n".join(lines)
