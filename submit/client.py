@@ -40,9 +40,9 @@ __all__ = [
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TOKEN_HELP = (
-    "create one with `curl -X POST $SERVER/api/v1/users -H 'Authorization: Bearer <admin token>' -d '{\"name\": ...}'` "
-    "(ask the platform admin) or, if you have a token already, `POST /api/v1/users/me/tokens`; then pass it with "
-    "--token, set TWINKLE_TOKEN, or write `token = \"twk_u_...\"` to {config}"
+    "ask the platform admin for a user token (they create one with POST /api/v1/users), or make another from a "
+    "token you have with POST /api/v1/users/me/tokens; then pass it with --token, set TWINKLE_TOKEN, or write "
+    "token = \"twk_u_...\" to {config}"
 )
 
 

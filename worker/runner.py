@@ -192,7 +192,7 @@ class _MetricsTail:
     """Reads complete JSON lines appended to the metrics file since the last read."""
 
     def __init__(self, path: Path):
-        self.path, self._offset, self._partial = path, 0, b""
+        self.path, self._offset, self._partial, self._seen = path, 0, b"", 0
 
     def read(self) -> tuple[list[dict], list[str]]:
         try:
@@ -212,9 +212,11 @@ class _MetricsTail:
                 if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
                     raise ValueError("expected an object with a 'metrics' object")
                 step = rec.get("step")
+                self._seen += 1
                 records.append(
                     {
-                        "step": int(step) if step is not None else None,
+                        # the API wants an int step; a record without one is numbered by arrival
+                        "step": int(step) if step is not None else self._seen,
                         "ts": float(rec.get("ts") or time.time()),
                         "metrics": rec["metrics"],
                     }
