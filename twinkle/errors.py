@@ -1,0 +1,97 @@
+"""The exceptions twinkle raises, in one tree.
+
+Every error says what is wrong and what to do about it. Each class also derives from the builtin a caller would
+naturally catch (``ValueError``, ``FileNotFoundError``, ...), so ``except ValueError`` keeps working for code written
+against upstream twinkle.
+
+* TwinkleError
+    * ConfigError (ValueError): a bad argument or setting (mode, mesh, sizes)
+        * UnknownComponentError: a component name (template, preprocessor, ...) that is not registered
+        * BatchSizeError: a batch size that does not fit the data-parallel layout
+    * DataError (ValueError): a dataset or sample that cannot be used
+        * DataFileNotFoundError (FileNotFoundError): a local data file or folder that does not exist
+        * SampleTooLongError: an encoded sample longer than ``max_length`` under ``truncation_strategy='raise'``
+    * TemplateError (ValueError): a tokenizer or chat template that cannot encode the input
+    * HubError (RuntimeError): a model or dataset hub (ModelScope, Hugging Face) that cannot serve an id
+
+Components of other packages append their own classes at the end of this file.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BatchSizeError",
+    "ConfigError",
+    "DataError",
+    "DataFileNotFoundError",
+    "HubError",
+    "SampleTooLongError",
+    "TemplateError",
+    "TwinkleError",
+    "UnknownComponentError",
+]
+
+
+class TwinkleError(Exception):
+    """Base class of every error twinkle raises on purpose."""
+
+
+class ConfigError(TwinkleError, ValueError):
+    """A bad argument or setting: the message names the value and the accepted ones."""
+
+
+class UnknownComponentError(ConfigError):
+    """A component looked up by a name that is not registered; the message lists the known names."""
+
+
+class BatchSizeError(ConfigError):
+    """A batch size that does not fit the data-parallel layout (too small, or not divisible)."""
+
+
+class DataError(TwinkleError, ValueError):
+    """A dataset, row or sample that cannot be used as given."""
+
+
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A local dataset path that does not exist."""
+
+
+class SampleTooLongError(DataError):
+    """An encoded sample longer than ``max_length`` while ``truncation_strategy='raise'``."""
+
+
+class TemplateError(TwinkleError, ValueError):
+    """A tokenizer or chat template that cannot encode the given input."""
+
+
+class HubError(TwinkleError, RuntimeError):
+    """A hub (ModelScope or Hugging Face) that cannot serve the requested id."""
+
+
+# ---- errors of other twinkle packages are appended below this line ----
+
+
+# ---- twinkle.model (training) ----
+
+
+class ModelNotFoundError(HubError):
+    """A model id that is neither an existing local folder nor resolvable on its hub; the message names the id."""
+
+
+class AdapterError(ConfigError):
+    """A LoRA config or adapter that cannot be used: it targets no module, or names an unknown adapter."""
+
+
+class OptimizerNotSetError(TwinkleError, RuntimeError):
+    """An optimizer step (or a resume) before ``set_optimizer``."""
+
+
+class CheckpointError(TwinkleError, OSError):
+    """A checkpoint that cannot be written (unwritable folder) or read (missing files)."""
+
+
+class UnsupportedParallelismError(ConfigError):
+    """A device mesh or strategy that ``TransformersModel`` cannot train with; the message says why."""
+
+
+__all__ += ["AdapterError", "CheckpointError", "ModelNotFoundError", "OptimizerNotSetError", "UnsupportedParallelismError"]
