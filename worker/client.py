@@ -6,7 +6,7 @@ Error responses (``{"error": {"code", "message", "fields"}}``) become exceptions
     * ``AuthError``: 401/403, the worker token is wrong or revoked
     * ``NotFound``: 404
     * ``Conflict``: 409 other than ``stale_attempt`` (e.g. the attempt was already started)
-        * ``StaleAttempt``: 409 ``stale_attempt``, a newer attempt owns the job; stop writing
+        * ``StaleAttempt``: 409 ``stale_attempt`` (or 403 ``not_your_attempt``): another attempt owns the job
     * ``InvalidRequest``: 400/413/422
     * ``ServerUnavailable``: 5xx or no connection; transient, retried before it is raised
 """
@@ -75,8 +75,10 @@ def error_from_response(response: httpx.Response) -> WorkerAPIError:
     message = str(body.get("message") or response.text[:500])
     fields = body.get("fields") if isinstance(body.get("fields"), dict) else None
     status = response.status_code
-    if status in (401, 403):
-        cls: type[WorkerAPIError] = AuthError
+    if code == "not_your_attempt":  # the attempt was reassigned to another worker: stop, like a stale one
+        cls: type[WorkerAPIError] = StaleAttempt
+    elif status in (401, 403):
+        cls = AuthError
     elif status == 404:
         cls = NotFound
     elif status == 409:
