@@ -89,8 +89,23 @@ def _get_fail_fast(refs: list[Any], label: str) -> list[Any]:
             try:
                 values[index[ref]] = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - translated into a RemoteCallError
+                _settle_quietly(remaining)
                 _raise_remote(exc, label)
     return values
+
+
+def _settle_quietly(refs: list[Any], timeout: float = 1.0) -> None:
+    """Read the peers of a failed call that finish soon, so Ray does not log their (same) error as unhandled."""
+    import ray
+
+    if not refs:
+        return
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except Exception:  # noqa: BLE001 - the first failure is the one reported
+            pass
 
 
 class LazyResult:
