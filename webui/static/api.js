@@ -33,7 +33,7 @@ function fieldText(value) {
   return String(value);
 }
 
-async function toError(response) {
+export async function toError(response) {
   let body = null;
   try {
     body = await response.json();

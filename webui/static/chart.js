@@ -15,12 +15,13 @@ function s(tag, attrs = {}, ...children) {
   return el;
 }
 
-/** About `count` round tick values covering [lo, hi] (1, 2 or 5 times a power of ten apart). */
+/** About `count` round tick values inside [lo, hi], 1, 2 or 5 times a power of ten apart (d3's rule). */
 export function niceTicks(lo, hi, count = 5) {
   if (!(hi > lo)) return [lo];
   const raw = (hi - lo) / Math.max(1, count);
   const power = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((m) => m * power).find((v) => v >= raw) || 10 * power;
+  const error = raw / power;
+  const step = power * (error >= Math.sqrt(50) ? 10 : error >= Math.sqrt(10) ? 5 : error >= Math.SQRT2 ? 2 : 1);
   const ticks = [];
   for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
   return ticks;

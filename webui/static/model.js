@@ -40,8 +40,8 @@ export function deviceGroupText(group) {
   const parts = [`${group.ranks ?? '?'} × ${group.device_type || 'device'}`];
   const details = [];
   if (group.device_model) details.push(group.device_model);
-  const mem = group.memory_gb ?? group.min_memory_gb;
-  if (mem !== null && mem !== undefined && mem !== '') details.push(`${group.min_memory_gb !== undefined ? '≥ ' : ''}${mem} GB`);
+  if (group.memory_gb) details.push(`${group.memory_gb} GB`);
+  else if (group.min_memory_gb) details.push(`≥ ${group.min_memory_gb} GB`);
   if (details.length) parts.push(`(${details.join(', ')})`);
   return `${group.name || 'default'}: ${parts.join(' ')}`;
 }

@@ -5,7 +5,7 @@
 import { ApiError, post } from '../api.js';
 import { h, pageTitle, replace } from '../ui.js';
 
-const DEVICE_TYPES = ['cuda', 'cpu', 'npu'];
+const DEVICE_TYPES = ['any', 'cuda', 'gpu', 'npu', 'cpu'];
 const PASTE_NAME = 'train.py';
 const INSPECT_DELAY_MS = 500;
 
@@ -204,8 +204,8 @@ export async function render(root) {
     const nameCtl = h('input', { type: 'text', id: ids.name, value: group.name ?? 'default', autocomplete: 'off', required: true });
     const ranksCtl = h('input', { type: 'number', id: ids.ranks, value: group.ranks ?? 1, min: '1', step: '1', inputmode: 'numeric', required: true });
     const types = DEVICE_TYPES.includes(group.device_type) || !group.device_type ? DEVICE_TYPES : [...DEVICE_TYPES, group.device_type];
-    const typeCtl = h('select', { id: ids.device_type }, types.map((t) => h('option', { value: t, selected: t === (group.device_type || 'cuda') }, t)));
-    const memCtl = h('input', { type: 'number', id: ids.min_memory_gb, value: group.min_memory_gb ?? '', min: '0', step: 'any', inputmode: 'decimal', placeholder: 'any' });
+    const typeCtl = h('select', { id: ids.device_type }, types.map((t) => h('option', { value: t, selected: t === (group.device_type || 'any') }, t)));
+    const memCtl = h('input', { type: 'number', id: ids.min_memory_gb, value: group.min_memory_gb ? group.min_memory_gb : '', min: '0', step: 'any', inputmode: 'decimal', placeholder: 'any' });
     const parts = [
       field({ id: ids.name, label: 'Name', control: nameCtl }),
       field({ id: ids.ranks, label: 'Devices (ranks)', control: ranksCtl }),
@@ -251,7 +251,7 @@ export async function render(root) {
 
   addGroup.addEventListener('click', () => {
     state.groups = readGroups();
-    state.groups.push({ name: state.groups.length ? `group${state.groups.length + 1}` : 'default', ranks: 1, device_type: 'cuda' });
+    state.groups.push({ name: state.groups.length ? `group${state.groups.length + 1}` : 'default', ranks: 1, device_type: 'any' });
     drawGroups();
     document.getElementById(`dg-${state.groups.length - 1}-name`).focus();
   });

@@ -1,0 +1,95 @@
+"""Fixtures for the web UI tests: headless Chromium (Debian's ``chromium`` package, driven by Playwright) and a
+live platform stack started the way users start it: ``twinkle-scheduler serve`` and ``dispatch`` plus a real
+``twinkle-worker``, all as child processes against a real Redis.
+
+Install the browser once with ``apt-get update && apt-get install -y chromium``; never ``playwright install``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from webui_testkit import ARTIFACTS, CHROMIUM, Stack, start_stack
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server_url, tmp_path_factory) -> Iterator[Stack]:
+    """API + dispatcher on a fresh SQLite database and Redis db 12; no worker (tests add one when they need it)."""
+    import redis
+
+    redis_url = redis_server_url.rstrip("/") + "/12"
+    redis.Redis.from_url(redis_url).flushdb()
+    running = start_stack(tmp_path_factory.mktemp("webui-stack"), redis_url)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+
+# ---------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Chromium from the system package, for the whole session."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: install it with `apt-get update && apt-get install -y chromium`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--disable-dev-shm-usage"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture()
+def page(chromium, request):
+    """A fresh browser context (no cookies) and page; page errors fail the test, a screenshot is kept."""
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-final.png"), full_page=True)
+    except Exception:  # noqa: BLE001 - a closed page has nothing to show
+        pass
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+
+
+@pytest.fixture(scope="module")
+def ui_only_url() -> Iterator[str]:
+    """The UI alone (no API behind it) in a uvicorn thread: enough to import and exercise the ES modules."""
+    import threading
+
+    import uvicorn
+    from fastapi import FastAPI
+    from webui_testkit import free_port
+
+    import webui
+
+    app = FastAPI()
+    webui.mount(app)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        thread.join(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
