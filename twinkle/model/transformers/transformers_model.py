@@ -168,11 +168,10 @@ class TransformersModel(TwinkleModel):
             self.scaler = torch.amp.GradScaler(self.device.type, **(grad_scaler_config or {}))
         if gradient_checkpointing:
             # non-reentrant: works with frozen inputs (LoRA), DDP and FSDP2 without enable_input_require_grads
-            enable = getattr(self.model, "activation_checkpointing_enable", None) or getattr(
-                self.model, "gradient_checkpointing_enable", None
-            )
-            if enable is not None:
-                enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            elif hasattr(self.model, "gradient_checkpointing_enable"):
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(self.model.config, "use_cache"):
             self.model.config.use_cache = False
 
