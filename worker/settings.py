@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["WorkerSettings"]
@@ -28,6 +28,7 @@ class WorkerSettings(BaseSettings):
         log_flush_interval_s / log_batch_lines: a log batch is posted every interval or every N lines.
         max_log_line_chars: longer lines are cut, so one runaway print cannot flood the API.
         keep_job_dirs: keep ``jobs/{job}/{attempt}`` after the attempt ended (for debugging).
+        assets_dir: the tiny-model cache handed to jobs as ``TWINKLE_ASSETS_DIR`` (also read from that name).
     """
 
     model_config = SettingsConfigDict(env_prefix="TWINKLE_WORKER_", extra="ignore")
@@ -52,6 +53,9 @@ class WorkerSettings(BaseSettings):
     log_batch_lines: int = Field(default=200, ge=1)
     max_log_line_chars: int = Field(default=8192, ge=80)
     keep_job_dirs: bool = False
+    assets_dir: str | None = Field(
+        default=None, validation_alias=AliasChoices("TWINKLE_WORKER_ASSETS_DIR", "TWINKLE_ASSETS_DIR", "assets_dir")
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("server_url")

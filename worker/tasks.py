@@ -7,7 +7,6 @@ idempotent on ``(job_id, attempt)`` because ``POST /attempts/{job}/{n}/start`` a
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import zipfile
@@ -137,7 +136,7 @@ class AttemptExecutor:
             folder,
             entrypoint,
             cuda_visible_devices=self.cuda_visible_devices,
-            assets_dir=os.environ.get("TWINKLE_ASSETS_DIR"),
+            assets_dir=self.settings.assets_dir,
         )
         sink = ClientSink(self.client, job_id, attempt)
         runner = JobRunner(
