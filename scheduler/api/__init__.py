@@ -1,0 +1,1 @@
+"""Thin HTTP routers: unpack the request, call a service, convert the result."""

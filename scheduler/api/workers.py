@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from scheduler.api.deps import CurrentUser, CurrentWorker, RuntimeDep, SessionDep
+from scheduler.schemas.workers import (
+    AttemptRef,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    OfferedGroup,
+    RegisterWorkerRequest,
+    RegisterWorkerResponse,
+    Worker,
+    WorkerList,
+)
+from scheduler.services import events
+from scheduler.services import workers as workers_service
+
+router = APIRouter(tags=["workers"])
+
+
+@router.post("/workers/register", response_model=RegisterWorkerResponse)
+def register(body: RegisterWorkerRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep) -> RegisterWorkerResponse:
+    """Register the DeviceGroups this worker offers (worker token). Each offered group runs one job at a time.
+    Registering again under the same name means the worker restarted: its unfinished jobs are requeued."""
+    s = rt.settings
+    reg = workers_service.register(
+        session, token, name=body.name, hostname=body.hostname, device_groups=body.device_groups,
+        lease_s=s.lease_s, max_attempts=s.max_attempts,
+    )
+    events.requeued(rt.db, rt.redis, rt.storage, reg.requeued)
+    return RegisterWorkerResponse(
+        worker_id=reg.worker.id,
+        queue=workers_service.queue_name(reg.worker.id),
+        broker_url=s.broker_public_url or s.effective_redis_url,
+        heartbeat_interval_s=s.heartbeat_interval_s,
+        lease_s=s.lease_s,
+    )
+
+
+@router.post("/workers/{worker_id}/heartbeat", response_model=HeartbeatResponse)
+def heartbeat(
+    worker_id: str, body: HeartbeatRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep
+) -> HeartbeatResponse:
+    """Renew the worker's lease; the answer lists attempts to stop (cancelled jobs, or stale attempts the
+    worker still runs after being presumed lost)."""
+    cancel = workers_service.heartbeat(session, token, worker_id, body.running, rt.settings.lease_s)
+    return HeartbeatResponse(cancel=[AttemptRef(job_id=c.job_id, attempt=c.attempt) for c in cancel])
+
+
+@router.get("/workers", response_model=WorkerList)
+def list_workers(_user: CurrentUser, session: SessionDep) -> WorkerList:
+    """Donors and pools: offered DeviceGroups, state, last heartbeat, jobs run and GPU-hours given."""
+    return WorkerList(
+        items=[
+            Worker(
+                id=i.worker.id,
+                name=i.worker.name,
+                hostname=i.worker.hostname,
+                owner=i.worker.owner,
+                state=i.worker.state,
+                device_groups=[OfferedGroup.model_validate(g) for g in i.worker.device_groups],
+                registered_at=i.worker.registered_at,
+                last_heartbeat_at=i.worker.last_heartbeat_at,
+                running_jobs=i.running_jobs,
+                jobs_run=i.worker.jobs_run,
+                gpu_hours=round(i.worker.gpu_seconds / 3600.0, 4),
+            )
+            for i in workers_service.list_workers(session)
+        ]
+    )

@@ -1,0 +1,78 @@
+"""Errors the scheduler's services raise; ``main.py`` maps them to JSON in one place.
+
+Every error body is ``{"error": {"code": ..., "message": ..., "fields": {...}}}``.
+
+- ``SchedulerError``: base; ``status`` is the HTTP status
+  - ``BadRequest`` (400): a malformed or truncated upload, a Content-Length mismatch
+  - ``Unauthorized`` (401): no token, or an unknown one
+  - ``Forbidden`` (403): a token of the wrong kind for the route
+  - ``NotFound`` (404): missing, or owned by someone else (never 403, so ids don't leak)
+  - ``Conflict`` (409)
+    - ``StaleAttempt`` (409, ``stale_attempt``): a write from an attempt that is not the job's live one
+  - ``LengthRequired`` (411)
+  - ``PayloadTooLarge`` (413): a bundle over ``MAX_BUNDLE_MB``
+  - ``InvalidRequest`` (422): the submission is wrong; ``fields`` lists every problem at once
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SchedulerError(Exception):
+    status: int = 400
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None, fields: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.fields = fields or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "fields": self.fields}}
+
+
+class BadRequest(SchedulerError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(SchedulerError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(SchedulerError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(SchedulerError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(SchedulerError):
+    status = 409
+    code = "conflict"
+
+
+class StaleAttempt(Conflict):
+    code = "stale_attempt"
+
+
+class LengthRequired(SchedulerError):
+    status = 411
+    code = "length_required"
+
+
+class PayloadTooLarge(SchedulerError):
+    status = 413
+    code = "payload_too_large"
+
+
+class InvalidRequest(SchedulerError):
+    status = 422
+    code = "invalid_request"

@@ -1,0 +1,80 @@
+"""The FastAPI app: routers under ``/api/v1``, health at the root, errors mapped to JSON in one place."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from scheduler.errors import SchedulerError
+from scheduler.observability import app_registry
+from scheduler.runtime import Runtime
+from scheduler.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+
+def _error(status: int, code: str, message: str, fields: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "fields": fields or {}}}, status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SchedulerError)
+    async def _scheduler_error(_req: Request, exc: SchedulerError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        fields: dict[str, str] = {}
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body",))
+            fields[loc or "body"] = err.get("msg", "invalid")
+        summary = "; ".join(f"{k}: {v}" for k, v in fields.items())
+        return _error(422, "invalid_request", f"the request is invalid: {summary}", fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """Build the API. ``runtime`` (DB, storage, Redis) is made from ``settings`` when not given; the database
+    is migrated to the latest schema first unless ``RUN_MIGRATIONS`` is off."""
+    from scheduler.api import attempts, downloads, health, jobs, users, workers
+
+    rt = runtime or Runtime.from_settings(settings or get_settings())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        yield
+        if runtime is None:
+            rt.close()
+
+    app = FastAPI(
+        title="Twinkle Commons scheduler",
+        version="0.1.0",
+        description="Submit twinkle training scripts as jobs; donated GPU workers run them.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    app.state.metrics_registry = app_registry(rt.db)
+    install_error_handlers(app)
+    for module in (users, jobs, workers, attempts, downloads):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(health.router)
+
+    try:
+        import webui
+    except ImportError:  # pragma: no cover - webui ships in the same distribution
+        webui = None  # type: ignore[assignment]
+    if webui is not None and hasattr(webui, "mount"):
+        webui.mount(app)
+    return app

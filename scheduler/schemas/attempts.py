@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ResumeFile(BaseModel):
+    path: str
+    size: int
+    url: str
+
+
+class ResumeFrom(BaseModel):
+    """The checkpoint files (under ``output/``) of the latest earlier attempt that uploaded any."""
+
+    attempt: int
+    files: list[ResumeFile]
+
+
+class StartResponse(BaseModel):
+    job_id: str
+    attempt: int
+    entrypoint: str
+    user_id: str
+    resume_from: ResumeFrom | None = None
+
+
+class LogLine(BaseModel):
+    ts: float | None = None
+    stream: Literal["stdout", "stderr", "system"] = "stdout"
+    text: str = Field(max_length=65536)
+
+
+class LogsRequest(BaseModel):
+    lines: list[LogLine] = Field(max_length=10_000)
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
+class MetricIn(BaseModel):
+    step: int
+    ts: float
+    metrics: dict[str, Any]
+
+
+class MetricsRequest(BaseModel):
+    records: list[MetricIn] = Field(max_length=10_000)
+
+
+class FinishRequest(BaseModel):
+    state: Literal["succeeded", "failed", "cancelled"]
+    exit_code: int | None = None
+    error: str | None = Field(default=None, max_length=65536)
+
+
+class ArtifactStored(BaseModel):
+    attempt: int
+    path: str
+    size: int
+
+
+class FinishResponse(BaseModel):
+    job_id: str
+    attempt: int
+    state: str = Field(description="the job's state now")

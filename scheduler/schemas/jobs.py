@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class DeviceGroupRequest(BaseModel):
+    """One DeviceGroup a job needs. ``device_type``: cuda/GPU, cpu/CPU, npu, or ``any``."""
+
+    name: str = Field(default="default", min_length=1, max_length=128)
+    ranks: int = Field(default=1, ge=1, le=4096)
+    device_type: str = Field(default="any", min_length=1, max_length=32)
+    min_memory_gb: float = Field(default=0.0, ge=0)
+
+
+class JobRequest(BaseModel):
+    device_groups: list[DeviceGroupRequest] = Field(min_length=1, max_length=64)
+
+
+class InspectResponse(BaseModel):
+    request: JobRequest
+    warnings: list[str]
+    entrypoint: str
+
+
+class Attempt(BaseModel):
+    n: int
+    worker_id: str | None
+    state: str
+    assigned_at: dt.datetime
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    exit_code: int | None
+    error: str | None
+
+
+class Job(BaseModel):
+    id: str
+    name: str
+    user_id: str
+    state: str = Field(description="queued, assigned, running, cancelling, succeeded, failed or cancelled")
+    entrypoint: str
+    request: JobRequest
+    warnings: list[str]
+    bundle_size: int
+    attempt: int = Field(description="number of the live (or last) attempt; 0 before the first")
+    worker_id: str | None
+    queue_position: int | None = Field(description="1-based place in the dispatch order while queued")
+    pending_reason: str | None = Field(description="why a queued job is waiting")
+    error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    attempts: list[Attempt]
+
+
+class JobList(BaseModel):
+    items: list[Job]
+    total: int
+
+
+class MetricRecord(BaseModel):
+    attempt: int
+    step: int
+    ts: float
+    metrics: dict[str, Any]
+
+
+class MetricsResponse(BaseModel):
+    records: list[MetricRecord]
+
+
+class Artifact(BaseModel):
+    attempt: int
+    path: str
+    size: int
+    url: str = Field(description="presigned, short-lived download link")
+
+
+class ArtifactList(BaseModel):
+    items: list[Artifact]

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, Field
+
+
+class User(BaseModel):
+    id: str
+    name: str
+    created_at: dt.datetime
+
+
+class CreateUserRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+
+
+class CreateUserResponse(BaseModel):
+    user: User
+    token: str = Field(description="the user's API token (twk_u_...); shown once, stored only as a hash")
+
+
+class TokenResponse(BaseModel):
+    token: str
+
+
+class CreateWorkerTokenRequest(BaseModel):
+    owner: str = Field(min_length=1, max_length=128, description="who donates the machines using this token")
+
+
+class SessionRequest(BaseModel):
+    token: str = Field(min_length=1)
+
+
+class SessionResponse(BaseModel):
+    user: User

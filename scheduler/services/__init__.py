@@ -1,0 +1,1 @@
+"""Scheduler logic. Routers call these; they raise ``scheduler.errors`` and never build HTTP responses."""

@@ -1,0 +1,207 @@
+"""Writes from workers about one attempt, each fenced by ``(job_id, attempt)``.
+
+The attempt number is a fencing token: a write is accepted only from the job's live attempt, on a worker of
+the calling token, in a state where that write makes sense. Anything else is 409 ``stale_attempt``, so a
+worker that was presumed dead (and whose job now runs elsewhere as attempt n+1) can never overwrite it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from scheduler.db import (
+    ApiTokenModel,
+    ArtifactModel,
+    AttemptModel,
+    AttemptState,
+    JobModel,
+    JobState,
+    MetricModel,
+    WorkerModel,
+    utcnow,
+)
+from scheduler.errors import BadRequest, Forbidden, InvalidRequest, LengthRequired, NotFound, StaleAttempt
+from scheduler.schemas.attempts import FinishRequest, MetricIn
+from scheduler.services.workers import gpu_seconds_of
+from scheduler.storage import Storage, attempt_key
+
+WRITABLE = (AttemptState.RUNNING,)
+
+
+@dataclass
+class Fenced:
+    job: JobModel
+    attempt: AttemptModel
+
+
+def fence(session: Session, token: ApiTokenModel, job_id: str, n: int, allowed: tuple[str, ...]) -> Fenced:
+    job = session.get(JobModel, job_id)
+    attempt = session.scalar(sa.select(AttemptModel).where(AttemptModel.job_id == job_id, AttemptModel.n == n))
+    if job is None or attempt is None:
+        raise NotFound(f"no attempt {n} of job {job_id!r}", code="attempt_not_found")
+    worker = session.get(WorkerModel, attempt.worker_id) if attempt.worker_id else None
+    if worker is None or worker.token_id != token.id:
+        raise Forbidden(f"attempt {n} of job {job_id} is assigned to another worker", code="not_your_attempt")
+    if n != job.attempt or attempt.state not in allowed:
+        raise StaleAttempt(
+            f"attempt {n} of job {job_id} is stale (attempt is {attempt.state}; the job is {job.state} "
+            f"at attempt {job.attempt}); stop it",
+            fields={"job_attempt": str(job.attempt), "attempt_state": attempt.state, "job_state": job.state},
+        )
+    return Fenced(job, attempt)
+
+
+def start(session: Session, token: ApiTokenModel, job_id: str, n: int) -> Fenced:
+    """Confirm the assignment; the idempotency check of ``twinkle.run_attempt`` (a second start gets 409)."""
+    f = fence(session, token, job_id, n, (AttemptState.ASSIGNED,))
+    now = utcnow()
+    # Conditional updates: of two concurrent starts of the same attempt only one matches.
+    res = session.execute(
+        sa.update(AttemptModel)
+        .where(AttemptModel.id == f.attempt.id, AttemptModel.state == AttemptState.ASSIGNED)
+        .values(state=AttemptState.RUNNING, started_at=now)
+    )
+    res2 = session.execute(
+        sa.update(JobModel)
+        .where(JobModel.id == job_id, JobModel.attempt == n, JobModel.state == JobState.ASSIGNED)
+        .values(state=JobState.RUNNING, started_at=sa.func.coalesce(JobModel.started_at, now), updated_at=now,
+                pending_reason=None)
+    )
+    if res.rowcount != 1 or res2.rowcount != 1:
+        session.rollback()
+        raise StaleAttempt(f"attempt {n} of job {job_id} was started or ended already", fields={})
+    session.commit()
+    session.refresh(f.job)
+    session.refresh(f.attempt)
+    return f
+
+
+def resume_files(session: Session, job: JobModel) -> tuple[int, list[ArtifactModel]] | None:
+    """Checkpoint files of the latest earlier attempt that uploaded anything under ``output/``."""
+    rows = session.scalars(
+        sa.select(ArtifactModel)
+        .where(ArtifactModel.job_id == job.id, ArtifactModel.attempt < job.attempt, ArtifactModel.path.like("output/%"))
+        .order_by(ArtifactModel.attempt.desc(), ArtifactModel.path)
+    ).all()
+    if not rows:
+        return None
+    latest = rows[0].attempt
+    return latest, [r for r in rows if r.attempt == latest]
+
+
+def add_metrics(session: Session, token: ApiTokenModel, job_id: str, n: int, records: list[MetricIn]) -> int:
+    fence(session, token, job_id, n, WRITABLE)
+    if records:
+        session.execute(
+            sa.insert(MetricModel),
+            [dict(job_id=job_id, attempt=n, step=r.step, ts=r.ts, metrics=r.metrics) for r in records],
+        )
+    session.commit()
+    return len(records)
+
+
+def check_artifact_path(path: str) -> str:
+    p = PurePosixPath(path)
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or any(part in ("", ".", "..") for part in path.split("/"))
+        or len(path) > 1024
+        or (p.parts and p.parts[0].endswith(":"))
+    ):
+        raise InvalidRequest(
+            f"artifact path {path!r} must be relative, without '..', '.', empty segments or backslashes",
+            code="bad_path",
+            fields={"path": "relative path without .. expected"},
+        )
+    return path
+
+
+async def spool_body(stream: AsyncIterator[bytes], expected: int | None, limit: int | None = None) -> Any:
+    """Copy a request body to a temporary file and check its length against ``Content-Length``."""
+    if expected is None:
+        raise LengthRequired("send a Content-Length header with the artifact body")
+    tmp = tempfile.TemporaryFile()
+    size = 0
+    try:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > expected or (limit is not None and size > limit):
+                break
+            tmp.write(chunk)
+    except Exception as exc:  # the client went away mid-body
+        tmp.close()
+        raise BadRequest(f"the upload broke off after {size} bytes: {exc}", code="truncated_upload") from exc
+    if size != expected:
+        tmp.close()
+        raise BadRequest(
+            f"Content-Length says {expected} bytes but the body had {'more' if size > expected else size}; "
+            "nothing was kept, upload again",
+            code="length_mismatch",
+        )
+    tmp.seek(0)
+    return tmp
+
+
+def store_artifact(
+    session: Session, storage: Storage, token: ApiTokenModel, job_id: str, n: int, path: str, body: Any, size: int
+) -> ArtifactModel:
+    f = fence(session, token, job_id, n, WRITABLE)
+    user_id = f.job.user_id
+    session.rollback()  # no storage call inside a DB transaction
+    key = attempt_key(user_id, job_id, n, path)
+    storage.put_file(key, body)
+    # Fence again: the attempt may have gone stale during the upload; its object then stays under its own
+    # attempt folder, where it cannot overwrite the newer attempt's files.
+    fence(session, token, job_id, n, WRITABLE)
+    row = session.scalar(
+        sa.select(ArtifactModel).where(
+            ArtifactModel.job_id == job_id, ArtifactModel.attempt == n, ArtifactModel.path == path
+        )
+    )
+    if row is None:
+        row = ArtifactModel(job_id=job_id, attempt=n, path=path, key=key, size=size, created_at=utcnow())
+        session.add(row)
+    else:
+        row.size, row.created_at = size, utcnow()
+    session.commit()
+    return row
+
+
+@dataclass
+class Finished:
+    job: JobModel
+    attempt: AttemptModel
+
+
+def finish(session: Session, token: ApiTokenModel, job_id: str, n: int, body: FinishRequest) -> Finished:
+    f = fence(session, token, job_id, n, (AttemptState.ASSIGNED, AttemptState.RUNNING))
+    now = utcnow()
+    job, attempt = f.job, f.attempt
+    state = body.state
+    if job.state == JobState.CANCELLING and state == "failed":
+        state = "cancelled"  # the worker killed it on our request; the non-zero exit is expected
+    attempt.state = state
+    attempt.ended_at = now
+    attempt.exit_code = body.exit_code
+    attempt.error = body.error
+    worker = session.get(WorkerModel, attempt.worker_id) if attempt.worker_id else None
+    if worker is not None:
+        worker.gpu_seconds += gpu_seconds_of(attempt, job, worker, now)
+        worker.jobs_run += 1
+    job.state = state
+    job.ended_at = now
+    job.updated_at = now
+    job.error = body.error if state == "failed" else None
+    job.slots = None
+    session.commit()
+    return f

@@ -1,0 +1,234 @@
+"""One dispatcher round (match queued jobs, commit assignments, then send Celery tasks) and the reaper.
+
+Order in a round, and why: (1) read workers, busy slots and the queue; (2) plan in memory (``matching``);
+(3) write every assignment and attempt row in one transaction and COMMIT; (4) only then send
+``twinkle.run_attempt`` to each worker's queue. A crash between (3) and (4) loses messages, never jobs:
+the start deadline dispatches an unconfirmed assignment again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from scheduler.db import (
+    ACTIVE_JOB_STATES,
+    AttemptModel,
+    AttemptState,
+    Database,
+    JobModel,
+    JobState,
+    WorkerModel,
+    WorkerState,
+    utcnow,
+)
+from scheduler.services import matching
+from scheduler.services.requeue import Requeued, requeue_active_jobs, requeue_jobs
+from scheduler.services.workers import queue_name
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "twinkle.run_attempt"
+CHUNK = 500
+
+
+@dataclass
+class Sent:
+    job_id: str
+    attempt: int
+    worker_id: str
+    queued_at: dt.datetime
+
+
+@dataclass
+class RoundResult:
+    assigned: list[Sent] = field(default_factory=list)
+    waiting: int = 0
+    plan_s: float = 0.0
+    db_s: float = 0.0
+    send_s: float = 0.0
+
+
+def _chunks(seq: list, n: int = CHUNK):  # type: ignore[no-untyped-def]
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def plan_round(session: Session, now: dt.datetime) -> tuple[matching.Plan, dict[str, tuple]]:
+    workers_rows = session.execute(
+        sa.select(WorkerModel.id, WorkerModel.device_groups, WorkerModel.state, WorkerModel.lease_expires_at)
+    ).all()
+    busy: dict[str, set[int]] = {}
+    for wid, slots in session.execute(
+        sa.select(JobModel.worker_id, JobModel.slots).where(
+            JobModel.state.in_([s.value for s in ACTIVE_JOB_STATES]), JobModel.worker_id.is_not(None)
+        )
+    ):
+        busy.setdefault(wid, set()).update(slots or [])
+    views = [
+        matching.WorkerView(
+            wid,
+            tuple(matching.Offer.from_dict(g) for g in groups),
+            live=state == WorkerState.LIVE and lease > now,
+            busy=frozenset(busy.get(wid, ())),
+        )
+        for wid, groups, state, lease in workers_rows
+    ]
+    rows = session.execute(
+        sa.select(
+            JobModel.id, JobModel.user_id, JobModel.request, JobModel.attempt, JobModel.pending_reason,
+            JobModel.queued_at,
+        )
+        .where(JobModel.state == JobState.QUEUED)
+        .order_by(JobModel.created_at, JobModel.id)
+    ).all()
+    needs_cache: dict[str, tuple[matching.Need, ...]] = {}
+    queued = []
+    info: dict[str, tuple] = {}
+    for jid, uid, request, attempt, reason, queued_at in rows:
+        key = repr(request)
+        needs = needs_cache.get(key)
+        if needs is None:
+            needs = needs_cache[key] = matching.needs_from_request(request)
+        queued.append(matching.QueuedJob(jid, uid, needs))
+        info[jid] = (attempt, reason, queued_at)
+    return matching.plan(views, queued), info
+
+
+def dispatch_round(db: Database, celery_app: object) -> RoundResult:
+    result = RoundResult()
+    now = utcnow()
+    t0 = time.perf_counter()
+    with db.session() as session:
+        plan, info = plan_round(session, now)
+        result.plan_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        if plan.assignments:
+            # Guarded on state='queued': a job cancelled since the read is left alone.
+            session.execute(
+                sa.update(JobModel.__table__)
+                .where(JobModel.__table__.c.id == sa.bindparam("b_id"), JobModel.__table__.c.state == JobState.QUEUED)
+                .values(
+                    state=JobState.ASSIGNED,
+                    worker_id=sa.bindparam("b_worker"),
+                    slots=sa.bindparam("b_slots", type_=sa.JSON),
+                    attempt=sa.bindparam("b_attempt"),
+                    assigned_at=now,
+                    updated_at=now,
+                    pending_reason=None,
+                ),
+                [
+                    dict(b_id=a.job_id, b_worker=a.worker_id, b_slots=list(a.slots), b_attempt=info[a.job_id][0] + 1)
+                    for a in plan.assignments
+                ],
+            )
+            assigned = {a.job_id: a for a in plan.assignments}
+            confirmed: set[str] = set()
+            for chunk in _chunks(list(assigned)):
+                confirmed.update(
+                    session.scalars(
+                        sa.select(JobModel.id).where(
+                            JobModel.id.in_(chunk), JobModel.state == JobState.ASSIGNED, JobModel.assigned_at == now
+                        )
+                    )
+                )
+            attempts = []
+            for jid in confirmed:
+                a = assigned[jid]
+                n = info[jid][0] + 1
+                attempts.append(dict(job_id=jid, n=n, worker_id=a.worker_id, state=AttemptState.ASSIGNED,
+                                     assigned_at=now, logs_persisted=False))
+                result.assigned.append(Sent(jid, n, a.worker_id, info[jid][2]))
+            if attempts:
+                session.execute(sa.insert(AttemptModel), attempts)
+        changed = [
+            dict(b_id=jid, b_reason=reason)
+            for jid, reason in plan.reasons.items()
+            if info[jid][1] != reason
+        ]
+        if changed:
+            session.execute(
+                sa.update(JobModel.__table__)
+                .where(JobModel.__table__.c.id == sa.bindparam("b_id"), JobModel.__table__.c.state == JobState.QUEUED)
+                .values(pending_reason=sa.bindparam("b_reason")),
+                changed,
+            )
+        session.commit()
+        result.waiting = len(plan.reasons)
+        result.db_s = time.perf_counter() - t1
+    # Committed; now the network calls.
+    t2 = time.perf_counter()
+    send_assignments(celery_app, result.assigned)
+    result.send_s = time.perf_counter() - t2
+    observe_latency(result.assigned)
+    return result
+
+
+def send_assignments(celery_app: object, sent: list[Sent]) -> None:
+    if not sent:
+        return
+    app = celery_app  # a celery.Celery
+    with app.producer_or_acquire() as producer:  # type: ignore[attr-defined]
+        for s in sent:
+            app.send_task(  # type: ignore[attr-defined]
+                TASK_NAME, args=[s.job_id, s.attempt], queue=queue_name(s.worker_id), producer=producer
+            )
+
+
+def observe_latency(sent: list[Sent]) -> None:
+    from scheduler.observability import DISPATCH_LATENCY
+
+    now = utcnow()
+    for s in sent:
+        DISPATCH_LATENCY.observe(max(0.0, (now - s.queued_at).total_seconds()))
+
+
+@dataclass
+class ReapResult:
+    lost_workers: list[str] = field(default_factory=list)
+    requeued: list[Requeued] = field(default_factory=list)
+
+
+def reap(db: Database, *, start_deadline_s: float, max_attempts: int) -> ReapResult:
+    """Mark workers whose lease expired as lost and requeue their jobs; requeue assignments nobody started."""
+    result = ReapResult()
+    now = utcnow()
+    with db.session() as session:
+        lost = list(
+            session.scalars(
+                sa.select(WorkerModel.id).where(
+                    WorkerModel.state == WorkerState.LIVE, WorkerModel.lease_expires_at < now
+                )
+            )
+        )
+        if lost:
+            session.execute(
+                sa.update(WorkerModel)
+                .where(WorkerModel.id.in_(lost), WorkerModel.lease_expires_at < now)
+                .values(state=WorkerState.LOST)
+            )
+            result.lost_workers = lost
+            result.requeued += requeue_active_jobs(
+                session, lost, reason="the worker stopped heartbeating (lease expired)", max_attempts=max_attempts
+            )
+        deadline = now - dt.timedelta(seconds=start_deadline_s)
+        unstarted = session.scalars(
+            sa.select(JobModel)
+            .where(JobModel.state == JobState.ASSIGNED, JobModel.assigned_at < deadline)
+            .with_for_update()
+        ).all()
+        if unstarted:
+            result.requeued += requeue_jobs(
+                session,
+                list(unstarted),
+                reason=f"the worker did not start it within {start_deadline_s:g}s",
+                attempt_state=AttemptState.EXPIRED,
+                max_attempts=max_attempts,
+            )
+        session.commit()
+    return result

@@ -1,0 +1,268 @@
+"""Jobs: submit (validate everything, store, queue), list, get with queue position, cancel."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, selectinload
+
+from scheduler.db import (
+    ACTIVE_JOB_STATES,
+    TERMINAL_JOB_STATES,
+    AttemptModel,
+    AttemptState,
+    JobModel,
+    JobState,
+    UserModel,
+    WorkerModel,
+    WorkerState,
+    new_id,
+    utcnow,
+)
+from scheduler.errors import Conflict, InvalidRequest, NotFound
+from scheduler.schemas.jobs import JobRequest
+from scheduler.services import matching
+from scheduler.services.script_inspection import Inspection, inspect_source, read_bundle
+from scheduler.storage import Storage, bundle_key
+
+
+@dataclass
+class Submission:
+    job_id: str
+    bundle_zip: bytes
+    entrypoint: str
+    inspection: Inspection
+    request: dict[str, Any]
+    name: str
+
+
+def _problems_error(problems: list[tuple[str, str]]) -> InvalidRequest:
+    fields: dict[str, str] = {}
+    for key, msg in problems:
+        fields[key] = f"{fields[key]}; {msg}" if key in fields else msg
+    code = "not_python" if any("not valid Python" in m for _, m in problems) else "invalid_request"
+    summary = " | ".join(m for _, m in problems)
+    return InvalidRequest(f"the job was not accepted: {summary}", code=code, fields=fields)
+
+
+def parse_request(raw: str | None, problems: list[tuple[str, str]]) -> dict[str, Any] | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        problems.append(("request", f"request is not JSON: {exc.msg} at char {exc.pos}"))
+        return None
+    try:
+        return JobRequest.model_validate(data).model_dump()
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in ("request", *err["loc"]))
+            problems.append((loc, err["msg"]))
+        return None
+
+
+def prepare(filename: str, data: bytes, entrypoint: str | None, name: str | None, request: str | None) -> Submission:
+    """Validate a submission completely before anything is stored; raises ``InvalidRequest`` with every problem."""
+    problems: list[tuple[str, str]] = []
+    override = parse_request(request, problems)
+    bundle, bundle_problems = read_bundle(filename, data, entrypoint or None)
+    problems.extend(bundle_problems)
+    inspection = None
+    if bundle is not None:
+        try:
+            inspection = inspect_source(bundle.source, bundle.entrypoint)
+        except InvalidRequest as exc:
+            problems.extend(exc.fields.items())
+    if problems or bundle is None or inspection is None:
+        raise _problems_error(problems or [("file", "the upload could not be read")])
+    if override is not None:
+        inspection.warnings = [w for w in inspection.warnings if "DeviceGroup" not in w and "nproc" not in w]
+    job_name = (name or "").strip() or PurePosixPath(filename).stem or "job"
+    return Submission(
+        job_id=new_id(),
+        bundle_zip=bundle.zip_bytes,
+        entrypoint=bundle.entrypoint,
+        inspection=inspection,
+        request=override or inspection.request(),
+        name=job_name[:255],
+    )
+
+
+def worker_views(session: Session, *, live_only: bool = False) -> list[matching.WorkerView]:
+    q = sa.select(WorkerModel.id, WorkerModel.device_groups, WorkerModel.state)
+    if live_only:
+        q = q.where(WorkerModel.state == WorkerState.LIVE)
+    return [
+        matching.WorkerView(wid, tuple(matching.Offer.from_dict(g) for g in groups), live=state == WorkerState.LIVE)
+        for wid, groups, state in session.execute(q)
+    ]
+
+
+def create_job(session: Session, storage: Storage, user: UserModel, sub: Submission) -> JobModel:
+    """Store the bundle, then commit the row; on a failed commit the bundle is removed again."""
+    catalog = matching.ShapeCatalog(worker_views(session))
+    reason = catalog.hold_reason(matching.needs_from_request(sub.request)) or "waiting for the dispatcher"
+    session.rollback()  # end the read transaction: no storage call inside a DB transaction
+    key = bundle_key(user.id, sub.job_id)
+    size = storage.put_bytes(key, sub.bundle_zip)
+    now = utcnow()
+    job = JobModel(
+        id=sub.job_id,
+        user_id=user.id,
+        name=sub.name,
+        state=JobState.QUEUED,
+        entrypoint=sub.entrypoint,
+        request=sub.request,
+        warnings=sub.inspection.warnings,
+        bundle_key=key,
+        bundle_size=size,
+        attempt=0,
+        pending_reason=reason,
+        created_at=now,
+        queued_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except Exception:
+        session.rollback()
+        storage.delete(key)
+        raise
+    return job
+
+
+def get_job(session: Session, user: UserModel, job_id: str) -> JobModel:
+    job = session.scalar(
+        sa.select(JobModel).options(selectinload(JobModel.attempts)).where(JobModel.id == job_id)
+    )
+    if job is None or job.user_id != user.id:
+        raise NotFound(f"no job {job_id!r}", code="job_not_found")  # another user's job is 404, not 403
+    return job
+
+
+def list_jobs(
+    session: Session, user: UserModel, state: str | None, limit: int, offset: int
+) -> tuple[list[JobModel], int]:
+    cond = [JobModel.user_id == user.id]
+    if state:
+        states = [s.strip().lower() for s in state.split(",") if s.strip()]
+        unknown = [s for s in states if s not in {x.value for x in JobState}]
+        if unknown:
+            raise InvalidRequest(
+                f"unknown state {', '.join(unknown)}; use one of {', '.join(s.value for s in JobState)}",
+                fields={"state": "unknown state"},
+            )
+        cond.append(JobModel.state.in_(states))
+    total = session.scalar(sa.select(sa.func.count()).select_from(JobModel).where(*cond)) or 0
+    items = session.scalars(
+        sa.select(JobModel)
+        .options(selectinload(JobModel.attempts))
+        .where(*cond)
+        .order_by(JobModel.created_at.desc(), JobModel.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(items), int(total)
+
+
+def queue_positions(session: Session, jobs: list[JobModel]) -> dict[str, int]:
+    """1-based position of each queued job in round-robin dispatch order (users alternate, FIFO within one).
+
+    A job that is the k-th (0-based) of its user waits behind its user's k earlier jobs and, from every other
+    user, ``min(their queued count, k + 1)`` jobs if that user's turn comes first, else ``min(count, k)``.
+    """
+    queued = [j for j in jobs if j.state == JobState.QUEUED]
+    if not queued:
+        return {}
+    heads: dict[str, tuple[Any, int]] = {
+        uid: (first, count)
+        for uid, first, count in session.execute(
+            sa.select(JobModel.user_id, sa.func.min(JobModel.created_at), sa.func.count())
+            .where(JobModel.state == JobState.QUEUED)
+            .group_by(JobModel.user_id)
+        )
+    }
+    order = sorted(heads, key=lambda u: heads[u][0])
+    rank_of = {u: i for i, u in enumerate(order)}
+    out: dict[str, int] = {}
+    for job in queued:
+        k = (
+            session.scalar(
+                sa.select(sa.func.count())
+                .select_from(JobModel)
+                .where(
+                    JobModel.user_id == job.user_id,
+                    JobModel.state == JobState.QUEUED,
+                    sa.or_(
+                        JobModel.created_at < job.created_at,
+                        sa.and_(JobModel.created_at == job.created_at, JobModel.id < job.id),
+                    ),
+                )
+            )
+            or 0
+        )
+        mine = rank_of.get(job.user_id, 0)
+        ahead = k
+        for uid, (_, count) in heads.items():
+            if uid != job.user_id:
+                ahead += min(count, k + 1 if rank_of[uid] < mine else k)
+        out[job.id] = ahead + 1
+    return out
+
+
+@dataclass
+class CancelResult:
+    job: JobModel
+    ended: bool  # the job reached a terminal state now (live log readers must be told)
+
+
+def cancel_job(session: Session, user: UserModel, job_id: str) -> CancelResult:
+    """Queued or assigned: cancelled at once. Running: CANCELLING until the worker reports ``finish``."""
+    for _ in range(5):  # conditional updates; retried if the job moved under us
+        job = get_job(session, user, job_id)
+        now = utcnow()
+        if job.state in TERMINAL_JOB_STATES:
+            raise Conflict(f"job {job_id} has already ended ({job.state})", code="job_ended")
+        if job.state == JobState.CANCELLING:
+            return CancelResult(job, False)
+        if job.state in (JobState.QUEUED, JobState.ASSIGNED):
+            values = dict(state=JobState.CANCELLED, ended_at=now, updated_at=now, slots=None, pending_reason=None)
+        else:
+            values = dict(state=JobState.CANCELLING, updated_at=now)
+        res = session.execute(
+            sa.update(JobModel)
+            .where(JobModel.id == job.id, JobModel.state == job.state, JobModel.attempt == job.attempt)
+            .values(**values)
+        )
+        if res.rowcount != 1:
+            session.rollback()
+            continue
+        if job.state == JobState.ASSIGNED:
+            session.execute(
+                sa.update(AttemptModel)
+                .where(AttemptModel.job_id == job.id, AttemptModel.n == job.attempt)
+                .values(state=AttemptState.CANCELLED, ended_at=now, error="cancelled before it started")
+            )
+        session.commit()
+        session.expire_all()
+        return CancelResult(get_job(session, user, job_id), values["state"] == JobState.CANCELLED)
+    raise Conflict(f"job {job_id} kept changing; try again", code="busy")
+
+
+def job_counts_by_state(session: Session) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for state, n in session.execute(sa.select(JobModel.state, sa.func.count()).group_by(JobModel.state)):
+        counts[state] = n
+    return dict(counts)
+
+
+def active_states() -> tuple[str, ...]:
+    return tuple(s.value for s in ACTIVE_JOB_STATES)

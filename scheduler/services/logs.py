@@ -1,0 +1,161 @@
+"""Job logs: live in the Redis Stream ``twinkle:logs:{job_id}``, persisted to storage when an attempt ends."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import redis
+
+from scheduler.storage import ObjectNotFound, Storage, attempt_key
+
+MAXLEN = 200_000  # lines kept per job in Redis; the full log of a finished attempt is in storage
+END_TTL_S = 7 * 24 * 3600  # a finished job's stream lingers this long for late `logs -f` readers
+
+
+def stream_key(job_id: str) -> str:
+    return f"twinkle:logs:{job_id}"
+
+
+def append(r: redis.Redis, job_id: str, attempt: int, lines: Iterable[Mapping[str, Any]]) -> int:
+    """XADD each line; call only after the attempt's fence check."""
+    pipe = r.pipeline(transaction=False)
+    n = 0
+    for line in lines:
+        fields = {
+            "attempt": str(attempt),
+            "stream": str(line.get("stream") or "stdout"),
+            "text": str(line.get("text", "")),
+            "ts": str(line.get("ts") or time.time()),
+        }
+        pipe.xadd(stream_key(job_id), fields, maxlen=MAXLEN, approximate=True)
+        n += 1
+    if n:
+        pipe.execute()
+    return n
+
+
+def system_line(r: redis.Redis, job_id: str, attempt: int, text: str) -> None:
+    append(r, job_id, attempt, [{"stream": "system", "text": text}])
+
+
+def mark_end(r: redis.Redis, job_id: str, state: str) -> None:
+    """Tell live readers the job has ended (they close with ``event: end``)."""
+    key = stream_key(job_id)
+    pipe = r.pipeline(transaction=False)
+    pipe.xadd(key, {"end": "1", "state": state, "ts": str(time.time())}, maxlen=MAXLEN, approximate=True)
+    pipe.expire(key, END_TTL_S)
+    pipe.execute()
+
+
+def _decode(fields: Mapping[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in fields.items()
+    }
+
+
+def read_attempt(r: redis.Redis, job_id: str, attempt: int) -> list[str]:
+    out: list[str] = []
+    last = "-"
+    while True:
+        batch = r.xrange(stream_key(job_id), min=last, max="+", count=5000)
+        if last != "-" and batch:
+            batch = batch[1:]  # xrange is inclusive of its start id
+        if not batch:
+            break
+        for entry_id, raw in batch:
+            f = _decode(raw)
+            if f.get("attempt") == str(attempt) and "end" not in f:
+                out.append(f.get("text", ""))
+        last = batch[-1][0] if isinstance(batch[-1][0], str) else batch[-1][0].decode()
+    return out
+
+
+def logs_key(user_id: str, job_id: str, attempt: int) -> str:
+    return attempt_key(user_id, job_id, attempt, "logs.txt")
+
+
+def persist(r: redis.Redis, storage: Storage, user_id: str, job_id: str, attempt: int) -> int:
+    """Write the attempt's lines to ``attempts/{n}/logs.txt`` so they outlive Redis. Returns the line count."""
+    lines = read_attempt(r, job_id, attempt)
+    storage.put_bytes(logs_key(user_id, job_id, attempt), ("\n".join(lines) + ("\n" if lines else "")).encode())
+    return len(lines)
+
+
+def full_text(
+    r: redis.Redis, storage: Storage, user_id: str, job_id: str, attempts: list[tuple[int, bool]]
+) -> str:
+    """All attempts' logs: persisted ones from storage, live ones from Redis."""
+    parts: list[str] = []
+    for n, persisted in attempts:
+        if len(attempts) > 1:
+            parts.append(f"----- attempt {n} -----\n")
+        text = None
+        if persisted:
+            try:
+                text = storage.get_bytes(logs_key(user_id, job_id, n)).decode("utf-8", "replace")
+            except ObjectNotFound:
+                text = None
+        if text is None:
+            lines = read_attempt(r, job_id, n)
+            text = "\n".join(lines) + ("\n" if lines else "")
+        parts.append(text)
+    return "".join(parts)
+
+
+def sse_event(data: str, event_id: str | None = None, event: str | None = None) -> str:
+    out = []
+    if event:
+        out.append(f"event: {event}")
+    if event_id:
+        out.append(f"id: {event_id}")
+    out.extend(f"data: {part}" for part in data.split("\n"))
+    return "\n".join(out) + "\n\n"
+
+
+async def sse_stream(
+    redis_url: str,
+    job_id: str,
+    last_event_id: str | None,
+    is_ended: Any,
+    backlog: list[str] | None = None,
+    block_ms: int = 1000,
+) -> AsyncIterator[str]:
+    """Server-sent events: one event per log line (``id`` = stream id), then ``event: end``.
+
+    ``is_ended`` is an async callable checked whenever Redis is quiet, so a stream whose end marker was lost
+    (Redis restarted) still closes. ``backlog`` (persisted lines) is sent first when Redis no longer has them.
+    """
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        for line in backlog or []:
+            yield sse_event(line)
+        last = last_event_id or "0-0"
+        key = stream_key(job_id)
+        while True:
+            resp = await client.xread({key: last}, block=block_ms, count=500)
+            if not resp:
+                if await is_ended():
+                    # Drain anything that arrived between the read and the check, then end.
+                    resp = await client.xread({key: last}, count=10_000)
+                    for _, entries in resp or []:
+                        for entry_id, f in entries:
+                            if "end" not in f:
+                                yield sse_event(f.get("text", ""), entry_id)
+                    yield sse_event("", event="end")
+                    return
+                yield ": keep-alive\n\n"
+                continue
+            for _, entries in resp:
+                for entry_id, f in entries:
+                    last = entry_id
+                    if "end" in f:
+                        yield sse_event(f.get("state", ""), entry_id, event="end")
+                        return
+                    yield sse_event(f.get("text", ""), entry_id)
+    finally:
+        await client.aclose()

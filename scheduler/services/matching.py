@@ -1,0 +1,318 @@
+"""Where a job is matched to a worker: pure functions over DeviceGroups, no database, no I/O.
+
+A worker offers DeviceGroups; each offered group is one *slot* and runs one job at a time. A job requests
+one or more DeviceGroups; it fits a worker when every requested group fits a *distinct* free offered group:
+same device family (``cuda``/``GPU`` -> gpu, ``cpu``/``CPU`` -> cpu, ``npu``; ``any`` fits every family),
+at least as many ranks, at least ``min_memory_gb`` per device.
+
+Order (``plan``): users take turns (round robin, the user whose oldest queued job is oldest goes first);
+within a user jobs go strictly first in, first out, except that a job no live worker could ever run is held
+(with its reason) and does not block the user's later jobs. Among free slots the smallest that fits wins
+(best fit), so big slots stay free for big jobs.
+
+Speed: single-group jobs (the usual case) look their slot up in an index keyed by shape (family, ranks,
+memory) instead of scanning workers, so a round over 10,000 jobs and 1,000 workers is milliseconds.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FAMILIES = {"cuda": "cuda", "gpu": "cuda", "npu": "npu", "cpu": "cpu", "any": "any"}
+
+
+def device_family(device_type: str) -> str:
+    """``cuda``/``GPU`` -> ``cuda``; ``cpu``/``CPU`` -> ``cpu``; ``npu``; ``any``. Unknown names stay as given."""
+    key = (device_type or "").strip().lower()
+    return FAMILIES.get(key, key)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One DeviceGroup a worker offers (one slot)."""
+
+    family: str
+    ranks: int
+    memory_gb: float | None = None
+    device_model: str | None = None
+    name: str = "default"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Offer:
+        return cls(
+            family=device_family(str(d.get("device_type", "cpu"))),
+            ranks=int(d.get("ranks", 1)),
+            memory_gb=None if d.get("memory_gb") is None else float(d["memory_gb"]),
+            device_model=d.get("device_model"),
+            name=str(d.get("name", "default")),
+        )
+
+
+@dataclass(frozen=True)
+class Need:
+    """One DeviceGroup a job requests."""
+
+    family: str
+    ranks: int
+    min_memory_gb: float = 0.0
+    name: str = "default"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Need:
+        return cls(
+            family=device_family(str(d.get("device_type", "any"))),
+            ranks=int(d.get("ranks", 1)),
+            min_memory_gb=float(d.get("min_memory_gb") or 0.0),
+            name=str(d.get("name", "default")),
+        )
+
+    def describe(self) -> str:
+        family = "devices of any type" if self.family == "any" else f"{self.family} ranks"
+        text = f"{self.ranks} {family}" if self.family != "any" else f"{self.ranks} ranks (any device type)"
+        if self.min_memory_gb:
+            text += f" with >= {self.min_memory_gb:g} GB each"
+        return text
+
+
+def needs_from_request(request: Mapping[str, Any]) -> tuple[Need, ...]:
+    groups = request.get("device_groups") or [{"name": "default", "ranks": 1, "device_type": "any"}]
+    return tuple(Need.from_dict(g) for g in groups)
+
+
+def offer_fits(offer: Offer, need: Need) -> bool:
+    if need.family != "any" and offer.family != need.family:
+        return False
+    if offer.ranks < need.ranks:
+        return False
+    if need.min_memory_gb > 0 and (offer.memory_gb is None or offer.memory_gb < need.min_memory_gb):
+        return False
+    return True
+
+
+def _offer_order(offer: Offer) -> tuple[int, float]:
+    return (offer.ranks, offer.memory_gb or 0.0)
+
+
+def fit_groups(offers: Sequence[Offer], needs: Sequence[Need], free: Iterable[int] | None = None) -> tuple[int, ...] | None:
+    """Give each need a distinct offered slot (best fit, backtracking); ``None`` if impossible.
+
+    Returns the slot index chosen for each need, in the order of ``needs``.
+    """
+    candidates = sorted(range(len(offers)) if free is None else free, key=lambda i: _offer_order(offers[i]))
+    # Hardest needs first keeps the backtracking shallow.
+    order = sorted(range(len(needs)), key=lambda i: (-needs[i].ranks, -needs[i].min_memory_gb))
+    chosen: dict[int, int] = {}
+    used: set[int] = set()
+
+    def place(k: int) -> bool:
+        if k == len(order):
+            return True
+        need = needs[order[k]]
+        for slot in candidates:
+            if slot not in used and offer_fits(offers[slot], need):
+                used.add(slot)
+                chosen[order[k]] = slot
+                if place(k + 1):
+                    return True
+                used.discard(slot)
+        return False
+
+    if len(needs) > len(candidates) or not place(0):
+        return None
+    return tuple(chosen[i] for i in range(len(needs)))
+
+
+@dataclass
+class WorkerView:
+    """A worker as the matcher sees it: its offers and which slots are busy."""
+
+    worker_id: str
+    offers: tuple[Offer, ...]
+    live: bool = True
+    busy: frozenset[int] = frozenset()
+
+
+@dataclass
+class QueuedJob:
+    job_id: str
+    user_id: str
+    needs: tuple[Need, ...]
+
+
+@dataclass
+class Assignment:
+    job_id: str
+    worker_id: str
+    slots: tuple[int, ...]
+
+
+@dataclass
+class Plan:
+    assignments: list[Assignment] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # job_id -> why it waits (every unplaced job)
+
+
+class ShapeCatalog:
+    """What the registered workers could run if idle; answers "could this ever fit?" with a reason."""
+
+    def __init__(self, workers: Iterable[WorkerView]) -> None:
+        self._shapes: dict[tuple[Offer, ...], list[int]] = defaultdict(lambda: [0, 0])  # shape -> [live, offline]
+        for w in workers:
+            shape = tuple(sorted(w.offers, key=lambda o: (o.family, o.ranks, o.memory_gb or 0.0)))
+            self._shapes[shape][0 if w.live else 1] += 1
+        self._cache: dict[tuple[Need, ...], tuple[int, int]] = {}
+
+    def counts(self, needs: tuple[Need, ...]) -> tuple[int, int]:
+        """(live workers, offline workers) whose whole offer could run ``needs``."""
+        hit = self._cache.get(needs)
+        if hit is None:
+            live = offline = 0
+            for shape, (n_live, n_off) in self._shapes.items():
+                if fit_groups(shape, needs) is not None:
+                    live += n_live
+                    offline += n_off
+            hit = self._cache[needs] = (live, offline)
+        return hit
+
+    def hold_reason(self, needs: tuple[Need, ...]) -> str | None:
+        """Why no live worker could ever run ``needs``; ``None`` when one could."""
+        live, offline = self.counts(needs)
+        if live:
+            return None
+        wanted = needs[0].describe() if len(needs) == 1 else "; ".join(n.describe() for n in needs)
+        if offline:
+            return f"held: only offline workers ({offline}) offer {wanted}; waiting for one to come back"
+        if len(needs) == 1:
+            return f"held: no registered worker offers {wanted}"
+        return f"held: no registered worker offers all of {wanted} as separate device groups"
+
+    def busy_reason(self, needs: tuple[Need, ...]) -> str:
+        live, _ = self.counts(needs)
+        return f"waiting for a free worker: {live} live worker(s) can run it, all busy"
+
+
+class _FreeSlots:
+    """Free slots indexed by shape, so a single-group job finds its best fit without scanning workers."""
+
+    def __init__(self, workers: Iterable[WorkerView]) -> None:
+        self.offers: dict[str, tuple[Offer, ...]] = {}
+        self.free: dict[str, set[int]] = {}
+        buckets: dict[str, dict[tuple[int, float], list[tuple[str, int]]]] = defaultdict(lambda: defaultdict(list))
+        for w in workers:
+            if not w.live:
+                continue
+            free = {i for i in range(len(w.offers)) if i not in w.busy}
+            if not free:
+                continue
+            self.offers[w.worker_id] = w.offers
+            self.free[w.worker_id] = free
+            for i in sorted(free, reverse=True):  # popped from the end: lowest slot first
+                o = w.offers[i]
+                buckets[o.family][(o.ranks, o.memory_gb or 0.0)].append((w.worker_id, i))
+        self.total = sum(len(s) for s in self.free.values())
+        # family -> sorted shapes, and shape -> stack of (worker, slot); stale entries are skipped lazily.
+        self.shapes = {fam: sorted(b) for fam, b in buckets.items()}
+        self.stacks = {fam: dict(b) for fam, b in buckets.items()}
+
+    def take_single(self, need: Need) -> tuple[str, int] | None:
+        families = list(self.shapes) if need.family == "any" else [need.family]
+        best: tuple[tuple[int, float], str] | None = None
+        for fam in families:
+            shapes = self.shapes.get(fam)
+            if not shapes:
+                continue
+            start = bisect.bisect_left(shapes, (need.ranks, float("-inf")))
+            for shape in shapes[start:]:
+                if need.min_memory_gb > 0 and shape[1] < need.min_memory_gb:
+                    continue
+                if self._peek(fam, shape) is not None:
+                    if best is None or shape < best[0]:
+                        best = (shape, fam)
+                    break
+        if best is None:
+            return None
+        shape, fam = best
+        wid, slot = self.stacks[fam][shape].pop()
+        self._use(wid, (slot,))
+        return wid, slot
+
+    def _peek(self, fam: str, shape: tuple[int, float]) -> tuple[str, int] | None:
+        stack = self.stacks[fam][shape]
+        while stack:
+            wid, slot = stack[-1]
+            if slot in self.free.get(wid, ()):
+                return wid, slot
+            stack.pop()
+        return None
+
+    def take_multi(self, needs: tuple[Need, ...]) -> tuple[str, tuple[int, ...]] | None:
+        best: tuple[tuple[Any, ...], str, tuple[int, ...]] | None = None
+        for wid, free in self.free.items():
+            if len(free) < len(needs):
+                continue
+            slots = fit_groups(self.offers[wid], needs, free)
+            if slots is None:
+                continue
+            waste = (sum(self.offers[wid][s].ranks for s in slots), len(free))
+            if best is None or waste < best[0]:
+                best = (waste, wid, slots)
+        if best is None:
+            return None
+        _, wid, slots = best
+        self._use(wid, slots)
+        return wid, slots
+
+    def _use(self, wid: str, slots: tuple[int, ...]) -> None:
+        free = self.free[wid]
+        free.difference_update(slots)
+        self.total -= len(slots)
+        if not free:
+            del self.free[wid]
+
+
+def plan(workers: Sequence[WorkerView], jobs: Sequence[QueuedJob]) -> Plan:
+    """Decide which queued jobs go where in this round. ``jobs`` must be in submission order.
+
+    Every job not placed gets a reason in ``Plan.reasons``.
+    """
+    result = Plan()
+    catalog = ShapeCatalog(workers)
+    pool = _FreeSlots(workers)
+
+    queues: dict[str, deque[QueuedJob]] = {}
+    for job in jobs:
+        queues.setdefault(job.user_id, deque()).append(job)
+    turn = deque(queues)  # dict order = order of each user's oldest job
+
+    while turn:
+        user = turn.popleft()
+        q = queues[user]
+        while q:
+            job = q.popleft()
+            hold = catalog.hold_reason(job.needs)
+            if hold is not None:
+                result.reasons[job.job_id] = hold
+                continue  # held jobs never block the user's later jobs
+            placed = None
+            if pool.total >= len(job.needs):
+                if len(job.needs) == 1:
+                    hit = pool.take_single(job.needs[0])
+                    placed = None if hit is None else (hit[0], (hit[1],))
+                else:
+                    placed = pool.take_multi(job.needs)
+            if placed is None:
+                result.reasons[job.job_id] = catalog.busy_reason(job.needs)
+                blocked = f"waiting behind job {job.job_id} (each user's jobs start in submission order)"
+                for later in q:
+                    result.reasons[later.job_id] = catalog.hold_reason(later.needs) or blocked
+                q.clear()
+                break
+            result.assignments.append(Assignment(job.job_id, placed[0], placed[1]))
+            if q:
+                turn.append(user)
+            break
+    return result

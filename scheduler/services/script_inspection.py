@@ -1,0 +1,221 @@
+"""Static script inspection: read a job's DeviceGroups from its source with ``ast``; the script never runs.
+
+Reads ``DeviceGroup(name, ranks, device_type)`` calls (``ranks`` an int or a list of ints) and
+``twinkle.initialize(..., nproc_per_node=N)``. Arguments that are not literals produce a warning and a default.
+A bundle is a single ``.py`` file or a ``.zip`` holding the entrypoint; it is always stored as a zip.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from scheduler.errors import InvalidRequest
+
+DEFAULT_GROUP = {"name": "default", "ranks": 1, "device_type": "any", "min_memory_gb": 0.0}
+KNOWN_DEVICE_TYPES = {"cuda", "gpu", "npu", "cpu", "any"}
+
+
+@dataclass
+class Inspection:
+    device_groups: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+    nproc_per_node: int | None = None
+    mode: str | None = None
+
+    def request(self) -> dict[str, Any]:
+        return {"device_groups": self.device_groups}
+
+
+@dataclass
+class Bundle:
+    """A validated bundle, ready to store: always a zip, with its entrypoint inside."""
+
+    zip_bytes: bytes
+    entrypoint: str
+    source: str
+
+
+def _literal(node: ast.AST) -> Any:
+    return ast.literal_eval(node)
+
+
+def _call_name(func: ast.AST) -> str | None:
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return None
+
+
+def _arg(call: ast.Call, pos: int, kw: str) -> ast.AST | None:
+    for k in call.keywords:
+        if k.arg == kw:
+            return k.value
+    if len(call.args) > pos and not any(isinstance(a, ast.Starred) for a in call.args[: pos + 1]):
+        return call.args[pos]
+    return None
+
+
+def inspect_source(source: str, filename: str = "train.py") -> Inspection:
+    """Parse ``source`` and read its resource request. Raises ``InvalidRequest`` on a syntax error."""
+    try:
+        tree = ast.parse(source, filename=filename)
+    except SyntaxError as exc:
+        raise InvalidRequest(
+            f"{filename} is not valid Python: {exc.msg} at line {exc.lineno}",
+            code="not_python",
+            fields={"file": f"line {exc.lineno}: {exc.msg}"},
+        ) from exc
+
+    groups: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    nproc: int | None = None
+    mode: str | None = None
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = _call_name(node.func)
+        if name == "DeviceGroup":
+            groups.append(_read_group(node, filename, len(groups), warnings))
+        elif name == "initialize":
+            n = _arg(node, 1, "nproc_per_node")
+            if n is not None:
+                try:
+                    nproc = int(_literal(n))
+                except (ValueError, TypeError, SyntaxError):
+                    warnings.append(f"{filename}:{node.lineno}: nproc_per_node is not a literal int; ignored")
+            m = _arg(node, 0, "mode")
+            if m is not None:
+                try:
+                    mode = str(_literal(m))
+                except (ValueError, TypeError, SyntaxError):
+                    mode = None
+
+    if not groups:
+        groups = [dict(DEFAULT_GROUP)]
+        warnings.append(
+            "no DeviceGroup(...) found; requesting 1 rank of any device type "
+            "(pass a request with device_groups to pin it)"
+        )
+    if nproc is not None:
+        for g in groups:
+            if g["ranks"] > nproc:
+                warnings.append(
+                    f"DeviceGroup {g['name']!r} wants {g['ranks']} ranks but nproc_per_node={nproc}; "
+                    "a worker is one machine, so the group must fit on one node"
+                )
+    names = [g["name"] for g in groups]
+    if len(set(names)) != len(names):
+        warnings.append(f"DeviceGroup names repeat ({', '.join(names)}); each group is matched separately")
+    return Inspection(device_groups=groups, warnings=warnings, nproc_per_node=nproc, mode=mode)
+
+
+def _read_group(call: ast.Call, filename: str, index: int, warnings: list[str]) -> dict[str, Any]:
+    where = f"{filename}:{call.lineno}"
+    group = dict(DEFAULT_GROUP)
+    group["name"] = f"group{index}" if index else "default"
+
+    node = _arg(call, 0, "name")
+    if node is not None:
+        try:
+            group["name"] = str(_literal(node))
+        except (ValueError, TypeError, SyntaxError):
+            warnings.append(f"{where}: DeviceGroup name is not a literal; using {group['name']!r}")
+
+    node = _arg(call, 1, "ranks")
+    if node is None:
+        warnings.append(f"{where}: DeviceGroup has no ranks; assuming 1")
+    else:
+        try:
+            ranks = _literal(node)
+            if isinstance(ranks, bool):
+                raise TypeError
+            if isinstance(ranks, int):
+                group["ranks"] = ranks
+            elif isinstance(ranks, (list, tuple)) and all(isinstance(r, int) for r in ranks):
+                group["ranks"] = len(ranks)
+            else:
+                raise TypeError
+            if group["ranks"] < 1:
+                raise TypeError
+        except (ValueError, TypeError, SyntaxError):
+            group["ranks"] = 1
+            warnings.append(f"{where}: DeviceGroup ranks is not a literal int or list of ints; assuming 1")
+
+    node = _arg(call, 2, "device_type")
+    if node is None:
+        group["device_type"] = "cuda"  # twinkle's DeviceGroup is a GPU group unless told otherwise
+    else:
+        try:
+            value = str(_literal(node))
+            if value.lower() not in KNOWN_DEVICE_TYPES:
+                warnings.append(f"{where}: unknown device_type {value!r}; it only matches workers offering it")
+            group["device_type"] = value
+        except (ValueError, TypeError, SyntaxError):
+            group["device_type"] = "any"
+            warnings.append(
+                f"{where}: DeviceGroup device_type is not a literal; matching any device type "
+                "(pass a request with device_type to pin it)"
+            )
+    return group
+
+
+def _zip_single(filename: str, source: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(filename, source)
+    return buf.getvalue()
+
+
+def _safe_member(name: str) -> bool:
+    p = PurePosixPath(name)
+    return not (name.startswith("/") or "\\" in name or ".." in p.parts or (p.parts and p.parts[0].endswith(":")))
+
+
+def read_bundle(filename: str, data: bytes, entrypoint: str | None) -> tuple[Bundle | None, list[tuple[str, str]]]:
+    """Validate an upload and turn it into a zip bundle. Returns (bundle, problems as (field, message))."""
+    problems: list[tuple[str, str]] = []
+    lower = filename.lower()
+    if lower.endswith(".py"):
+        name = PurePosixPath(filename.replace("\\", "/")).name
+        if entrypoint and entrypoint != name:
+            problems.append(("entrypoint", f"entrypoint {entrypoint!r} differs from the uploaded file {name!r}"))
+        try:
+            source = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(("file", f"{name} is not UTF-8 text (byte {exc.start}); upload a Python script"))
+            return None, problems
+        if problems:
+            return None, problems
+        return Bundle(_zip_single(name, data), name, source), problems
+    if lower.endswith(".zip"):
+        try:
+            zf = zipfile.ZipFile(io.BytesIO(data))
+            names = zf.namelist()
+        except zipfile.BadZipFile as exc:
+            problems.append(("file", f"{filename} is not a valid zip archive ({exc}); re-create it with `zip -r`"))
+            return None, problems
+        unsafe = [n for n in names if not _safe_member(n)]
+        if unsafe:
+            problems.append(("file", f"zip entries escape the bundle folder: {', '.join(unsafe[:5])}"))
+        entry = entrypoint or "train.py"
+        if entry not in names:
+            py_files = sorted(n for n in names if n.endswith(".py"))
+            hint = f"; it holds {', '.join(py_files[:10])}" if py_files else "; it holds no .py file"
+            problems.append(("entrypoint", f"the zip has no {entry!r} at its top level{hint}; pass entrypoint="))
+        if problems:
+            return None, problems
+        raw = zf.read(entry)
+        try:
+            source = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(("entrypoint", f"{entry} in the zip is not UTF-8 text"))
+            return None, problems
+        return Bundle(data, entry, source), problems
+    problems.append(("file", f"{filename!r} is neither a .py script nor a .zip bundle"))
+    return None, problems

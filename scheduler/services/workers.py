@@ -1,0 +1,160 @@
+"""Workers: register DeviceGroups, heartbeat (renews the lease, delivers cancels), list with usage."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from scheduler.db import (
+    ACTIVE_JOB_STATES,
+    ApiTokenModel,
+    AttemptModel,
+    JobModel,
+    JobState,
+    WorkerModel,
+    WorkerState,
+    new_id,
+    utcnow,
+)
+from scheduler.errors import NotFound
+from scheduler.schemas.workers import AttemptRef, OfferedGroup
+from scheduler.services.requeue import Requeued, requeue_active_jobs
+
+
+def queue_name(worker_id: str) -> str:
+    return f"worker.{worker_id}"
+
+
+@dataclass
+class Registration:
+    worker: WorkerModel
+    requeued: list[Requeued] = field(default_factory=list)
+
+
+def register(
+    session: Session,
+    token: ApiTokenModel,
+    *,
+    name: str,
+    hostname: str,
+    device_groups: list[OfferedGroup],
+    lease_s: float,
+    max_attempts: int,
+) -> Registration:
+    """Register (or re-register) the worker ``name`` of this token.
+
+    A worker that registers again has restarted, so whatever it was running is gone: its active jobs are
+    requeued as their next attempt now rather than after the lease runs out.
+    """
+    now = utcnow()
+    worker = session.scalar(sa.select(WorkerModel).where(WorkerModel.token_id == token.id, WorkerModel.name == name))
+    groups = [g.model_dump() for g in device_groups]
+    requeued: list[Requeued] = []
+    if worker is None:
+        worker = WorkerModel(
+            id=new_id(),
+            token_id=token.id,
+            name=name,
+            hostname=hostname or name,
+            owner=token.owner,
+            state=WorkerState.LIVE,
+            device_groups=groups,
+            registered_at=now,
+            last_heartbeat_at=now,
+            lease_expires_at=now + dt.timedelta(seconds=lease_s),
+            jobs_run=0,
+            gpu_seconds=0.0,
+        )
+        session.add(worker)
+    else:
+        requeued = requeue_active_jobs(
+            session, [worker.id], reason=f"worker {name} registered again (restarted)", max_attempts=max_attempts
+        )
+        worker.hostname = hostname or name
+        worker.device_groups = groups
+        worker.state = WorkerState.LIVE
+        worker.registered_at = now
+        worker.last_heartbeat_at = now
+        worker.lease_expires_at = now + dt.timedelta(seconds=lease_s)
+    session.commit()
+    return Registration(worker, requeued)
+
+
+def get_own_worker(session: Session, token: ApiTokenModel, worker_id: str) -> WorkerModel:
+    worker = session.get(WorkerModel, worker_id)
+    if worker is None or worker.token_id != token.id:
+        raise NotFound(f"no worker {worker_id!r} registered with this token; register first", code="worker_not_found")
+    return worker
+
+
+def heartbeat(
+    session: Session, token: ApiTokenModel, worker_id: str, running: list[AttemptRef], lease_s: float
+) -> list[AttemptRef]:
+    """Renew the lease and answer which attempts to stop.
+
+    Stop: attempts of jobs being cancelled, and anything the worker runs that is no longer the job's live
+    attempt on this worker (requeued while the worker was unreachable, or cancelled while it was offline).
+    """
+    worker = get_own_worker(session, token, worker_id)
+    now = utcnow()
+    worker.last_heartbeat_at = now
+    worker.lease_expires_at = now + dt.timedelta(seconds=lease_s)
+    worker.state = WorkerState.LIVE
+    cancel: dict[tuple[str, int], AttemptRef] = {}
+    for job_id, n in session.execute(
+        sa.select(JobModel.id, JobModel.attempt).where(
+            JobModel.worker_id == worker.id, JobModel.state == JobState.CANCELLING
+        )
+    ):
+        cancel[(job_id, n)] = AttemptRef(job_id=job_id, attempt=n)
+    if running:
+        ids = {r.job_id for r in running}
+        live = {
+            (jid, n)
+            for jid, n in session.execute(
+                sa.select(JobModel.id, JobModel.attempt).where(
+                    JobModel.id.in_(ids),
+                    JobModel.worker_id == worker.id,
+                    JobModel.state.in_([s.value for s in ACTIVE_JOB_STATES if s != JobState.CANCELLING]),
+                )
+            )
+        }
+        for r in running:
+            if (r.job_id, r.attempt) not in live:
+                cancel[(r.job_id, r.attempt)] = r
+    session.commit()
+    return list(cancel.values())
+
+
+@dataclass
+class WorkerInfo:
+    worker: WorkerModel
+    running_jobs: int
+
+
+def list_workers(session: Session) -> list[WorkerInfo]:
+    running = dict(
+        session.execute(
+            sa.select(JobModel.worker_id, sa.func.count())
+            .where(JobModel.state.in_([s.value for s in ACTIVE_JOB_STATES]))
+            .group_by(JobModel.worker_id)
+        ).all()
+    )
+    workers = session.scalars(sa.select(WorkerModel).order_by(WorkerModel.registered_at)).all()
+    return [WorkerInfo(w, int(running.get(w.id, 0))) for w in workers]
+
+
+def gpu_seconds_of(attempt: AttemptModel, job: JobModel, worker: WorkerModel | None, end: dt.datetime) -> float:
+    """Device-seconds of GPU slots an attempt held (CPU slots do not count as GPU-hours)."""
+    if attempt.started_at is None or worker is None or not job.slots:
+        return 0.0
+    ranks = 0
+    for idx in job.slots:
+        if 0 <= idx < len(worker.device_groups):
+            g = worker.device_groups[idx]
+            if str(g.get("device_type", "")).lower() in ("cuda", "gpu", "npu"):
+                ranks += int(g.get("ranks", 0))
+    return max(0.0, (end - attempt.started_at).total_seconds()) * ranks

@@ -1,0 +1,1 @@
+"""Celery app and the dispatcher loop (matcher, reaper, start-deadline re-dispatch)."""

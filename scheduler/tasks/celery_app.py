@@ -1,0 +1,50 @@
+"""Celery configuration. Celery carries assignments, not leases (see DESIGN.md, "Decisions").
+
+Why a multi-hour job is never delivered twice:
+- ``task_acks_late=False``: the worker acks ``twinkle.run_attempt`` when it receives it, before running.
+  With the Redis broker an unacked message is redelivered after ``visibility_timeout`` even while the first
+  delivery is still running, so a late ack would duplicate every job longer than the timeout.
+- ``task_reject_on_worker_lost=False``: a killed worker process must not requeue the message either; the
+  reaper requeues the *job* (as attempt n+1) when the worker's lease expires, which the DB fences.
+- ``worker_prefetch_multiplier=1`` with ``-c 1`` per DeviceGroup slot: a worker holds at most one assignment
+  it is not yet running, so nothing waits behind a long job on a busy worker.
+- ``visibility_timeout`` (1 h) only matters for a message fetched but not yet acked (a crash in that
+  instant); redelivery then is harmless because the task is idempotent on ``(job_id, attempt)``: the
+  worker's ``POST /attempts/{job}/{n}/start`` answers 409 to a second start or a stale attempt.
+- A lost message (broker restart) is covered by ``START_DEADLINE_S``: an assignment nobody confirmed is
+  dispatched again from the database, which is the source of truth.
+
+Routing: one queue per worker, ``worker.{worker_id}``, messages go by name with ``send_task`` (the task body
+lives in ``worker/``). Priorities would be separate queues, not Redis priorities.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+TASK_RUN_ATTEMPT = "twinkle.run_attempt"
+VISIBILITY_TIMEOUT_S = 3600
+
+
+def celery_config(broker_url: str) -> dict[str, object]:
+    return dict(
+        broker_url=broker_url,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_acks_late=False,
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=1,
+        task_create_missing_queues=True,
+        task_default_queue="twinkle.default",
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        task_routes={},
+    )
+
+
+def make_celery(broker_url: str) -> Celery:
+    app = Celery("twinkle", set_as_current=False)
+    app.conf.update(celery_config(broker_url))
+    return app
