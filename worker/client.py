@@ -183,6 +183,19 @@ class WorkerClient:
                     f.write(chunk)
         return dest
 
+    def download_url(self, url: str, dest: Path) -> Path:
+        """Fetch a presigned link (an earlier attempt's checkpoint file); it carries its own auth."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        absolute = url if url.startswith(("http://", "https://")) else str(self._http.base_url.join(url))
+        with httpx.stream("GET", absolute, timeout=self._http.timeout) as response:
+            if response.is_error:
+                response.read()
+                raise error_from_response(response)
+            with open(dest, "wb") as f:
+                for chunk in response.iter_bytes(1 << 20):
+                    f.write(chunk)
+        return dest
+
     def post_logs(self, job_id: str, attempt: int, lines: list[dict]) -> None:
         self._request("POST", self._attempt(job_id, attempt) + "/logs", json={"lines": lines})
 

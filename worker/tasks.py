@@ -7,6 +7,7 @@ idempotent on ``(job_id, attempt)`` because ``POST /attempts/{job}/{n}/start`` a
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 import zipfile
@@ -18,7 +19,7 @@ from worker.client import Conflict, NotFound, StaleAttempt, WorkerAPIError, Work
 from worker.runner import JobRunner, JobSpec, RunResult, StaleAttemptSignal
 from worker.settings import WorkerSettings
 
-__all__ = ["TASK_NAME", "AttemptExecutor", "BundleError", "ClientSink", "create_celery_app", "unpack_bundle"]
+__all__ = ["TASK_NAME", "AttemptExecutor", "BundleError", "ClientSink", "create_celery_app", "latest_checkpoint", "unpack_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,20 @@ def unpack_bundle(bundle: Path, dest: Path, entrypoint: str) -> None:
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise BundleError(f"bundle entry {info.filename!r} is a symbolic link")
         zf.extractall(root)
+
+
+def latest_checkpoint(paths: list[str]) -> str | None:
+    """The checkpoint folder (``output/<name>``) to resume from: the highest trailing step number wins,
+    then a name containing ``last``; ``None`` when no file sits in a folder under ``output/``."""
+    folders = {PurePosixPath(p).parts[1] for p in paths if len(PurePosixPath(p).parts) > 2}
+    if not folders:
+        return None
+
+    def rank(name: str) -> tuple[int, int, str]:
+        m = re.search(r"(\d+)$", name)
+        return (int(m.group(1)) if m else -1, 1 if "last" in name else 0, name)
+
+    return "output/" + max(folders, key=rank)
 
 
 class ClientSink:
@@ -156,6 +171,7 @@ class AttemptExecutor:
             bundle = self.client.download_bundle(job_id, attempt, folder / "bundle.zip")
             unpack_bundle(bundle, spec.code_dir, entrypoint)
             bundle.unlink()
+            spec.resume_from = self._fetch_resume(started.get("resume_from"), folder / "resume")
         except StaleAttempt:
             log.warning("job %s attempt %s went stale before it ran", job_id, attempt)
             return RunResult("stale", None)
@@ -166,6 +182,25 @@ class AttemptExecutor:
             log.warning("job %s attempt %s ended %s; not reporting it", job_id, attempt, result.state)
             return result
         return self._finish(job_id, attempt, result)
+
+    def _fetch_resume(self, resume: dict | None, dest: Path) -> Path | None:
+        """Download the latest checkpoint folder of an earlier attempt; the job gets it as TWINKLE_RESUME_FROM."""
+        if not resume or not resume.get("files"):
+            return None
+        files = resume["files"]
+        chosen = latest_checkpoint([f["path"] for f in files])
+        if chosen is None:
+            return None
+        root = dest.resolve()
+        for f in files:
+            if not f["path"].startswith(chosen + "/"):
+                continue
+            target = (root / f["path"]).resolve()
+            if not target.is_relative_to(root):
+                raise BundleError(f"resume file {f['path']!r} points outside the job folder")
+            self.client.download_url(f["url"], target)
+        log.info("resuming from %s of attempt %s", chosen, resume.get("attempt"))
+        return root / chosen
 
     def _finish(self, job_id: str, attempt: int, result: RunResult) -> RunResult:
         try:

@@ -224,6 +224,15 @@ def test_killed_worker_job_is_requeued_and_finishes_once(stack: Stack, tmp_path:
             f"""
             import os, time
             n = os.environ["TWINKLE_ATTEMPT"]
+            resume = os.environ.get("TWINKLE_RESUME_FROM")
+            if resume:
+                with open(os.path.join(resume, "state.txt")) as f:
+                    open(os.path.join({str(marks)!r}, "resumed-" + n), "w").write(f.read())
+            else:
+                ckpt = os.path.join(os.environ["TWINKLE_OUTPUT_DIR"], "checkpoint-7")
+                os.makedirs(ckpt + ".tmp")
+                open(os.path.join(ckpt + ".tmp", "state.txt"), "w").write("step 7 of attempt " + n)
+                os.rename(ckpt + ".tmp", ckpt)
             open(os.path.join({str(marks)!r}, "pid-" + n), "w").write(str(os.getpid()))
             print("attempt", n, "running", flush=True)
             time.sleep(4 if n != "1" else 120)
@@ -236,6 +245,9 @@ def test_killed_worker_job_is_requeued_and_finishes_once(stack: Stack, tmp_path:
     )
     stack.wait_job(token, job["id"], states={"running"}, timeout=30)
     pid1 = int(wait_for(lambda: (marks / "pid-1").exists() and (marks / "pid-1").read_text(), 15, "attempt 1"))
+    user_id = stack.job(token, job["id"])["user_id"]
+    wait_for(lambda: s3_keys(stack, f"users/{user_id}/jobs/{job['id']}/attempts/1/output/"), 15,
+             "attempt 1's checkpoint upload", stack)
     stack.start_worker("second")
     first.popen.send_signal(signal.SIGKILL)
     first.popen.wait(10)
@@ -249,6 +261,8 @@ def test_killed_worker_job_is_requeued_and_finishes_once(stack: Stack, tmp_path:
     assert done["attempts"][1]["worker_id"] == ids["second"] and done["attempts"][1]["state"] == "succeeded"
     time.sleep(1)  # a duplicate delivery would have had time to run by now
     assert (marks / "done").read_text().split() == ["2"], "the job finished exactly once"
+    # attempt 2 resumed from the checkpoint attempt 1 uploaded before its worker died
+    assert (marks / "resumed-2").read_text() == "step 7 of attempt 1"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)

@@ -11,7 +11,7 @@ import pytest
 from worker.client import AuthError, Conflict, InvalidRequest, NotFound, ServerUnavailable, StaleAttempt, WorkerClient
 from worker.devices import DeviceGroupOffer, detect_devices, offer_from_settings
 from worker.settings import WorkerSettings
-from worker.tasks import BundleError, unpack_bundle
+from worker.tasks import BundleError, latest_checkpoint, unpack_bundle
 
 
 def test_settings_from_env(monkeypatch, tmp_path):
@@ -130,3 +130,10 @@ def test_unsafe_bundles_are_refused(tmp_path, entries, symlink):
     with pytest.raises(BundleError):
         unpack_bundle(bundle, tmp_path / "code", "train.py")
     assert not (tmp_path / "escape.py").exists()
+
+
+def test_latest_checkpoint_choice():
+    paths = ["output/checkpoint-5/a", "output/checkpoint-20/a", "output/last-checkpoint/a", "output/x.txt"]
+    assert latest_checkpoint(paths) == "output/checkpoint-20"
+    assert latest_checkpoint(["output/last-checkpoint/a", "output/best/a"]) == "output/last-checkpoint"
+    assert latest_checkpoint(["output/x.txt"]) is None
