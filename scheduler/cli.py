@@ -1,0 +1,165 @@
+"""``twinkle-scheduler``: serve the API, run the dispatcher, manage users, or bring up the whole stack."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from scheduler.settings import Settings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="The Twinkle Commons scheduler: HTTP API, dispatcher (matcher + reaper) and the embedded stack.",
+)
+console = Console()
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic's message names the variable and the fix
+        console.print(f"[red]invalid scheduler settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="bind address (default TWINKLE_SCHEDULER_HOST)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port (default TWINKLE_SCHEDULER_PORT)")] = None,
+    log_level: str = "info",
+) -> None:
+    """Run the HTTP API (migrates the database first)."""
+    import uvicorn
+
+    from scheduler.main import create_app
+
+    _logging(log_level)
+    s = _settings()
+    uvicorn.run(create_app(s), host=host or s.host, port=port or s.port, log_level=log_level, proxy_headers=True)
+
+
+@app.command()
+def dispatch(
+    once: Annotated[bool, typer.Option(help="run one matcher and one reaper round, then exit")] = False,
+    metrics_port: Annotated[Optional[int], typer.Option(help="serve Prometheus metrics (dispatch latency) here")] = None,
+    log_level: str = "info",
+) -> None:
+    """Run the matcher and the reaper every DISPATCH_INTERVAL_S (a plain loop; see scheduler/tasks/dispatcher.py)."""
+    import signal
+
+    from scheduler.runtime import Runtime
+    from scheduler.tasks.dispatcher import run_loop, scheduled_tasks
+
+    _logging(log_level)
+    rt = Runtime.from_settings(_settings())
+    if once:
+        for task in scheduled_tasks(rt):
+            console.print(f"{task.name}: {task.run()}")
+        rt.close()
+        return
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    logging.getLogger(__name__).info("dispatcher running every %ss", rt.settings.dispatch_interval_s)
+    run_loop(rt, stop)
+    rt.close()
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the database to the latest schema (alembic upgrade head)."""
+    from scheduler.db import migrate as do_migrate
+
+    s = _settings()
+    do_migrate(s.database_url)
+    console.print(f"database at {s.database_url} is at the latest schema")
+
+
+@app.command("create-user")
+def create_user(name: str, quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the token")] = False) -> None:
+    """Create a user (or add a token to an existing one) and print its API token."""
+    from scheduler.db import Database, migrate as do_migrate
+    from scheduler.services.users import get_or_create_user
+
+    s = _settings()
+    do_migrate(s.database_url)
+    db = Database(s.database_url)
+    with db.session() as session:
+        user, token = get_or_create_user(session, name)
+        session.commit()
+    db.dispose()
+    if quiet:
+        print(token)
+    else:
+        console.print(f"user [bold]{user.name}[/bold] ({user.id}); token (shown once):")
+        print(token)
+
+
+@app.command("create-worker-token")
+def create_worker_token(owner: str, quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
+    """Create a worker token for OWNER's machines and print it."""
+    from scheduler.db import Database, migrate as do_migrate
+    from scheduler.services.users import create_worker_token as mint
+
+    s = _settings()
+    do_migrate(s.database_url)
+    db = Database(s.database_url)
+    with db.session() as session:
+        token = mint(session, owner)
+        session.commit()
+    db.dispose()
+    if not quiet:
+        console.print(f"worker token for [bold]{owner}[/bold] (shown once):")
+    print(token)
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(help="database, storage and embedded Redis live here")] = Path(".twinkle"),
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port; 0 picks a free one")] = 8000,
+    config_path: Annotated[
+        Path, typer.Option(help="where the user token is written for twinkle-submit")
+    ] = Path("~/.config/twinkle/config.toml"),
+    worker: Annotated[bool, typer.Option(help="start one local twinkle-worker offering this machine's devices")] = True,
+    submit: Annotated[Optional[Path], typer.Option(help="submit this script once the stack is up")] = None,
+    follow: Annotated[bool, typer.Option(help="with --submit: follow its logs to the end")] = True,
+    keep_running: Annotated[
+        bool, typer.Option(help="with --submit: keep the stack running after the job ends")
+    ] = False,
+    user: Annotated[str, typer.Option(help="name of the local user")] = "local",
+    log_level: str = "warning",
+) -> None:
+    """The embedded all-in-one stack: SQLite, local storage, an embedded Redis (unless REDIS_URL is set),
+    the API, the dispatcher and one local worker. Runs until Ctrl-C and stops everything cleanly."""
+    from scheduler.up import Stack
+
+    _logging(log_level)
+    stack = Stack(
+        data_dir=data_dir, host=host, port=port, config_path=config_path.expanduser(), start_worker=worker,
+        user=user, console=console,
+    )
+    code = stack.run(submit=submit, follow=follow, keep_running=keep_running)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
