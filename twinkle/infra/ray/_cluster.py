@@ -119,7 +119,10 @@ def _check_fits(groups: list[DeviceGroup]) -> None:
     import ray
 
     total = ray.cluster_resources()
-    available = ray.available_resources()
+    available = Counter(ray.available_resources())
+    for placement in _cluster.groups.values():
+        # what this job holds now is released before the new groups are reserved
+        available[placement.resource] += placement.per_rank * placement.num_ranks
     asked: Counter[str] = Counter()
     for group in groups:
         resource, per_rank = _resource_of(group)
@@ -213,8 +216,8 @@ def init_ray(
         raise ConfigError(f"DeviceGroup names must be unique; repeated: {', '.join(repeated)}")
 
     _connect(groups, kwargs.get("name"))
-    _release_groups()
     _check_fits(groups)
+    _release_groups()
     timeout = float(os.environ.get("TWINKLE_RAY_PG_TIMEOUT", "60"))
     try:
         for group in groups:

@@ -1,0 +1,323 @@
+"""Ray mode against a real local Ray cluster (2 CPUs): actors per rank, torch.distributed inside them, dispatch,
+collect, lazy results, remote iteration, proxies as arguments, remote errors, and fail-fast placement."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import twinkle  # noqa: E402
+from twinkle import DeviceGroup, DeviceMesh, remote_class, remote_function  # noqa: E402
+from twinkle.errors import BatchSizeError, ConfigError  # noqa: E402
+from twinkle.infra import _state  # noqa: E402
+from twinkle.infra.ray import (  # noqa: E402
+    ClusterResourceError,
+    LazyResult,
+    RemoteCallError,
+    RemoteProxy,
+    get_device_placement,
+    shutdown_ray,
+)
+
+pytestmark = pytest.mark.ray
+
+# The components below live in this test module, which Ray workers cannot import: ship them by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+# ---------------------------------------------------------------- components used by the tests
+
+
+@remote_class(execute="all")
+class Probe:
+    """A component with a collective in it, like a model: one actor per rank."""
+
+    def __init__(self, scale: float = 1.0, device_mesh: DeviceMesh = None, fail_on_rank: int | None = None):
+        import torch.distributed as dist
+
+        if fail_on_rank is not None and int(os.environ["RANK"]) == fail_on_rank:
+            raise RuntimeError(f"refusing to start on rank {fail_on_rank}")
+        self.scale = scale
+        self.device_mesh = device_mesh
+        self.seen: list[int] = []
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.backend = dist.get_backend() if dist.is_initialized() else None
+
+    @remote_function(dispatch="all", collect="none")
+    def environment(self):
+        import torch.distributed as dist
+
+        keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        return {
+            **{k: os.environ.get(k) for k in keys},
+            "dist_rank": dist.get_rank(),
+            "world": self.world,
+            "backend": self.backend,
+            "mesh": (self.device_mesh.mesh_dim_names, self.device_mesh.world_size, self.device_mesh.data_rank),
+        }
+
+    @remote_function(dispatch="slice_dp", collect="flatten")
+    def take(self, samples, tag="t"):
+        self.seen.extend(samples)
+        return [(int(os.environ["RANK"]), tag, s) for s in samples]
+
+    @remote_function(dispatch="all", collect="mean")
+    def all_reduced(self, value: float):
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([value * self.scale * (1 + int(os.environ["RANK"]))])
+        dist.all_reduce(t)
+        return {"total": t.item(), "rank": float(os.environ["RANK"])}
+
+    @remote_function(dispatch="all", collect="sum")
+    def count_seen(self):
+        return len(self.seen)
+
+    @remote_function(dispatch="all", collect="first", sync=True)
+    def seen_on_first(self):
+        return list(self.seen)
+
+    @remote_function(dispatch="slice", collect="last_pp")
+    def echo(self, xs):
+        return [(int(os.environ["RANK"]), x) for x in xs]
+
+    @remote_function(execute="first", collect="none")
+    def only_first(self):
+        return int(os.environ["RANK"])
+
+    @remote_function(dispatch="all", collect="first")
+    def fail(self, message: str):
+        if int(os.environ["RANK"]) == 1:
+            raise ValueError(message)
+        return "ok"
+
+    def plain(self):
+        return int(os.environ["RANK"])
+
+
+@remote_class(execute="first")
+class Samples:
+    """A dataset-like component: one actor, mesh forced to dp=1."""
+
+    def __init__(self, n: int, device_mesh: DeviceMesh = None):
+        self.rows = [{"i": i} for i in range(n)]
+        self.device_mesh = device_mesh
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.rows[index]
+
+    def mesh_sizes(self):
+        return self.device_mesh.world_size, self.device_mesh.data_world_size
+
+
+@remote_class(execute="first")
+class Loader:
+    """A DataLoader-like component: reads a dataset (a proxy here) and yields global batches."""
+
+    def __init__(self, dataset, batch_size: int, min_batch_size: int | None = None, device_mesh: DeviceMesh = None):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.min_batch_size = min_batch_size
+        self.device_mesh = device_mesh
+
+    def __len__(self):
+        return len(self.dataset) // self.batch_size
+
+    def __iter__(self):
+        n = len(self.dataset)
+        for start in range(0, n, self.batch_size):
+            batch = [self.dataset[i] for i in range(start, min(start + self.batch_size, n))]
+            if len(batch) < (self.min_batch_size or 1):
+                return
+            yield batch
+
+    def settings(self):
+        return self.batch_size, self.min_batch_size, self.device_mesh.data_world_size
+
+
+# ---------------------------------------------------------------- fixtures
+
+GROUPS = [DeviceGroup(name="default", ranks=2, device_type="cpu")]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster for this module: 2 logical CPUs, no dashboard."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    shutdown_ray()
+    ray.shutdown()
+    _state.reset()
+
+
+@pytest.fixture(scope="module")
+def ray_groups(ray_cluster):
+    twinkle.initialize(mode="ray", groups=GROUPS, global_device_mesh=DeviceMesh.from_sizes(dp_size=2, device_type="cpu"))
+    return dict(vars(_state._state))
+
+
+@pytest.fixture()
+def ray_mode(ray_groups):
+    # the shared conftest resets twinkle's state before every test; the cluster and its groups stay reserved
+    _state.set_state(**{k: v for k, v in ray_groups.items() if k != "worker"})
+
+
+@pytest.fixture(scope="module")
+def probe(ray_groups):
+    _state.set_state(**{k: v for k, v in ray_groups.items() if k != "worker"})
+    return Probe(scale=2.0, remote_group="default")
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_all_builds_one_actor_per_rank_with_a_torch_distributed_group(ray_mode, probe):
+    assert isinstance(probe, RemoteProxy)
+    envs = probe.environment()
+    assert isinstance(envs, LazyResult)
+    envs = envs.result()
+    assert [e["RANK"] for e in envs] == ["0", "1"] and [e["dist_rank"] for e in envs] == [0, 1]
+    assert {e["WORLD_SIZE"] for e in envs} == {"2"} and {e["world"] for e in envs} == {2}
+    assert {e["backend"] for e in envs} == {"gloo"}
+    assert sorted(e["LOCAL_RANK"] for e in envs) == ["0", "1"] and {e["LOCAL_WORLD_SIZE"] for e in envs} == {"2"}
+    assert len({(e["MASTER_ADDR"], e["MASTER_PORT"]) for e in envs}) == 1
+    # the component sees the global dp=2 mesh, each rank its own data rank, as under torchrun
+    assert [e["mesh"] for e in envs] == [(("dp",), 2, 0), (("dp",), 2, 1)]
+    # a collective across the two actors: (1*2*1) + (1*2*2) = 6 on both ranks; mean of ranks 0 and 1 is 0.5
+    assert probe.all_reduced(1.0) == {"total": 6.0, "rank": 0.5}
+
+
+def test_slice_dp_gives_each_data_rank_its_part_and_flatten_restores_order(ray_mode, probe):
+    before = probe.count_seen().result()
+    out = probe.take(list(range(5)), tag="b")
+    assert list(out) == [(0, "b", 0), (0, "b", 1), (0, "b", 2), (1, "b", 3), (1, "b", 4)]
+    assert probe.count_seen() == before + 5
+
+
+def test_batch_too_small_is_raised_on_the_driver(ray_mode, probe):
+    with pytest.raises(BatchSizeError, match="Batch too small: 1 sample"):
+        probe.take([42])
+
+
+def test_collect_modes_sum_first_last_pp_and_execute_first(ray_mode, probe):
+    assert probe.echo(["a", "b", "c"]) == [(0, "a"), (0, "b"), (1, "c")]
+    assert probe.only_first() == 0
+    assert probe.plain() == 0  # undecorated: runs on every rank, rank 0 answers
+    assert isinstance(probe.seen_on_first(), list)  # sync=True: a value, not a future
+
+
+def test_lazy_calls_run_in_order_and_resolve_on_use(ray_mode, probe):
+    futures = [probe.take([i, i + 100]) for i in range(3)]
+    assert all(isinstance(f, LazyResult) for f in futures)
+    seen = probe.seen_on_first()
+    assert seen[-3:] == [0, 1, 2]  # rank 0's halves, in submission order
+    assert f"{probe.count_seen():d}".isdigit() and probe.count_seen() > 6
+    assert futures[2][1] == (1, "t", 102)
+
+
+def test_remote_error_names_the_method_and_rank_and_keeps_the_remote_traceback(ray_mode, probe):
+    with pytest.raises(RemoteCallError) as info:
+        probe.fail("bad value 17").result()
+    err = info.value
+    assert "Probe.fail failed on rank 1" in str(err) and "ValueError: bad value 17" in str(err)
+    assert 'raise ValueError(message)' in err.remote_traceback
+    assert err.method == "Probe.fail" and err.rank == 1 and err.remote_type == "ValueError"
+    assert isinstance(err.__cause__, ValueError)
+    assert probe.only_first() == 0  # the actors survive a failed call
+
+
+def test_an_unread_failed_call_is_raised_by_the_next_call(ray_mode, probe):
+    probe.fail("nobody reads me")  # lazy, result dropped
+    deadline = time.monotonic() + 30
+    with pytest.raises(RemoteCallError, match="nobody reads me"):
+        while time.monotonic() < deadline:  # the failure surfaces as soon as the worker has finished
+            probe.count_seen().result()
+
+
+def test_constructor_error_reaches_the_driver(ray_mode):
+    with pytest.raises(RemoteCallError, match=r"Probe.__init__ failed on rank 1 .*refusing to start on rank 1"):
+        Probe(fail_on_rank=1, remote_group="default")
+
+
+def test_first_component_gets_a_dp1_mesh_and_a_ray_dataloader_drops_short_batches(ray_mode, probe):
+    samples = Samples(7, remote_group="default")
+    assert len(samples) == 7 and samples[3] == {"i": 3}
+    assert samples.mesh_sizes() == (1, 1)
+    # a dataset proxy handed to another remote component is used there through the same proxy
+    loader = Loader(samples, batch_size=2, remote_group="default")
+    assert loader.settings() == (2, 2, 1)  # min_batch_size = batch_size under Ray
+    assert len(loader) == 3
+    batches = list(loader)
+    assert [len(b) for b in batches] == [2, 2, 2]  # the short last batch (1 row) is dropped
+    # iterating the remote loader on the driver feeds the model-like component, sliced per data rank
+    fed = []
+    for batch in loader:
+        fed.extend(probe.take(batch, tag="loader"))
+    assert [(rank, row["i"]) for rank, _, row in fed] == [(0, 0), (1, 1), (0, 2), (1, 3), (0, 4), (1, 5)]
+    # the same dataset proxy inside a loader built here on the driver (no remote_group)
+    local_loader = Loader(samples, batch_size=4, min_batch_size=4)
+    assert not isinstance(local_loader, RemoteProxy)
+    assert [[row["i"] for row in b] for b in local_loader] == [[0, 1, 2, 3]]
+
+
+def test_unknown_group_and_mesh_mismatch_are_config_errors(ray_mode):
+    with pytest.raises(ConfigError, match="unknown remote_group 'gpu'; the DeviceGroups are: default"):
+        Probe(remote_group="gpu")
+    with pytest.raises(ConfigError, match="spans 4 ranks but the group has 2"):
+        Probe(device_mesh=DeviceMesh.from_sizes(dp_size=4, device_type="cpu"), remote_group="default")
+
+
+def test_device_placement_report(ray_mode):
+    report = twinkle.get_device_placement()
+    assert report == get_device_placement()
+    assert "group 'default': 2 rank(s) x 1 CPU on 1 node(s)" in report
+
+
+def test_a_group_the_cluster_cannot_hold_fails_at_once_with_the_numbers(ray_mode, probe):
+    start = time.monotonic()
+    with pytest.raises(ClusterResourceError, match=r"3 CPU asked by DeviceGroup 'big' .* has 2 available \(2 in total\)"):
+        twinkle.initialize(mode="ray", groups=[DeviceGroup(name="big", ranks=3, device_type="cpu")])
+    assert time.monotonic() - start < 10
+    # a failed initialize leaves the groups reserved before (and their actors) untouched
+    assert probe.only_first() == 0
+    assert "group 'default'" in get_device_placement()
+
+
+def test_an_unread_failure_at_the_end_of_a_script_makes_its_exit_status_1(ray_cluster, tmp_path):
+    """A separate driver on this module's cluster: its last (lazy) call fails and nobody reads it."""
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(
+        """
+        import twinkle
+        from twinkle import DeviceGroup, remote_class, remote_function
+
+        @remote_class(execute="first")
+        class Broken:
+            @remote_function(dispatch="all")
+            def step(self):
+                raise KeyError("lost step")
+
+        twinkle.initialize(mode="ray", groups=[DeviceGroup(name="default", ranks=1, device_type="cpu")])
+        Broken(remote_group="default").step()
+        print("script body finished")
+        """
+    ))
+    shutdown_ray()  # hand this module's CPUs back (the cluster stays up) so the second driver can reserve one
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    env.pop("TWINKLE_MODE", None)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=180)
+    assert "script body finished" in proc.stdout
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "a remote call failed and its result was never read" in proc.stderr
+    assert "Broken.step failed on rank 0" in proc.stderr and "lost step" in proc.stderr
