@@ -16,7 +16,7 @@ from webui_testkit import ARTIFACTS, CHROMIUM, Stack, start_stack
 
 @pytest.fixture(scope="module")
 def stack(redis_server_url, tmp_path_factory) -> Iterator[Stack]:
-    """API + dispatcher on a fresh SQLite database and Redis db 12; no worker (tests add one when they need it)."""
+    """API + dispatcher on a fresh SQLite database, local storage and Redis db 12; tests start the workers they need."""
     import redis
 
     redis_url = redis_server_url.rstrip("/") + "/12"
@@ -26,7 +26,6 @@ def stack(redis_server_url, tmp_path_factory) -> Iterator[Stack]:
         yield running
     finally:
         running.stop()
-
 
 
 # ---------------------------------------------------------------- browser

@@ -36,16 +36,20 @@ def _tool(name: str) -> str:
     return str(path) if path.exists() else (shutil.which(name) or name)
 
 
+def _has_cli() -> bool:
+    try:
+        import scheduler.cli  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _missing_stack_parts() -> list[str]:
     missing = []
     try:
         import scheduler.main  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any import failure means the API cannot start
         missing.append(f"scheduler.main ({exc.__class__.__name__}: {exc})")
-    try:
-        import scheduler.cli  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        missing.append(f"scheduler.cli ({exc.__class__.__name__}: {exc})")
     return missing
 
 
@@ -67,14 +71,12 @@ class Proc:
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen.poll() is not None:
             return
-        # Each child leads its own process group, so a worker's training job goes with it.
-        try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+        # SIGTERM to the daemon alone: it stops its own job process groups on the way out.
+        self.popen.terminate()
         try:
             self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # Each child leads its own session, so this reaches whatever it left behind.
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(timeout=5)
 
@@ -114,23 +116,64 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(f"----- {p.name} (exit {p.popen.poll()})\n{p.log()}" for p in self.procs)
 
-    def start_worker(self, name: str = "webui-test-worker") -> Proc:
-        env = dict(self.env)
+    def start_worker(self, name: str = "grace-cpu", timeout: float = 90.0) -> Proc:
+        """Start a real ``twinkle-worker`` offering one CPU, and wait until it heartbeats and consumes."""
+        health_port = free_port()
+        env = base_env()
         env.update(
             {
                 "TWINKLE_WORKER_SERVER_URL": self.url,
                 "TWINKLE_WORKER_TOKEN": self.worker_token,
                 "TWINKLE_WORKER_NAME": name,
-                "TWINKLE_WORKER_WORK_DIR": str(self.home / f"worker-{name}"),
+                "TWINKLE_WORKER_WORK_DIR": str(self.home / f"work-{name}"),
                 "TWINKLE_WORKER_DEVICE_TYPE": "cpu",
                 "TWINKLE_WORKER_RANKS": "1",
-                "TWINKLE_WORKER_HEALTH_PORT": "0",
+                "TWINKLE_WORKER_HEALTH_HOST": "127.0.0.1",
+                "TWINKLE_WORKER_HEALTH_PORT": str(health_port),
                 "TWINKLE_WORKER_KILL_GRACE_S": "2",
+                "TWINKLE_WORKER_LOG_FLUSH_INTERVAL_S": "0.2",
             }
         )
         proc = _spawn(f"worker-{name}", [_tool("twinkle-worker")], env, self.home, self.home)
         self.procs.append(proc)
-        return proc
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()}")
+            try:
+                healthy = httpx.get(f"http://127.0.0.1:{health_port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                healthy = False
+            if healthy and self._worker_listed(name):
+                return proc
+            time.sleep(0.3)
+        raise TimeoutError(f"{proc.name} not ready after {timeout}s:\n{proc.log()}")
+
+    def _worker_listed(self, name: str) -> bool:
+        with self.client() as c:
+            r = c.get("/workers")
+        if r.status_code != 200:
+            return False
+        body = r.json()
+        items = body if isinstance(body, list) else body.get("items", [])
+        return any(w.get("name") == name for w in items)
+
+    def wait_job(self, job_id: str, states: set[str], timeout: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while True:
+                job = c.get(f"/jobs/{job_id}").json()
+                if job.get("state") in states:
+                    return job
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"job {job_id} still {job.get('state')} after {timeout}s:\n{self.logs()}")
+                time.sleep(0.2)
+
+    def submit(self, script: str, *, name: str = "job", filename: str = "train.py") -> dict:
+        with self.client() as c:
+            r = c.post("/jobs", data={"name": name}, files={"file": (filename, script.encode(), "text/x-python")})
+        assert r.status_code == 201, r.text
+        return r.json()
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -151,47 +194,74 @@ def _wait_http(url: str, proc: Proc, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{url} not up after {timeout}s:\n{proc.log()}")
 
 
-def start_stack(home: Path, redis_url: str, *, dispatcher: bool = True) -> Stack:
-    """Start the API (and the dispatcher) in ``home``; the caller stops it."""
+def base_env() -> dict[str, str]:
+    """The test process's environment without its own TWINKLE_*, AWS_* and REDIS_URL, which must not leak in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWINKLE_", "AWS_", "REDIS_URL"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def start_stack(home: Path, redis_url: str, *, s3: dict | None = None, dispatcher: bool = True) -> Stack:
+    """Start the API (and the dispatcher) in ``home``, create a user and a worker token; the caller stops it.
+
+    ``s3`` (endpoint_url, bucket, region, access_key_id, secret_access_key) puts checkpoints in an S3 bucket,
+    so download links are presigned S3 URLs; without it they are the API's signed local links.
+    """
     missing = _missing_stack_parts()
     if missing:
         pytest.skip("the scheduler API is not importable yet: " + "; ".join(missing))
     port = free_port()
     admin = "twk_admin_" + secrets.token_urlsafe(16)
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
+    env = base_env()
     env.update(
         {
             "TWINKLE_SCHEDULER_DATABASE_URL": f"sqlite:///{home / 'twinkle.db'}",
             "TWINKLE_SCHEDULER_REDIS_URL": redis_url,
+            "TWINKLE_SCHEDULER_BROKER_PUBLIC_URL": redis_url,
             "TWINKLE_SCHEDULER_ADMIN_TOKEN": admin,
             "TWINKLE_SCHEDULER_SECRET_KEY": secrets.token_urlsafe(32),
             "TWINKLE_SCHEDULER_STORAGE_DIR": str(home / "storage"),
-            "TWINKLE_SCHEDULER_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "TWINKLE_SCHEDULER_HOST": "127.0.0.1",
             "TWINKLE_SCHEDULER_PORT": str(port),
             "TWINKLE_SCHEDULER_MAX_BUNDLE_MB": str(MAX_BUNDLE_MB),
-            "TWINKLE_SCHEDULER_HEARTBEAT_INTERVAL_S": "1",
-            "TWINKLE_SCHEDULER_LEASE_S": "10",
-            "TWINKLE_SCHEDULER_DISPATCH_INTERVAL_S": "0.5",
-            "PYTHONUNBUFFERED": "1",
+            "TWINKLE_SCHEDULER_HEARTBEAT_INTERVAL_S": "0.5",
+            "TWINKLE_SCHEDULER_LEASE_S": "5",
+            "TWINKLE_SCHEDULER_START_DEADLINE_S": "10",
+            "TWINKLE_SCHEDULER_DISPATCH_INTERVAL_S": "0.2",
         }
     )
+    if s3:
+        env.update(
+            {
+                "TWINKLE_SCHEDULER_S3_ENDPOINT_URL": s3["endpoint_url"],
+                "TWINKLE_SCHEDULER_S3_BUCKET": s3["bucket"],
+                "TWINKLE_SCHEDULER_S3_REGION": s3["region"],
+                "TWINKLE_SCHEDULER_S3_ACCESS_KEY_ID": s3["access_key_id"],
+                "TWINKLE_SCHEDULER_S3_SECRET_ACCESS_KEY": s3["secret_access_key"],
+            }
+        )
     url = f"http://127.0.0.1:{port}"
     stack = Stack(url=url, admin_token=admin, user_token="", user_name="ada", worker_token="", home=home, env=env)
     scheduler = _tool("twinkle-scheduler")
-    api = _spawn("api", [scheduler, "serve"], env, home, home)
+    api = _spawn("api", [scheduler, "serve"], env, home, home) if _has_cli() else _spawn(
+        "api",
+        [sys.executable, "-m", "uvicorn", "scheduler.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        home,
+        home,
+    )
     stack.procs.append(api)
     try:
         _wait_http(f"{url}/healthz", api)
-        if dispatcher:
+        if dispatcher and _has_cli():
             stack.procs.append(_spawn("dispatch", [scheduler, "dispatch"], env, home, home))
         with httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {admin}"}, timeout=30) as c:
             r = c.post("/users", json={"name": stack.user_name})
-            r.raise_for_status()
+            assert r.status_code in (200, 201), r.text
             stack.user_token = r.json()["token"]
             r = c.post("/worker-tokens", json={"owner": "grace"})
-            r.raise_for_status()
+            assert r.status_code in (200, 201), r.text
             stack.worker_token = r.json()["token"]
     except BaseException:
         stack.stop()

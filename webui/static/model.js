@@ -1,19 +1,44 @@
 // Reading the API's Job and Worker objects in one place, so the pages do not each know the field names.
 
+import { get } from './api.js';
 import { h, runSeconds } from './ui.js';
+
+// Worker ids -> names, from the public GET /workers. Fetched again only when an id we have not seen appears.
+const workerNames = new Map();
+let workersFetch = null;
+
+/** Make sure every id in `ids` has a name if the API knows one. */
+export async function loadWorkerNames(ids) {
+  const unknown = ids.filter((id) => id && !workerNames.has(id));
+  if (!unknown.length) return;
+  workersFetch ??= get('/workers')
+    .then((data) => {
+      for (const w of (Array.isArray(data) ? data : data.items) || []) workerNames.set(w.id, w.name);
+      // Ids the API no longer lists keep showing as ids instead of asking again on every refresh.
+      for (const id of unknown) if (!workerNames.has(id)) workerNames.set(id, null);
+    })
+    .catch(() => {})
+    .finally(() => {
+      workersFetch = null;
+    });
+  await workersFetch;
+}
+
+export const workerName = (id) => (id ? workerNames.get(id) || id : null);
 
 export const jobName = (job) => job.name || job.entrypoint || job.id;
 export const submittedAt = (job) => job.created_at ?? job.submitted_at ?? null;
 export const endedAt = (job) => job.ended_at ?? job.finished_at ?? null;
 
 /** The worker a job runs (or last ran) on: the job's own field, else its latest attempt's. */
-export function jobWorker(job) {
-  const direct = job.worker_name ?? job.worker_id ?? job.worker ?? null;
-  if (direct) return typeof direct === 'object' ? direct.name || direct.id : direct;
+export function jobWorkerId(job) {
+  if (job.worker_id) return job.worker_id;
   const attempts = job.attempts || [];
   const last = attempts[attempts.length - 1];
-  return last ? last.worker_name ?? last.worker_id ?? null : null;
+  return last ? last.worker_id ?? null : null;
 }
+
+export const jobWorker = (job) => workerName(jobWorkerId(job));
 
 /** Seconds the job has run: from its first start to its end (or now). */
 export function jobDuration(job) {

@@ -3,7 +3,7 @@
 
 import { API, ApiError, get, post } from '../api.js';
 import { METRICS, lineChart, series } from '../chart.js';
-import { deviceGroupText, endedAt, jobDuration, jobName, jobWorker, queueInfo, requestGroups, submittedAt } from '../model.js';
+import { deviceGroupText, endedAt, jobDuration, jobName, jobWorker, loadWorkerNames, queueInfo, requestGroups, submittedAt, workerName } from '../model.js';
 import { TERMINAL, alertBox, formatBytes, formatDuration, h, pageTitle, poll, replace, runSeconds, stateBadge, timeEl } from '../ui.js';
 
 const REFRESH_MS = 3000;
@@ -135,7 +135,7 @@ export async function render(root, { params }) {
               'tr',
               {},
               h('td', { class: 'num' }, a.n ?? a.attempt),
-              h('td', { class: 'mono' }, a.worker_name ?? a.worker_id ?? '—'),
+              h('td', { class: 'mono' }, workerName(a.worker_id) ?? '—'),
               h('td', {}, stateBadge(a.state)),
               h('td', {}, timeEl(a.started_at)),
               h('td', { class: 'num' }, formatDuration(runSeconds(a.started_at, a.ended_at))),
@@ -213,18 +213,16 @@ export async function render(root, { params }) {
 
   let pending = [];
   let scheduled = false;
-  let lastAttempt = null;
   const flush = () => {
     scheduled = false;
-    const frag = document.createDocumentFragment();
-    for (const line of pending) frag.append(line);
+    // One text node per line keeps trimming cheap and never interprets the text as markup.
+    logBox.append(...pending);
     pending = [];
-    logBox.append(frag);
     while (logBox.childNodes.length > MAX_LOG_LINES) logBox.firstChild.remove();
     if (follow.checked) logBox.scrollTop = logBox.scrollHeight;
   };
-  const addLine = (text, kind) => {
-    pending.push(h('span', { class: `line${kind ? ` line-${kind}` : ''}` }, `${text}\n`));
+  const addLine = (text) => {
+    pending.push(`${text}\n`);
     if (!scheduled) {
       scheduled = true;
       requestAnimationFrame(flush);
@@ -233,23 +231,8 @@ export async function render(root, { params }) {
 
   const stream = new EventSource(`${API}/jobs/${enc}/logs/stream`);
   stream.addEventListener('open', () => replace(logStatus, h('span', { class: 'live' }, 'Live')));
-  stream.addEventListener('message', (event) => {
-    let record;
-    try {
-      record = JSON.parse(event.data);
-    } catch {
-      record = null;
-    }
-    if (!record || typeof record !== 'object') {
-      addLine(event.data, null);
-      return;
-    }
-    if (record.attempt !== undefined && String(record.attempt) !== String(lastAttempt)) {
-      if (lastAttempt !== null || Number(record.attempt) > 1) addLine(`── attempt ${record.attempt} ──`, 'system');
-      lastAttempt = record.attempt;
-    }
-    addLine(record.text ?? record.line ?? '', record.stream === 'stderr' ? 'stderr' : record.stream === 'system' ? 'system' : null);
-  });
+  // Each event's data is one log line, as the script printed it (never parsed: a printed JSON line stays text).
+  stream.addEventListener('message', (event) => addLine(event.data));
   stream.addEventListener('end', () => {
     stream.close();
     replace(logStatus, 'The job has ended; this is the whole log.');
@@ -275,6 +258,7 @@ export async function render(root, { params }) {
     else if (!errorSlot.querySelector('.alert-info')) replace(errorSlot);
     if (jobResult.status === 'fulfilled') {
       job = jobResult.value;
+      await loadWorkerNames([job.worker_id, ...(job.attempts || []).map((a) => a.worker_id)]);
       drawJob();
     }
     if (metricsResult.status === 'fulfilled') drawMetrics(metricsResult.value.records || []);

@@ -1,7 +1,7 @@
 // My jobs: state, place in the queue and why it waits, worker, duration. Refreshes live; paginated.
 
 import { get, query } from '../api.js';
-import { jobDuration, jobName, jobWorker, queueInfo, submittedAt } from '../model.js';
+import { jobDuration, jobName, jobWorker, jobWorkerId, loadWorkerNames, queueInfo, submittedAt } from '../model.js';
 import { alertBox, formatDuration, h, pageTitle, poll, replace, stateBadge, timeEl } from '../ui.js';
 
 export const PAGE_SIZE = 25;
@@ -89,6 +89,7 @@ export async function render(root) {
     }
     replace(errorSlot);
     const items = data.items || [];
+    await loadWorkerNames(items.map(jobWorkerId));
     const total = data.total ?? items.length;
 
     // Keep keyboard focus on the same job link across a refresh.

@@ -188,9 +188,11 @@ export async function render(root) {
         items.push(h('li', {}, rawKey && rawKey !== '_' ? `${rawKey}: ${text}` : text));
       }
     }
+    const sentence = (t) => (t ? t[0].toUpperCase() + t.slice(1) : t);
     replace(
       errorSummary,
-      h('h2', {}, message || 'The job was not submitted'),
+      h('h2', {}, 'The job was not submitted'),
+      message ? h('p', {}, sentence(message)) : null,
       items.length ? h('ul', {}, items) : null,
     );
     errorSummary.hidden = false;
@@ -357,7 +359,7 @@ export async function render(root) {
       if (g.min_memory_gb !== undefined && !(g.min_memory_gb >= 0)) local[`device_groups.${i}.min_memory_gb`] = 'Enter a number of GB, or leave it empty.';
     });
     if (Object.keys(local).length) {
-      showErrors(local, 'Fix these before submitting');
+      showErrors(local, 'Fix these, then submit again.');
       return;
     }
 
@@ -374,7 +376,8 @@ export async function render(root) {
       location.assign(`/jobs/${encodeURIComponent(job.id)}`);
     } catch (err) {
       const fields = err instanceof ApiError ? err.fields || {} : {};
-      showErrors(Object.keys(fields).length ? fields : { _: err.message }, err.message && Object.keys(fields).length ? err.message : undefined);
+      const hasFields = Object.keys(fields).length > 0;
+      showErrors(hasFields ? fields : { _: err.message }, hasFields ? err.message : undefined);
     } finally {
       submitButton.disabled = false;
       replace(submitButton, 'Submit job');

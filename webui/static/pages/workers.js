@@ -6,11 +6,6 @@ import { alertBox, formatNumber, h, pageTitle, poll, replace, stateBadge, timeEl
 
 const REFRESH_MS = 10000;
 
-function kindOf(worker) {
-  const kind = String(worker.kind ?? worker.type ?? (worker.pool ? 'pool' : 'donor')).toLowerCase();
-  return kind === 'pool' || kind === 'pooled' ? 'Pool' : 'Donor';
-}
-
 function gpuHoursOf(w) {
   if (w.gpu_hours !== undefined && w.gpu_hours !== null) return Number(w.gpu_hours);
   return Number(w.gpu_seconds ?? 0) / 3600;
@@ -22,10 +17,10 @@ function workerRow(w) {
   return h(
     'tr',
     { dataset: { workerId: w.id ?? w.worker_id ?? '' } },
-    h('th', { scope: 'row' }, h('span', { class: 'mono' }, w.name || w.id), w.owner ? h('div', { class: 'muted small' }, `by ${w.owner}`) : null),
-    h('td', {}, kindOf(w)),
+    h('th', { scope: 'row' }, h('span', { class: 'mono' }, w.name || w.id), w.hostname && w.hostname !== w.name ? h('div', { class: 'muted small' }, w.hostname) : null),
+    h('td', {}, w.owner || h('span', { class: 'muted' }, '—')),
     h('td', {}, groups.length ? h('ul', { class: 'plain-list' }, groups.map((g) => h('li', {}, deviceGroupText(g)))) : h('span', { class: 'muted' }, '—')),
-    h('td', {}, stateBadge(w.state)),
+    h('td', {}, stateBadge(w.state), w.running_jobs ? h('div', { class: 'muted small' }, `running ${w.running_jobs} job${w.running_jobs === 1 ? '' : 's'}`) : null),
     h('td', {}, timeEl(w.last_heartbeat_at ?? w.last_heartbeat)),
     h('td', { class: 'num' }, w.jobs_run ?? 0),
     h('td', { class: 'num' }, formatNumber(gpuHours, 3)),
@@ -40,13 +35,13 @@ export async function render(root) {
     'table',
     { class: 'table', id: 'workers-table' },
     h('caption', { class: 'visually-hidden' }, 'Donor and pooled workers'),
-    h('thead', {}, h('tr', {}, ['Worker', 'Kind', 'Device groups', 'State', 'Last heartbeat', 'Jobs run', 'GPU-hours given'].map((t) => h('th', { scope: 'col' }, t)))),
+    h('thead', {}, h('tr', {}, ['Worker', 'Donated by', 'Device groups', 'State', 'Last heartbeat', 'Jobs run', 'GPU-hours given'].map((t) => h('th', { scope: 'col' }, t)))),
     tbody,
   );
   const empty = h('p', { class: 'empty', hidden: true }, 'No workers have registered yet. Anyone with a GPU can donate it with ', h('code', {}, 'twinkle-worker --server URL --token T'), '.');
   root.append(
     pageTitle('Workers'),
-    h('p', { class: 'lede' }, 'The machines that run jobs: GPUs donated by people, and pooled clusters that join the same way.'),
+    h('p', { class: 'lede' }, 'The machines that run jobs: GPUs donated by people, and pooled machines (a lab cluster, a Kubernetes GPU pool) that join the same way.'),
     errorSlot,
     totals,
     h('div', { class: 'table-scroll' }, table),
