@@ -79,7 +79,7 @@ def prepare(filename: str, data: bytes, entrypoint: str | None, name: str | None
         try:
             inspection = inspect_source(bundle.source, bundle.entrypoint)
         except InvalidRequest as exc:
-            problems.extend(exc.fields.items())
+            problems.append(("file", exc.message))
     if problems or bundle is None or inspection is None:
         raise _problems_error(problems or [("file", "the upload could not be read")])
     if override is not None:

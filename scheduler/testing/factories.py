@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from scheduler.db import Base, Database
+from scheduler.settings import Settings
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+def make_settings(tmp_path: Path, *, database_url: str | None = None, redis_url: str, **overrides: Any) -> Settings:
+    """Settings for a test: SQLite (or ``database_url``) and local storage under ``tmp_path``, fast timings."""
+    values: dict[str, Any] = dict(
+        database_url=database_url or f"sqlite:///{tmp_path / 'twinkle.db'}",
+        redis_url=redis_url,
+        storage_dir=tmp_path / "storage",
+        secret_key="test-secret-key",
+        admin_token=ADMIN_TOKEN,
+        heartbeat_interval_s=1.0,
+        lease_s=5.0,
+        start_deadline_s=10.0,
+        max_bundle_mb=1.0,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+def make_app(settings: Settings) -> tuple[Any, Any]:
+    """(FastAPI app, Runtime), with the database migrated."""
+    from scheduler.main import create_app
+    from scheduler.runtime import Runtime
+
+    rt = Runtime.from_settings(settings)
+    return create_app(runtime=rt), rt
+
+
+def reset_database(db: Database) -> None:
+    """Empty every table (children first), keeping the migrated schema."""
+    with db.engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(sa.delete(table))
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def create_user(client: Any, name: str) -> str:
+    """Create a user through the API with the admin token; returns its token."""
+    r = client.post("/api/v1/users", json={"name": name}, headers=auth(ADMIN_TOKEN))
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+def create_worker_token(client: Any, owner: str = "tests") -> str:
+    r = client.post("/api/v1/worker-tokens", json={"owner": owner}, headers=auth(ADMIN_TOKEN))
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+def submit_script(
+    client: Any, token: str, source: str, *, filename: str = "train.py", request: dict | None = None, **data: str
+) -> Any:
+    form = dict(data)
+    if request is not None:
+        form["request"] = json.dumps(request)
+    return client.post(
+        "/api/v1/jobs", files={"file": (filename, source.encode())}, data=form, headers=auth(token)
+    )
+
+
+def gpu_group(ranks: int = 1, memory_gb: float = 80.0, name: str = "default", model: str = "H100") -> dict:
+    return {"name": name, "ranks": ranks, "device_type": "cuda", "device_model": model, "memory_gb": memory_gb}
+
+
+def cpu_group(ranks: int = 1, name: str = "cpu") -> dict:
+    return {"name": name, "ranks": ranks, "device_type": "cpu", "device_model": None, "memory_gb": None}
+
+
+class InProcessWorker:
+    """A worker speaking the scheduler's HTTP API through any httpx-like client (TestClient included)."""
+
+    def __init__(self, client: Any, token: str, name: str, device_groups: list[dict]) -> None:
+        self.client, self.token, self.name, self.device_groups = client, token, name, device_groups
+        self.worker_id: str | None = None
+        self.queue: str | None = None
+
+    def _url(self, job_id: str, attempt: int, what: str) -> str:
+        return f"/api/v1/attempts/{job_id}/{attempt}/{what}"
+
+    def register(self) -> dict:
+        r = self.client.post(
+            "/api/v1/workers/register",
+            json={"name": self.name, "hostname": self.name, "device_groups": self.device_groups},
+            headers=auth(self.token),
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        self.worker_id, self.queue = body["worker_id"], body["queue"]
+        return body
+
+    def heartbeat(self, running: list[tuple[str, int]] = ()) -> Any:  # type: ignore[assignment]
+        return self.client.post(
+            f"/api/v1/workers/{self.worker_id}/heartbeat",
+            json={"running": [{"job_id": j, "attempt": n} for j, n in running]},
+            headers=auth(self.token),
+        )
+
+    def start(self, job_id: str, attempt: int) -> Any:
+        return self.client.post(self._url(job_id, attempt, "start"), headers=auth(self.token))
+
+    def bundle(self, job_id: str, attempt: int) -> Any:
+        return self.client.get(self._url(job_id, attempt, "bundle"), headers=auth(self.token))
+
+    def logs(self, job_id: str, attempt: int, *texts: str, stream: str = "stdout") -> Any:
+        lines = [{"ts": 0.0, "stream": stream, "text": t} for t in texts]
+        return self.client.post(self._url(job_id, attempt, "logs"), json={"lines": lines}, headers=auth(self.token))
+
+    def metrics(self, job_id: str, attempt: int, records: list[dict]) -> Any:
+        return self.client.post(self._url(job_id, attempt, "metrics"), json={"records": records}, headers=auth(self.token))
+
+    def artifact(self, job_id: str, attempt: int, path: str, data: bytes, headers: dict | None = None) -> Any:
+        h = {**auth(self.token), **(headers or {})}
+        return self.client.put(self._url(job_id, attempt, f"artifacts/{path}"), content=data, headers=h)
+
+    def finish(self, job_id: str, attempt: int, state: str = "succeeded", exit_code: int | None = 0, error: str | None = None) -> Any:
+        return self.client.post(
+            self._url(job_id, attempt, "finish"),
+            json={"state": state, "exit_code": exit_code, "error": error},
+            headers=auth(self.token),
+        )

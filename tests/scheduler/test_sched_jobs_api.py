@@ -1,0 +1,222 @@
+"""Submitting, listing, reading and cancelling jobs, and every bad-input case (nothing stored on error)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from scheduler.db import JobModel
+from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
+from scheduler.testing.factories import cpu_group, gpu_group
+
+SCRIPT = """
+import twinkle
+from twinkle import DeviceGroup, DeviceMesh
+groups = [DeviceGroup(name='default', ranks=2, device_type='cuda')]
+twinkle.initialize(mode='ray', nproc_per_node=8, groups=groups)
+print('training')
+"""
+
+
+def stored_nothing(env) -> bool:
+    with env.rt.db.session() as s:
+        n_jobs = s.scalar(sa.select(sa.func.count()).select_from(JobModel))
+    files = [p for p in (env.tmp_path / "storage").rglob("*") if p.is_file()]
+    return n_jobs == 0 and files == []
+
+
+def make_zip(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return buf.getvalue()
+
+
+def test_submit_py_reads_device_groups_and_stores_a_zip_bundle(scheduler_env):
+    env, c = scheduler_env, scheduler_env.client
+    token = create_user(c, "alice")
+    r = submit_script(c, token, SCRIPT, name="sft")
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["state"] == "queued" and job["name"] == "sft" and job["entrypoint"] == "train.py"
+    assert job["request"]["device_groups"] == [{"name": "default", "ranks": 2, "device_type": "cuda", "min_memory_gb": 0.0}]
+    assert job["pending_reason"] == "held: no registered worker offers 2 cuda ranks"
+    assert job["queue_position"] == 1
+    key = f"users/{job['user_id']}/jobs/{job['id']}/bundle.zip"
+    with zipfile.ZipFile(env.rt.storage.path_of(key)) as zf:
+        assert zf.read("train.py").decode() == SCRIPT
+
+
+def test_request_flags_override_the_script(scheduler_env):
+    c = scheduler_env.client
+    token = create_user(c, "alice")
+    req = {"device_groups": [{"name": "default", "ranks": 1, "device_type": "cpu"}]}
+    job = submit_script(c, token, SCRIPT, request=req).json()
+    assert job["request"]["device_groups"][0]["device_type"] == "cpu"
+    assert job["request"]["device_groups"][0]["ranks"] == 1
+
+
+def test_zip_bundle_with_entrypoint(scheduler_env):
+    c = scheduler_env.client
+    token = create_user(c, "alice")
+    data = make_zip({"main.py": SCRIPT, "lib/util.py": "X = 1\n"})
+    r = c.post("/api/v1/jobs", files={"file": ("b.zip", data)}, data={"entrypoint": "main.py"}, headers=auth(token))
+    assert r.status_code == 201, r.text
+    assert r.json()["entrypoint"] == "main.py" and r.json()["request"]["device_groups"][0]["ranks"] == 2
+
+
+def test_not_python_names_the_line_and_stores_nothing(scheduler_env):
+    c = scheduler_env.client
+    token = create_user(c, "alice")
+    r = submit_script(c, token, "import os\n\ndef broken(:\n    pass\n")
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "not_python" and "line 3" in err["message"]
+    r = c.post("/api/v1/jobs", files={"file": ("notes.txt", b"hello")}, headers=auth(token))
+    assert r.status_code == 422 and "neither a .py script nor a .zip" in r.json()["error"]["message"]
+    r = c.post("/api/v1/jobs", files={"file": ("x.zip", b"not a zip")}, headers=auth(token))
+    assert r.status_code == 422 and "not a valid zip" in r.json()["error"]["message"]
+    assert stored_nothing(scheduler_env)
+
+
+def test_every_problem_is_reported_at_once(scheduler_env):
+    c = scheduler_env.client
+    token = create_user(c, "alice")
+    data = make_zip({"other.py": "print(1)\n", "../evil.py": "x"})
+    r = c.post(
+        "/api/v1/jobs",
+        files={"file": ("b.zip", data)},
+        data={"request": json.dumps({"device_groups": [{"ranks": 0}]})},
+        headers=auth(token),
+    )
+    assert r.status_code == 422
+    fields = r.json()["error"]["fields"]
+    assert "entrypoint" in fields and "other.py" in fields["entrypoint"]  # missing train.py, lists what is there
+    assert "file" in fields and "../evil.py" in fields["file"]
+    assert any(k.startswith("request.device_groups.0.ranks") for k in fields)
+    r = c.post("/api/v1/jobs", files={"file": ("t.py", b"print(")}, data={"request": "{nope"}, headers=auth(token))
+    assert set(r.json()["error"]["fields"]) == {"file", "request"}
+    assert stored_nothing(scheduler_env)
+
+
+def test_bundle_over_the_limit_is_413(scheduler_env):
+    c = scheduler_env.client
+    token = create_user(c, "alice")
+    big = b"# " + b"x" * (1024 * 1024 + 10) + b"\n"  # MAX_BUNDLE_MB is 1 in tests
+    r = c.post("/api/v1/jobs", files={"file": ("t.py", big)}, headers=auth(token))
+    assert r.status_code == 413 and "MAX_BUNDLE_MB" in r.json()["error"]["message"]
+    huge = c.post(
+        "/api/v1/jobs", content=b"x" * 100, headers={**auth(token), "Content-Type": "multipart/form-data; boundary=b",
+                                                      "Content-Length": str(50 * 1024 * 1024)},
+    )
+    assert huge.status_code == 413  # refused from the header, before reading
+    assert stored_nothing(scheduler_env)
+
+
+def test_truncated_upload_is_400(scheduler_env):
+    c = scheduler_env.client
+    token = create_user(c, "alice")
+    req = httpx.Request("POST", "http://x/api/v1/jobs", files={"file": ("t.py", SCRIPT.encode())})
+    body = req.read()
+    cut = body[: len(body) - 40]
+    r = c.post("/api/v1/jobs", content=cut, headers={**auth(token), "Content-Type": req.headers["content-type"]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "truncated_upload"
+    r = c.post("/api/v1/jobs", data={"name": "x"}, headers=auth(token))
+    assert r.status_code == 422 and r.json()["error"]["fields"] == {"file": "multipart upload expected"}
+    r = c.post("/api/v1/jobs", files={"script": ("t.py", b"1")}, headers=auth(token))
+    assert r.status_code == 422 and r.json()["error"]["fields"] == {"file": "required"}
+    assert stored_nothing(scheduler_env)
+
+
+def test_another_users_job_is_404(scheduler_env):
+    c = scheduler_env.client
+    alice, bob = create_user(c, "alice"), create_user(c, "bob")
+    job = submit_script(c, alice, SCRIPT).json()
+    for method, path in [("get", ""), ("post", "/cancel"), ("get", "/logs"), ("get", "/metrics"), ("get", "/artifacts"),
+                         ("get", "/logs/stream")]:
+        r = getattr(c, method)(f"/api/v1/jobs/{job['id']}{path}", headers=auth(bob))
+        assert r.status_code == 404, (path, r.text)
+        assert r.json()["error"]["code"] == "job_not_found"
+    assert c.get("/api/v1/jobs", headers=auth(bob)).json() == {"items": [], "total": 0}
+
+
+def test_list_paginates_and_filters(scheduler_env):
+    c = scheduler_env.client
+    token = create_user(c, "alice")
+    ids = [submit_script(c, token, SCRIPT, name=f"j{i}").json()["id"] for i in range(5)]
+    c.post(f"/api/v1/jobs/{ids[0]}/cancel", headers=auth(token))
+    page = c.get("/api/v1/jobs?limit=2&offset=1", headers=auth(token)).json()
+    assert page["total"] == 5 and [j["id"] for j in page["items"]] == [ids[3], ids[2]]
+    queued = c.get("/api/v1/jobs?state=queued", headers=auth(token)).json()
+    assert queued["total"] == 4 and all(j["state"] == "queued" for j in queued["items"])
+    assert sorted(j["queue_position"] for j in queued["items"]) == [1, 2, 3, 4]
+    bad = c.get("/api/v1/jobs?state=sleeping", headers=auth(token))
+    assert bad.status_code == 422 and "unknown state sleeping" in bad.json()["error"]["message"]
+    assert c.get("/api/v1/jobs?limit=0", headers=auth(token)).status_code == 422
+
+
+def test_queue_position_alternates_users(scheduler_env):
+    c = scheduler_env.client
+    alice, bob = create_user(c, "alice"), create_user(c, "bob")
+    a = [submit_script(c, alice, SCRIPT).json()["id"] for _ in range(3)]
+    b = [submit_script(c, bob, SCRIPT).json()["id"] for _ in range(2)]
+    pos = {jid: c.get(f"/api/v1/jobs/{jid}", headers=auth(tok)).json()["queue_position"]
+           for tok, ids in ((alice, a), (bob, b)) for jid in ids}
+    # round robin: a0, b0, a1, b1, a2
+    assert [pos[a[0]], pos[b[0]], pos[a[1]], pos[b[1]], pos[a[2]]] == [1, 2, 3, 4, 5]
+
+
+def test_cancel_queued_at_once_and_twice_is_409(scheduler_env):
+    c = scheduler_env.client
+    token = create_user(c, "alice")
+    job = submit_script(c, token, SCRIPT).json()
+    r = c.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth(token))
+    assert r.status_code == 200 and r.json()["state"] == "cancelled" and r.json()["ended_at"]
+    again = c.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth(token))
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_ended"
+
+
+def test_inspect_reads_without_storing(scheduler_env):
+    c = scheduler_env.client
+    token = create_user(c, "alice")
+    r = c.post("/api/v1/scripts/inspect", files={"file": ("t.py", SCRIPT.encode())}, headers=auth(token))
+    assert r.status_code == 200
+    assert r.json()["request"]["device_groups"][0]["ranks"] == 2 and r.json()["warnings"] == []
+    bad = c.post("/api/v1/scripts/inspect", files={"file": ("t.py", b"def (")}, headers=auth(token))
+    assert bad.status_code == 422 and "line 1" in bad.json()["error"]["message"]
+    assert stored_nothing(scheduler_env)
+
+
+def test_pending_reason_when_a_fitting_worker_exists(scheduler_env):
+    c = scheduler_env.client
+    token = create_user(c, "alice")
+    w = InProcessWorker(c, create_worker_token(c), "gpu-box", [gpu_group(2), cpu_group()])
+    w.register()
+    job = submit_script(c, token, SCRIPT).json()
+    assert job["pending_reason"] == "waiting for the dispatcher"
+    held = submit_script(c, token, SCRIPT, request={"device_groups": [{"ranks": 4, "device_type": "cuda"}]}).json()
+    assert held["pending_reason"] == "held: no registered worker offers 4 cuda ranks"
+    assert held["state"] == "queued"  # accepted and held: a donor with 4 GPUs may join later
+
+
+def test_openapi_documents_routes(scheduler_env):
+    spec = scheduler_env.client.get("/openapi.json").json()
+    assert "/api/v1/jobs" in spec["paths"] and "/api/v1/attempts/{job_id}/{attempt}/start" in spec["paths"]
+    post = spec["paths"]["/api/v1/jobs"]["post"]
+    assert "multipart/form-data" in post["requestBody"]["content"] and "Every problem" in post["description"]
+
+
+@pytest.mark.parametrize("entry", [None, "train.py"])
+def test_zip_without_entrypoint_is_422(scheduler_env, entry):
+    c = scheduler_env.client
+    token = create_user(c, "alice")
+    data = {"entrypoint": entry} if entry else {}
+    r = c.post("/api/v1/jobs", files={"file": ("b.zip", make_zip({"x.py": "1"}))}, data=data, headers=auth(token))
+    assert r.status_code == 422 and "has no 'train.py'" in r.json()["error"]["message"]
+    assert stored_nothing(scheduler_env)
