@@ -215,18 +215,24 @@ class Template:
 
     def _tokenize(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Token ids and assistant masks for a batch of rendered texts, in one tokenizer call."""
-        need_offsets = any(spans)
-        if need_offsets and not getattr(self.tokenizer, "is_fast", False):
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        if backend is None or not hasattr(backend, "encode_batch"):
             return [self._tokenize_slow(text, s) for text, s in zip(texts, spans)]
-        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=need_offsets)
+        # the Rust tokenizer directly: the Python wrapper converts every field of every encoding, which costs
+        # as much as the tokenization itself
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
         out = []
-        for i, ids in enumerate(enc["input_ids"]):
-            ids = np.asarray(ids, dtype=np.int64)
-            if spans[i]:
-                offsets = np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
-                mask = spans_to_token_mask(offsets, spans[i])
-            else:
-                mask = np.zeros(len(ids), dtype=bool)
+        for encoding, text_spans in zip(encodings, spans):
+            ids = np.array(encoding.ids, dtype=np.int64)
+            mask = np.zeros(len(ids), dtype=bool)
+            for start, end in text_spans:
+                first = encoding.char_to_token(start)
+                last = encoding.char_to_token(end - 1) if end > start else None
+                if first is None or last is None:
+                    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+                    mask |= spans_to_token_mask(offsets, [(start, end)])
+                else:
+                    mask[first : last + 1] = True
             out.append((ids, mask))
         return out
 
@@ -245,10 +251,8 @@ class Template:
         return np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=bool)
 
     def _postprocess(self, ids: np.ndarray, mask: np.ndarray) -> list[InputFeature]:
-        labels = np.where(mask, ids, -100)
-        labels = np.roll(labels, -1)
-        if len(labels):
-            labels[-1] = -100
+        labels = np.full(len(ids), -100, dtype=np.int64)
+        labels[:-1] = np.where(mask[1:], ids[1:], -100)  # rolled left by one: the target of each position
         n, limit = len(ids), self.max_length
         if limit is None or n <= limit:
             return [_feature(ids, labels)]
