@@ -76,9 +76,10 @@ def _cpu_memory_gb() -> float | None:
 
 def detect_devices() -> DeviceGroupOffer:
     """What the hardware offers, before settings overrides."""
-    cuda = _cuda_offer()
-    if cuda is not None:
-        return cuda
+    return _cuda_offer() or _cpu_offer()
+
+
+def _cpu_offer() -> DeviceGroupOffer:
     return DeviceGroupOffer(
         name="default", ranks=1, device_type="cpu", device_model=_cpu_model(), memory_gb=_cpu_memory_gb()
     )
@@ -86,6 +87,9 @@ def detect_devices() -> DeviceGroupOffer:
 
 def offer_from_settings(settings: WorkerSettings, detected: DeviceGroupOffer | None = None) -> DeviceGroupOffer:
     """Detected devices with the settings' overrides applied (``TWINKLE_WORKER_DEVICE_TYPE`` etc.)."""
+    if detected is None and settings.device_type is not None and (settings.device_type != "cuda" or settings.ranks):
+        # an offer the settings spell out needs no CUDA probe (importing torch takes seconds)
+        detected = _cpu_offer()
     found = detected or detect_devices()
     overridden_type = settings.device_type is not None and settings.device_type != found.device_type
     return DeviceGroupOffer(

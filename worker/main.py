@@ -60,6 +60,8 @@ def run(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # one line per request (heartbeats, log batches) would drown what matters
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from worker.devices import offer_from_settings
 
     if show_devices:

@@ -145,6 +145,7 @@ class Stack:
             TWINKLE_WORKER_KILL_GRACE_S="2",
             TWINKLE_WORKER_LOG_FLUSH_INTERVAL_S="0.2",
             TWINKLE_WORKER_LOG_LEVEL="INFO",
+            TWINKLE_WORKER_DEVICE_TYPE="cpu",  # no CUDA probe: tests offer the CPU unless they say otherwise
         )
         env.update({f"TWINKLE_WORKER_{k.upper()}": str(v) for k, v in settings.items()})
         proc = self._spawn(f"worker-{name}", [str(BIN / "twinkle-worker")], env)
@@ -188,6 +189,7 @@ def scheduler_env(tmp: Path, database_url: str, redis_url: str, s3: dict, admin_
         TWINKLE_SCHEDULER_S3_ACCESS_KEY_ID=s3["access_key_id"],
         TWINKLE_SCHEDULER_S3_SECRET_ACCESS_KEY=s3["secret_access_key"],
         TWINKLE_SCHEDULER_STORAGE_DIR=str(tmp / "storage"),
+        TWINKLE_SCHEDULER_PUBLIC_URL=f"http://127.0.0.1:{port}",
         TWINKLE_SCHEDULER_HEARTBEAT_INTERVAL_S="0.5",
         TWINKLE_SCHEDULER_LEASE_S="3",
         TWINKLE_SCHEDULER_START_DEADLINE_S="6",
@@ -196,6 +198,9 @@ def scheduler_env(tmp: Path, database_url: str, redis_url: str, s3: dict, admin_
         TWINKLE_SCHEDULER_HOST="127.0.0.1",
         TWINKLE_SCHEDULER_PORT=str(port),
     )
+    if os.environ.get("TWINKLE_E2E_STORAGE") == "local":  # debugging aid: the local storage backend instead of S3
+        for key in [k for k in env if k.startswith("TWINKLE_SCHEDULER_S3_")]:
+            del env[key]
     return env
 
 
@@ -203,7 +208,8 @@ def scheduler_env(tmp: Path, database_url: str, redis_url: str, s3: dict, admin_
 def database_url(request, tmp_path) -> str:
     """SQLite by default; tests that also run on PostgreSQL parametrize this fixture indirectly."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'twinkle.db'}"
+        yield f"sqlite:///{tmp_path / 'twinkle.db'}"
+        return
     base = request.getfixturevalue("postgres_url")
     import sqlalchemy as sa
 

@@ -306,9 +306,9 @@ def test_bad_input_through_the_cli(stack: Stack, tmp_path: Path):
     big = tmp_path / "big"
     big.mkdir()
     (big / "train.py").write_text("print(1)\n")
-    (big / "data.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    (big / "data.npy").write_bytes(os.urandom(6 * 1024 * 1024))
     result = run_submit(stack, [str(big / "train.py")], token, TWINKLE_MAX_BUNDLE_MB="2")
-    assert result.returncode == 2 and "data.bin" in result.stderr and "limit" in result.stderr
+    assert result.returncode == 2 and "data.npy" in result.stderr and "limit" in result.stderr
     # over the server's limit (5 MB in these tests) though within the client's: the API's refusal is shown
     result = run_submit(stack, [str(big / "train.py"), "--max-bundle-mb", "100"], token)
     assert result.returncode != 0 and "error" in result.stderr.lower(), result.stdout + result.stderr
