@@ -97,7 +97,24 @@ def plan_round(session: Session, now: dt.datetime) -> tuple[matching.Plan, dict[
             needs = needs_cache[key] = matching.needs_from_request(request)
         queued.append(matching.QueuedJob(jid, uid, needs))
         info[jid] = (attempt, reason, queued_at)
-    return matching.plan(views, queued), info
+    users = list({q.user_id for q in queued})
+    priority: dict[str, tuple] = {}
+    if users:
+        active = dict(session.execute(
+            sa.select(JobModel.user_id, sa.func.count())
+            .where(JobModel.state.in_([s.value for s in ACTIVE_JOB_STATES]))
+            .group_by(JobModel.user_id)
+        ).all())
+        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        for uid, last in session.execute(
+            sa.select(JobModel.user_id, sa.func.max(AttemptModel.assigned_at))
+            .join(AttemptModel, AttemptModel.job_id == JobModel.id)
+            .group_by(JobModel.user_id)
+        ):
+            # Fair share across rounds: fewest running jobs first, then whoever was served longest ago.
+            last = last if last is None or last.tzinfo else last.replace(tzinfo=dt.UTC)
+            priority[uid] = (active.get(uid, 0), last or epoch)
+    return matching.plan(views, queued, priority), info
 
 
 def dispatch_round(db: Database, celery_app: object) -> RoundResult:

@@ -274,9 +274,13 @@ class _FreeSlots:
             del self.free[wid]
 
 
-def plan(workers: Sequence[WorkerView], jobs: Sequence[QueuedJob]) -> Plan:
+def plan(
+    workers: Sequence[WorkerView], jobs: Sequence[QueuedJob], user_priority: Mapping[str, Any] | None = None
+) -> Plan:
     """Decide which queued jobs go where in this round. ``jobs`` must be in submission order.
 
+    ``user_priority`` (user -> sortable key, lower first) carries fairness across rounds, e.g.
+    (running jobs, last time served); users without a key go first, then by their oldest queued job.
     Every job not placed gets a reason in ``Plan.reasons``.
     """
     result = Plan()
@@ -287,6 +291,9 @@ def plan(workers: Sequence[WorkerView], jobs: Sequence[QueuedJob]) -> Plan:
     for job in jobs:
         queues.setdefault(job.user_id, deque()).append(job)
     turn = deque(queues)  # dict order = order of each user's oldest job
+    if user_priority:
+        first = {u: i for i, u in enumerate(turn)}
+        turn = deque(sorted(turn, key=lambda u: (u in user_priority, user_priority.get(u, ()), first[u])))
 
     while turn:
         user = turn.popleft()
