@@ -149,6 +149,18 @@ def test_gpu_pool_daemonsets(render):
     assert a100_spec["volumes"][0]["hostPath"]["path"] == "/var/lib/twinkle-worker"
 
 
+@pytest.mark.slow
+def test_worker_update_strategy_on_delete_is_valid(render):
+    """OnDelete lets a lab replace worker pods only on idle nodes; Helm merges the default rollingUpdate
+    block into the values, and Kubernetes refuses that block next to OnDelete."""
+    values = load_values(JOIN_POOL_VALUES)
+    values["worker"]["updateStrategy"] = {"type": "OnDelete"}
+    rendered = render(values)
+    daemonset = rendered.get("DaemonSet", "demo-twinkle-worker")
+    assert daemonset["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert validate_manifests([daemonset]) == []
+
+
 def test_join_pool_installs_only_workers(render):
     rendered = render(_values("join-pool"))
     assert {d["kind"] for d in rendered.docs} == {"DaemonSet", "ConfigMap", "Secret", "ServiceAccount"}

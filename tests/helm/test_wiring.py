@@ -231,27 +231,31 @@ def test_migration_runs_before_serve_and_dispatch(render):
 
 
 @pytest.mark.parametrize("style", ["path", "virtual"])
-def test_s3_addressing_style_reaches_boto3(render, tmp_path, monkeypatch, style):
-    """The chart's AWS config file really switches boto3 between path-style and virtual-hosted URLs."""
+def test_s3_addressing_style_reaches_the_storage_client(render, tmp_path, monkeypatch, style):
+    """The chart's AWS config file really switches the project's S3 storage between path-style and
+    virtual-hosted URLs (boto3 reads it; no twinkle setting is involved)."""
     import boto3
 
+    from scheduler.settings import Settings
+    from scheduler.storage import make_storage
+
     rendered = render(gpu_pool(s3={"addressingStyle": style}))
-    api = rendered.get("Deployment", "demo-twinkle-api")
-    env = effective_env(pod_spec(api)["containers"][0], rendered)
-    mounts = {m["name"]: m["mountPath"] for m in pod_spec(api)["containers"][0]["volumeMounts"]}
-    volume = {v["name"]: v for v in pod_spec(api)["volumes"]}["aws-config"]["configMap"]["name"]
+    api = pod_spec(rendered.get("Deployment", "demo-twinkle-api"))
+    env = effective_env(api["containers"][0], rendered)
+    mounts = {m["name"]: m["mountPath"] for m in api["containers"][0]["volumeMounts"]}
+    volume = {v["name"]: v for v in api["volumes"]}["aws-config"]["configMap"]["name"]
     assert env["AWS_CONFIG_FILE"] == f"{mounts['aws-config']}/config"
 
     config_file = tmp_path / "config"
     config_file.write_text(rendered.configmap_data(volume)["config"])
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config_file))
-    client = boto3.session.Session().client(
-        "s3", endpoint_url=env["TWINKLE_SCHEDULER_S3_ENDPOINT_URL"], region_name=env["TWINKLE_SCHEDULER_S3_REGION"],
-        aws_access_key_id="x", aws_secret_access_key="y",
+    # boto3's default session reads the config file once per process, as it will in the pod
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    settings = Settings(
+        s3_bucket=env["TWINKLE_SCHEDULER_S3_BUCKET"], s3_endpoint_url=env["TWINKLE_SCHEDULER_S3_ENDPOINT_URL"],
+        s3_region=env["TWINKLE_SCHEDULER_S3_REGION"], s3_access_key_id="x", s3_secret_access_key="y",
     )
-    url = client.generate_presigned_url(
-        "get_object", Params={"Bucket": env["TWINKLE_SCHEDULER_S3_BUCKET"], "Key": "users/u/jobs/j/bundle.zip"}
-    )
+    url = make_storage(settings).presigned_url("users/u/jobs/j/bundle.zip", expires_s=60, base_url="http://api")
     if style == "path":
         assert url.startswith("http://minio.storage.svc.cluster.local:9000/twinkle-checkpoints/users/")
     else:
