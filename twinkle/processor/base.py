@@ -132,12 +132,14 @@ class InputProcessor:
 
     @staticmethod
     def _pack(columns: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
-        lengths = torch.tensor([len(t) for t in columns["input_ids"]], dtype=torch.int32)
         batch: dict[str, Any] = {
             key: torch.cat(tensors).unsqueeze(0) for key, tensors in columns.items() if key != "attention_mask"
         }
-        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-        cu[1:] = torch.cumsum(lengths, 0)
-        longest = int(lengths.max()) if len(lengths) else 0
+        # a sample starts at every row start and wherever position_ids restart at 0 (rows that are already packed)
+        row_starts = np.cumsum([0] + [len(t) for t in columns["input_ids"]])
+        restarts = torch.nonzero(batch["position_ids"][0] == 0).flatten().numpy()
+        bounds = np.union1d(row_starts, restarts)
+        cu = torch.as_tensor(bounds, dtype=torch.int32)
+        longest = int((cu[1:] - cu[:-1]).max()) if len(cu) > 1 else 0
         batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu.clone(), max_length_q=longest, max_length_k=longest)
         return batch
