@@ -37,11 +37,10 @@ class S3Storage(Storage):
         return code in ("404", "NoSuchKey", "NotFound")
 
     def put_file(self, key: str, fileobj: BinaryIO) -> int:
-        start = fileobj.tell() if fileobj.seekable() else 0
-        self.client.upload_fileobj(fileobj, self.bucket, check_key(key))
-        if fileobj.seekable():
-            return fileobj.tell() - start
-        return self.size(key)
+        counted = _Counting(fileobj)
+        # Multipart upload above 8 MB in chunks, so a checkpoint never has to fit in memory.
+        self.client.upload_fileobj(counted, self.bucket, check_key(key))
+        return counted.size
 
     def iter_bytes(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         from botocore.exceptions import ClientError
@@ -86,3 +85,19 @@ class S3Storage(Storage):
 
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+
+class _Counting:
+    """Counts what boto3 reads, and keeps boto3 from closing the caller's file."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.size += len(data)
+        return data
+
+    def close(self) -> None:
+        pass
