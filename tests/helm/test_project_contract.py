@@ -36,7 +36,8 @@ def _dockerfile():
     try:
         import dockerfile
     except ImportError:
-        pytest.fail("the Dockerfile is read with Docker's own parser from the 'dockerfile' package: pip install dockerfile")
+        pytest.fail("the Dockerfile is read with Docker's own parser from the 'dockerfile' package: "
+                    "pip install dockerfile==3.4.0")
     return dockerfile.parse_file(str(ROOT / "Dockerfile"))
 
 
@@ -211,7 +212,10 @@ def test_chart_settings_are_fields_the_processes_read(render, monkeypatch):
     for workload, container in twinkle_containers(rendered):
         env = _env_for_settings(effective_env(container, rendered))
         program = container["args"][0]
-        cls, prefix = (WorkerSettings, "TWINKLE_WORKER_") if program == "twinkle-worker" else (Settings, "TWINKLE_SCHEDULER_")
+        if program == "twinkle-worker":
+            cls, prefix = WorkerSettings, "TWINKLE_WORKER_"
+        else:
+            cls, prefix = Settings, "TWINKLE_SCHEDULER_"
         fields = {name.upper() for name in cls.model_fields}
         ours = [k for k in env if k.startswith("TWINKLE_")]
         unknown = [k for k in ours if k.startswith(prefix) and k[len(prefix):] not in fields]

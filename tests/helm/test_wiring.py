@@ -26,7 +26,10 @@ from tests.helm.helmchart import (
 SENTINELS = {
     "auth": {"secretKey": "SENTINEL-secret-key", "adminToken": "SENTINEL-admin-token"},
     "s3": {"accessKeyId": "SENTINEL-s3-access", "secretAccessKey": "SENTINEL-s3-secret"},
-    "redis": {"auth": {"password": "SENTINEL-redis-pw"}, "publicUrl": "rediss://:SENTINEL-redis-pw@broker.example.org:6380/0"},
+    "redis": {
+        "auth": {"password": "SENTINEL-redis-pw"},
+        "publicUrl": "rediss://:SENTINEL-redis-pw@broker.example.org:6380/0",
+    },
     "postgresql": {"auth": {"password": "SENTINEL-db-pw"}},
     "worker": {"token": "twk_w_SENTINEL-worker-token"},
 }
@@ -93,7 +96,8 @@ def test_every_process_uses_the_same_redis_database_and_bucket(render, external)
             "postgresql://twinkle:{secret:demo-twinkle/postgres-password}@demo-twinkle-postgresql:5432/twinkle"
         )
         # the servers read the very credentials the clients send
-        redis_env = effective_env(pod_spec(rendered.get("StatefulSet", "demo-twinkle-redis"))["containers"][0], rendered)
+        redis_pod = pod_spec(rendered.get("StatefulSet", "demo-twinkle-redis"))
+        redis_env = effective_env(redis_pod["containers"][0], rendered)
         assert redis_env["REDIS_PASSWORD"] == "{secret:demo-twinkle/redis-password}"
         assert rendered.get("Service", "demo-twinkle-redis")["spec"]["ports"][0]["port"] == 6379
         pg_env = effective_env(
