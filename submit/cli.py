@@ -93,17 +93,7 @@ def _follow(client: Client, job_id: str) -> str:
     for event in client.stream_logs(job_id):
         if event.event == "end":
             break
-        text, stream = event.data, "stdout"
-        try:  # the API may send JSON per line; plain text is fine too
-            payload = json.loads(event.data)
-            if isinstance(payload, dict) and "text" in payload:
-                text, stream = payload["text"], payload.get("stream", "stdout")
-        except ValueError:
-            pass
-        if stream == "stderr":
-            err.print(text, markup=False, highlight=False, soft_wrap=True)
-        else:
-            out.print(text, markup=False, highlight=False, soft_wrap=True)
+        out.print(event.data, markup=False, highlight=False, soft_wrap=True)
     state = client.job(job_id).get("state", "unknown")
     err.print(f"job {job_id} {state}", markup=False)
     return state

@@ -425,7 +425,8 @@ class JobRunner:
             state = "failed"
             why = f"killed by signal {_signal_name(-returncode)}" if returncode < 0 else f"exit code {returncode}"
             error = why + ("\n" + "\n".join(self._stderr_tail) if self._stderr_tail else "")
-        batch.append(self._line("system", f"attempt {self.spec.attempt} {state} (exit code {returncode})"))
+        if state == "failed":  # the API logs the end state itself; say why it failed
+            batch.append(self._line("system", f"attempt {self.spec.attempt} failed: {error.splitlines()[0]}"))
         self._flush_logs(batch)
         if self._stop_reason == "stale":  # the last flush can learn that too
             return RunResult("stale", returncode)

@@ -171,6 +171,9 @@ class Stack:
         return "\n".join(f"===== {p.name} =====\n{p.log()[-6000:]}" for p in self.procs)
 
     def close(self) -> None:
+        for proc in self.procs:  # signal all first, then wait: shutdowns overlap
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGTERM)
         for proc in reversed(self.procs):
             proc.stop()
 

@@ -24,6 +24,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def s3_keys(stack: Stack, prefix: str = "") -> dict[str, bytes]:
+    """Objects in the bucket (or, with TWINKLE_E2E_STORAGE=local, in the local storage folder) under ``prefix``."""
+    if os.environ.get("TWINKLE_E2E_STORAGE") == "local":
+        root = stack.tmp / "storage"
+        return {
+            p.relative_to(root).as_posix(): p.read_bytes()
+            for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix().startswith(prefix)
+        }
     s3 = stack.s3
     client = boto3.client(
         "s3", endpoint_url=s3["endpoint_url"], aws_access_key_id=s3["access_key_id"],
@@ -104,7 +111,7 @@ def test_submit_run_follow_download(stack: Stack, tmp_path: Path):
     assert "submitted job" in result.stdout
     job_id = result.stdout.split("submitted job", 1)[1].split()[0]
     assert "hello from the job" in result.stdout and "imported from the bundle" in result.stdout
-    assert "a warning on stderr" in result.stderr and "succeeded" in result.stderr
+    assert "a warning on stderr" in result.stdout and "succeeded" in result.stderr
 
     # the job's environment held the job contract and none of the worker's secrets
     env_line = next(line for line in result.stdout.splitlines() if line.startswith("ENV "))

@@ -123,7 +123,7 @@ def test_logs_streamed_in_order_with_streams_and_batches(tmp_path):
     assert sink.text() == [f"out {i}" for i in range(500)]
     assert sink.text("stderr") == [f"err {i}" for i in range(0, 500, 100)]
     assert sink.log_posts >= 10  # 500 lines in batches of at most 50
-    assert any("succeeded" in t for t in sink.text("system"))
+    assert any("python train.py" in t for t in sink.text("system"))
 
 
 def test_long_line_is_cut(tmp_path):
@@ -163,9 +163,11 @@ def test_failure_reports_exit_code_and_stderr_tail(tmp_path):
         raise SystemExit("boom: out of patience")
         """,
     )
-    result = JobRunner(spec, ListSink()).run()
+    sink = ListSink()
+    result = JobRunner(spec, sink).run()
     assert result.state == "failed" and result.exit_code == 1
     assert "exit code 1" in result.error and "boom: out of patience" in result.error
+    assert any("failed: exit code 1" in t for t in sink.text("system"))
 
 
 def test_missing_entrypoint_fails_clearly(tmp_path):
