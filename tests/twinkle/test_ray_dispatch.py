@@ -126,3 +126,13 @@ def test_local_mode_accepts_and_drops_remote_group():
     assert type(component) is Doubler
     assert component.run([1, 2]) == [3, 6]
     assert component.device_mesh.world_size == 1
+
+
+def test_mean_of_a_forward_backward_output_averages_the_loss_and_rejoins_per_sample_tensors():
+    rank0 = {"loss": 2.0, "logps": torch.full((2, 3), -1.0)}
+    rank1 = {"loss": 4.0, "logps": torch.full((1, 5), -2.0)}
+    merged = collect_results("mean", [rank0, rank1])
+    assert merged["loss"] == pytest.approx(3.0)
+    assert merged["logps"].shape == (3, 5)
+    assert merged["logps"][0].tolist() == [-1.0, -1.0, -1.0, 0.0, 0.0]
+    assert merged["logps"][2].tolist() == [-2.0] * 5

@@ -102,16 +102,24 @@ class InputProcessor:
         for i, row in enumerate(rows):
             if "input_ids" not in row:
                 raise DataError(f"row {i} has no input_ids (keys: {sorted(row)}); encode the dataset first")
-        keys = [k for k in self.model_keys if all(k in row and row[k] is not None for row in rows)]
-        columns = {k: [self.to_tensor(row[k]) for row in rows] for k in keys}
+        defaults = {
+            "attention_mask": lambda n: torch.ones(n, dtype=torch.long),
+            "position_ids": lambda n: torch.arange(n, dtype=torch.long),
+        }
+        columns: dict[str, list[torch.Tensor]] = {}
+        for key in self.model_keys:
+            present = [key in row and row[key] is not None for row in rows]
+            if all(present):
+                columns[key] = [self.to_tensor(row[key]) for row in rows]
+            elif key in defaults:  # filled per row, so rows that have them (packed rows) keep theirs
+                columns[key] = [
+                    self.to_tensor(row[key]) if has else defaults[key](len(row["input_ids"]))
+                    for row, has in zip(rows, present)
+                ]
         lengths = [len(t) for t in columns["input_ids"]]
         for key, tensors in columns.items():
             if [len(t) for t in tensors] != lengths:
                 raise DataError(f"{key} and input_ids have different lengths in a row; check the encoding")
-        if "attention_mask" not in columns:
-            columns["attention_mask"] = [torch.ones(n, dtype=torch.long) for n in lengths]
-        if "position_ids" not in columns:
-            columns["position_ids"] = [torch.arange(n, dtype=torch.long) for n in lengths]
         return columns
 
     def _collate(self, rows: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -53,5 +53,7 @@ def prefix_diff_spans(render, messages: list[dict], rounds: set[int] | None = No
             if pos >= 0 and content:
                 spans.append((pos, pos + len(content)))
             continue
-        spans.append((len(before), len(upto)))
+        # the newline a template puts between turns is formatting, not something to train the model to emit
+        end = len(before) + len(upto[len(before) :].rstrip("\n"))
+        spans.append((len(before), end))
     return full, spans
