@@ -116,8 +116,11 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(f"----- {p.name} (exit {p.popen.poll()})\n{p.log()}" for p in self.procs)
 
-    def start_worker(self, name: str = "grace-cpu", timeout: float = 90.0) -> Proc:
-        """Start a real ``twinkle-worker`` offering one CPU, and wait until it heartbeats and consumes."""
+    def start_worker(self, name: str = "grace-cpu", timeout: float = 90.0, **settings: str) -> Proc:
+        """Start a real ``twinkle-worker`` offering one CPU, and wait until the API lists it and it is healthy.
+
+        ``settings`` become ``TWINKLE_WORKER_<NAME>`` variables (e.g. ``assets_dir``).
+        """
         health_port = free_port()
         env = base_env()
         env.update(
@@ -134,6 +137,7 @@ class Stack:
                 "TWINKLE_WORKER_LOG_FLUSH_INTERVAL_S": "0.2",
             }
         )
+        env.update({f"TWINKLE_WORKER_{k.upper()}": str(v) for k, v in settings.items()})
         proc = _spawn(f"worker-{name}", [_tool("twinkle-worker")], env, self.home, self.home)
         self.procs.append(proc)
         deadline = time.monotonic() + timeout

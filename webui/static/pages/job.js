@@ -11,7 +11,13 @@ const MAX_LOG_LINES = 2000;
 const URL_MAX_AGE_MS = 60_000; // presigned links are short-lived: fetch fresh ones before following an old one
 
 function endedBy(attempt) {
-  if (attempt.error) return attempt.error;
+  if (attempt.error) {
+    // Errors can carry a whole traceback: show its first and last lines, the rest on demand.
+    const lines = attempt.error.split('\n').map((l) => l.trim()).filter(Boolean);
+    if (lines.length <= 1 && attempt.error.length <= 160) return attempt.error;
+    const short = lines.length > 1 ? `${lines[0]} … ${lines[lines.length - 1]}` : `${attempt.error.slice(0, 157)}…`;
+    return h('details', { class: 'error-details' }, h('summary', {}, short), h('pre', { class: 'mono' }, attempt.error));
+  }
   const state = String(attempt.state || '').toLowerCase();
   if (state === 'succeeded') return 'Finished normally';
   if (state === 'cancelled') return 'Cancelled';
