@@ -77,6 +77,18 @@ USE_EXAMPLE = _example_ready()
 EXAMPLE_KNOBS = 'import os\nos.environ.setdefault("DATA_ROWS", "160")\nos.environ.setdefault("LOG_EVERY", "5")\n'
 
 
+def _with_knobs(source: str) -> str:
+    """``source`` with EXAMPLE_KNOBS after its ``from __future__`` imports (which must stay first)."""
+    import ast
+
+    lines = source.splitlines(keepends=True)
+    after = max(
+        (n.end_lineno for n in ast.parse(source).body if isinstance(n, ast.ImportFrom) and n.module == "__future__"),
+        default=0,
+    )
+    return "".join(lines[:after]) + EXAMPLE_KNOBS + "".join(lines[after:])
+
+
 @pytest.fixture(scope="module")
 def worker(stack, tiny_model_dir):
     return stack.start_worker(WORKER, assets_dir=str(Path(tiny_model_dir).parent))
@@ -115,7 +127,7 @@ def test_submit_watch_cancel_download(page, stack, worker, tmp_path):
 
     # ---- the training job: upload the script, watch it run to the end
     script = tmp_path / "self_cognition.py"
-    script.write_text(EXAMPLE_KNOBS + EXAMPLE.read_text() if USE_EXAMPLE else METRICS_SCRIPT)
+    script.write_text(_with_knobs(EXAMPLE.read_text()) if USE_EXAMPLE else METRICS_SCRIPT)
     page.goto(f"{stack.url}/submit")
     page.set_input_files("#file", str(script))
     expect(page.locator("#inspect-status")).to_contain_text("self_cognition.py")

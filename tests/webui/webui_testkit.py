@@ -36,20 +36,13 @@ def _tool(name: str) -> str:
     return str(path) if path.exists() else (shutil.which(name) or name)
 
 
-def _has_cli() -> bool:
-    try:
-        import scheduler.cli  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _missing_stack_parts() -> list[str]:
     missing = []
-    try:
-        import scheduler.main  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any import failure means the API cannot start
-        missing.append(f"scheduler.main ({exc.__class__.__name__}: {exc})")
+    for module in ("scheduler.main", "scheduler.cli"):
+        try:
+            __import__(module)
+        except Exception as exc:  # noqa: BLE001 - any import failure means the stack cannot start
+            missing.append(f"{module} ({exc.__class__.__name__}: {exc})")
     return missing
 
 
@@ -248,17 +241,11 @@ def start_stack(home: Path, redis_url: str, *, s3: dict | None = None, dispatche
     url = f"http://127.0.0.1:{port}"
     stack = Stack(url=url, admin_token=admin, user_token="", user_name="ada", worker_token="", home=home, env=env)
     scheduler = _tool("twinkle-scheduler")
-    api = _spawn("api", [scheduler, "serve"], env, home, home) if _has_cli() else _spawn(
-        "api",
-        [sys.executable, "-m", "uvicorn", "scheduler.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)],
-        env,
-        home,
-        home,
-    )
+    api = _spawn("api", [scheduler, "serve"], env, home, home)
     stack.procs.append(api)
     try:
         _wait_http(f"{url}/healthz", api)
-        if dispatcher and _has_cli():
+        if dispatcher:
             stack.procs.append(_spawn("dispatch", [scheduler, "dispatch"], env, home, home))
         with httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {admin}"}, timeout=30) as c:
             r = c.post("/users", json={"name": stack.user_name})
