@@ -151,18 +151,35 @@ def test_ray_mode_calls_the_ray_hooks(monkeypatch):
     assert isinstance(Child(1, remote_group="default"), Child)
 
 
-def test_torchrun_initializes_torch_distributed(tmp_path):
+@pytest.mark.slow
+def test_torchrun_initializes_torch_distributed_and_ranks_get_their_slices(tmp_path):
     script = tmp_path / "init.py"
     script.write_text(textwrap.dedent("""
         import torch.distributed as dist
         import twinkle
+        from twinkle.dataloader import DataLoader
         twinkle.initialize()
-        print("RESULT", dist.get_rank(), dist.get_world_size(), dist.get_backend(), twinkle.is_master(), flush=True)
+        batches = [[row["i"] for row in b] for b in DataLoader([{"i": i} for i in range(8)], batch_size=4)]
+        print("RESULT", dist.get_rank(), dist.get_world_size(), dist.get_backend(), twinkle.is_master(), batches,
+              flush=True)
     """))
+    port = _free_port()
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0", str(script)],
-        capture_output=True, text=True, timeout=180,
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(port), str(script)],
+        capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     results = sorted(line for line in out.stdout.splitlines() if line.startswith("RESULT"))
-    assert results == ["RESULT 0 2 gloo True", "RESULT 1 2 gloo False"]
+    assert results == [
+        "RESULT 0 2 gloo True [[0, 1], [4, 5]]",
+        "RESULT 1 2 gloo False [[2, 3], [6, 7]]",
+    ]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

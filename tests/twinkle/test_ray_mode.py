@@ -61,6 +61,8 @@ class Probe:
             "world": self.world,
             "backend": self.backend,
             "mesh": (self.device_mesh.mesh_dim_names, self.device_mesh.world_size, self.device_mesh.data_rank),
+            "job_setting": os.environ.get("TWINKLE_TEST_JOB_SETTING"),
+            "cwd": os.getcwd(),
         }
 
     @remote_function(dispatch="slice_dp", collect="flatten")
@@ -176,7 +178,11 @@ def ray_mode(ray_groups):
 @pytest.fixture(scope="module")
 def probe(ray_groups):
     _state.set_state(**{k: v for k, v in ray_groups.items() if k != "worker"})
-    return Probe(scale=2.0, remote_group="default")
+    os.environ["TWINKLE_TEST_JOB_SETTING"] = "from-the-driver"  # like TWINKLE_OUTPUT_DIR set by the platform
+    try:
+        return Probe(scale=2.0, remote_group="default")
+    finally:
+        del os.environ["TWINKLE_TEST_JOB_SETTING"]
 
 
 # ---------------------------------------------------------------- tests
@@ -194,6 +200,8 @@ def test_all_builds_one_actor_per_rank_with_a_torch_distributed_group(ray_mode, 
     assert len({(e["MASTER_ADDR"], e["MASTER_PORT"]) for e in envs}) == 1
     # the component sees the global dp=2 mesh, each rank its own data rank, as under torchrun
     assert [e["mesh"] for e in envs] == [(("dp",), 2, 0), (("dp",), 2, 1)]
+    # the driver's job settings and working directory reach the ranks, as a launcher's would
+    assert {e["job_setting"] for e in envs} == {"from-the-driver"} and {e["cwd"] for e in envs} == {os.getcwd()}
     # a collective across the two actors: (1*2*1) + (1*2*2) = 6 on both ranks; mean of ranks 0 and 1 is 0.5
     assert probe.all_reduced(1.0) == {"total": 6.0, "rank": 0.5}
 

@@ -118,7 +118,17 @@ class DataLoader:
         self.torch_kw = torch_kw
         self.processor: Any = None
         self._consumed = 0
-        self._iterable = not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__")
+        self._iterable = self._is_stream(dataset)
+
+    @staticmethod
+    def _is_stream(dataset: Any) -> bool:
+        import torch.utils.data
+
+        return (
+            bool(getattr(dataset, "streaming", False))
+            or isinstance(dataset, torch.utils.data.IterableDataset)
+            or not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"))
+        )
 
     # ------------------------------------------------------------------ configuration
 
