@@ -272,7 +272,8 @@ class Stack:
                 last = max(a["attempt"] for a in arts)
                 folders = sorted({a["path"].split("/")[1] for a in arts if a["attempt"] == last and a["path"].startswith("output/") and a["path"].count("/") >= 2})
                 for f in folders:
-                    c.print(f"checkpoint: {self.rt.storage.describe(attempt_key(job['user_id'], job['id'], last, 'output/' + f))}")
+                    where = self.rt.storage.describe(attempt_key(job["user_id"], job["id"], last, "output/" + f))
+                    c.print(f"checkpoint: {where}", soft_wrap=True, markup=False, highlight=False)
                 c.print(f"downloads: twinkle-submit artifacts {job['id']}")
             return 0 if job["state"] == "succeeded" else 1
 
