@@ -5,7 +5,7 @@
 only when one of these runs, so ``import twinkle`` works without Ray installed.
 """
 
-from twinkle.infra.ray._cluster import get_device_placement, init_ray, shutdown_ray
+from twinkle.infra.ray._cluster import get_device_placement, get_global_device_mesh, init_ray, shutdown_ray
 from twinkle.infra.ray._dispatch import collect_results, dispatch_args
 from twinkle.infra.ray._errors import ClusterResourceError, RemoteCallError
 from twinkle.infra.ray._proxy import LazyResult, RemoteProxy, make_remote
@@ -18,6 +18,7 @@ __all__ = [
     "collect_results",
     "dispatch_args",
     "get_device_placement",
+    "get_global_device_mesh",
     "init_ray",
     "make_remote",
     "shutdown_ray",

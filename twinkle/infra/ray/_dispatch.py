@@ -12,7 +12,9 @@ Dispatch modes (``remote_function(dispatch=...)``):
 
 Collect modes (``remote_function(collect=...)``): ``'none'`` (the single result, or the list of them), ``'first'``,
 ``'flatten'``, ``'sum'``, ``'mean'`` (dicts key by key), ``'last_pp'`` (one result per data rank, from the last
-pipeline stage), or a callable ``f(results)`` / ``f(results, mesh)``.
+pipeline stage), or a callable ``f(results)`` / ``f(results, mesh)``. ``'sum'``/``'mean'`` reduce numbers and
+same-shaped tensors element-wise; per-sample tensors whose shapes differ between ranks (``logps`` of each rank's
+slice) cannot be averaged, so they are concatenated back into one batch, zero-padded on the right.
 """
 
 from __future__ import annotations
@@ -150,12 +152,30 @@ def _concat(values: list[Any]) -> Any:
     return list(values)
 
 
+def _cat_padded(tensors: list[Any]) -> Any:
+    """Per-sample tensors of different shapes (``logps`` [batch_i, seq_i]): one batch, zero-padded on the right."""
+    torch = _torch()
+    if any(t.dim() == 0 for t in tensors) or len({t.dim() for t in tensors}) > 1:
+        return list(tensors)
+    dims = tensors[0].dim()
+    target = [max(int(t.shape[d]) for t in tensors) for d in range(1, dims)]
+    padded = []
+    for t in tensors:
+        pad: list[int] = []
+        for d in reversed(range(1, dims)):
+            pad.extend([0, target[d - 1] - int(t.shape[d])])
+        padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+    return torch.cat(padded)
+
+
 def _reduce(values: list[Any], mean: bool) -> Any:
     first = values[0]
     if isinstance(first, Mapping) and all(isinstance(v, Mapping) for v in values):
         return {k: _reduce([v[k] for v in values if k in v], mean) for k in first}
     torch = _torch()
     if all(isinstance(v, torch.Tensor) for v in values):
+        if len({tuple(v.shape) for v in values}) > 1:
+            return _cat_padded(values)
         total = torch.stack(values).sum(0)
         return total / len(values) if mean else total
     if all(isinstance(v, (numbers.Number, np.ndarray, np.number)) and not isinstance(v, bool) for v in values):

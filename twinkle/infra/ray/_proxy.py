@@ -528,6 +528,22 @@ def _dataloader_min_batch(cls: type, args: tuple, kwargs: dict) -> None:
         kwargs["min_batch_size"] = bound["batch_size"]
 
 
+# The driver's settings that a torchrun rank would inherit from its launcher. A Ray cluster that the driver joined
+# (RAY_ADDRESS) started its workers with its own environment, so these are handed over explicitly.
+_INHERITED_PREFIXES = ("TWINKLE_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "MODELSCOPE_", "TOKENIZERS_", "NCCL_",
+                       "GLOO_", "TORCH_")
+_INHERITED_NAMES = ("OMP_NUM_THREADS", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "CUBLAS_WORKSPACE_CONFIG")
+_NOT_INHERITED = ("TWINKLE_RAY_WORKER", "TWINKLE_RAY_GROUP", "TWINKLE_MODE")
+
+
+def _job_environment() -> dict[str, str]:
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if (key.startswith(_INHERITED_PREFIXES) or key in _INHERITED_NAMES) and key not in _NOT_INHERITED
+    }
+
+
 def _actor_options(placement: GroupPlacement, rank: int) -> dict[str, Any]:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -586,6 +602,7 @@ def make_remote(cls: type, execute: str, args: tuple, kwargs: dict) -> RemotePro
     try:
         master_addr, master_port = _get_fail_fast([workers[0].address.remote()], f"{label}.__init__")[0]
         local = placement.local_ranks()
+        job_env = _job_environment()
         init_kwargs = {
             "seed": settings.seed,
             "global_device_mesh": mesh,
@@ -605,9 +622,7 @@ def make_remote(cls: type, execute: str, args: tuple, kwargs: dict) -> RemotePro
                 "MASTER_PORT": str(master_port),
                 "TWINKLE_RAY_GROUP": group_name,
             }
-            if "OMP_NUM_THREADS" in os.environ:
-                env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
-            builds.append(worker.build.remote(env, init_kwargs, cls, args, kwargs))
+            builds.append(worker.build.remote({**job_env, **env}, init_kwargs, cls, args, kwargs, os.getcwd()))
         _get_fail_fast(builds, f"{label}.__init__")
     except BaseException:
         for worker in workers:

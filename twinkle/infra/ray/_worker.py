@@ -43,10 +43,19 @@ class TwinkleWorker:
             port = s.getsockname()[1]
         return ip, port
 
-    def build(self, env: dict[str, str], init_kwargs: dict[str, Any], cls: type, args: tuple, kwargs: dict) -> str:
-        """Set the rank's environment, initialise twinkle locally, construct the component; returns the pid."""
+    def build(
+        self, env: dict[str, str], init_kwargs: dict[str, Any], cls: type, args: tuple, kwargs: dict, cwd: str = ""
+    ) -> str:
+        """Set the rank's environment, initialise twinkle locally, construct the component; returns the pid.
+
+        ``env`` holds the torchrun variables plus the driver's job settings (TWINKLE_*, HF_*, ...); ``cwd`` is the
+        driver's working directory, entered when it exists on this node, so relative paths (``output/``) mean the
+        same thing in every rank as in the script.
+        """
         try:
             os.environ.update(env)
+            if cwd and os.path.isdir(cwd):
+                os.chdir(cwd)
             if "OMP_NUM_THREADS" in env:
                 # torch read the variable when it was imported; apply the driver's value the way torchrun would
                 import torch

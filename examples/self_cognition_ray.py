@@ -1,0 +1,95 @@
+"""Self-cognition LoRA fine-tuning in Ray mode: the README's usage example as written, sized for this machine.
+
+    python examples/self_cognition_ray.py                    # 2 CPU (or GPU) Ray workers, dp=2, local Ray cluster
+    RAY_ADDRESS=... python examples/self_cognition_ray.py    # on an existing Ray cluster
+
+The same script as ``examples/self_cognition.py`` except for step 1: ``twinkle.initialize(mode='ray', ...)`` with a
+group of RAY_RANKS ranks (default 2) and a dp mesh over them. The Dataset and the DataLoader run here on the
+driver and yield whole global batches; the model runs in one Ray actor per rank (``remote_group='default'``), and
+each ``forward_backward`` call is split per data rank there. Run with the same knobs as ``self_cognition.py``
+(MODEL_ID, DATASET_ID, LR, DATA_ROWS, BATCH_SIZE, FSDP_SIZE, LOG_EVERY, SAVE_EVERY, MAX_STEPS, TWINKLE_*), it
+prints the same per-step losses as ``python examples/self_cognition.py`` with the same global batch.
+Ray settings: RAY_RANKS, RAY_ADDRESS, TWINKLE_RAY_NUM_CPUS (see ``twinkle.infra.ray``).
+"""
+
+import os
+
+import torch
+from peft import LoraConfig
+
+import twinkle
+from twinkle import DeviceGroup, DeviceMesh
+from twinkle.assets import self_cognition_path, tiny_model_path
+from twinkle.dataloader import DataLoader
+from twinkle.dataset import Dataset, DatasetMeta
+from twinkle.model import TransformersModel
+from twinkle.preprocessor import SelfCognitionProcessor
+
+MODEL_ID = os.environ.get("MODEL_ID") or str(tiny_model_path())
+DATASET_ID = os.environ.get("DATASET_ID") or str(self_cognition_path())
+LR = float(os.environ.get("LR") or (1e-4 if os.environ.get("MODEL_ID") else 5e-3))
+DATA_ROWS = int(os.environ.get("DATA_ROWS", "320"))  # data_slice wraps: 320 rows = 4 epochs of the 80 bundled
+BATCH_SIZE = int(os.environ.get("BATCH_SIZE", "8"))
+LOG_EVERY = int(os.environ.get("LOG_EVERY", "20"))
+SAVE_EVERY = int(os.environ.get("SAVE_EVERY", "0"))
+MAX_STEPS = int(os.environ.get("MAX_STEPS", "0"))
+
+RANKS = int(os.environ.get("RAY_RANKS", "2"))  # Ray workers (actors) in the group; the driver is not one
+FSDP_SIZE = int(os.environ.get("FSDP_SIZE", "1"))
+DEVICE_TYPE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def main() -> None:
+    # 1. devices: one group over every rank; dp (and optionally fsdp) over them
+    device_group = [DeviceGroup(name="default", ranks=RANKS, device_type=DEVICE_TYPE)]
+    if FSDP_SIZE > 1:
+        device_mesh = DeviceMesh.from_sizes(fsdp_size=FSDP_SIZE, dp_size=RANKS // FSDP_SIZE, device_type=DEVICE_TYPE)
+    else:
+        device_mesh = DeviceMesh.from_sizes(dp_size=RANKS, device_type=DEVICE_TYPE)
+    twinkle.initialize(mode="ray", groups=device_group, global_device_mesh=device_mesh)
+
+    # 2. data: load, template, self-cognition rows -> chats, encode
+    dataset = Dataset(dataset_meta=DatasetMeta(DATASET_ID, data_slice=range(DATA_ROWS)))
+    dataset.set_template("Template", model_id=MODEL_ID)
+    dataset.map(SelfCognitionProcessor("twinkle LLM", "ModelScope community"))
+    dataset.encode()
+
+    # 3. a global batch of BATCH_SIZE rows, split over the data ranks
+    dataloader = DataLoader(dataset=dataset, batch_size=BATCH_SIZE, min_batch_size=BATCH_SIZE)
+
+    # 4. model, LoRA adapter, optimizer, scheduler
+    model = TransformersModel(model_id=MODEL_ID, remote_group="default")
+    model.add_adapter_to_model(
+        "default", LoraConfig(r=8, lora_alpha=32, target_modules="all-linear"), gradient_accumulation_steps=2
+    )
+    model.set_optimizer(optimizer_cls="AdamW", lr=LR)
+    model.set_lr_scheduler(scheduler_cls="CosineWarmupScheduler", num_warmup_steps=5, num_training_steps=len(dataloader))
+
+    start = 0
+    resume_from = os.environ.get("TWINKLE_RESUME_FROM")
+    if resume_from:
+        state = model.resume_from_checkpoint(resume_from)
+        dataloader.skip_consumed_samples(state["consumed_train_samples"])
+        start = state["cur_step"]
+        print(f"resumed from {resume_from}: {state}", flush=True)
+
+    # 5. the loop: one optimizer step every 2 micro-batches (gradient_accumulation_steps=2)
+    for step, batch in enumerate(dataloader, start):
+        model.forward_backward(inputs=batch)
+        model.clip_grad_and_step()
+        if (step + 1) % LOG_EVERY == 0:
+            metric = model.calculate_metric(is_training=True)
+            if twinkle.is_master():
+                print(f"step {step + 1}: {metric}", flush=True)
+        optimizer_steps, window_done = divmod(step + 1, 2)
+        if SAVE_EVERY and window_done == 0 and optimizer_steps % SAVE_EVERY == 0:
+            model.save(save_optimizer=True)
+        if MAX_STEPS and window_done == 0 and optimizer_steps >= MAX_STEPS:
+            break
+    path = model.save("last-checkpoint")
+    if twinkle.is_master():
+        print(f"saved {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
