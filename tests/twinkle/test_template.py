@@ -26,7 +26,8 @@ def test_only_assistant_content_is_labelled_and_labels_are_rolled(chat, template
     # the assistant header is not trained on: the first labelled position predicts the first content token
     header_end = template.decode(ids[: labelled[0] + 1])
     assert header_end.endswith("<|im_start|>assistant\n")
-    assert np.array_equal(f["attention_mask"], np.ones(len(ids))) and np.array_equal(f["position_ids"], np.arange(len(ids)))
+    assert np.array_equal(f["attention_mask"], np.ones(len(ids)))
+    assert np.array_equal(f["position_ids"], np.arange(len(ids)))
     assert f["length"] == len(ids)
 
 
@@ -92,7 +93,8 @@ def test_left_right_split_delete_truncation(model_dir):
     n = len(full["input_ids"])
     left = Template(model_dir, max_length=32, truncation_strategy="left").encode(LONG)
     right = Template(model_dir, max_length=32, truncation_strategy="right").encode(LONG)
-    assert np.array_equal(left["input_ids"], full["input_ids"][-32:]) and np.array_equal(left["labels"], full["labels"][-32:])
+    assert np.array_equal(left["input_ids"], full["input_ids"][-32:])
+    assert np.array_equal(left["labels"], full["labels"][-32:])
     assert np.array_equal(right["input_ids"], full["input_ids"][:32]) and right["length"] == 32
     chunks = Template(model_dir, max_length=32, truncation_strategy="split").encode(LONG)
     assert isinstance(chunks, list) and len(chunks) == -(-n // 32)
@@ -172,3 +174,26 @@ def test_think_is_moved_to_reasoning_content_when_the_template_renders_it(chat, 
     text = t.decode(f["input_ids"])
     assert "[R:two plus two]" in text and "<think>" not in text
     assert t.decode([x for x in f["labels"] if x != -100]) == "4<|im_end|>"
+
+
+def test_batch_encode_is_not_slower_than_a_plain_apply_chat_template_loop(template, chat):
+    """The issue's speed bar, with a margin for a busy CI machine (bench/encode.py measures it properly: ~2x)."""
+    import time
+
+    rows = [chat(f"Who are you? {i}", f"I am twinkle number {i}.", system="Be brief.") for i in range(300)]
+
+    def loop():
+        start = time.perf_counter()
+        for row in rows:
+            template.tokenizer.apply_chat_template(
+                row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            )
+        return time.perf_counter() - start
+
+    def ours():
+        start = time.perf_counter()
+        template.batch_encode(rows)
+        return time.perf_counter() - start
+
+    baseline, batched = min(loop() for _ in range(3)), min(ours() for _ in range(3))
+    assert batched <= baseline / 0.8, f"batch_encode {batched:.3f}s vs loop {baseline:.3f}s"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -165,7 +165,7 @@ class DataLoader:
 
     @remote_function(execute="first")
     def get_state(self) -> dict[str, int]:
-        """``{'consumed_train_samples': n}``: global samples handed out so far (give it to ``skip_consumed_samples``)."""
+        """``{'consumed_train_samples': n}``: global samples handed out so far, for ``skip_consumed_samples``."""
         return {"consumed_train_samples": self._consumed}
 
     # ------------------------------------------------------------------ iteration

@@ -103,7 +103,9 @@ class Dataset(torch.utils.data.Dataset):
     def _targets(self, dataset_meta: DatasetMeta | None) -> list[str]:
         if self._mixed or not self.datasets:
             if dataset_meta is not None:
-                raise DataError("the datasets are already mixed; apply this before mix_dataset, or without dataset_meta")
+                raise DataError(
+                    "the datasets are already mixed; apply this before mix_dataset, or without dataset_meta"
+                )
             return []
         if dataset_meta is None:
             return list(self.datasets)

@@ -31,7 +31,9 @@ class InputProcessor:
 
     Padding-free packing concatenates the samples into one row of shape ``[1, N]``, keeps each sample's own
     ``position_ids`` (restarting at 0, which is how transformers finds the boundaries), drops ``attention_mask`` and
-    adds ``cu_seq_lens_q``/``cu_seq_lens_k`` (int32 cumulative lengths starting at 0) and ``max_length_q``/``max_length_k``.
+    adds ``cu_seq_lens_q``/``cu_seq_lens_k`` (int32 cumulative lengths starting at 0) and
+    ``max_length_q``/``max_length_k``. Sample boundaries are the row starts plus every restart of ``position_ids``
+    at 0, so rows that are already packed (``PackingDataset``) keep their samples apart.
 
     Args:
         device_mesh: the layout of the consuming model (context-parallel splitting is not supported yet).

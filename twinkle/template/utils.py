@@ -29,7 +29,9 @@ def spans_to_token_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int]]) -
     return mask
 
 
-def prefix_diff_spans(render, messages: list[dict], rounds: set[int] | None = None) -> tuple[str, list[tuple[int, int]]]:
+def prefix_diff_spans(
+    render, messages: list[dict], rounds: set[int] | None = None
+) -> tuple[str, list[tuple[int, int]]]:
     """Assistant spans found by rendering the conversation round by round (for templates without generation tags).
 
     ``render(messages, add_generation_prompt)`` returns text. The span of assistant round k is the text between

@@ -14,7 +14,9 @@ T = TypeVar("T")
 def known_names(module: ModuleType, base: type) -> list[str]:
     """The names in ``module.__all__`` (or its attributes) that are subclasses of ``base``."""
     names = getattr(module, "__all__", None) or dir(module)
-    return sorted(n for n in names if inspect.isclass(getattr(module, n, None)) and issubclass(getattr(module, n), base))
+    return sorted(
+        n for n in names if inspect.isclass(getattr(module, n, None)) and issubclass(getattr(module, n), base)
+    )
 
 
 def construct_class(obj: Any, base: type[T], module: ModuleType, *, kind: str | None = None, **kwargs: Any) -> T:
