@@ -15,13 +15,31 @@ from webui_testkit import ARTIFACTS, CHROMIUM, Stack, start_stack
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server_url, tmp_path_factory) -> Iterator[Stack]:
-    """API + dispatcher on a fresh SQLite database, local storage and Redis db 12; tests start the workers they need."""
+def stack(redis_server_url, s3_endpoint, tmp_path_factory) -> Iterator[Stack]:
+    """API + dispatcher on a fresh SQLite database, Redis db 12 and an S3 bucket (moto_server), so checkpoint
+    links are presigned S3 URLs as in production; tests start the workers they need."""
+    import uuid
+
+    import boto3
     import redis
 
     redis_url = redis_server_url.rstrip("/") + "/12"
     redis.Redis.from_url(redis_url).flushdb()
-    running = start_stack(tmp_path_factory.mktemp("webui-stack"), redis_url)
+    s3 = {
+        "endpoint_url": s3_endpoint,
+        "bucket": f"webui-{uuid.uuid4().hex[:10]}",
+        "region": "us-east-1",
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=s3["access_key_id"],
+        aws_secret_access_key=s3["secret_access_key"],
+        region_name=s3["region"],
+    ).create_bucket(Bucket=s3["bucket"])
+    running = start_stack(tmp_path_factory.mktemp("webui-stack"), redis_url, s3=s3)
     try:
         yield running
     finally:

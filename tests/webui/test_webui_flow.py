@@ -165,6 +165,7 @@ def test_submit_watch_cancel_download(page, stack, worker, tmp_path):
     expect(row).to_have_count(1)
     with page.expect_download() as info:
         row.get_by_role("link", name=re.compile("Download")).click()
+    assert info.value.url.startswith(weights["url"].split("?")[0])  # the presigned S3 link itself
     saved = tmp_path / "downloaded.safetensors"
     info.value.save_as(saved)
     assert saved.stat().st_size == weights["size"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import webui
+from webui_testkit import shot
 
 pytestmark = pytest.mark.browser
 
@@ -130,3 +131,28 @@ def test_formats(modules):
         "2.346",
         "2025-01-01T00:00:00.000Z",
     ]
+
+
+def test_axis_labels_share_one_format_with_enough_decimals(modules):
+    body = "return arg.map((ticks) => { const f = m.tickFormatter(ticks); return ticks.map(f); });"
+    cases = [[0.0009, 0.00095, 0.001, 0.00105, 0.0011], [0, 0.2, 0.4, 1], [10, 20, 30], [2e-5, 4e-5], [5.6, 5.8, 6]]
+    assert modules("chart.js", body, cases) == [
+        ["0.00090", "0.00095", "0.00100", "0.00105", "0.00110"],
+        ["0.0", "0.2", "0.4", "1.0"],
+        ["10", "20", "30"],
+        ["2.0e-5", "4.0e-5"],
+        ["5.6", "5.8", "6.0"],
+    ]
+
+
+def test_long_tick_labels_widen_the_margin_instead_of_being_clipped(modules, page):
+    body = """
+      const fig = m.lineChart({id: 'lr', title: 'Learning rate', points: arg});
+      fig.style.width = '360px';
+      document.body.append(fig);
+      const svg = fig.querySelector('svg').getBoundingClientRect();
+      return [...fig.querySelectorAll('text.chart-tick')].map((t) => t.getBoundingClientRect().left - svg.left);
+    """
+    lefts = modules("chart.js", body, [{"x": i, "y": 0.0009 + i * 0.00005} for i in range(5)])
+    assert lefts and min(lefts) >= 0, lefts
+    shot(page, "chart-learning-rate")

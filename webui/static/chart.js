@@ -6,7 +6,8 @@ import { formatNumber, h } from './ui.js';
 const SVG = 'http://www.w3.org/2000/svg';
 const W = 400;
 const H = 230;
-const M = { top: 12, right: 14, bottom: 36, left: 58 };
+const M = { top: 12, right: 14, bottom: 36 };
+const CHAR_W = 7.4; // width of one tick-label character at 13px, in viewBox units
 
 function s(tag, attrs = {}, ...children) {
   const el = document.createElementNS(SVG, tag);
@@ -25,6 +26,18 @@ export function niceTicks(lo, hi, count = 5) {
   const ticks = [];
   for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
   return ticks;
+}
+
+/** One format for every tick on an axis, with just enough decimals for its step ("0.00095", "1.5e-5"). */
+export function tickFormatter(ticks) {
+  const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) : Math.abs(ticks[0]) || 1;
+  const top = Math.max(...ticks.map(Math.abs));
+  if (top !== 0 && (top < 1e-3 || top >= 1e6)) {
+    const digits = Math.min(6, Math.max(0, Math.ceil(Math.log10(top / step))));
+    return (v) => (v === 0 ? '0' : v.toExponential(digits));
+  }
+  const decimals = Math.min(10, Math.max(0, Math.ceil(-Math.log10(step) - 1e-9)));
+  return (v) => v.toFixed(decimals);
 }
 
 function extent(values) {
@@ -55,28 +68,31 @@ export function lineChart({ id, title, points, xLabel = 'Step' }) {
 
   const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img', 'aria-labelledby': `${id}-title`, focusable: 'false' });
   svg.append(s('title', { id: `${id}-title` }, summary));
-  const plotW = W - M.left - M.right;
+  const [y0, y1] = points.length ? extent(points.map((p) => p.y)) : [0, 1];
+  const yTicks = niceTicks(y0, y1, 4).filter((t) => t >= y0 && t <= y1);
+  const yFormat = tickFormatter(yTicks.length ? yTicks : [y0]);
+  // The left margin grows with the longest tick label, so labels such as "0.00105" are never clipped.
+  const left = Math.max(36, Math.max(0, ...yTicks.map((t) => yFormat(t).length)) * CHAR_W + 12);
+  const plotW = W - left - M.right;
   const plotH = H - M.top - M.bottom;
-  svg.append(s('rect', { x: M.left, y: M.top, width: plotW, height: plotH, class: 'chart-bg' }));
+  svg.append(s('rect', { x: left, y: M.top, width: plotW, height: plotH, class: 'chart-bg' }));
 
   if (points.length) {
     const [x0, x1] = points.length > 1 ? [points[0].x, points[points.length - 1].x] : [points[0].x - 1, points[0].x + 1];
-    const [y0, y1] = extent(points.map((p) => p.y));
-    const sx = (x) => M.left + ((x - x0) / (x1 - x0 || 1)) * plotW;
+    const sx = (x) => left + ((x - x0) / (x1 - x0 || 1)) * plotW;
     const sy = (y) => M.top + plotH - ((y - y0) / (y1 - y0 || 1)) * plotH;
 
-    for (const t of niceTicks(y0, y1, 4)) {
-      if (t < y0 || t > y1) continue;
-      svg.append(s('line', { x1: M.left, x2: M.left + plotW, y1: sy(t), y2: sy(t), class: 'chart-grid' }));
-      svg.append(s('text', { x: M.left - 6, y: sy(t), class: 'chart-tick', 'text-anchor': 'end', 'dominant-baseline': 'middle' }, formatNumber(t, 3)));
+    for (const t of yTicks) {
+      svg.append(s('line', { x1: left, x2: left + plotW, y1: sy(t), y2: sy(t), class: 'chart-grid' }));
+      svg.append(s('text', { x: left - 6, y: sy(t), class: 'chart-tick', 'text-anchor': 'end', 'dominant-baseline': 'middle' }, yFormat(t)));
     }
     for (const t of niceTicks(x0, x1, 5)) {
       if (t < x0 || t > x1 || !Number.isInteger(t)) continue;
       svg.append(s('line', { x1: sx(t), x2: sx(t), y1: M.top + plotH, y2: M.top + plotH + 4, class: 'chart-axis' }));
       svg.append(s('text', { x: sx(t), y: M.top + plotH + 16, class: 'chart-tick', 'text-anchor': 'middle' }, t));
     }
-    svg.append(s('line', { x1: M.left, x2: M.left + plotW, y1: M.top + plotH, y2: M.top + plotH, class: 'chart-axis' }));
-    svg.append(s('text', { x: M.left + plotW / 2, y: H - 4, class: 'chart-label', 'text-anchor': 'middle' }, xLabel));
+    svg.append(s('line', { x1: left, x2: left + plotW, y1: M.top + plotH, y2: M.top + plotH, class: 'chart-axis' }));
+    svg.append(s('text', { x: left + plotW / 2, y: H - 4, class: 'chart-label', 'text-anchor': 'middle' }, xLabel));
 
     const d = points.map((p, i) => `${i ? 'L' : 'M'}${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`).join('');
     svg.append(s('path', { d, class: 'chart-line', fill: 'none' }));
