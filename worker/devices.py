@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from worker.settings import WorkerSettings
+if TYPE_CHECKING:  # detection itself needs no settings machinery
+    from worker.settings import WorkerSettings
 
 __all__ = ["DeviceGroupOffer", "detect_devices", "offer_from_settings"]
 

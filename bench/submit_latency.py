@@ -1,0 +1,232 @@
+"""Submit latency: median time from submitting a trivial script until its process runs, on an idle local worker.
+
+Ours: ``twinkle-submit train.py`` against a local platform (API, dispatcher and one ``twinkle-worker``, all
+real processes; the machine's Redis, SQLite, local storage). Baseline, in the same run: ``ray job submit`` of
+the same script to a local Ray cluster (``ray start --head --num-cpus 2`` on a port other than Redis's 6379).
+Both clocks start just before the CLI is launched and stop at the timestamp the script writes as its first
+statement, so CLI start-up, upload, queueing, dispatch and process start all count for both. Goal: ours at most
+half of Ray's.
+
+    python bench/submit_latency.py [--runs 7] [--redis-url redis://127.0.0.1:6379/11] [--dispatch-interval 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+SCRIPT = """import time
+t = time.time()
+with open({path!r}, "w") as f:
+    f.write(repr(t))
+print("ran")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWINKLE_", "AWS_", "RAY_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def measure(submit_cmd, tmp: Path, runs: int, label: str, wait_done=None) -> list[float]:
+    """Run ``submit_cmd(script_path)`` ``runs`` times; latency = script's timestamp - launch time."""
+    latencies = []
+    for i in range(runs + 1):  # the first run warms caches and is not counted
+        folder = tmp / f"{label}-{i}"
+        folder.mkdir()
+        stamp = tmp / f"{label}-{i}.ts"
+        (folder / "train.py").write_text(SCRIPT.format(path=str(stamp)))
+        t0 = time.time()
+        submitted = submit_cmd(folder / "train.py")
+        ts = float(wait_until(lambda: stamp.exists() and stamp.read_text(), 120, f"{label} run {i}"))
+        if wait_done:
+            wait_done(submitted)  # the worker is idle again before the next run
+        if i:
+            latencies.append(ts - t0)
+        print(f"  {label} run {i}: {ts - t0:.3f}s{'' if i else ' (warm-up, not counted)'}", flush=True)
+    return latencies
+
+
+class Platform:
+    def __init__(self, tmp: Path, redis_url: str, dispatch_interval: float):
+        self.tmp, self.procs = tmp, []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin = "admin-" + uuid.uuid4().hex
+        env = clean_env()
+        env.update(
+            TWINKLE_SCHEDULER_DATABASE_URL=f"sqlite:///{tmp / 'twinkle.db'}",
+            TWINKLE_SCHEDULER_REDIS_URL=redis_url,
+            TWINKLE_SCHEDULER_ADMIN_TOKEN=self.admin,
+            TWINKLE_SCHEDULER_STORAGE_DIR=str(tmp / "storage"),
+            TWINKLE_SCHEDULER_DISPATCH_INTERVAL_S=str(dispatch_interval),
+            TWINKLE_SCHEDULER_PORT=str(self.port),
+        )
+        self._spawn("api", [str(BIN / "twinkle-scheduler"), "serve", "--log-level", "warning"], env)
+        wait_until(lambda: self._up(), 120, "the API")
+        self._spawn("dispatcher", [str(BIN / "twinkle-scheduler"), "dispatch", "--log-level", "warning"], env)
+        with httpx.Client(base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.admin}"}) as c:
+            self.token = c.post("/users", json={"name": "bench"}).json()["token"]
+            worker_token = c.post("/worker-tokens", json={"owner": "bench"}).json()["token"]
+        wenv = clean_env()
+        wenv.update(
+            TWINKLE_WORKER_SERVER_URL=self.url,
+            TWINKLE_WORKER_TOKEN=worker_token,
+            TWINKLE_WORKER_WORK_DIR=str(tmp / "work"),
+            TWINKLE_WORKER_HEALTH_PORT="0",
+            TWINKLE_WORKER_DEVICE_TYPE="cpu",
+            TWINKLE_WORKER_LOG_LEVEL="WARNING",
+        )
+        self._spawn("worker", [str(BIN / "twinkle-worker")], wenv)
+        wait_until(self._worker_online, 120, "the worker")
+        time.sleep(2)  # let the Celery consumer finish connecting
+
+    def _spawn(self, name: str, args: list[str], env: dict) -> None:
+        log = open(self.tmp / f"{name}.log", "w")
+        self.procs.append(subprocess.Popen(args, env=env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT))
+
+    def _up(self) -> bool:
+        try:
+            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _worker_online(self) -> bool:
+        with httpx.Client(base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.token}"}) as c:
+            return any(w.get("state") == "online" for w in c.get("/workers").json().get("items", []))
+
+    def submit(self, script: Path) -> str:
+        env = clean_env()
+        env.update(TWINKLE_API_URL=self.url, TWINKLE_TOKEN=self.token, XDG_CONFIG_HOME=str(self.tmp / "cfg"))
+        out = subprocess.run([str(BIN / "twinkle-submit"), str(script)], env=env, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"twinkle-submit failed: {out.stderr}")
+        return out.stdout.split("submitted job", 1)[1].split()[0]
+
+    def wait_done(self, job_id: str) -> None:
+        with httpx.Client(base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.token}"}) as c:
+            wait_until(lambda: c.get(f"/jobs/{job_id}").json()["state"] in ("succeeded", "failed", "cancelled"),
+                       60, f"job {job_id}")
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+class RayCluster:
+    def __init__(self, tmp: Path):
+        self.env = clean_env()
+        self.env["RAY_USAGE_STATS_ENABLED"] = "0"
+        self.dashboard = free_port()
+        gcs = free_port()
+        while gcs == 6379:
+            gcs = free_port()
+        subprocess.run(
+            [str(BIN / "ray"), "start", "--head", "--port", str(gcs), "--num-cpus", "2", "--include-dashboard", "true",
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard), "--disable-usage-stats",
+             "--temp-dir", str(tmp / "ray")],
+            env=self.env, check=True, capture_output=True,
+        )
+        self.address = f"http://127.0.0.1:{self.dashboard}"
+        wait_until(self._up, 120, "the Ray dashboard (job API)")
+
+    def _up(self) -> bool:
+        try:
+            return httpx.get(self.address + "/api/version", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def submit(self, script: Path) -> str:
+        out = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", self.address, "--no-wait", "--working-dir",
+             str(script.parent), "--", "python", script.name],
+            env=self.env, capture_output=True, text=True,
+        )
+        if out.returncode:
+            raise RuntimeError(f"ray job submit failed: {out.stdout}{out.stderr}")
+        for token in out.stdout.split():
+            if token.startswith("raysubmit_") or token.strip("'").startswith("raysubmit_"):
+                return token.strip("'")
+        return ""
+
+    def wait_done(self, submission_id: str) -> None:
+        if not submission_id:
+            return
+        wait_until(lambda: httpx.get(f"{self.address}/api/jobs/{submission_id}").json().get("status")
+                   in ("SUCCEEDED", "FAILED", "STOPPED"), 120, f"Ray job {submission_id}")
+
+    def close(self) -> None:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11")
+    parser.add_argument("--dispatch-interval", type=float, default=1.0,
+                        help="TWINKLE_SCHEDULER_DISPATCH_INTERVAL_S (the default of the scheduler's settings)")
+    args = parser.parse_args()
+    import redis
+
+    redis.Redis.from_url(args.redis_url).flushdb()
+    tmp = Path(tempfile.mkdtemp(prefix="twinkle-bench-"))
+    try:
+        print(f"ours: twinkle-submit -> API -> dispatcher (every {args.dispatch_interval}s) -> twinkle-worker", flush=True)
+        platform = Platform(tmp, args.redis_url, args.dispatch_interval)
+        try:
+            ours = measure(platform.submit, tmp, args.runs, "twinkle", platform.wait_done)
+        finally:
+            platform.close()
+        print("baseline: ray job submit -> local Ray cluster (--num-cpus 2)", flush=True)
+        ray = RayCluster(tmp)
+        try:
+            theirs = measure(ray.submit, tmp, args.runs, "ray", ray.wait_done)
+        finally:
+            ray.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    m_ours, m_ray = statistics.median(ours), statistics.median(theirs)
+    print()
+    print(f"median submit-to-running, {args.runs} runs each (after one warm-up):")
+    print(f"  ray job submit   {m_ray:.3f}s")
+    print(f"  twinkle-submit   {m_ours:.3f}s")
+    print(f"  ratio ours/ray   {m_ours / m_ray:.2f}  (goal <= 0.50)")
+
+
+if __name__ == "__main__":
+    main()
