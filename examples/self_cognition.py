@@ -30,7 +30,7 @@ from twinkle.preprocessor import SelfCognitionProcessor
 
 MODEL_ID = os.environ.get("MODEL_ID") or str(tiny_model_path())
 DATASET_ID = os.environ.get("DATASET_ID") or str(self_cognition_path())
-LR = float(os.environ.get("LR") or (1e-4 if os.environ.get("MODEL_ID") else 2e-3))
+LR = float(os.environ.get("LR") or (1e-4 if os.environ.get("MODEL_ID") else 5e-3))
 DATA_ROWS = int(os.environ.get("DATA_ROWS", "320"))  # data_slice wraps: 320 rows = 4 epochs of the 80 bundled
 BATCH_SIZE = int(os.environ.get("BATCH_SIZE", "8"))
 LOG_EVERY = int(os.environ.get("LOG_EVERY", "20"))
