@@ -30,7 +30,7 @@ KNOBS = {"DATA_ROWS": "32", "BATCH_SIZE": "8", "LOG_EVERY": "2", "PYTHONUNBUFFER
 @pytest.fixture(scope="module")
 def ray_address():
     """A local Ray cluster for this module (2 logical CPUs, no dashboard); the example's driver joins it."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     shutdown_ray()
     ray.shutdown()

@@ -156,7 +156,7 @@ GROUPS = [DeviceGroup(name="default", ranks=2, device_type="cpu")]
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray cluster for this module: 2 logical CPUs, no dashboard."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     shutdown_ray()
     ray.shutdown()

@@ -112,7 +112,9 @@ def _connect(groups: list[DeviceGroup], name: str | None) -> None:
         return
     num_cpus = _local_num_cpus(groups)
     logger.info("starting a local Ray cluster (num_cpus=%s)", num_cpus if num_cpus is not None else "auto")
-    ray.init(num_cpus=num_cpus, **kwargs)
+    # address='local': always a cluster of our own; without it ray.init joins whatever cluster another process on
+    # this machine happens to run (and then refuses num_cpus)
+    ray.init(address="local", num_cpus=num_cpus, **kwargs)
     _cluster.started_here = True
 
 
