@@ -149,6 +149,16 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="twinkle-bench-"))
     url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+    scratch = None
+    if url.startswith("postgresql"):
+        # A scratch schema, so the benchmark never touches tables someone else uses in that database.
+        scratch = f"bench_{new_id()}"
+        with sa.create_engine(url).begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{scratch}"'))
+        base_url = url
+        url = sa.make_url(url).update_query_dict({"options": f"-csearch_path={scratch}"}).render_as_string(
+            hide_password=False
+        )
     redis_url, embedded = redis_url_or_embedded(args.redis_url, tmp)
     migrate(url)
     db = Database(url)
@@ -176,6 +186,9 @@ def main() -> None:
     print(f"messages on worker queues: {on_queues} (expected {sent})")
     r.flushdb()
     db.dispose()
+    if scratch:
+        with sa.create_engine(base_url).begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{scratch}" CASCADE'))
     if embedded is not None:
         embedded.shutdown()  # type: ignore[attr-defined]
 

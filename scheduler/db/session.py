@@ -42,6 +42,10 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    if u.get_driver_name() == "psycopg2":
+        # The dispatcher updates thousands of rows per round with executemany; batch them into few round trips.
+        kwargs.setdefault("executemany_mode", "values_plus_batch")
+        kwargs.setdefault("executemany_batch_page_size", 500)
     return sa.create_engine(url, pool_pre_ping=True, **kwargs)
 
 

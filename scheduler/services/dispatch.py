@@ -188,17 +188,21 @@ def dispatch_round(db: Database, celery_app: object) -> RoundResult:
 
 
 def send_assignments(celery_app: object, sent: list[Sent]) -> None:
-    """Send ``twinkle.run_attempt`` for each assignment, pipelined into one Redis round trip per batch.
+    """Send ``twinkle.run_attempt(job_id, attempt)`` to each worker's queue, pipelined into Redis.
 
-    ``declare=[]``: the message goes to the default exchange with the queue name as routing key, which the
-    Redis transport turns into an LPUSH on the list of that name; the worker declares its own queue, so a
-    declaration per publish would only add round trips. The Redis client of the producer's channel is
-    swapped for a pipeline while publishing; if the pipeline fails the messages are lost, which the start
-    deadline already covers (the database holds the assignments).
+    The message is the one Celery builds (``amqp.create_task_message``, protocol 2, JSON), published with one
+    producer to the default exchange with the queue name as routing key, which the Redis transport turns
+    into an LPUSH on the list ``worker.{id}``. No declaration per publish: the worker declares its own queue.
+    The producer channel's Redis client is swapped for a pipeline while publishing (one round trip per
+    1,000 messages). If publishing fails the messages are lost, which the start deadline already covers:
+    the database holds the assignments.
     """
     if not sent:
         return
+    import uuid
+
     app: Any = celery_app  # a celery.Celery
+    amqp = app.amqp
     with app.producer_or_acquire() as producer:
         channel = producer.channel
         pipe = None
@@ -208,9 +212,12 @@ def send_assignments(celery_app: object, sent: list[Sent]) -> None:
         try:
             for i, s in enumerate(sent, 1):
                 args = [s.job_id, s.attempt]
-                app.send_task(
-                    TASK_NAME, args=args, queue=queue_name(s.worker_id), producer=producer, declare=[],
-                    argsrepr=repr(args), kwargsrepr="{}",
+                msg = amqp.create_task_message(
+                    str(uuid.uuid4()), TASK_NAME, args, {}, argsrepr=repr(args), kwargsrepr="{}"
+                )
+                producer.publish(
+                    msg.body, exchange="", routing_key=queue_name(s.worker_id), headers=msg.headers,
+                    serializer="json", declare=[], retry=False, **msg.properties,
                 )
                 if pipe is not None and i % 1000 == 0:
                     pipe.execute()
