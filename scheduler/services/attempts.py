@@ -7,7 +7,6 @@ worker that was presumed dead (and whose job now runs elsewhere as attempt n+1) 
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -177,13 +176,7 @@ def store_artifact(
     return row
 
 
-@dataclass
-class Finished:
-    job: JobModel
-    attempt: AttemptModel
-
-
-def finish(session: Session, token: ApiTokenModel, job_id: str, n: int, body: FinishRequest) -> Finished:
+def finish(session: Session, token: ApiTokenModel, job_id: str, n: int, body: FinishRequest) -> Fenced:
     f = fence(session, token, job_id, n, (AttemptState.ASSIGNED, AttemptState.RUNNING))
     now = utcnow()
     job, attempt = f.job, f.attempt
