@@ -291,7 +291,7 @@ class Stack:
                             if event == "end":
                                 return
                             if data:
-                                self.console.print("\n".join(data), markup=False, highlight=False)
+                                self.console.print("\n".join(data), markup=False, highlight=False, soft_wrap=True)
                             event, data = "message", []
                         elif line.startswith("event:"):
                             event = line[6:].strip()
