@@ -285,3 +285,35 @@ def test_tensor_parallel_mesh_is_refused_with_the_reason(tiny_model_dir):
     mesh = DeviceMesh.from_sizes(tp_size=2, device_type="cpu")
     with pytest.raises(UnsupportedParallelismError, match="dp and fsdp meshes only; this mesh uses tp"):
         TransformersModel(model_id=str(tiny_model_dir), device_mesh=mesh)
+
+
+# ------------------------------------------------------------------ inputs from the data pipeline
+
+
+def _chat(answer: str) -> dict:
+    return {
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "who are you?"},
+            {"role": "assistant", "content": answer},
+        ]
+    }
+
+
+def test_forward_takes_encoded_rows_trajectories_or_a_dict(model):
+    from twinkle.processor import InputProcessor
+    from twinkle.template import Template
+
+    chats = [_chat("I am twinkle LLM."), _chat("I was made by the ModelScope community, a long answer.")]
+    rows = Template(model.tokenizer_id).batch_encode(chats)  # what Dataset.encode + DataLoader yield
+    from_rows = model.forward_only(inputs=rows)
+    from_chats = model.forward_only(inputs=chats)  # Trajectories: encoded with the default Template
+    from_dict = model.forward_only(inputs=InputProcessor()(rows))
+    assert from_rows["logps"].shape[0] == 2
+    assert torch.equal(from_rows["logps"], from_chats["logps"])
+    assert torch.equal(from_rows["logps"], from_dict["logps"])
+    labelled = InputProcessor()(rows)["labels"] != -100
+    assert (from_rows["logps"][labelled] < 0).all() and (from_rows["logps"][~labelled] == 0).all()
+    model.set_optimizer("AdamW", lr=1e-3)
+    out = model.forward_backward(inputs=rows)
+    assert out["loss"] > 0 and "logps" in out

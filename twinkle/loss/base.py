@@ -3,8 +3,9 @@
 Labels arrive already rolled left by one (the template does it), so ``labels[:, t]`` is the target of
 ``logits[:, t]`` and no loss shifts again. A loss that returns ``num_tokens > 0`` is a *sum* over that many tokens:
 the model divides the gradients by the global token count at the optimizer step, so gradient accumulation and data
-parallelism give the same update as one process with the whole batch. ``num_tokens == 0`` marks a loss that is
-already a mean; the model averages those over accumulation steps instead.
+parallelism give the same update as one process with the whole batch. ``num_tokens == 0`` (the int) marks a loss
+that is already a mean; the model averages those over accumulation steps instead. A sum loss may return
+``num_tokens`` as a 0-dim tensor, which spares a host-device synchronisation before the backward pass.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor, ignore_ind
     Returns:
         ``[...]`` float32 log-probabilities.
     """
-    safe = labels.masked_fill(labels == ignore_index, 0)
-    # logsumexp in float32: bf16 log-probabilities lose about two digits on large vocabularies
-    logits = logits.float()
-    logps = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return logps.masked_fill(labels == ignore_index, 0.0)
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    # fused log_softmax + nll: the kernels (and the saved activation) of a plain cross entropy, so computing
+    # logps costs no more memory or time than the usual loss; -100 rows come back as 0
+    nll = torch.nn.functional.cross_entropy(flat, labels.reshape(-1).to(flat.device), ignore_index=-100, reduction="none")
+    logps = -nll.view(labels.shape)
+    if ignore_index != -100:
+        logps = logps.masked_fill(labels == ignore_index, 0.0)
+    return logps
 
 
 class Loss:

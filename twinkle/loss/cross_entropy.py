@@ -25,7 +25,7 @@ class CrossEntropyLoss(Loss):
     Args:
         ignore_index: label value that carries no loss.
         reduction: ``'mean'`` gives the masked mean and ``num_tokens=0``; ``'sum'`` gives the masked sum and
-            ``num_tokens`` = the number of labelled tokens (at least 1).
+            ``num_tokens`` = the number of labelled tokens (at least 1, a 0-dim tensor on the loss's device).
         dft: Dynamic Fine-Tuning: weight each token's ``-log p`` by its own (detached) probability ``p``.
     """
 
@@ -44,10 +44,11 @@ class CrossEntropyLoss(Loss):
 
     def _reduce(self, per_token: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         total = (per_token * mask).sum()
-        count = int(mask.sum().item())
+        # a tensor, not an int: reading it on the host would stall the GPU before the backward pass
+        count = mask.sum().to(torch.long).clamp(min=1)
         if self.reduction == "sum":
-            return {"loss": total, "num_tokens": max(count, 1)}
-        return {"loss": total / max(count, 1), "num_tokens": 0}
+            return {"loss": total, "num_tokens": count}
+        return {"loss": total / count, "num_tokens": 0}
 
     def _per_token(self, logps: torch.Tensor) -> torch.Tensor:
         if self.dft:

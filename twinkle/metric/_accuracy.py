@@ -30,11 +30,12 @@ class Accuracy(Metric):
         labels = labels.to(logits.device)
         mask = labels != self.ignore_index
         preds = logits.argmax(dim=-1)
-        self._correct += float(((preds == labels) & mask).sum().item())
-        self._total += float(mask.sum().item())
+        # device tensors, read once in calculate(): an .item() here would stall the GPU before the backward
+        self._correct = self._correct + ((preds == labels) & mask).sum()
+        self._total = self._total + mask.sum()
 
     def calculate(self) -> dict[str, str]:
-        correct, total = self._all_reduce_sum([self._correct, self._total])
+        correct, total = self._all_reduce_sum([float(self._correct), float(self._total)])
         self.reset()
         if total == 0:
             return {}

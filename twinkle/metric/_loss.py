@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from twinkle.metric.base import Metric, fmt
 
 
@@ -18,20 +20,24 @@ class LossMetric(Metric):
 
     def accumulate(self, inputs: Any, outputs: Any, **kwargs: Any) -> None:
         if kwargs.get("grad_norm") is not None:
-            self._grad_norm = float(kwargs["grad_norm"])
+            self._grad_norm = kwargs["grad_norm"]
         if kwargs.get("loss") is None:
             return
-        loss, tokens = float(kwargs["loss"]), int(kwargs.get("num_tokens") or 0)
-        if tokens > 0:
-            self._sum += loss
-            self._tokens += tokens
+        # values may be device tensors: add them up lazily, read them once in calculate()
+        loss, tokens = kwargs["loss"], kwargs.get("num_tokens")
+        tokens = 0 if tokens is None else tokens
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+        if isinstance(tokens, torch.Tensor) or tokens > 0:
+            self._sum = self._sum + loss
+            self._tokens = self._tokens + tokens
         else:
-            self._mean_sum += loss
+            self._mean_sum = self._mean_sum + loss
             self._mean_count += 1
 
     def calculate(self) -> dict[str, str]:
         total, tokens, mean_sum, mean_count = self._all_reduce_sum(
-            [self._sum, self._tokens, self._mean_sum, self._mean_count]
+            [float(self._sum), float(self._tokens), float(self._mean_sum), float(self._mean_count)]
         )
         out: dict[str, str] = {}
         if tokens > 0:
@@ -39,6 +45,6 @@ class LossMetric(Metric):
         elif mean_count > 0:
             out["loss"] = fmt(mean_sum / mean_count)
         if self._grad_norm is not None:
-            out["grad_norm"] = fmt(self._grad_norm)
+            out["grad_norm"] = fmt(float(self._grad_norm))
         self.reset()
         return out

@@ -33,16 +33,16 @@ class OptimizerGroup:
     train_metrics: list[Any] = field(default_factory=list)
     eval_metrics: list[Any] = field(default_factory=list)
     cur_step: int = 0
-    pending_tokens: int = 0
+    pending_tokens: Any = 0  # int or a device tensor (read once per optimizer step)
     pending_samples: int = 0
     consumed_train_samples: int = 0
     grads_finalized_at: int = -1
-    last_grad_norm: float | None = None
+    last_grad_norm: Any = None
     done: dict[str, int] = field(default_factory=dict)
     # the last forward: (batch, outputs with logits, training?) kept until backward consumes it
     last_forward: Any = None
     pending_loss: Any = None
-    pending_loss_tokens: int = 0
+    pending_loss_tokens: Any = 0
 
     @property
     def optimizer_steps(self) -> int:

@@ -570,23 +570,27 @@ class TransformersModel(TwinkleModel):
     @remote_function(dispatch="all", collect="mean")
     def calculate_loss(self, adapter_name: str | None = None, **kwargs: Any) -> float:
         """Apply the group's loss to the last forward; returns its value (sum losses: the local sum)."""
-        group = self._group(adapter_name)
+        return float(self._calculate_loss(self._group(adapter_name), **kwargs))
+
+    def _calculate_loss(self, group: OptimizerGroup, **kwargs: Any) -> torch.Tensor:
+        # no host read in here: a .item() before backward would leave the GPU idle while backward is launched
         if group.last_forward is None:
             raise ConfigError("calculate_loss needs a forward(...) or forward_only(...) first")
         batch, outputs, training = group.last_forward
         result = group.loss(batch, outputs, **kwargs)
-        loss, tokens = result["loss"], int(result.get("num_tokens") or 0)
-        value = float(loss.detach().item())
+        loss = result["loss"]
+        tokens = result.get("num_tokens", 0)
+        tokens = 0 if tokens is None else tokens
         metrics = group.train_metrics if training else group.eval_metrics
         for metric in metrics:
-            metric.accumulate(batch, outputs, loss=value, num_tokens=tokens)
+            metric.accumulate(batch, outputs, loss=loss.detach(), num_tokens=tokens)
         if training:
             group.pending_loss, group.pending_loss_tokens = loss, tokens
             rows = batch["input_ids"].shape[0] if isinstance(batch.get("input_ids"), torch.Tensor) else 0
             group.pending_samples += rows
         else:
             group.last_forward = None
-        return value
+        return loss.detach()
 
     @remote_function(dispatch="all")
     def backward(self, adapter_name: str | None = None, **kwargs: Any) -> None:
@@ -595,8 +599,9 @@ class TransformersModel(TwinkleModel):
         if group.pending_loss is None:
             raise ConfigError("backward needs forward(...) and calculate_loss(...) first")
         loss = group.pending_loss
-        if group.pending_loss_tokens > 0:
-            group.pending_tokens += group.pending_loss_tokens
+        tokens = group.pending_loss_tokens
+        if isinstance(tokens, torch.Tensor) or tokens > 0:
+            group.pending_tokens = group.pending_tokens + tokens
         else:
             loss = loss / group.gradient_accumulation_steps  # mean losses: average over the window
         if self.scaler is not None:
@@ -609,12 +614,18 @@ class TransformersModel(TwinkleModel):
 
     @remote_function(dispatch="slice_dp", collect="mean")
     def forward_backward(self, inputs: Any, adapter_name: str | None = None, **kwargs: Any) -> dict[str, Any]:
-        """``forward`` + ``calculate_loss(**kwargs)`` + ``backward``; returns the outputs plus ``loss``."""
+        """``forward`` + ``calculate_loss(**kwargs)`` + ``backward``; returns the outputs plus ``loss``.
+
+        ``loss`` is a detached 0-dim tensor (the local loss value), so the call never waits for the GPU.
+        """
         fwd_keys = ("temperature", "return_logits")
         fwd_kw = {k: kwargs.pop(k) for k in fwd_keys if k in kwargs}
         outputs = self.forward(inputs=inputs, adapter_name=adapter_name, **fwd_kw)
-        outputs["loss"] = self.calculate_loss(adapter_name=adapter_name, **kwargs)
+        loss = self._calculate_loss(self._group(adapter_name), **kwargs)
         self.backward(adapter_name=adapter_name)
+        # a 0-dim tensor, not a float: reading it here would make the GPU wait while the optimizer step is
+        # launched; float(outputs['loss']) when you need the number
+        outputs["loss"] = loss
         return outputs
 
     def _finalize_grads(self, group: OptimizerGroup) -> None:
@@ -622,29 +633,37 @@ class TransformersModel(TwinkleModel):
         if group.grads_finalized_at == group.cur_step:
             return
         group.grads_finalized_at = group.cur_step
-        counts = [float(group.pending_tokens), float(group.pending_samples)]
         world = 1
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            t = torch.tensor(counts, dtype=torch.float64, device=self.device)
+            t = torch.stack([torch.as_tensor(group.pending_tokens, dtype=torch.float64, device=self.device),
+                             torch.tensor(float(group.pending_samples), dtype=torch.float64, device=self.device)])
             dist.all_reduce(t)
             counts = t.tolist()
             # DDP and FSDP2 average gradients over the data ranks; undo that to get the global sum
             world = self.device_mesh.data_world_size if self.device_mesh is not None else dist.get_world_size()
+        else:
+            counts = [float(group.pending_tokens), float(group.pending_samples)]
         tokens, samples = counts
         group.consumed_train_samples += int(samples)
         group.pending_tokens, group.pending_samples = 0, 0
         if tokens > 0:
             factor = world / tokens
-            for _, param in self._trainable(group):
-                if param.grad is not None:
-                    param.grad.mul_(factor)
+            grads = [p.grad for _, p in self._trainable(group) if p.grad is not None]
+            if self._is_fsdp():
+                for grad in grads:
+                    grad.mul_(factor)
+            elif grads:
+                torch._foreach_mul_(grads, factor)  # one fused call instead of one kernel per parameter
 
     @remote_function(dispatch="all", collect="first")
     def clip_grad_norm(
         self, max_grad_norm: float = 1.0, norm_type: float = 2.0, adapter_name: str | None = None, **kwargs: Any
     ) -> float | None:
         """Clip the gradients of the group (once per optimizer step) and return their norm before clipping."""
-        group = self._group(adapter_name)
+        norm = self._clip(self._group(adapter_name), max_grad_norm, norm_type)
+        return None if norm is None else float(norm)
+
+    def _clip(self, group: OptimizerGroup, max_grad_norm: float, norm_type: float) -> Any:
         if not group.claim("clip"):
             return group.last_grad_norm
         self._finalize_grads(group)
@@ -654,7 +673,7 @@ class TransformersModel(TwinkleModel):
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, norm_type=norm_type)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
-        group.last_grad_norm = float(norm)
+        group.last_grad_norm = norm.detach()  # a device tensor: read lazily by the metrics
         for metric in group.train_metrics:
             metric.accumulate(None, None, grad_norm=group.last_grad_norm)
         return group.last_grad_norm
@@ -702,7 +721,7 @@ class TransformersModel(TwinkleModel):
         """clip, step, zero_grad and lr_step at the end of an accumulation window; a no-op in between."""
         group = self._group(adapter_name)
         self._require_optimizer(group)
-        self.clip_grad_norm(max_grad_norm, norm_type, adapter_name=adapter_name)
+        self._clip(group, max_grad_norm, norm_type)
         self.step(adapter_name=adapter_name)
         self.zero_grad(adapter_name=adapter_name)
         self.lr_step(adapter_name=adapter_name)
