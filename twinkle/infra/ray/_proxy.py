@@ -18,6 +18,7 @@ import collections
 import inspect
 import os
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -80,6 +81,12 @@ def _get_fail_fast(refs: list[Any], label: str) -> list[Any]:
 
     if not refs:
         return []
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    if len(ready) == len(refs):
+        try:
+            return ray.get(refs)  # the common case, one round trip; a failure is sorted out below
+        except Exception:  # noqa: BLE001
+            pass
     index = {ref: i for i, ref in enumerate(refs)}
     values: list[Any] = [None] * len(refs)
     remaining = list(refs)
@@ -245,6 +252,10 @@ def _resolve(value: Any) -> Any:
 
 
 _pending: collections.deque[LazyResult] = collections.deque()
+# Polling the unread calls costs the driver a Ray round trip; doing it at most this often keeps a fast loop cheap
+# while a failure still surfaces within a step or two.
+_POLL_INTERVAL_S = 0.05
+_last_poll = 0.0
 
 
 def _drain(block: bool = False) -> None:
@@ -260,6 +271,11 @@ def _drain(block: bool = False) -> None:
         while len(_pending) > keep:
             _pending.popleft().result()
         return
+    global _last_poll
+    now = time.monotonic()
+    if now - _last_poll < _POLL_INTERVAL_S:
+        return
+    _last_poll = now
     refs = [ref for lazy in _pending for ref in lazy._refs]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
     ready_set = set(ready)
