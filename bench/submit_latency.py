@@ -123,7 +123,7 @@ class Platform:
 
     def _worker_online(self) -> bool:
         with httpx.Client(base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.token}"}) as c:
-            return any(w.get("state") == "online" for w in c.get("/workers").json().get("items", []))
+            return any(w.get("state") == "live" for w in c.get("/workers").json().get("items", []))
 
     def submit(self, script: Path) -> str:
         env = clean_env()
@@ -149,17 +149,24 @@ class Platform:
 
 
 class RayCluster:
+    """A local Ray head of our own; stopped by killing only the processes under its own temp dir, never with
+    ``ray stop`` (which would end every Ray cluster on the machine)."""
+
     def __init__(self, tmp: Path):
         self.env = clean_env()
-        self.env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # Ray 2.5x turns token auth on when ~/.ray/auth_token exists; a local bench cluster needs none
+        self.env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
         self.dashboard = free_port()
         gcs = free_port()
         while gcs == 6379:
             gcs = free_port()
+        # short: Ray puts Unix sockets under it and socket paths are limited to 107 bytes
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="tbray-", dir="/tmp"))
+        self.counter = 0
         subprocess.run(
             [str(BIN / "ray"), "start", "--head", "--port", str(gcs), "--num-cpus", "2", "--include-dashboard", "true",
              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard), "--disable-usage-stats",
-             "--temp-dir", str(tmp / "ray")],
+             "--temp-dir", str(self.temp_dir)],
             env=self.env, check=True, capture_output=True,
         )
         self.address = f"http://127.0.0.1:{self.dashboard}"
@@ -172,26 +179,45 @@ class RayCluster:
             return False
 
     def submit(self, script: Path) -> str:
-        out = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", self.address, "--no-wait", "--working-dir",
-             str(script.parent), "--", "python", script.name],
-            env=self.env, capture_output=True, text=True,
-        )
+        self.counter += 1
+        submission_id = f"bench-{uuid.uuid4().hex[:8]}-{self.counter}"
+        for _ in range(60):
+            out = subprocess.run(
+                [str(BIN / "ray"), "job", "submit", "--address", self.address, "--no-wait", "--submission-id",
+                 submission_id, "--working-dir", str(script.parent), "--", "python", script.name],
+                env=self.env, capture_output=True, text=True,
+            )
+            # right after start-up the dashboard answers before its job agent; only the warm-up run sees this
+            if "No available agent" not in out.stdout + out.stderr:
+                break
+            time.sleep(1)
         if out.returncode:
             raise RuntimeError(f"ray job submit failed: {out.stdout}{out.stderr}")
-        for token in out.stdout.split():
-            if token.startswith("raysubmit_") or token.strip("'").startswith("raysubmit_"):
-                return token.strip("'")
-        return ""
+        return submission_id
 
     def wait_done(self, submission_id: str) -> None:
-        if not submission_id:
-            return
         wait_until(lambda: httpx.get(f"{self.address}/api/jobs/{submission_id}").json().get("status")
                    in ("SUCCEEDED", "FAILED", "STOPPED"), 120, f"Ray job {submission_id}")
 
     def close(self) -> None:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True)
+        import psutil  # a dependency of ray[default]
+
+        mine = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if any(str(self.temp_dir) in arg for arg in proc.info["cmdline"] or []):
+                    mine.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        for proc in mine:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(mine, timeout=10)
+        for proc in alive:
+            proc.kill()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def main() -> None:
