@@ -11,7 +11,7 @@ loss visibly drops in a few seconds.
 
 Environment knobs (all optional): MODEL_ID, DATASET_ID, LR, DATA_ROWS, BATCH_SIZE, FSDP_SIZE, LOG_EVERY (micro-
 batches between printed metrics), SAVE_EVERY (optimizer steps between resumable checkpoints), MAX_STEPS (stop
-after this many optimizer steps, saving first), and from the platform TWINKLE_OUTPUT_DIR, TWINKLE_METRICS_FILE,
+after this many optimizer steps), and from the platform TWINKLE_OUTPUT_DIR, TWINKLE_METRICS_FILE,
 TWINKLE_RESUME_FROM (a checkpoint of an earlier attempt to resume from).
 """
 
