@@ -125,7 +125,7 @@ def _error(response: httpx.Response) -> APIError:
             "Check --token / TWINKLE_TOKEN / " + str(config_path()),
         )
     if status == 404:
-        return JobNotFound(status, code, message, fields)
+        return JobNotFound(status, code, f"{message} (`twinkle-submit list` shows your jobs)", fields)
     if 400 <= status < 500:
         return InvalidInput(status, code, message, fields)
     return APIError(status, code, f"the server failed ({status} {code}: {message}); try again, or tell its admin")

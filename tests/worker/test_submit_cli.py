@@ -85,3 +85,36 @@ def test_help_lists_commands(capsys):
     assert code == 0
     for command in ("submit", "list", "status", "logs", "cancel", "download", "inspect"):
         assert command in out
+
+
+def _fake_server(monkeypatch, status: int, body: dict):
+    import httpx
+
+    import submit.cli as cli
+    from submit.client import Client
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body)
+
+    monkeypatch.setattr(cli, "_client", lambda server, token: Client("http://api", "t", transport=httpx.MockTransport(handler)))
+
+
+def test_422_lists_every_field(tmp_path, monkeypatch, capsys):
+    _fake_server(monkeypatch, 422, {"error": {"code": "invalid_job", "message": "the job has 2 problems",
+                                              "fields": {"entrypoint": "not in the bundle", "request.ranks": ["must be >= 1"]}}})
+    (tmp_path / "train.py").write_text("print(1)")
+    code, _, err = run_cli([str(tmp_path / "train.py")], capsys)
+    assert code == 2
+    assert "the job has 2 problems" in err and "entrypoint: not in the bundle" in err and "request.ranks: must be >= 1" in err
+
+
+def test_401_says_the_token_is_wrong(monkeypatch, capsys):
+    _fake_server(monkeypatch, 401, {"error": {"code": "unauthorized", "message": "unknown token"}})
+    code, _, err = run_cli(["status", "abc"], capsys)
+    assert code == 1 and "refused the token" in err and "TWINKLE_TOKEN" in err
+
+
+def test_404_names_the_job(monkeypatch, capsys):
+    _fake_server(monkeypatch, 404, {"error": {"code": "not_found", "message": "no job 'abc'"}})
+    code, _, err = run_cli(["cancel", "abc"], capsys)
+    assert code == 1 and "no job 'abc'" in err and "twinkle-submit list" in err
