@@ -71,7 +71,7 @@ def _ignored(rel: str, name: str, patterns: list[str]) -> bool:
     return False
 
 
-def make_bundle(script: str | Path, *, max_mb: float = 50.0, max_weight_mb: float = 1.0) -> Bundle:
+def make_bundle(script: str | Path, *, max_mb: float = 100.0, max_weight_mb: float = 1.0) -> Bundle:
     """Zip the folder that holds ``script``; the script's path inside it is the entrypoint.
 
     Raises:

@@ -107,7 +107,7 @@ def submit(
     gpu_memory: Annotated[Optional[str], typer.Option(help="Minimum memory per device, e.g. 24GB")] = None,
     name: Annotated[Optional[str], typer.Option(help="A name for the job")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream the logs until the job ends")] = False,
-    max_bundle_mb: Annotated[float, typer.Option(help="Refuse bundles larger than this", envvar="TWINKLE_MAX_BUNDLE_MB")] = 50.0,
+    max_bundle_mb: Annotated[float, typer.Option(help="Refuse bundles larger than this (the server has its own limit too)", envvar="TWINKLE_MAX_BUNDLE_MB")] = 100.0,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
