@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Optional
 

@@ -295,7 +295,7 @@ def test_checkpoint_folders_uploaded_when_they_appear_and_at_the_end(tmp_path):
         """,
     )
     sink = ListSink()
-    t_start = time.monotonic()
+
     result = JobRunner(spec, sink, checkpoint_poll_s=0.2).run()
     t_end = time.monotonic()
     assert result.state == "succeeded"
@@ -306,7 +306,6 @@ def test_checkpoint_folders_uploaded_when_they_appear_and_at_the_end(tmp_path):
     assert not any(".tmp" in p for p in sink.artifacts)
     # the first checkpoint went up while the job was still running, not only at the end
     assert sink.artifact_times["output/checkpoint-1/adapter_model.safetensors"] < t_end - 1.5
-    assert t_start < t_end
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
