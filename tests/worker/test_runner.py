@@ -295,7 +295,6 @@ def test_checkpoint_folders_uploaded_when_they_appear_and_at_the_end(tmp_path):
         """,
     )
     sink = ListSink()
-
     result = JobRunner(spec, sink, checkpoint_poll_s=0.2).run()
     t_end = time.monotonic()
     assert result.state == "succeeded"
