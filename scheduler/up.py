@@ -274,7 +274,7 @@ class Stack:
                 for f in folders:
                     where = self.rt.storage.describe(attempt_key(job["user_id"], job["id"], last, "output/" + f))
                     c.print(f"checkpoint: {where}", soft_wrap=True, markup=False, highlight=False)
-                c.print(f"downloads: twinkle-submit artifacts {job['id']}")
+                c.print(f"download: twinkle-submit download {job['id']} --dest ./{job['id']}  (while the stack runs: add --keep-running)", markup=False)
             return 0 if job["state"] == "succeeded" else 1
 
     def _follow(self, http: httpx.Client, job_id: str) -> None:
