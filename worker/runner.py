@@ -226,6 +226,15 @@ class _MetricsTail:
         return records, problems
 
 
+
+def _as_terminal_shows(line: str) -> str:
+    """The text a terminal would leave on screen: progress bars (tqdm) redraw with ``\\r`` inside one line,
+    and only the last non-empty redraw is worth a log line."""
+    line = line.rstrip("\r\n")
+    if "\r" in line:
+        line = next((part for part in reversed(line.split("\r")) if part.strip()), "")
+    return line
+
 class JobRunner:
     """Runs one attempt to its end. ``run()`` blocks; ``cancel()`` and ``abandon()`` may be called from any thread."""
 
@@ -332,7 +341,7 @@ class JobRunner:
 
     def _read(self, pipe: IO[bytes], stream: str) -> None:
         for raw in iter(pipe.readline, b""):
-            text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            text = _as_terminal_shows(raw.decode("utf-8", errors="replace"))
             if stream == "stderr":
                 self._stderr_tail.append(text)
             self._lines.put(self._line(stream, text))

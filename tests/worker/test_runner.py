@@ -134,6 +134,20 @@ def test_long_line_is_cut(tmp_path):
     assert line.startswith("x" * 1000) and "chars cut" in line and len(line) < 1100
 
 
+def test_progress_bar_redraws_keep_only_what_the_terminal_shows(tmp_path):
+    spec = make_spec(
+        tmp_path,
+        """
+        import sys
+        sys.stderr.write("Loading:  0%\\rLoading: 50%\\rLoading: 100%\\r\\n")
+        sys.stderr.flush()
+        """,
+    )
+    sink = ListSink()
+    JobRunner(spec, sink).run()
+    assert sink.text("stderr") == ["Loading: 100%"]
+
+
 def test_logs_arrive_while_the_job_runs(tmp_path):
     spec = make_spec(
         tmp_path,
