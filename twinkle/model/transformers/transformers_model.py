@@ -19,6 +19,7 @@ import json
 import os
 import random
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -309,7 +310,10 @@ class TransformersModel(TwinkleModel):
             if self._is_peft:
                 self.model.add_adapter(adapter_name, config)
             else:
-                self.model = get_peft_model(self.model, config, adapter_name=adapter_name)
+                with warnings.catch_warnings():
+                    # peft probes a property that transformers 5 deprecated; the user can do nothing about it
+                    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+                    self.model = get_peft_model(self.model, config, adapter_name=adapter_name)
         except ValueError as exc:
             if "not found in the base model" in str(exc) or "target modules" in str(exc).lower():
                 raise AdapterError(
