@@ -9,7 +9,8 @@ LoRA adapter, AdamW, cosine warm-up, gradient_accumulation_steps=2, a global bat
 micro-batches of ``forward_backward`` + ``clip_grad_and_step`` after ``--warmup`` untimed ones. The Ray side
 includes everything the driver does per step (its DataLoader, dispatch, the transfer to the actors) and ends the
 timed window by waiting for the last step's result, so lazy calls cannot hide work. Start-up (Ray, actors, model
-loading) is excluded on both sides. With ``--repeats`` the modes alternate and each reports its best run.
+loading) is excluded on both sides. With ``--repeats`` the modes alternate and each reports its best run, plus the
+medians and the per-round ratios (on a shared machine, the median of the per-round ratios is the steadier figure).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -162,6 +164,13 @@ def main() -> None:
     print(f"  ray driver CPU {best_ray['process_cpu_per_step'] * 1000:.1f} ms/step, Ray daemons CPU "
           f"{best_ray['ray_daemons_cpu_per_step'] * 1000:.1f} ms/step (cores the actors share)")
     print(f"ratio ray / torchrun: {ray / local:.3f}  (goal: <= 1.15)")
+    if args.repeats > 1:
+        med_local = statistics.median(r["seconds_per_step"] for r in local_times)
+        med_ray = statistics.median(r["seconds_per_step"] for r in ray_times)
+        ratios = [r["seconds_per_step"] / l["seconds_per_step"] for l, r in zip(local_times, ray_times)]
+        print(f"medians: torchrun {med_local * 1000:.1f} ms/step, ray {med_ray * 1000:.1f} ms/step, ratio "
+              f"{med_ray / med_local:.3f}; per-round ratios (ray / the torchrun run just before): "
+              + ", ".join(f"{x:.3f}" for x in ratios) + f", median {statistics.median(ratios):.3f}")
     try:
         load = os.getloadavg()[0]
         print(f"load average during the run: {load:.1f} on {os.cpu_count()} cores (other work skews both sides)")

@@ -104,6 +104,11 @@ class Probe:
     def plain(self):
         return int(os.environ["RANK"])
 
+    @remote_function(dispatch="all", collect="first")
+    def nap(self, seconds: float):
+        time.sleep(seconds)
+        return int(os.environ["RANK"])
+
 
 @remote_class(execute="first")
 class Samples:
@@ -250,6 +255,55 @@ def test_an_unread_failed_call_is_raised_by_the_next_call(ray_mode, probe):
     deadline = time.monotonic() + 30
     with pytest.raises(RemoteCallError, match="nobody reads me"):
         while time.monotonic() < deadline:  # the failure surfaces as soon as the worker has finished
+            probe.count_seen().result()
+
+
+def test_lazy_calls_made_while_the_workers_are_busy_share_one_ray_task_and_keep_their_order(ray_mode, probe):
+    from twinkle.infra.ray import _proxy
+
+    probe.nap(1.0)  # the workers are busy, so the next lazy calls wait in the driver's queue
+    futures = [probe.take([i, i + 100], tag="q") for i in range(4)]
+    assert all(f._refs is None for f in futures) and len(_proxy._queue) == 4
+    assert not futures[0].done()
+    # sending the queue: one run_batch task per worker carries all four calls
+    _proxy._flush()
+    assert not _proxy._queue
+    assert len({f._refs[0].task_id() for f in futures}) == 1 and len({f._refs[1].task_id() for f in futures}) == 1
+    assert futures[3][1] == (1, "q", 103)  # results resolve on use
+    assert [list(f) for f in futures] == [[(0, "q", i), (1, "q", i + 100)] for i in range(4)]
+    assert probe.seen_on_first()[-4:] == [0, 1, 2, 3]  # rank 0's halves, in submission order
+    # a non-lazy call goes out with the queue, after it
+    probe.nap(0.5)
+    queued = probe.take([7, 8], tag="q")
+    napping = probe.nap(0.0)  # dispatch='all' with arguments queues as well
+    assert queued._refs is None and napping._refs is None
+    assert probe.seen_on_first()[-1] == 7 and queued[0] == (0, "q", 7)
+
+
+def test_a_failure_in_a_batch_names_the_method_and_rank_and_the_later_calls_were_not_run(ray_mode, probe):
+    probe.nap(1.0)
+    failing = probe.fail("bad batched value")
+    after = probe.take([5, 6], tag="after")
+    assert failing._refs is None and after._refs is None  # both queued behind the nap (arguments for all too)
+    with pytest.raises(RemoteCallError) as info:
+        failing.result()
+    err = info.value
+    assert "Probe.fail failed on rank 1" in str(err) and "ValueError: bad batched value" in str(err)
+    assert "raise ValueError(message)" in err.remote_traceback
+    assert err.method == "Probe.fail" and err.rank == 1 and err.remote_type == "ValueError"
+    assert isinstance(err.__cause__, ValueError)
+    with pytest.raises(RemoteCallError, match=r"Probe.take was not run on rank 1: Probe.fail, queued before it, failed"):
+        after.result()
+    assert probe.only_first() == 0  # the actors survive, and later calls run again
+
+
+def test_an_unread_failed_call_in_a_batch_is_raised_by_a_later_call(ray_mode, probe):
+    probe.nap(0.5)
+    probe.fail("queued and never read")
+    probe.take([1, 2])
+    deadline = time.monotonic() + 30
+    with pytest.raises(RemoteCallError, match="queued and never read"):
+        while time.monotonic() < deadline:
             probe.count_seen().result()
 
 

@@ -9,6 +9,9 @@ Environment:
     RAY_ADDRESS: connect to this cluster instead of starting a local one.
     TWINKLE_RAY_NUM_CPUS: logical CPUs of a local cluster (default: the ranks of the cpu groups).
     TWINKLE_RAY_PG_TIMEOUT: seconds to wait for a placement group (default 60).
+    RAY_worker_niceness: a local cluster starts its workers at niceness 0, like the ranks of torchrun (Ray's own
+        default is 15, which lets any other busy process on the machine starve the training actors); set this to
+        keep Ray's default or choose another value.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def _connect(groups: list[DeviceGroup], name: str | None) -> None:
     logger.info("starting a local Ray cluster (num_cpus=%s)", num_cpus if num_cpus is not None else "auto")
     # address='local': always a cluster of our own; without it ray.init joins whatever cluster another process on
     # this machine happens to run (and then refuses num_cpus)
+    if "RAY_worker_niceness" not in os.environ:
+        kwargs["_system_config"] = {"worker_niceness": 0}
     ray.init(address="local", num_cpus=num_cpus, **kwargs)
     _cluster.started_here = True
 

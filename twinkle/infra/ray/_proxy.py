@@ -7,8 +7,16 @@ the method's ``_twinkle_remote`` options (``remote_function``), splits the argum
 a :class:`LazyResult` at once; it resolves the first time it is used (printed, indexed, compared, ...).
 
 Calls on one proxy run in the order they were made (Ray keeps per-caller order on an actor), so a lazy
-``forward_backward`` followed by ``clip_grad_and_step`` is safe. A failed lazy call is not lost when nobody reads
-its result: the next call on any proxy raises it, and so does the end of the script (exit status 1).
+``forward_backward`` followed by ``clip_grad_and_step`` is safe.
+
+Consecutive lazy calls on one proxy are sent as one Ray task per worker (``TwinkleWorker.run_batch``) while that
+proxy's workers are still busy with earlier calls: a training loop that runs ahead of its workers then costs a
+Ray call per worker every few steps instead of one per method call. The queue is sent before anything waits on it
+or could depend on it: reading a result, a non-lazy call, a call on another proxy, an attribute read, iteration,
+handing the proxy to another call, ``TWINKLE_RAY_MAX_BATCH`` (default 8) queued calls, and the end of the script;
+and at once whenever the workers are idle. ``TWINKLE_RAY_MAX_BATCH=1`` sends every call on its own. In a batch, a
+call that fails stops the calls queued after it on that worker (they fail with a "was not run" error that names
+the failure, which is the one reported). A failed lazy call is not lost when nobody reads its result: the next call on any proxy raises it, and so does the end of the script (exit status 1).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from twinkle.errors import ConfigError
 from twinkle.infra.ray._cluster import GroupPlacement, cluster_settings, get_placement
 from twinkle.infra.ray._dispatch import collect_results, dispatch_args, result_ranks
 from twinkle.infra.ray._errors import RemoteCallError
-from twinkle.infra.ray._worker import TwinkleWorker
+from twinkle.infra.ray._worker import CallFailed, TwinkleWorker
 from twinkle.utils.device_mesh import DeviceMesh
 from twinkle.utils.logger import get_logger
 
@@ -42,6 +50,8 @@ DEFAULT_OPTIONS = {"dispatch": "all", "execute": "all", "collect": "first", "syn
 _SHARE = 0.01
 # How many unread lazy calls the driver may run ahead of the workers before it waits for the oldest.
 MAX_PENDING = int(os.environ.get("TWINKLE_RAY_MAX_PENDING", "16"))
+# How many consecutive lazy calls on one proxy may travel as one Ray task per worker (1: no batching).
+MAX_BATCH = max(1, int(os.environ.get("TWINKLE_RAY_MAX_BATCH", "8")))
 
 _actor_class: Any = None
 
@@ -84,9 +94,14 @@ def _get_fail_fast(refs: list[Any], label: str) -> list[Any]:
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
     if len(ready) == len(refs):
         try:
-            return ray.get(refs)  # the common case, one round trip; a failure is sorted out below
+            values = ray.get(refs)  # the common case, one round trip; a failure is sorted out below
         except Exception:  # noqa: BLE001
             pass
+        else:
+            for value in values:
+                if isinstance(value, CallFailed):
+                    raise value.error from value.error.cause
+            return values
     index = {ref: i for i, ref in enumerate(refs)}
     values: list[Any] = [None] * len(refs)
     remaining = list(refs)
@@ -94,10 +109,14 @@ def _get_fail_fast(refs: list[Any], label: str) -> list[Any]:
         ready, remaining = ray.wait(remaining, num_returns=1 if len(remaining) > 1 else len(remaining))
         for ref in ready:
             try:
-                values[index[ref]] = ray.get(ref)
+                value = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - translated into a RemoteCallError
                 _settle_quietly(remaining)
                 _raise_remote(exc, label)
+            if isinstance(value, CallFailed):
+                _settle_quietly(remaining)
+                raise value.error from value.error.cause
+            values[index[ref]] = value
     return values
 
 
@@ -124,8 +143,8 @@ class LazyResult:
 
     __slots__ = ("_refs", "_collect", "_mesh", "_ranks", "_label", "_value", "_state", "_error")
 
-    def __init__(self, refs: list[Any], collect: Any, mesh: Any, ranks: list[int], label: str) -> None:
-        self._refs = refs
+    def __init__(self, refs: list[Any] | None, collect: Any, mesh: Any, ranks: list[int], label: str) -> None:
+        self._refs = refs  # None while the call waits in the batch queue (not sent yet)
         self._collect = collect
         self._mesh = mesh
         self._ranks = ranks
@@ -141,6 +160,8 @@ class LazyResult:
             RemoteCallError: the call failed in a worker (method name, rank and remote traceback in the message).
         """
         if self._state == "pending":
+            if self._refs is None:
+                _flush()
             try:
                 values = _get_fail_fast(self._refs, self._label)
                 self._value = collect_results(self._collect, [values[r] for r in self._ranks], self._mesh)
@@ -148,6 +169,13 @@ class LazyResult:
             except BaseException as exc:
                 self._state, self._error = "failed", exc
             self._refs = []
+            if self._state == "failed" and _not_run(self._error):
+                # a call queued before this one failed and nobody has read it: report that one, the cause
+                for earlier in list(_pending):
+                    if earlier is self:
+                        break
+                    if earlier._state == "pending":
+                        earlier.result()
         if self._state == "failed":
             assert self._error is not None
             raise self._error
@@ -157,6 +185,8 @@ class LazyResult:
         """Whether every worker has finished (without waiting)."""
         if self._state != "pending":
             return True
+        if self._refs is None:
+            return False
         import ray
 
         ready, _ = ray.wait(self._refs, num_returns=len(self._refs), timeout=0)
@@ -248,6 +278,50 @@ def _resolve(value: Any) -> Any:
     return value
 
 
+# ---------------------------------------------------------------- the batch queue
+
+# Lazy calls not sent yet, all on one proxy and one set of its workers (_queue_owner): (method, per-worker
+# (args, kwargs), the call's LazyResult, whether every worker gets the same arguments).
+_queue: list[tuple[str, list[tuple[tuple, dict]], LazyResult, bool]] = []
+_queue_owner: tuple[Any, int] | None = None
+
+
+def _flush() -> None:
+    """Send the queued calls: one Ray task per worker (``run_batch``), or a plain ``call`` for a single one."""
+    global _queue, _queue_owner
+    if not _queue:
+        return
+    queued, (proxy, n_workers) = _queue, _queue_owner
+    _queue, _queue_owner = [], None
+    try:
+        _send(queued, proxy._workers[:n_workers])
+    except BaseException as exc:  # the calls never left: each of them fails with the reason
+        for _, _, lazy, _ in queued:
+            if lazy._refs is None:
+                lazy._refs, lazy._state, lazy._error = [], "failed", exc
+        raise
+    object.__setattr__(proxy, "_in_flight", queued[-1][2]._refs)
+
+
+def _send(queued: list[tuple[str, list[tuple[tuple, dict]], LazyResult, bool]], workers: list[Any]) -> None:
+    if len(queued) == 1:
+        import ray
+
+        name, calls, lazy, shared = queued[0]
+        if shared:
+            packed = ray.put(calls[0])  # one copy in the object store instead of one per worker
+            lazy._refs = [w.call_packed.remote(name, packed) for w in workers]
+        else:
+            lazy._refs = [w.call.remote(name, a, k) for w, (a, k) in zip(workers, calls)]
+    else:
+        per_worker = []
+        for i, worker in enumerate(workers):
+            items = [(name, calls[i][0], calls[i][1]) for name, calls, _, _ in queued]
+            per_worker.append(worker.run_batch.options(num_returns=len(items)).remote(items))
+        for j, (_, _, lazy, _) in enumerate(queued):
+            lazy._refs = [refs[j] for refs in per_worker]
+
+
 # ---------------------------------------------------------------- unread futures
 
 
@@ -256,6 +330,10 @@ _pending: collections.deque[LazyResult] = collections.deque()
 # while a failure still surfaces within a step or two.
 _POLL_INTERVAL_S = 0.05
 _last_poll = 0.0
+
+
+def _not_run(exc: BaseException) -> bool:
+    return getattr(exc, "remote_type", "") == "NotRun"
 
 
 def _drain(block: bool = False) -> None:
@@ -267,26 +345,35 @@ def _drain(block: bool = False) -> None:
     if not _pending:
         return
     if block or len(_pending) > MAX_PENDING:
-        keep = 0 if block else MAX_PENDING
+        # with batching, wait down to half the window so that the calls made meanwhile can share a Ray task
+        keep = 0 if block else (MAX_PENDING if MAX_BATCH == 1 else MAX_PENDING // 2)
+        _flush()
         while len(_pending) > keep:
-            _pending.popleft().result()
+            try:
+                _pending.popleft().result()
+            except RemoteCallError as exc:
+                if not _not_run(exc):
+                    raise
         return
     global _last_poll
     now = time.monotonic()
     if now - _last_poll < _POLL_INTERVAL_S:
         return
     _last_poll = now
-    refs = [ref for lazy in _pending for ref in lazy._refs]
+    refs = [ref for lazy in _pending if lazy._refs is not None for ref in lazy._refs]
+    if not refs:
+        return
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
     ready_set = set(ready)
     still: list[LazyResult] = []
     first_error: BaseException | None = None
     for lazy in _pending:
-        if lazy._state == "pending" and all(ref in ready_set for ref in lazy._refs):
+        if lazy._state == "pending" and lazy._refs is not None and all(ref in ready_set for ref in lazy._refs):
             try:
                 lazy.result()
             except BaseException as exc:  # noqa: BLE001 - raised below, after the rest are settled
-                first_error = first_error or exc
+                if not _not_run(exc):  # a call skipped after a failure: the failure itself is reported
+                    first_error = first_error or exc
         elif lazy._state == "pending":
             still.append(lazy)
     _pending.clear()
@@ -356,11 +443,12 @@ class RemoteProxy:
         object.__setattr__(self, "_lazy", lazy)
         object.__setattr__(self, "_label", label or cls.__name__)
         object.__setattr__(self, "_methods", {})
+        object.__setattr__(self, "_in_flight", [])  # the refs of the last call sent (an actor runs calls in order)
 
     # ---------------------------------------------------------------- attribute access
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_cls", "_workers", "_methods"):
+        if name.startswith("__") or name in ("_cls", "_workers", "_methods", "_in_flight"):
             raise AttributeError(name)
         cached = self._methods.get(name)
         if cached is not None:
@@ -375,6 +463,7 @@ class RemoteProxy:
             return method
         if static is _MISSING or isinstance(static, property) or hasattr(static, "__get__"):
             # an instance attribute or a property: read rank 0's value
+            _flush()
             worker = self._workers[0]
             try:
                 return _get_fail_fast([worker.get_attr.remote(name)], f"{self._label}.{name}")[0]
@@ -387,6 +476,7 @@ class RemoteProxy:
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Set an attribute on every worker (synchronously)."""
+        _flush()
         _get_fail_fast([w.call.remote("__setattr__", (name, value), {}) for w in self._workers],
                        f"{self._label}.{name}")
 
@@ -397,6 +487,7 @@ class RemoteProxy:
         return sorted(set(dir(self._cls)) | set(super().__dir__()))
 
     def __reduce__(self):
+        _flush()  # whoever receives the proxy sees the effect of every call made on it so far
         return (_rebuild_proxy, (self._cls, self._workers, self._group, self._mesh, self._execute, self._lazy,
                                  self._label))
 
@@ -412,9 +503,21 @@ class RemoteProxy:
         """The Ray actor handles, one per rank."""
         return list(self._workers)
 
-    def _invoke(self, name: str, options: dict[str, Any], args: tuple, kwargs: dict) -> Any:
+    def _busy(self) -> bool:
+        """Whether the last call sent to this proxy's workers is still running (without waiting)."""
+        refs = self._in_flight
+        if not refs:
+            return False
         import ray
 
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        if len(ready) == len(refs):
+            object.__setattr__(self, "_in_flight", [])
+            return False
+        return True
+
+    def _invoke(self, name: str, options: dict[str, Any], args: tuple, kwargs: dict) -> Any:
+        global _queue_owner
         _drain()
         label = f"{self._label}.{name}"
         args = tuple(_resolve(a) for a in args)
@@ -423,20 +526,25 @@ class RemoteProxy:
         mesh = self._mesh if len(workers) == len(self._workers) else None
         dispatch = options["dispatch"]
         calls = dispatch_args(dispatch, args, kwargs, len(workers), mesh)
-        if dispatch == "all" and len(workers) > 1 and (args or kwargs):
-            shared = ray.put(calls[0])  # one copy in the object store instead of one per worker
-            refs = [w.call_packed.remote(name, shared) for w in workers]
-        else:
-            refs = [w.call.remote(name, a, k) for w, (a, k) in zip(workers, calls)]
         ranks = result_ranks(options["collect"], dispatch, len(workers), mesh)
-        lazy = LazyResult(refs, options["collect"], mesh, ranks, label)
+        lazy = LazyResult(None, options["collect"], mesh, ranks, label)
         lazy_collect = options["lazy_collect"]
-        if options["sync"] or not (self._lazy if lazy_collect is None else lazy_collect):
-            return lazy.result()
+        lazy_mode = not options["sync"] and (self._lazy if lazy_collect is None else lazy_collect)
+        owner = (self, len(workers))
+        shared = dispatch == "all" and len(workers) > 1 and bool(args or kwargs)
+        if _queue and (_queue_owner[0] is not self or _queue_owner[1] != owner[1]):
+            _flush()
+        _queue_owner = owner
+        _queue.append((name, calls, lazy, shared))
+        if lazy_mode and (len(_queue) >= MAX_BATCH or not self._busy()):
+            _flush()
+        if not lazy_mode:
+            return lazy.result()  # sends the queue, this call last
         _pending.append(lazy)
         return lazy
 
     def _call_first(self, method: str, *args: Any) -> Any:
+        _flush()
         worker = self._workers[0]
         return _get_fail_fast([getattr(worker, method).remote(*args)], f"{self._label}.{method}")[0]
 
@@ -458,6 +566,7 @@ class RemoteProxy:
     def _remote_iter(self):
         """Iterate on rank 0's object, one item ahead: the worker builds item k+1 while the driver uses item k."""
         _drain()
+        _flush()
         worker = self._workers[0]
         label = f"{self._label}.__iter__"
         key = _get_fail_fast([worker.iter_start.remote()], label)[0]
@@ -590,6 +699,7 @@ def make_remote(cls: type, execute: str, args: tuple, kwargs: dict) -> RemotePro
 
     from twinkle.infra import _state
 
+    _flush()
     kwargs = dict(kwargs)
     group_name = kwargs.pop("remote_group")
     placement = get_placement(group_name)

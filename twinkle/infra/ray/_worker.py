@@ -17,7 +17,19 @@ from typing import Any
 
 from twinkle.infra.ray._errors import RemoteCallError
 
-__all__ = ["TwinkleWorker"]
+__all__ = ["CallFailed", "TwinkleWorker"]
+
+
+class CallFailed:
+    """One failed call of a :meth:`TwinkleWorker.run_batch`: its place in the results holds the error instead."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: RemoteCallError) -> None:
+        self.error = error
+
+    def __reduce__(self):
+        return (CallFailed, (self.error,))
 
 
 class TwinkleWorker:
@@ -83,6 +95,30 @@ class TwinkleWorker:
         """``call`` with the arguments shared through one object-store copy (dispatch='all')."""
         args, kwargs = packed
         return self.call(method, args, kwargs)
+
+    def run_batch(self, calls: list[tuple[str, tuple, dict]]) -> Any:
+        """Several queued calls in one Ray task, in order; one result per call (the task has ``len(calls)`` returns).
+
+        A call that raises leaves a :class:`CallFailed` in its place, and the calls after it are not run (they get a
+        ``CallFailed`` saying so): its peers may be stuck in a collective, and returning now lets the driver report
+        the first error at once.
+        """
+        results: list[Any] = []
+        for i, (method, args, kwargs) in enumerate(calls):
+            try:
+                results.append(getattr(self._obj, method)(*args, **kwargs))
+            except Exception as exc:  # noqa: BLE001 - handed back in the call's place
+                first = self._wrap(method, exc)
+                results.append(CallFailed(first))
+                for later, _, _ in calls[i + 1:]:
+                    skipped = RemoteCallError(
+                        f"{self._label}.{later} was not run on rank {self._rank}: {self._label}.{method}, queued "
+                        f"before it, failed: {type(exc).__name__}: {exc}",
+                        method=f"{self._label}.{later}", rank=self._rank, remote_type="NotRun")
+                    skipped.cause = first
+                    results.append(CallFailed(skipped))
+                break
+        return results[0] if len(results) == 1 else results
 
     def get_attr(self, name: str) -> Any:
         try:
