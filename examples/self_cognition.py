@@ -3,15 +3,16 @@
     python examples/self_cognition.py
     torchrun --nproc_per_node 2 examples/self_cognition.py             # dp=2 (gloo on the CPU)
     FSDP_SIZE=2 torchrun --nproc_per_node 2 examples/self_cognition.py # FSDP2 over 2 ranks
+    TWINKLE_MODE=ray python examples/self_cognition.py                 # Ray: one actor per rank (RAY_RANKS=2)
 
 Changed from the README, as the machine requires: the model (the bundled tiny Qwen2 unless MODEL_ID is set), the
 dataset (the bundled self-cognition rows unless DATASET_ID is set), the devices (CUDA when there is one, else the
-CPU; a mesh sized from WORLD_SIZE; local mode) and, for the tiny random model only, a higher learning rate so its
+CPU; a mesh sized from WORLD_SIZE, or from RAY_RANKS in Ray mode) and, for the tiny random model only, a higher learning rate so its
 loss visibly drops in a few seconds.
 
 Environment knobs (all optional): MODEL_ID, DATASET_ID, LR, DATA_ROWS, BATCH_SIZE, FSDP_SIZE, LOG_EVERY (micro-
 batches between printed metrics), SAVE_EVERY (optimizer steps between resumable checkpoints), MAX_STEPS (stop
-after this many optimizer steps), and from the platform TWINKLE_OUTPUT_DIR, TWINKLE_METRICS_FILE,
+after this many optimizer steps), TWINKLE_MODE (local or ray) with RAY_RANKS and RAY_ADDRESS, and from the platform TWINKLE_OUTPUT_DIR, TWINKLE_METRICS_FILE,
 TWINKLE_RESUME_FROM (a checkpoint of an earlier attempt to resume from).
 """
 
@@ -37,7 +38,9 @@ LOG_EVERY = int(os.environ.get("LOG_EVERY", "20"))
 SAVE_EVERY = int(os.environ.get("SAVE_EVERY", "0"))
 MAX_STEPS = int(os.environ.get("MAX_STEPS", "0"))
 
-WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1"))
+# the one word that switches modes: under Ray the driver is not a rank, the group's RAY_RANKS actors are
+MODE = os.environ.get("TWINKLE_MODE", "local")
+WORLD_SIZE = int(os.environ.get("RAY_RANKS", "2")) if MODE == "ray" else int(os.environ.get("WORLD_SIZE", "1"))
 FSDP_SIZE = int(os.environ.get("FSDP_SIZE", "1"))
 DEVICE_TYPE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -49,7 +52,7 @@ def main() -> None:
         device_mesh = DeviceMesh.from_sizes(fsdp_size=FSDP_SIZE, dp_size=WORLD_SIZE // FSDP_SIZE, device_type=DEVICE_TYPE)
     else:
         device_mesh = DeviceMesh.from_sizes(dp_size=WORLD_SIZE, device_type=DEVICE_TYPE)
-    twinkle.initialize(mode="local", groups=device_group, global_device_mesh=device_mesh)
+    twinkle.initialize(mode=MODE, groups=device_group, global_device_mesh=device_mesh)
 
     # 2. data: load, template, self-cognition rows -> chats, encode
     dataset = Dataset(dataset_meta=DatasetMeta(DATASET_ID, data_slice=range(DATA_ROWS)))

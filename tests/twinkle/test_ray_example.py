@@ -69,7 +69,8 @@ def test_the_usage_example_trains_under_ray_like_one_local_process(ray_address, 
     # local mode, one process: the script passes remote_group='default', which local mode accepts and drops
     local = _run("self_cognition.py", {**data, "TWINKLE_OUTPUT_DIR": str(tmp_path / "local")})
     remote = _run(
-        "self_cognition_ray.py", {**data, "TWINKLE_OUTPUT_DIR": str(tmp_path / "ray"), "RAY_ADDRESS": ray_address}
+        "self_cognition.py",
+        {**data, "TWINKLE_MODE": "ray", "TWINKLE_OUTPUT_DIR": str(tmp_path / "ray"), "RAY_ADDRESS": ray_address},
     )
 
     local_metrics, ray_metrics = _metrics(local), _metrics(remote)
