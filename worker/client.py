@@ -175,26 +175,14 @@ class WorkerClient:
     def download_bundle(self, job_id: str, attempt: int, dest: Path) -> Path:
         url = self._attempt(job_id, attempt) + "/bundle"
         with self._http.stream("GET", url) as response:
-            if response.is_error:
-                response.read()
-                raise error_from_response(response)
-            with open(dest, "wb") as f:
-                for chunk in response.iter_bytes(1 << 20):
-                    f.write(chunk)
-        return dest
+            return _save_response(response, dest)
 
     def download_url(self, url: str, dest: Path) -> Path:
         """Fetch a presigned link (an earlier attempt's checkpoint file); it carries its own auth."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         absolute = url if url.startswith(("http://", "https://")) else str(self._http.base_url.join(url))
         with httpx.stream("GET", absolute, timeout=self._http.timeout) as response:
-            if response.is_error:
-                response.read()
-                raise error_from_response(response)
-            with open(dest, "wb") as f:
-                for chunk in response.iter_bytes(1 << 20):
-                    f.write(chunk)
-        return dest
+            return _save_response(response, dest)
 
     def post_logs(self, job_id: str, attempt: int, lines: list[dict]) -> None:
         self._request("POST", self._attempt(job_id, attempt) + "/logs", json={"lines": lines})
@@ -223,3 +211,14 @@ class WorkerClient:
     ) -> dict:
         body = {"state": state, "exit_code": exit_code, "error": error}
         return self._request("POST", self._attempt(job_id, attempt) + "/finish", json=body).json()
+
+
+def _save_response(response: httpx.Response, dest: Path) -> Path:
+    """Write a streamed response to ``dest`` in 1 MiB chunks, or raise the API's error."""
+    if response.is_error:
+        response.read()
+        raise error_from_response(response)
+    with open(dest, "wb") as f:
+        for chunk in response.iter_bytes(1 << 20):
+            f.write(chunk)
+    return dest
