@@ -155,13 +155,16 @@ def test_ray_mode_calls_the_ray_hooks(monkeypatch):
 def test_torchrun_initializes_torch_distributed_and_ranks_get_their_slices(tmp_path):
     script = tmp_path / "init.py"
     script.write_text(textwrap.dedent("""
+        import os
         import torch.distributed as dist
         import twinkle
         from twinkle.dataloader import DataLoader
         twinkle.initialize()
         batches = [[row["i"] for row in b] for b in DataLoader([{"i": i} for i in range(8)], batch_size=4)]
-        print("RESULT", dist.get_rank(), dist.get_world_size(), dist.get_backend(), twinkle.is_master(), batches,
-              flush=True)
+        # one write per rank: the two ranks share torchrun's stdout, and print() writes piece by piece
+        line = " ".join(map(str, ["RESULT", dist.get_rank(), dist.get_world_size(), dist.get_backend(),
+                                  twinkle.is_master(), batches]))
+        os.write(1, (line + "\\n").encode())  # a single write to a pipe is atomic
     """))
     port = _free_port()
     out = subprocess.run(
