@@ -24,6 +24,12 @@ class Component:
         self.min_batch_size = min_batch_size
 
 
+@remote_class(execute="first")
+class Loader:
+    def __init__(self, dataset, batch_size: int, min_batch_size: int | None = None, device_mesh: DeviceMesh = None):
+        self.batch_size, self.min_batch_size, self.device_mesh = batch_size, min_batch_size, device_mesh
+
+
 @remote_class()
 class Child(Component):
     def __init__(self, value: int = 0, extra: str = "x", **kwargs):
@@ -145,8 +151,12 @@ def test_ray_mode_calls_the_ray_hooks(monkeypatch):
     assert calls["init_ray"] == {"groups": groups, "nproc_per_node": 2, "global_device_mesh": mesh, "seed": 3}
     assert Child(1, remote_group="default") == "proxy"
     assert calls["make_remote"] == (Child, "all", (1,), {"remote_group": "default"})
-    local = Child(2)  # no remote_group: built here
-    assert isinstance(local, Child) and local.device_mesh is mesh
+    local = Child(2)  # no remote_group: built here, on the driver, which is one process and not a rank
+    assert isinstance(local, Child)
+    assert local.device_mesh.data_world_size == 1 and local.device_mesh.world_size == 1
+    assert twinkle.infra.get_global_mesh() is mesh  # the real mesh stays what the actors get
+    loader = Loader([1, 2, 3], batch_size=4)
+    assert loader.device_mesh.data_world_size == 1 and loader.min_batch_size == 4  # whole global batches
     _state.mark_worker()  # inside a Ray worker, components are built locally
     assert isinstance(Child(1, remote_group="default"), Child)
 

@@ -53,10 +53,16 @@ def _inject_defaults(init: Callable[..., Any], mesh_param: str | None, self: Any
         bound = sig.bind_partial(self, *args, **kwargs).arguments
     except TypeError:
         return  # let the real __init__ raise its own, clearer error
+    on_ray_driver = _state.get_mode() == "ray" and _state.is_driver()
+    if on_ray_driver:
+        # The driver is one process, not a rank: a component built here (a DataLoader without remote_group)
+        # must see whole global batches, which the model's slice_dp dispatch then splits over the data ranks.
+        mesh = DeviceMesh.from_sizes(dp_size=1, device_type=getattr(mesh, "device_type", "cpu"))
     if bound.get(mesh_param) is None:
         kwargs[mesh_param] = mesh
     if "min_batch_size" in sig.parameters and bound.get("min_batch_size") is None:
-        kwargs["min_batch_size"] = mesh.data_world_size
+        batch_size = bound.get("batch_size")
+        kwargs["min_batch_size"] = batch_size if on_ray_driver and batch_size else mesh.data_world_size
 
 
 def remote_class(execute: str = "all") -> Callable[[C], C]:

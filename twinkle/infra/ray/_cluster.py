@@ -23,7 +23,7 @@ from typing import Any
 
 from twinkle.errors import ConfigError
 from twinkle.infra.ray._errors import ClusterResourceError
-from twinkle.utils.device_mesh import DeviceGroup, DeviceMesh
+from twinkle.utils.device_mesh import DeviceGroup
 from twinkle.utils.logger import get_logger
 
 logger = get_logger("twinkle.infra.ray")
@@ -237,28 +237,11 @@ def init_ray(
     _cluster.seed = seed
     _cluster.nproc_per_node = nproc_per_node
     _cluster.global_mesh = global_device_mesh
-    _driver_sees_one_rank(global_device_mesh)
     _cluster.options = {"full_determinism": bool(kwargs.get("full_determinism", False))}
     logger.info(
         "Ray mode: %s", ", ".join(f"{p.group.name}={p.num_ranks}x{p.per_rank:g}{p.resource}" for p in
                                   _cluster.groups.values())
     )
-
-
-def _driver_sees_one_rank(global_mesh: Any) -> None:
-    """Components built on the driver itself (no ``remote_group``) get a dp=1 mesh, not the global one.
-
-    The driver is one process: a DataLoader built there must yield whole global batches, which the model's
-    ``slice_dp`` dispatch then splits over the data ranks (what a remote, ``execute='first'`` loader does too).
-    Injecting the global mesh would make it yield only data rank 0's share. ``make_remote`` keeps using the
-    global mesh (``cluster_settings().global_mesh``) for the actors.
-    """
-    from twinkle.infra import _state
-
-    if not _state.is_driver():
-        return
-    device_type = getattr(global_mesh, "device_type", "cpu") if global_mesh is not None else "cpu"
-    _state.set_state(global_mesh=DeviceMesh.from_sizes(dp_size=1, device_type=device_type))
 
 
 def get_global_device_mesh() -> Any:
