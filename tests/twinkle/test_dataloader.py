@@ -103,6 +103,53 @@ def test_retries_are_bounded():
         list(DataLoader(Flaky(set(range(10))), batch_size=2, max_retries=2))
 
 
+class Batched:
+    """A map-style dataset that can read several rows at once, and counts how it is read."""
+
+    def __init__(self, empty=(), broken_batches=False):
+        self.rows = [{"i": i} for i in range(10)]
+        self.empty, self.broken_batches = set(empty), broken_batches
+        self.row_reads, self.batch_reads = 0, 0
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        self.row_reads += 1
+        return {} if i in self.empty else self.rows[i]
+
+    def __getitems__(self, indices):
+        self.batch_reads += 1
+        if self.broken_batches:
+            raise OSError("the batch read failed")
+        return [{} if i in self.empty else self.rows[i] for i in indices]
+
+
+def test_a_batch_is_read_at_once_where_the_dataset_can():
+    data = Batched()
+    assert ids(DataLoader(data, batch_size=4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert data.batch_reads == 3 and data.row_reads == 0
+
+
+def test_an_empty_row_of_a_batch_read_is_replaced_like_a_failing_one(caplog):
+    data = Batched(empty={2})
+    with caplog.at_level(logging.WARNING, logger="twinkle"):
+        first = ids(DataLoader(data, batch_size=5))[0]
+    assert "skipping sample 2 (it is empty)" in caplog.text
+    assert len(first) == 5 and 2 not in first and first[:2] == [0, 1]
+
+
+def test_a_failing_batch_read_falls_back_to_reading_row_by_row():
+    data = Batched(broken_batches=True)
+    assert ids(DataLoader(data, batch_size=4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert data.row_reads == 10
+
+
+def test_a_twinkle_dataset_reads_several_rows_like_one_by_one():
+    ds = Dataset(DatasetMeta(data=ROWS))
+    assert ds.__getitems__([1, 7, 3]) == [ds[1], ds[7], ds[3]]
+
+
 def test_set_processor_yields_tensors():
     loader = DataLoader(ROWS, batch_size=4)
     loader.set_processor(InputProcessor, padding_side="left")

@@ -105,6 +105,19 @@ class Probe:
         return int(os.environ["RANK"])
 
     @remote_function(dispatch="all", collect="first")
+    def tensors(self, sent):
+        import torch
+
+        return {
+            "float": torch.arange(6.0).reshape(2, 3) * (1 + int(os.environ["RANK"])),
+            "strided": torch.arange(12).reshape(3, 4).t(),  # not contiguous
+            "bf16": torch.ones(2, dtype=torch.bfloat16),
+            "grad": torch.ones(2, requires_grad=True),
+            "scalar": torch.tensor(3.5),
+            "sent_back_doubled": sent * 2,
+        }
+
+    @remote_function(dispatch="all", collect="first")
     def nap(self, seconds: float):
         time.sleep(seconds)
         return int(os.environ["RANK"])
@@ -344,6 +357,70 @@ def test_device_placement_report(ray_mode):
     report = twinkle.get_device_placement()
     assert report == get_device_placement()
     assert "group 'default': 2 rank(s) x 1 CPU on 1 node(s)" in report
+
+
+def test_tensors_cross_both_ways_with_their_values_dtypes_and_gradients(ray_mode, probe):
+    import torch
+
+    out = probe.tensors(torch.tensor([1.0, 2.0])).result()
+    assert torch.equal(out["float"], torch.arange(6.0).reshape(2, 3))  # rank 0's
+    assert torch.equal(out["strided"], torch.arange(12).reshape(3, 4).t())
+    assert out["bf16"].dtype == torch.bfloat16 and torch.equal(out["bf16"], torch.ones(2, dtype=torch.bfloat16))
+    assert out["grad"].requires_grad and out["scalar"].item() == 3.5 and out["scalar"].dim() == 0
+    assert torch.equal(out["sent_back_doubled"], torch.tensor([2.0, 4.0]))
+    out["float"].add_(1)  # the driver owns what it received: writable, not a view of Ray's buffer
+    assert out["float"][0, 0].item() == 1.0
+
+
+def test_cpu_tensors_take_the_array_path_and_the_rest_keep_torch_pickling():
+    import torch
+
+    from twinkle.infra.ray._serialization import _deserialize, _serialize
+
+    fast = _serialize(torch.arange(4.0))
+    assert fast[0] == "numpy" and torch.equal(_deserialize(fast), torch.arange(4.0))
+    for slow in (torch.ones(2, dtype=torch.bfloat16), torch.ones(2, requires_grad=True)):
+        kind, payload = _serialize(slow)
+        assert kind == "torch"
+        back = _deserialize((kind, payload))
+        assert back.dtype == slow.dtype and back.requires_grad == slow.requires_grad
+
+
+def test_futures_nested_in_arguments_are_resolved_and_plain_data_passes_through_untouched(ray_mode, probe):
+    from twinkle.infra.ray import _proxy
+
+    count = probe.count_seen()
+    token_ids = list(range(50))
+    rows = [{"input_ids": token_ids, "seen": count}, {"input_ids": token_ids, "seen": 0}]
+    resolved = _proxy._resolve(rows)
+    assert resolved[0]["seen"] == count.result() and not isinstance(resolved[0]["seen"], LazyResult)
+    assert resolved[0]["input_ids"] is token_ids and resolved[1] is rows[1]  # nothing copied where nothing changed
+    assert _proxy._resolve(token_ids) is token_ids
+
+
+def test_a_failure_among_many_unread_calls_is_raised_once_and_the_others_keep_their_results(
+    ray_mode, probe, monkeypatch
+):
+    from twinkle.infra.ray import _proxy
+
+    monkeypatch.setattr(_proxy, "MAX_PENDING", 4)  # the driver waits for its unread calls sooner
+    before = [probe.take([i, i + 100], tag="many") for i in range(3)]
+    probe.fail("one of many")
+    with pytest.raises(RemoteCallError, match="one of many"):
+        for i in range(20):  # the failure surfaces when the driver next waits for its unread calls
+            probe.take([i, i + 100], tag="after")
+        probe.count_seen().result()
+    assert list(before[2]) == [(0, "many", 2), (1, "many", 102)]
+    assert probe.only_first() == 0  # raised once: the next calls run
+
+
+def test_a_local_cluster_keeps_ray_background_work_down_unless_the_environment_says_otherwise():
+    from twinkle.infra.ray._cluster import local_system_config
+
+    assert local_system_config({}) == {"worker_niceness": 0, "event_stats": False, "task_events_report_interval_ms": 0}
+    assert local_system_config({"RAY_event_stats": "1", "RAY_worker_niceness": "15"}) == {
+        "task_events_report_interval_ms": 0
+    }
 
 
 def test_a_group_the_cluster_cannot_hold_fails_at_once_with_the_numbers(ray_mode, probe):

@@ -41,8 +41,23 @@ class _RetryingFetcher:
         self.max_retries = max_retries
         self.seed = seed
 
+    def many(self, indices: list[int]) -> list[Any]:
+        """``[self(i) for i in indices]`` with one read of the whole batch where the dataset can (``__getitems__``:
+        one Arrow take instead of one per row; one round trip for a remote dataset). Rows that come back empty, or
+        a batch read that fails, go through the per-row retries."""
+        getitems = getattr(self.dataset, "__getitems__", None)
+        if getitems is None or len(indices) < 2:
+            return [self(i) for i in indices]
+        try:
+            rows = getitems(list(indices))
+        except Exception:  # noqa: BLE001 - the per-row path says which sample failed, and replaces it
+            rows = None
+        if rows is None or len(rows) != len(indices):
+            return [self(i) for i in indices]
+        return [row if row else self(i) for i, row in zip(indices, rows)]
+
     def __call__(self, index: int) -> Any:
-        rng = np.random.default_rng([self.seed, index])
+        rng = None  # made on the first failure only: most samples never need a replacement
         current, last_error = index, None
         for attempt in range(self.max_retries + 1):
             try:
@@ -54,6 +69,8 @@ class _RetryingFetcher:
                 last_error = f"{type(exc).__name__}: {exc}"
             if attempt < self.max_retries:
                 logger.warning("skipping sample %d (%s); trying another one", current, last_error)
+                if rng is None:
+                    rng = np.random.default_rng([self.seed, index])
                 current = int(rng.integers(self.size))
         raise DataError(
             f"sample {index} and {self.max_retries} replacement(s) all failed; the last one: {last_error}. "
@@ -202,7 +219,7 @@ class DataLoader:
     def _load(self, sampler: DeviceMeshBatchSampler, fetch: _RetryingFetcher) -> Iterator[list[Any]]:
         if not self.torch_kw.get("num_workers"):
             for indices in sampler:
-                yield [fetch(i) for i in indices]
+                yield fetch.many(indices)
             return
         import torch.utils.data
 

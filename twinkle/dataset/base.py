@@ -286,6 +286,16 @@ class Dataset(torch.utils.data.Dataset):
         self._require_data()
         return self.dataset[index]
 
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """Several rows in one read (what a DataLoader asks for a batch)."""
+        if type(self).__getitem__ is not Dataset.__getitem__:
+            return [self[i] for i in indices]  # a subclass builds its rows itself (lazy encoding, packing)
+        self._require_data()
+        getitems = getattr(self.dataset, "__getitems__", None)
+        if getitems is None:
+            return [self.dataset[i] for i in indices]
+        return getitems(list(indices))
+
     def __iter__(self):
         self._require_data()
         return iter(self.dataset)

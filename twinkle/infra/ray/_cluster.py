@@ -9,9 +9,10 @@ Environment:
     RAY_ADDRESS: connect to this cluster instead of starting a local one.
     TWINKLE_RAY_NUM_CPUS: logical CPUs of a local cluster (default: the ranks of the cpu groups).
     TWINKLE_RAY_PG_TIMEOUT: seconds to wait for a placement group (default 60).
-    RAY_worker_niceness: a local cluster starts its workers at niceness 0, like the ranks of torchrun (Ray's own
-        default is 15, which lets any other busy process on the machine starve the training actors); set this to
-        keep Ray's default or choose another value.
+    RAY_worker_niceness, RAY_event_stats, RAY_task_events_report_interval_ms: a local cluster starts its workers at
+        niceness 0, like the ranks of torchrun (Ray's own default is 15, which lets any other busy process on the
+        machine starve the training actors), and without Ray's event statistics and task-state reports (the
+        dashboard that reads them is not started); set a variable to keep Ray's default or choose another value.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from twinkle.errors import ConfigError
 from twinkle.infra.ray._errors import ClusterResourceError
+from twinkle.infra.ray._serialization import register_tensor_serializer
 from twinkle.utils.device_mesh import DeviceGroup
 from twinkle.utils.logger import get_logger
 
@@ -100,6 +102,19 @@ def _local_num_cpus(groups: list[DeviceGroup]) -> int | None:
     return cpu_ranks or None  # None: Ray counts the machine's cores (GPU-only jobs)
 
 
+# Settings of a local cluster this process starts (each is left alone when its RAY_<name> variable is set).
+# The actors share the driver's machine, so what Ray does in the background comes out of training time:
+#   worker_niceness 0: Ray starts workers at 15, which lets any other busy process starve the training actors.
+#   event_stats off, task_events_report_interval_ms 0: per-event timing and task-state reports, read by the
+#       dashboard (not started here) and the state API; together they were a third of an idle cluster's CPU.
+_LOCAL_SYSTEM_CONFIG: dict[str, Any] = {"worker_niceness": 0, "event_stats": False, "task_events_report_interval_ms": 0}
+
+
+def local_system_config(environ: Any) -> dict[str, Any]:
+    """The ``_system_config`` of a local cluster: ours, less what the environment sets (``RAY_<name>``)."""
+    return {key: value for key, value in _LOCAL_SYSTEM_CONFIG.items() if f"RAY_{key}" not in environ}
+
+
 def _connect(groups: list[DeviceGroup], name: str | None) -> None:
     import ray
 
@@ -117,8 +132,9 @@ def _connect(groups: list[DeviceGroup], name: str | None) -> None:
     logger.info("starting a local Ray cluster (num_cpus=%s)", num_cpus if num_cpus is not None else "auto")
     # address='local': always a cluster of our own; without it ray.init joins whatever cluster another process on
     # this machine happens to run (and then refuses num_cpus)
-    if "RAY_worker_niceness" not in os.environ:
-        kwargs["_system_config"] = {"worker_niceness": 0}
+    system = local_system_config(os.environ)
+    if system:
+        kwargs["_system_config"] = system
     ray.init(address="local", num_cpus=num_cpus, **kwargs)
     _cluster.started_here = True
 
@@ -225,6 +241,7 @@ def init_ray(
         raise ConfigError(f"DeviceGroup names must be unique; repeated: {', '.join(repeated)}")
 
     _connect(groups, kwargs.get("name"))
+    register_tensor_serializer()
     _check_fits(groups)
     _release_groups()
     timeout = float(os.environ.get("TWINKLE_RAY_PG_TIMEOUT", "60"))

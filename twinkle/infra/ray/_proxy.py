@@ -85,39 +85,52 @@ def _raise_remote(exc: BaseException, label: str) -> None:
     raise RemoteCallError(f"{label} failed: {type(exc).__name__}: {exc}", method=label) from None
 
 
+# While waiting for a call, how often the workers that already finished are checked for a failure (the others may
+# be stuck in a collective with the one that failed, and would never finish).
+_FAILURE_CHECK_S = 0.25
+
+
 def _get_fail_fast(refs: list[Any], label: str) -> list[Any]:
-    """``ray.get`` every ref, but raise as soon as any one fails (its peers may be stuck in a collective)."""
+    """``ray.get`` every ref, but raise as soon as any one fails (its peers may be stuck in a collective).
+
+    One blocking wait for all of them in the common case: each wake-up of a waiting driver costs CPU that the
+    workers on the same machine would rather have.
+    """
     import ray
 
     if not refs:
         return []
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-    if len(ready) == len(refs):
-        try:
-            values = ray.get(refs)  # the common case, one round trip; a failure is sorted out below
-        except Exception:  # noqa: BLE001
-            pass
-        else:
-            for value in values:
-                if isinstance(value, CallFailed):
-                    raise value.error from value.error.cause
-            return values
-    index = {ref: i for i, ref in enumerate(refs)}
-    values: list[Any] = [None] * len(refs)
-    remaining = list(refs)
-    while remaining:
-        ready, remaining = ray.wait(remaining, num_returns=1 if len(remaining) > 1 else len(remaining))
+    pending, wait_s = list(refs), 0.0
+    while True:
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=wait_s)
+        if not pending:
+            break
         for ref in ready:
-            try:
-                value = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - translated into a RemoteCallError
-                _settle_quietly(remaining)
-                _raise_remote(exc, label)
-            if isinstance(value, CallFailed):
-                _settle_quietly(remaining)
-                raise value.error from value.error.cause
-            values[index[ref]] = value
+            _raise_if_failed(ref, pending, label)
+        wait_s = _FAILURE_CHECK_S
+    try:
+        values = ray.get(refs)  # one round trip for all of them
+    except Exception:  # noqa: BLE001 - find the one that failed, for its own message
+        for ref in refs:
+            _raise_if_failed(ref, [], label)
+        raise
+    for value in values:
+        if isinstance(value, CallFailed):
+            raise value.error from value.error.cause
     return values
+
+
+def _raise_if_failed(ref: Any, peers: list[Any], label: str) -> None:
+    import ray
+
+    try:
+        value = ray.get(ref)
+    except Exception as exc:  # noqa: BLE001 - translated into a RemoteCallError
+        _settle_quietly(peers)
+        _raise_remote(exc, label)
+    if isinstance(value, CallFailed):
+        _settle_quietly(peers)
+        raise value.error from value.error.cause
 
 
 def _settle_quietly(refs: list[Any], timeout: float = 1.0) -> None:
@@ -150,7 +163,7 @@ class LazyResult:
         self._ranks = ranks
         self._label = label
         self._value: Any = None
-        self._state = "pending"  # pending -> done | failed
+        self._state = "pending"  # pending -> fetched (the workers' results, not merged yet) -> done | failed
         self._error: BaseException | None = None
 
     def result(self) -> Any:
@@ -159,27 +172,39 @@ class LazyResult:
         Raises:
             RemoteCallError: the call failed in a worker (method name, rank and remote traceback in the message).
         """
-        if self._state == "pending":
-            if self._refs is None:
-                _flush()
+        self._settle()
+        if self._state == "fetched":
+            # merged on first read only: a training loop that never looks at its losses never pays for it
             try:
-                values = _get_fail_fast(self._refs, self._label)
-                self._value = collect_results(self._collect, [values[r] for r in self._ranks], self._mesh)
+                self._value = collect_results(self._collect, self._value, self._mesh)
                 self._state = "done"
             except BaseException as exc:
-                self._state, self._error = "failed", exc
-            self._refs = []
-            if self._state == "failed" and _not_run(self._error):
-                # a call queued before this one failed and nobody has read it: report that one, the cause
-                for earlier in list(_pending):
-                    if earlier is self:
-                        break
-                    if earlier._state == "pending":
-                        earlier.result()
+                self._state, self._value, self._error = "failed", None, exc
         if self._state == "failed":
             assert self._error is not None
             raise self._error
         return self._value
+
+    def _settle(self) -> None:
+        """Wait for every worker and keep their results (a failure is kept too, and raised by ``result``)."""
+        if self._state != "pending":
+            return
+        if self._refs is None:
+            _flush()
+        try:
+            values = _get_fail_fast(self._refs, self._label)
+            self._value = [values[r] for r in self._ranks]
+            self._state = "fetched"
+        except BaseException as exc:
+            self._state, self._error = "failed", exc
+        self._refs = []
+        if self._state == "failed" and _not_run(self._error):
+            # a call queued before this one failed and nobody has read it: report that one, the cause
+            for earlier in list(_pending):
+                if earlier is self:
+                    break
+                if earlier._state == "pending":
+                    earlier.result()
 
     def done(self) -> bool:
         """Whether every worker has finished (without waiting)."""
@@ -264,17 +289,30 @@ for _op in ("__lt__", "__le__", "__gt__", "__ge__", "__add__", "__radd__", "__su
     _forward_operator(_op)
 
 
+# Values with nothing inside to resolve; a list made only of these (token ids, texts) is passed through after one
+# C-speed scan of its element types instead of a Python-level walk.
+_ATOMS = frozenset({int, float, bool, str, bytes, type(None)})
+
+
 def _resolve(value: Any) -> Any:
     """Replace futures by their values (top level, and inside lists, tuples and dicts) before dispatching."""
-    if isinstance(value, LazyResult):
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    if kind is LazyResult:
         return value.result()
-    if isinstance(value, list):
-        return [_resolve(v) for v in value] if any(isinstance(v, (LazyResult, list, tuple, dict)) for v in value) \
-            else value
-    if isinstance(value, tuple):
-        return tuple(_resolve(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        if not value or set(map(type, value)) <= _ATOMS:
+            return value
+        resolved = [_resolve(v) for v in value]
+        if all(new is old for new, old in zip(resolved, value)):
+            return value  # nothing was a future: keep the caller's object (and its type)
+        return resolved if isinstance(value, list) else tuple(resolved)
     if isinstance(value, dict):
-        return {k: _resolve(v) for k, v in value.items()}
+        resolved_items = {k: _resolve(v) for k, v in value.items()}
+        if all(resolved_items[k] is v for k, v in value.items()):
+            return value
+        return resolved_items
     return value
 
 
@@ -336,6 +374,29 @@ def _not_run(exc: BaseException) -> bool:
     return getattr(exc, "remote_type", "") == "NotRun"
 
 
+def _settle_many(lazies: list[LazyResult]) -> None:
+    """Settle several calls with one wait and one ``ray.get``; after a failure, one by one, so that each call keeps
+    its own error."""
+    lazies = [lazy for lazy in lazies if lazy._state == "pending"]
+    if len(lazies) > 1:
+        if any(lazy._refs is None for lazy in lazies):
+            _flush()
+        refs = [ref for lazy in lazies for ref in lazy._refs]
+        try:
+            values = _get_fail_fast(refs, lazies[0]._label)
+        except Exception:  # noqa: BLE001 - sorted out call by call below
+            pass
+        else:
+            start = 0
+            for lazy in lazies:
+                mine = values[start:start + len(lazy._refs)]
+                start += len(lazy._refs)
+                lazy._value, lazy._state, lazy._refs = [mine[r] for r in lazy._ranks], "fetched", []
+            return
+    for lazy in lazies:
+        lazy._settle()
+
+
 def _drain(block: bool = False) -> None:
     """Settle the unread calls that have finished; raise the first failure among them."""
     import ray
@@ -344,16 +405,19 @@ def _drain(block: bool = False) -> None:
         _pending.popleft()
     if not _pending:
         return
+    if len(_pending) > MAX_PENDING:  # calls read out of order leave settled ones behind the head: drop them
+        still_pending = [lazy for lazy in _pending if lazy._state == "pending"]
+        _pending.clear()
+        _pending.extend(still_pending)
     if block or len(_pending) > MAX_PENDING:
         # with batching, wait down to half the window so that the calls made meanwhile can share a Ray task
         keep = 0 if block else (MAX_PENDING if MAX_BATCH == 1 else MAX_PENDING // 2)
         _flush()
-        while len(_pending) > keep:
-            try:
-                _pending.popleft().result()
-            except RemoteCallError as exc:
-                if not _not_run(exc):
-                    raise
+        settled = [_pending.popleft() for _ in range(len(_pending) - keep)]
+        _settle_many(settled)
+        for lazy in settled:
+            if lazy._state == "failed" and not _not_run(lazy._error):
+                raise lazy._error
         return
     global _last_poll
     now = time.monotonic()
@@ -367,23 +431,29 @@ def _drain(block: bool = False) -> None:
     ready_set = set(ready)
     still: list[LazyResult] = []
     first_error: BaseException | None = None
+    finished: list[LazyResult] = []
     for lazy in _pending:
         if lazy._state == "pending" and lazy._refs is not None and all(ref in ready_set for ref in lazy._refs):
-            try:
-                lazy.result()
-            except BaseException as exc:  # noqa: BLE001 - raised below, after the rest are settled
-                if not _not_run(exc):  # a call skipped after a failure: the failure itself is reported
-                    first_error = first_error or exc
+            finished.append(lazy)
         elif lazy._state == "pending":
             still.append(lazy)
     _pending.clear()
     _pending.extend(still)
+    _settle_many(finished)
+    for lazy in finished:
+        # a call skipped after a failure is not reported, the failure itself is
+        if lazy._state == "failed" and not _not_run(lazy._error):
+            first_error = first_error or lazy._error
     if first_error is not None:
         raise first_error
 
 
 def _drain_at_exit() -> None:
     """At the end of the script, wait for the unread calls; a failure among them makes the exit status 1."""
+    import ray
+
+    if not ray.is_initialized():
+        return  # Ray was shut down first: the calls went with it, and waiting would start a new cluster
     try:
         _drain(block=True)
     except BaseException:  # noqa: BLE001

@@ -16,6 +16,7 @@ import traceback
 from typing import Any
 
 from twinkle.infra.ray._errors import RemoteCallError
+from twinkle.infra.ray._serialization import register_tensor_serializer
 
 __all__ = ["CallFailed", "TwinkleWorker"]
 
@@ -42,6 +43,7 @@ class TwinkleWorker:
         self._iters: dict[int, Any] = {}
         self._iter_ids = itertools.count()
         os.environ["TWINKLE_RAY_WORKER"] = "1"
+        register_tensor_serializer()  # the tensors this actor returns travel as arrays
 
     # ---------------------------------------------------------------- set-up
 
