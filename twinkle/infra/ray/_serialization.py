@@ -8,6 +8,10 @@ require grad, sparse or quantized ones, dtypes NumPy lacks) keeps torch's reduct
 
 Registered in the driver by ``init_ray`` and in every actor when it starts; the receiving side needs nothing (the
 rebuild function travels by reference).
+
+One difference from torch's pickling: two tensors sent in one object that share storage (tied weights in a
+``state_dict``) arrive as two tensors with equal values, not as views of one storage. A slice of a large tensor
+sends only the slice (torch's reduction sends the whole storage).
 """
 
 from __future__ import annotations
