@@ -188,7 +188,13 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobList:
-    """The caller's jobs, newest first."""
+    """The caller's jobs, newest first.
+
+    Each queued job carries ``queue_position``, an estimate of its place in the dispatch order: users take
+    turns in the order of their oldest queued job, each user's jobs first in, first out. The dispatcher also
+    weighs fair share (running jobs, last served), held jobs and free slot shapes, so the real order can
+    differ. Positions for the whole page come from two database queries, whatever its size.
+    """
     items, total = jobs_service.list_jobs(session, user, state, limit, offset)
     positions = jobs_service.queue_positions(session, items)
     return JobList(items=[job_model_to_job(j, positions.get(j.id)) for j in items], total=total)
@@ -196,7 +202,8 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}", response_model=Job)
 def get_job(job_id: str, user: CurrentUser, session: SessionDep) -> Job:
-    """One job with its attempts; while queued, ``queue_position`` and ``pending_reason`` say why it waits."""
+    """One job with its attempts; while queued, ``queue_position`` (an estimate, see ``GET /jobs``) and
+    ``pending_reason`` say why it waits."""
     job = jobs_service.get_job(session, user, job_id)
     return job_model_to_job(job, jobs_service.queue_positions(session, [job]).get(job.id))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -176,45 +177,62 @@ def list_jobs(
 def queue_positions(session: Session, jobs: list[JobModel]) -> dict[str, int]:
     """1-based position of each queued job in round-robin dispatch order (users alternate, FIFO within one).
 
-    A job that is the k-th (0-based) of its user waits behind its user's k earlier jobs and, from every other
-    user, ``min(their queued count, k + 1)`` jobs if that user's turn comes first, else ``min(count, k)``.
+    An estimate: users take turns in the order of their oldest queued job (a tie goes to the lower user id),
+    and every queued job counts, so it leaves out what the dispatcher also weighs (fair share by running
+    jobs, held jobs that cannot run yet, jobs needing a slot no free worker has).
+
+    A job that is the k-th (0-based, by ``created_at`` then ``id``) of its user waits behind its user's k
+    earlier jobs and, from every other user, ``min(their queued count, k + 1)`` jobs if that user's turn comes
+    first, else ``min(count, k)``. Jobs in ``jobs`` that are not queued (or no longer are) get no position.
+
+    Two queries whatever the page size: each user's oldest queued job and queued count (one GROUP BY over the
+    queued jobs), and k for the page's jobs (``row_number()`` over the queued jobs of the page's users only).
+    With ``S(k) = sum over users of min(count, k)`` (the job's own user adds exactly k), the position is
+    ``S(k) + (users whose turn comes first with count > k) + 1``.
     """
-    queued = [j for j in jobs if j.state == JobState.QUEUED]
-    if not queued:
+    page = {j.id for j in jobs if j.state == JobState.QUEUED}
+    if not page:
         return {}
-    heads: dict[str, tuple[Any, int]] = {
-        uid: (first, count)
-        for uid, first, count in session.execute(
-            sa.select(JobModel.user_id, sa.func.min(JobModel.created_at), sa.func.count())
-            .where(JobModel.state == JobState.QUEUED)
-            .group_by(JobModel.user_id)
+    heads = session.execute(
+        sa.select(JobModel.user_id, sa.func.min(JobModel.created_at), sa.func.count())
+        .where(JobModel.state == JobState.QUEUED)
+        .group_by(JobModel.user_id)
+    ).all()
+    ranked = (
+        sa.select(
+            JobModel.id,
+            JobModel.user_id,
+            sa.func.row_number()
+            .over(partition_by=JobModel.user_id, order_by=(JobModel.created_at, JobModel.id))
+            .label("k"),
+        )
+        .where(JobModel.state == JobState.QUEUED, JobModel.user_id.in_({j.user_id for j in jobs if j.id in page}))
+        .subquery()
+    )
+    k_of = {
+        jid: (uid, int(k) - 1)
+        for jid, uid, k in session.execute(
+            sa.select(ranked.c.id, ranked.c.user_id, ranked.c.k).where(ranked.c.id.in_(page))
         )
     }
-    order = sorted(heads, key=lambda u: heads[u][0])
-    rank_of = {u: i for i, u in enumerate(order)}
+    order = [uid for uid, _, _ in sorted(heads, key=lambda h: (h[1], h[0]))]  # users by their oldest queued job
+    count = {uid: int(n) for uid, _, n in heads}
+    counts = sorted(count.values())
+    prefix = [0]
+    for c in counts:
+        prefix.append(prefix[-1] + c)
+
+    def s_of(k: int) -> int:  # sum over users of min(count, k)
+        i = bisect.bisect_right(counts, k)
+        return prefix[i] + k * (len(counts) - i)
+
+    earlier: dict[str, list[int]] = {}  # user -> sorted queued counts of the users whose turn comes first
     out: dict[str, int] = {}
-    for job in queued:
-        k = (
-            session.scalar(
-                sa.select(sa.func.count())
-                .select_from(JobModel)
-                .where(
-                    JobModel.user_id == job.user_id,
-                    JobModel.state == JobState.QUEUED,
-                    sa.or_(
-                        JobModel.created_at < job.created_at,
-                        sa.and_(JobModel.created_at == job.created_at, JobModel.id < job.id),
-                    ),
-                )
-            )
-            or 0
-        )
-        mine = rank_of.get(job.user_id, 0)
-        ahead = k
-        for uid, (_, count) in heads.items():
-            if uid != job.user_id:
-                ahead += min(count, k + 1 if rank_of[uid] < mine else k)
-        out[job.id] = ahead + 1
+    for jid, (uid, k) in k_of.items():
+        if uid not in earlier:
+            earlier[uid] = sorted(count[u] for u in order[: order.index(uid)]) if uid in count else []
+        before = earlier[uid]
+        out[jid] = s_of(k) + len(before) - bisect.bisect_right(before, k) + 1
     return out
 
 

@@ -33,6 +33,14 @@ SCHEMA_CASES = {
         ["/redis/auth/password", "does not match"],
     ),
     "bucket with a URL": ({"s3": {"bucket": "s3://twinkle"}}, ["/s3/bucket"]),
+    "dispatcher metrics port out of range": (
+        {"scheduler": {"metrics": {"port": 70000}}},
+        ["/scheduler/metrics/port", "maximum"],
+    ),
+    "dispatcher metrics switch as a word": (
+        {"scheduler": {"metrics": {"enabled": "yes"}}},
+        ["/scheduler/metrics/enabled", "want null or boolean"],
+    ),
 }
 
 # cross-field rules (templates/_helpers.tpl "twinkle.validate"): the message says what to set

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import zipfile
@@ -210,6 +211,7 @@ def test_openapi_documents_routes(scheduler_env):
     assert "/api/v1/jobs" in spec["paths"] and "/api/v1/attempts/{job_id}/{attempt}/start" in spec["paths"]
     post = spec["paths"]["/api/v1/jobs"]["post"]
     assert "multipart/form-data" in post["requestBody"]["content"] and "Every problem" in post["description"]
+    assert "queue_position``, an estimate" in spec["paths"]["/api/v1/jobs"]["get"]["description"]
 
 
 @pytest.mark.parametrize("entry", [None, "train.py"])
@@ -220,3 +222,102 @@ def test_zip_without_entrypoint_is_422(scheduler_env, entry):
     r = c.post("/api/v1/jobs", files={"file": ("b.zip", make_zip({"x.py": "1"}))}, data=data, headers=auth(token))
     assert r.status_code == 422 and "has no 'train.py'" in r.json()["error"]["message"]
     assert stored_nothing(scheduler_env)
+
+
+# ---------------------------------------------------------------- queue positions (one query per page)
+
+T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def _insert_jobs(env, rows: list[tuple[str, str, str, int]]) -> None:
+    """(job id, user id, state, seconds after T0) rows, written straight to the table."""
+    with env.rt.db.session() as s:
+        for jid, uid, state, sec in rows:
+            at = T0 + dt.timedelta(seconds=sec)
+            s.add(JobModel(
+                id=jid, user_id=uid, name=jid, state=state, entrypoint="train.py",
+                request={"device_groups": [{"name": "default", "ranks": 1, "device_type": "any"}]}, warnings=[],
+                bundle_key=f"users/{uid}/jobs/{jid}/bundle.zip", bundle_size=1, attempt=0 if state == "queued" else 1,
+                created_at=at, queued_at=at, updated_at=at,
+            ))
+        s.commit()
+
+
+@pytest.fixture()
+def four_queues(scheduler_env):
+    """alice 4 queued, bob 2, carol 1, dave 1, plus jobs in other states that must not count.
+
+    Timeline (seconds after T0): a0 running @-1, b0 succeeded @-2, a1 @0, b1 @1, a2 and a3 both @2 (same
+    instant: the job id decides, a2 first), b3 assigned @3, c1 and d1 both @4 (a tie between users: the lower
+    user id takes its turn first), b2 @5, c2 cancelled @5, a4 @6. Returns (tokens, tie) with ``tie`` the
+    jobs c1 and d1 in turn order.
+    """
+    c = scheduler_env.client
+    tokens = {name: create_user(c, name) for name in ("alice", "bob", "carol", "dave")}
+    uid = {name: c.get("/api/v1/users/me", headers=auth(t)).json()["id"] for name, t in tokens.items()}
+    a, b, cc, d = uid["alice"], uid["bob"], uid["carol"], uid["dave"]
+    _insert_jobs(scheduler_env, [
+        ("q-a0", a, "running", -1), ("q-b0", b, "succeeded", -2),
+        ("q-a1", a, "queued", 0), ("q-b1", b, "queued", 1),
+        ("q-a3", a, "queued", 2), ("q-a2", a, "queued", 2),  # inserted out of order on purpose
+        ("q-b3", b, "assigned", 3), ("q-c1", cc, "queued", 4), ("q-d1", d, "queued", 4),
+        ("q-b2", b, "queued", 5), ("q-c2", cc, "cancelled", 5), ("q-a4", a, "queued", 6),
+    ])
+    tie = ["q-c1", "q-d1"] if cc < d else ["q-d1", "q-c1"]
+    return tokens, tie
+
+
+def _positions(c, tokens) -> dict[str, int | None]:
+    out = {}
+    for token in tokens.values():
+        for job in c.get("/api/v1/jobs?limit=100", headers=auth(token)).json()["items"]:
+            out[job["id"]] = job["queue_position"]
+    return out
+
+
+def test_queue_positions_of_several_users_on_a_page(scheduler_env, four_queues):
+    c, (tokens, (third, fourth)) = scheduler_env.client, four_queues
+    # Users take turns by their oldest queued job: alice (@0), bob (@1), then carol and dave (@4, by user id).
+    # Round 1: a1 b1 c1 d1; round 2: a2 b2 (carol and dave are empty); round 3: a3; round 4: a4.
+    assert _positions(c, tokens) == {
+        "q-a1": 1, "q-b1": 2, third: 3, fourth: 4, "q-a2": 5, "q-b2": 6, "q-a3": 7, "q-a4": 8,
+        "q-a0": None, "q-b0": None, "q-b3": None, "q-c2": None,
+    }
+    # a page in the middle of alice's list (newest first: a4, a3, a2, a1, a0) still counts the jobs before it
+    page = c.get("/api/v1/jobs?limit=2&offset=1", headers=auth(tokens["alice"])).json()["items"]
+    assert [(j["id"], j["queue_position"]) for j in page] == [("q-a3", 7), ("q-a2", 5)]
+    dave = c.get("/api/v1/jobs/q-d1", headers=auth(tokens["dave"])).json()
+    assert dave["queue_position"] == (3 if third == "q-d1" else 4)
+
+    # alice's oldest queued job goes: her turn now comes after bob's (his oldest, @1, is older than a2 @2)
+    assert c.post("/api/v1/jobs/q-a1/cancel", headers=auth(tokens["alice"])).status_code == 200
+    # Round 1: b1 a2 c1 d1; round 2: b2 a3; round 3: a4.
+    assert {k: v for k, v in _positions(c, tokens).items() if v is not None} == {
+        "q-b1": 1, "q-a2": 2, third: 3, fourth: 4, "q-b2": 5, "q-a3": 6, "q-a4": 7,
+    }
+
+
+def test_queue_positions_take_two_queries_whatever_the_page_size(scheduler_env, four_queues):
+    from scheduler.services import jobs as jobs_service
+
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    engine = scheduler_env.rt.db.engine
+    with scheduler_env.rt.db.session() as s:
+        everyone = list(s.scalars(sa.select(JobModel)))
+        one = [j for j in everyone if j.id == "q-b2"]
+        sa.event.listen(engine, "before_cursor_execute", count)
+        try:
+            small = jobs_service.queue_positions(s, one)
+            n_small = len(statements)
+            statements.clear()
+            full = jobs_service.queue_positions(s, everyone)
+            n_full = len(statements)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", count)
+    assert small == {"q-b2": 6}
+    assert len(full) == 8 and full["q-a4"] == 8
+    assert (n_small, n_full) == (2, 2), statements

@@ -83,6 +83,20 @@ app.kubernetes.io/part-of: twinkle-commons
 {{- default (printf "%s-storage" (include "twinkle.fullname" .)) .Values.storage.existingClaim }}
 {{- end }}
 
+{{- define "twinkle.schedulerName" -}}
+{{- printf "%s-scheduler" (include "twinkle.fullname" .) }}
+{{- end }}
+
+{{/*
+"true" when the dispatcher serves its Prometheus metrics (dispatch --metrics-port): scheduler.metrics.enabled
+when set, else whatever serviceMonitor.enabled is.
+*/}}
+{{- define "twinkle.schedulerMetricsEnabled" -}}
+{{- $on := .Values.scheduler.metrics.enabled }}
+{{- if kindIs "invalid" $on }}{{ $on = .Values.serviceMonitor.enabled }}{{ end }}
+{{- if and .Values.scheduler.enabled $on }}true{{ end }}
+{{- end }}
+
 {{- define "twinkle.platformEnabled" -}}
 {{- if or .Values.api.enabled .Values.scheduler.enabled }}true{{ end }}
 {{- end }}
