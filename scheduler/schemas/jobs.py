@@ -47,7 +47,10 @@ class Job(BaseModel):
     bundle_size: int
     attempt: int = Field(description="number of the live (or last) attempt; 0 before the first")
     worker_id: str | None
-    queue_position: int | None = Field(description="1-based place in the dispatch order while queued")
+    queue_position: int | None = Field(
+        description="estimated 1-based place in the dispatch order while queued (users take turns, each user first in,"
+        " first out; the dispatcher also weighs fair share, held jobs and free slot shapes)"
+    )
     pending_reason: str | None = Field(description="why a queued job is waiting")
     error: str | None
     created_at: dt.datetime
