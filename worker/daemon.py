@@ -4,6 +4,11 @@ Liveness is our own lease, not Celery's: the heartbeat thread reports the runnin
 ``heartbeat_interval_s`` and receives the attempts to cancel (cancels sent while the worker was offline too).
 The Celery worker runs in this process (thread pool, concurrency 1 per DeviceGroup slot, prefetch 1), so the
 task, the heartbeat and the health endpoint share the executor's view of what is running.
+
+A heartbeat answered 404 means the API lost this worker's record (reaped after a long partition, or a reset
+database): the daemon registers again under the same name and moves its queue consumer to the new worker id.
+Jobs already running are left alone; the API's next heartbeat answer says whether they may go on.
+On start, the daemon kills the job process groups a SIGKILLed predecessor left (see ``worker.leftovers``).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from worker.client import AuthError, ServerUnavailable, WorkerAPIError, WorkerClient
+from worker.client import AuthError, NotFound, ServerUnavailable, WorkerAPIError, WorkerClient
 from worker.devices import DeviceGroupOffer, offer_from_settings
+from worker.leftovers import LEDGER_FILE, ProcessGroupLedger
 from worker.settings import WorkerSettings
 from worker.tasks import AttemptExecutor, create_celery_app
 
@@ -32,7 +38,8 @@ class WorkerDaemon:
         self.client = client or WorkerClient(settings.server_url, settings.token_value())
         self.offer: DeviceGroupOffer = offer_from_settings(settings)
         cuda = ",".join(str(i) for i in range(self.offer.ranks)) if self.offer.device_type == "cuda" else None
-        self.executor = AttemptExecutor(self.client, settings, cuda_visible_devices=cuda)
+        self.ledger = ProcessGroupLedger(settings.work_dir.resolve() / LEDGER_FILE)
+        self.executor = AttemptExecutor(self.client, settings, cuda_visible_devices=cuda, ledger=self.ledger)
         self.worker_id: str | None = None
         self.queue: str | None = None
         self.broker_url: str | None = None
@@ -41,6 +48,8 @@ class WorkerDaemon:
         self.last_heartbeat: float | None = None  # monotonic time of the last successful heartbeat
         self._stop = threading.Event()
         self._health: ThreadingHTTPServer | None = None
+        self._celery_worker = None  # set by run(); the heartbeat thread moves its consumer to a new queue
+        self._consuming: str | None = None  # the queue the Celery consumer reads
 
     # ------------------------------------------------------------ registration and heartbeats
 
@@ -84,12 +93,45 @@ class WorkerDaemon:
         while not self._stop.wait(self.heartbeat_interval_s):
             try:
                 self.heartbeat_once()
+            except NotFound as exc:
+                log.warning("the API does not know worker %s any more (%s); registering again", self.worker_id, exc)
+                self._register_again()
             except AuthError as exc:
                 log.error("heartbeat refused (%s): the worker token was revoked or is wrong", exc)
             except (WorkerAPIError, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
             except Exception:  # noqa: BLE001 - the heartbeat thread must outlive any surprise
                 log.exception("heartbeat failed")
+            self._follow_queue()
+
+    def _register_again(self) -> None:
+        """Same name, same DeviceGroups, a new worker id (and queue); a failure is retried at the next beat."""
+        old = self.worker_id
+        try:
+            self.register(max_wait_s=0)
+        except (WorkerAPIError, OSError) as exc:
+            log.warning("registering again failed (%s); retrying at the next heartbeat", exc)
+            return
+        if self.executor.running():
+            log.warning(
+                "registered again as %s (was %s) while running %s; the API decides at the next heartbeat whether "
+                "they may go on", self.worker_id, old, self.executor.running(),
+            )
+
+    def _follow_queue(self) -> None:
+        """Move the Celery consumer to ``self.queue`` once it changed; the switch runs on the consumer's own loop."""
+        consumer = getattr(self._celery_worker, "consumer", None)
+        old, new = self._consuming, self.queue
+        if old == new or consumer is None or getattr(consumer, "task_consumer", None) is None:
+            return  # nothing to do, or the consumer is not up yet: try again at the next beat
+
+        def switch() -> None:
+            consumer.add_task_queue(new)
+            consumer.cancel_task_queue(old)
+
+        consumer.call_soon(switch)
+        self._consuming = new
+        log.info("consuming %s instead of %s", new, old)
 
     def healthy(self) -> bool:
         return self.last_heartbeat is not None and time.monotonic() - self.last_heartbeat <= self.lease_s
@@ -136,6 +178,7 @@ class WorkerDaemon:
         from celery import signals
 
         self.settings.work_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger.kill_leftovers(grace_s=self.settings.kill_grace_s)
         self.register()
         self.start_health_server()
         threading.Thread(target=self._heartbeat_loop, daemon=True, name="worker-heartbeat").start()
@@ -146,9 +189,10 @@ class WorkerDaemon:
             log.info("shutting down: stopping running jobs (the scheduler requeues them)")
             self.executor.abandon_all()
 
-        worker = app.Worker(
+        self._consuming = self.queue
+        worker = self._celery_worker = app.Worker(
             hostname=f"twinkle-{self.worker_id}@{socket.gethostname()}",
-            queues=[self.queue],
+            queues=[self._consuming],
             pool="threads",
             concurrency=1,
             prefetch_multiplier=1,

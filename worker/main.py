@@ -74,6 +74,7 @@ def run(
         raise typer.Exit(2) from None
 
     from worker.daemon import WorkerDaemon
+    from worker.leftovers import WorkDirInUse
 
     daemon = WorkerDaemon(settings)
     try:
@@ -88,6 +89,9 @@ def run(
     except ServerUnavailable as exc:
         typer.echo(f"error: cannot reach {settings.server_url}: {exc}", err=True)
         raise typer.Exit(4) from None
+    except WorkDirInUse as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(5) from None
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
+from worker.leftovers import ProcessGroupLedger
+
 __all__ = ["AttemptSink", "JobRunner", "JobSpec", "RunResult", "StaleAttemptSignal", "job_environment"]
 
 log = logging.getLogger(__name__)
@@ -250,11 +252,13 @@ class JobRunner:
         checkpoint_poll_s: float = 1.0,
         stderr_tail_lines: int = 20,
         parent_env: Mapping[str, str] | None = None,
+        ledger: ProcessGroupLedger | None = None,
     ):
         self.spec, self.sink = spec, sink
         self.kill_grace_s, self.flush_interval_s, self.batch_lines = kill_grace_s, flush_interval_s, batch_lines
         self.max_line_chars, self.checkpoint_poll_s = max_line_chars, checkpoint_poll_s
         self.parent_env = parent_env
+        self.ledger = ledger  # records the job's process group while it runs, for a daemon restarted after SIGKILL
         self._lines: queue.Queue[dict | None] = queue.Queue()
         self._stderr_tail: deque[str] = deque(maxlen=stderr_tail_lines)
         self._proc: subprocess.Popen | None = None
@@ -322,9 +326,10 @@ class JobRunner:
         self._guarded(f"artifact {path}", self.sink.send_artifact, path, file)
 
     def _flush_logs(self, batch: list[dict]) -> None:
-        if batch:
-            self._guarded("logs", self.sink.send_logs, list(batch))
-            batch.clear()
+        # the last flush drains everything the job printed at once: still post at most batch_lines per call
+        for start in range(0, len(batch), self.batch_lines):
+            self._guarded("logs", self.sink.send_logs, batch[start : start + self.batch_lines])
+        batch.clear()
 
     def _flush_metrics(self, batch: list[dict]) -> None:
         records, problems = self._metrics.read()
@@ -377,6 +382,8 @@ class JobRunner:
             if self._stop_reason is not None:  # cancelled before it started
                 return RunResult(self._stop_reason, None, "stopped before the job started")
             self._proc = self._spawn()
+        if self.ledger is not None:
+            self.ledger.add(self._proc.pid, f"job {spec.job_id} attempt {spec.attempt}")
         self.started.set()
         self._lines.put(self._line("system", f"attempt {spec.attempt}: python {spec.entrypoint} (pid {self._proc.pid})"))
         readers = [
@@ -418,6 +425,8 @@ class JobRunner:
         self._ended.set()
         watcher.join()
         self._killpg(signal.SIGKILL)
+        if self.ledger is not None:
+            self.ledger.remove(self._proc.pid)
         return self._result(returncode, batch)
 
     def _result(self, returncode: int, batch: list[dict]) -> RunResult:

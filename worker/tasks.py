@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from celery import Celery
 
 from worker.client import Conflict, NotFound, StaleAttempt, WorkerAPIError, WorkerClient
+from worker.leftovers import ProcessGroupLedger
 from worker.runner import JobRunner, JobSpec, RunResult, StaleAttemptSignal
 from worker.settings import WorkerSettings
 
@@ -89,9 +90,16 @@ class ClientSink:
 class AttemptExecutor:
     """Runs assignments for one worker and knows which attempts are running (for heartbeats and cancels)."""
 
-    def __init__(self, client: WorkerClient, settings: WorkerSettings, cuda_visible_devices: str | None = None):
+    def __init__(
+        self,
+        client: WorkerClient,
+        settings: WorkerSettings,
+        cuda_visible_devices: str | None = None,
+        ledger: ProcessGroupLedger | None = None,
+    ):
         self.client, self.settings = client, settings
         self.cuda_visible_devices = cuda_visible_devices
+        self.ledger = ledger
         self._running: dict[tuple[str, int], JobRunner] = {}
         self._cancelled: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
@@ -161,6 +169,7 @@ class AttemptExecutor:
             flush_interval_s=self.settings.log_flush_interval_s,
             batch_lines=self.settings.log_batch_lines,
             max_line_chars=self.settings.max_log_line_chars,
+            ledger=self.ledger,
         )
         with self._lock:
             self._running[(job_id, attempt)] = runner
@@ -205,8 +214,8 @@ class AttemptExecutor:
     def _finish(self, job_id: str, attempt: int, result: RunResult) -> RunResult:
         try:
             self.client.finish(job_id, attempt, result.state, result.exit_code, result.error)
-        except StaleAttempt:
-            log.warning("job %s attempt %s finished but is stale; the report was refused", job_id, attempt)
+        except (StaleAttempt, NotFound) as exc:  # another attempt owns the job, or the API forgot it
+            log.warning("job %s attempt %s finished but the report was refused: %s", job_id, attempt, exc)
             return RunResult("stale", result.exit_code, result.error)
         log.info("job %s attempt %s %s (exit code %s)", job_id, attempt, result.state, result.exit_code)
         return result
