@@ -13,7 +13,7 @@ Consecutive lazy calls on one proxy are sent as one Ray task per worker (``Twink
 proxy's workers are still busy with earlier calls: a training loop that runs ahead of its workers then costs a
 Ray call per worker every few steps instead of one per method call. The queue is sent before anything waits on it
 or could depend on it: reading a result, a non-lazy call, a call on another proxy, an attribute read, iteration,
-handing the proxy to another call, ``TWINKLE_RAY_MAX_BATCH`` (default 8) queued calls, and the end of the script;
+handing the proxy to another call, ``TWINKLE_RAY_MAX_BATCH`` (default 16) queued calls, and the end of the script;
 and at once whenever the workers are idle. ``TWINKLE_RAY_MAX_BATCH=1`` sends every call on its own. In a batch, a
 call that fails stops the calls queued after it on that worker (they fail with a "was not run" error that names
 the failure, which is the one reported). A failed lazy call is not lost when nobody reads its result: the next call on any proxy raises it, and so does the end of the script (exit status 1).
@@ -49,9 +49,9 @@ DEFAULT_OPTIONS = {"dispatch": "all", "execute": "all", "collect": "first", "syn
 # dataset can share a group's ranks the way they share a torchrun rank's device.
 _SHARE = 0.01
 # How many unread lazy calls the driver may run ahead of the workers before it waits for the oldest.
-MAX_PENDING = int(os.environ.get("TWINKLE_RAY_MAX_PENDING", "16"))
+MAX_PENDING = int(os.environ.get("TWINKLE_RAY_MAX_PENDING", "32"))
 # How many consecutive lazy calls on one proxy may travel as one Ray task per worker (1: no batching).
-MAX_BATCH = max(1, int(os.environ.get("TWINKLE_RAY_MAX_BATCH", "8")))
+MAX_BATCH = max(1, int(os.environ.get("TWINKLE_RAY_MAX_BATCH", "16")))
 
 _actor_class: Any = None
 
