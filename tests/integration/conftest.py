@@ -5,6 +5,7 @@ PostgreSQL. Short heartbeat, lease and start-deadline settings keep failure test
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -234,10 +235,21 @@ def database_url(request, tmp_path) -> str:
 @pytest.fixture()
 def stack(tmp_path, database_url, redis_url, s3_bucket) -> Stack:
     """API + dispatcher on a fresh database, Redis db and bucket; workers are started by the test."""
+    with running_stack(tmp_path, database_url, redis_url, s3_bucket) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def running_stack(tmp_path: Path, database_url: str, redis_url: str, s3: dict | None):
+    """The API and the dispatcher as real processes; S3 storage when ``s3`` is given, else a local folder."""
     admin_token = "admin-" + uuid.uuid4().hex
     port = free_port()
-    env = scheduler_env(tmp_path, database_url, redis_url, s3_bucket, admin_token, port)
-    s = Stack(tmp_path, f"http://127.0.0.1:{port}", admin_token, redis_url, database_url, s3_bucket)
+    no_s3 = dict.fromkeys(("endpoint_url", "bucket", "region", "access_key_id", "secret_access_key"), "")
+    env = scheduler_env(tmp_path, database_url, redis_url, s3 or no_s3, admin_token, port)
+    if not s3:
+        for key in [k for k in env if k.startswith("TWINKLE_SCHEDULER_S3_")]:
+            del env[key]  # the local storage backend under tmp_path
+    s = Stack(tmp_path, f"http://127.0.0.1:{port}", admin_token, redis_url, database_url, s3 or {})
     try:
         api = s._spawn("api", [str(BIN / "twinkle-scheduler"), "serve"], env)
         wait_for_port("127.0.0.1", port, timeout=60)
