@@ -34,6 +34,11 @@ PACKAGES = {
         "DeviceGroup", "DeviceMesh", "Platform", "get_device_placement", "get_global_mesh", "get_groups",
         "get_mode", "initialize", "is_master", "remote_class", "remote_function", "seed_everything",
     },
+    "twinkle.reward": {
+        "Reward", "GSM8KAccuracyReward", "GSM8KFormatReward", "FormatReward", "MathReward", "completion_text",
+        "last_boxed", "math_equal",
+    },
+    "twinkle.advantage": {"Advantage", "GRPOAdvantage", "RLOOAdvantage", "SCALES"},
     "twinkle.utils": {"DeviceGroup", "DeviceMesh", "Platform", "construct_class", "get_logger"},
 }
 
