@@ -1,8 +1,9 @@
 """Training and evaluation metrics; ``model.calculate_metric()`` merges their string values."""
 
 from twinkle.metric._accuracy import Accuracy
+from twinkle.metric._dpo import DPOMetric
 from twinkle.metric._loss import LossMetric
 from twinkle.metric._train import TrainMetric
 from twinkle.metric.base import Metric
 
-__all__ = ["Accuracy", "LossMetric", "Metric", "TrainMetric"]
+__all__ = ["Accuracy", "DPOMetric", "LossMetric", "Metric", "TrainMetric"]

@@ -1,0 +1,172 @@
+"""DPOLoss and DPOMetric on hand-built tensors, how data parallelism splits pairs.
+
+The fixture batch: 2 pairs (rows chosen0, rejected0, chosen1, rejected1), labelled lengths 2, 1, 2, 2.
+Policy sequence logps (sums): -2, -3, -1, -4; reference: -2.5, -2, -2, -3. So the log-ratios are
+chosen 0.5, 1 and rejected -1, -1, and h = (πc - rc) - (πr - rr) = 1.5, 2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from twinkle.errors import BatchSizeError, ConfigError
+from twinkle.loss import DPOLoss
+from twinkle.metric import DPOMetric
+
+LABELS = torch.tensor([[-100, 1, 1], [-100, 1, -100], [-100, 1, 1], [-100, 1, 1]])
+LOGPS = torch.tensor([[0.0, -1, -1], [0, -3, 0], [0, -0.5, -0.5], [0, -2, -2]], dtype=torch.float64)
+REF_SEQ = torch.tensor([-2.5, -2.0, -2.0, -3.0])
+BETA = 0.1
+
+
+def _nls(x: float) -> float:
+    """-log sigmoid(x), by hand."""
+    return math.log1p(math.exp(-x))
+
+
+def _sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def _call(loss: DPOLoss, logps: torch.Tensor = LOGPS, **kw):
+    outputs = {"logps": logps}
+    return loss({"labels": LABELS}, outputs, **kw), outputs
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, (_nls(0.15) + _nls(0.2)) / 2),
+        ({"label_smoothing": 0.2}, (0.8 * _nls(0.15) + 0.2 * _nls(-0.15) + 0.8 * _nls(0.2) + 0.2 * _nls(-0.2)) / 2),
+        ({"loss_type": "hinge"}, (0.85 + 0.8) / 2),
+        # length-averaged: policy -1, -3, -0.5, -2; reference -1.25, -2, -1, -1.5 -> h = 1.25, 1; 1/(2β) = 5
+        ({"loss_type": "ipo"}, ((1.25 - 5) ** 2 + (1 - 5) ** 2) / 2),
+        # KLc = mean(0.5, 1) = 0.75, KLr = mean(-1, -1) clamped to 0
+        ({"loss_type": "kto_pair"},
+         (1 - _sig(0.1 * 0.5) + 1 - _sig(0.1 * 1) + 1 - _sig(0.1 * (0.75 + 1)) + 1 - _sig(0.1 * (0.75 + 1))) / 4),
+        # the reference is ignored: h = πc - πr = 1, 3
+        ({"reference_free": True}, (_nls(0.1) + _nls(0.3)) / 2),
+        # plus 0.5 * chosen NLL = 0.5 * (2 + 1) / 4 labelled chosen tokens
+        ({"sft_weight": 0.5}, (_nls(0.15) + _nls(0.2)) / 2 + 0.5 * 0.75),
+    ],
+    ids=["sigmoid", "label_smoothing", "hinge", "ipo", "kto_pair", "reference_free", "sft_weight"],
+)
+def test_loss_values_by_hand(kwargs, expected):
+    out, _ = _call(DPOLoss(beta=BETA, **kwargs), ref_logps=REF_SEQ)
+    assert out["num_tokens"] == 0
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_reference_from_ref_outputs_token_logps_even_when_padded_wider():
+    ref_tokens = torch.tensor([[0.0, -1.5, -1], [0, -2, 0], [0, -1, -1], [0, -1, -2]])  # row sums = REF_SEQ
+    expected = _call(DPOLoss(), ref_logps=REF_SEQ)[0]["loss"]
+    same = _call(DPOLoss(), ref_outputs={"logps": ref_tokens})[0]["loss"]
+    padded = torch.cat([ref_tokens, torch.zeros(4, 5)], dim=1)  # a Ray gather pads on the right with zeros
+    wider = _call(DPOLoss(), ref_outputs={"logps": padded})[0]["loss"]
+    assert same.item() == pytest.approx(expected.item(), rel=1e-9)
+    assert wider.item() == pytest.approx(expected.item(), rel=1e-9)
+    # the reference is masked by the batch's labels: a value at an unlabelled position changes nothing
+    ref_tokens[1, 2] = -50
+    assert _call(DPOLoss(), ref_outputs={"logps": ref_tokens})[0]["loss"].item() == pytest.approx(expected.item())
+
+
+def test_gradient_raises_chosen_and_lowers_rejected():
+    logps = LOGPS.clone().requires_grad_(True)
+    out, _ = _call(DPOLoss(), logps=logps, ref_logps=REF_SEQ)
+    out["loss"].backward()
+    grad = logps.grad
+    assert (grad[0::2, 1:] < 0).all()  # descending the loss raises the chosen log-probabilities
+    assert grad[1, 1] > 0 and (grad[3, 1:] > 0).all()
+    assert (grad[:, 0] == 0).all() and grad[1, 2] == 0  # unlabelled positions get nothing
+
+
+def test_no_reference_gives_zero_loss_that_still_backpropagates(caplog):
+    logps = LOGPS.clone().requires_grad_(True)
+    out, outputs = _call(DPOLoss(), logps=logps)
+    assert out["loss"].item() == 0.0
+    out["loss"].backward()
+    assert torch.equal(logps.grad, torch.zeros_like(logps))
+    assert "no reference" in caplog.text and "forward_only" in caplog.text
+    assert set(outputs["dpo_stats"]) == {"chosen_logps", "rejected_logps"}
+
+
+def test_odd_batch_raises_and_says_what_to_do():
+    with pytest.raises(BatchSizeError, match=r"even number of rows .* got 3.*2 \* data world size"):
+        DPOLoss()({"labels": LABELS[:3]}, {"logps": LOGPS[:3]}, ref_logps=REF_SEQ[:3])
+    with pytest.raises(BatchSizeError, match="reference has 2 rows but the batch has 4"):
+        _call(DPOLoss(), ref_logps=REF_SEQ[:2])
+
+
+def test_bad_arguments_are_reported_together():
+    with pytest.raises(ConfigError) as info:
+        DPOLoss(beta=0, loss_type="orpo", sft_weight=-1)
+    message = str(info.value)
+    assert "beta must be > 0" in message and "loss_type must be one of" in message and "sft_weight" in message
+    with pytest.raises(ConfigError, match="label_smoothing applies to loss_type='sigmoid' only"):
+        DPOLoss(loss_type="hinge", label_smoothing=0.1)
+
+
+def test_set_loss_finds_it_by_name(tiny_model_dir):
+    from twinkle.model import TransformersModel
+
+    model = TransformersModel(model_id=str(tiny_model_dir))
+    model.set_loss("DPOLoss", beta=0.2)
+    assert isinstance(model.optimizer_groups[""].loss, DPOLoss) and model.optimizer_groups[""].loss.beta == 0.2
+
+
+# ---------------------------------------------------------------------------------------------- metric
+
+
+def test_metric_values():
+    metric = DPOMetric()
+    _, outputs = _call(DPOLoss(beta=BETA), ref_logps=REF_SEQ)
+    metric.accumulate({"labels": LABELS}, outputs)
+    # a second batch: one pair whose chosen reward is below the rejected one
+    second = {"chosen_rewards": torch.tensor([-0.2]), "rejected_rewards": torch.tensor([0.1]),
+              "chosen_logps": torch.tensor([-6.0]), "rejected_logps": torch.tensor([-5.0])}
+    metric.accumulate(None, {"dpo_stats": second})
+    metric.accumulate(None, {"logps": LOGPS})  # no stats (another loss): skipped
+    values = metric.calculate()
+    # rewards β(π - r): chosen 0.05, 0.1, -0.2; rejected -0.1, -0.1, 0.1
+    assert values == {
+        "rewards/chosen": "-0.01666667",
+        "rewards/rejected": "-0.03333333",
+        "rewards/accuracies": "0.6666667",
+        "rewards/margins": "0.01666667",  # (-0.05 + 0.1) / 3
+        "logps/chosen": "-3",  # (-2 - 1 - 6) / 3
+        "logps/rejected": "-4",  # (-3 - 4 - 5) / 3
+    }
+    assert metric.calculate() == {}  # calculate() resets
+
+
+def test_metric_without_reference_reports_logps_only():
+    metric = DPOMetric()
+    _, outputs = _call(DPOLoss())
+    metric.accumulate(None, outputs)
+    assert metric.calculate() == {"logps/chosen": "-1.5", "logps/rejected": "-3.5"}
+
+
+# ---------------------------------------------------------------------------------------------- data parallelism
+
+
+def test_contiguous_dp_slices_keep_pairs_whole_only_for_multiples_of_2_dp():
+    """What DataLoader and slice_dp do to an interleaved batch: each data rank gets a contiguous slice."""
+    from twinkle.dataloader import DataLoader
+    from twinkle.utils.device_mesh import DeviceMesh
+
+    mesh = DeviceMesh.from_sizes(dp_size=2, device_type="cpu")
+    assert [mesh.get_slice(4, r) for r in (0, 1)] == [slice(0, 2), slice(2, 4)]  # [c0, r0] | [c1, r1]
+    assert [mesh.get_slice(6, r) for r in (0, 1)] == [slice(0, 3), slice(3, 6)]  # a pair split: 3 rows each
+
+    rows = [{"pair": i // 2, "chosen": i % 2 == 0} for i in range(8)]
+    for rank in (0, 1):
+        loader = DataLoader(rows, batch_size=4, device_mesh=mesh.with_rank(rank))
+        for batch in loader:
+            assert [r["chosen"] for r in batch] == [True, False]
+            assert batch[0]["pair"] == batch[1]["pair"]
+    # the 6-row batch's slice is odd on every rank, and the loss refuses it
+    with pytest.raises(BatchSizeError, match="even number of rows"):
+        DPOLoss()({"labels": LABELS[:3]}, {"logps": LOGPS[:3]}, ref_logps=REF_SEQ[:3])
