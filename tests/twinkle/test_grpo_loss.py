@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from twinkle.loss import GRPOLoss
+from twinkle.metric import CompletionRewardMetric, GRPOMetric
 
 # two rows, four positions; row 0 labels the first two positions, row 1 the last three
 LABELS = torch.tensor([[5, 6, -100, -100], [-100, 7, 8, 9]])
@@ -114,6 +115,55 @@ def test_a_row_without_labelled_tokens_counts_as_zero():
     assert result["loss"].item() == pytest.approx(-1.0 / 2)
 
 
+def k3(r: float) -> float:
+    """KL(old || new) k3 estimate for one token with ratio r = p_new / p_old: 1/r + log r - 1."""
+    return 1 / r + math.log(r) - 1
+
+
+def test_grpo_metric_is_token_weighted_and_reads_entropy_or_logits():
+    metric = GRPOMetric()
+    entropy = torch.tensor([[2.0, 4.0, 9.0, 9.0], [9.0, 1.0, 1.0, 1.0]])
+    loss = GRPOLoss(entropy_coef=0.5)
+    _, outputs = call(loss, old_logps=OLD, advantages=ADV, extra_outputs={"entropy": entropy})
+    metric.accumulate({"labels": LABELS}, outputs)
+    # a second micro-batch without entropy: 1 token, uniform logits over 4 -> entropy log 4; ratio e^0.1 A=+1
+    labels = torch.tensor([[1, -100]])
+    _, outputs2 = call(GRPOLoss(), logps=torch.tensor([[-1.0, 0.0]]), labels=labels,
+                       old_logps=torch.tensor([[-1.1, 0.0]]), advantages=[1.0],
+                       extra_outputs={"logits": torch.zeros(1, 2, 4)})
+    metric.accumulate({"labels": labels}, outputs2)
+    metric.accumulate(None, None, loss=1.0)  # the model's other facts are ignored
+    values = metric.calculate()
+    assert all(isinstance(v, str) for v in values.values())
+    kl = (2 * k3(1.5) + 2 * k3(0.5) + k3(1.0) + k3(math.exp(0.1))) / 6
+    assert float(values["train/approx_kl"]) == pytest.approx(kl, rel=1e-5)
+    assert float(values["train/clip_ratio"]) == pytest.approx(2 / 6, rel=1e-6)
+    assert float(values["train/entropy"]) == pytest.approx((2 + 4 + 1 + 1 + 1 + math.log(4)) / 6, rel=1e-6)
+    assert "train/ref_kl" not in values
+    assert metric.calculate() == {}  # calculate resets
+
+
+def test_completion_reward_metric():
+    metric = CompletionRewardMetric(rewards={"accuracy": [1.0, 0.0, 1.0], "format": [1.0, 1.0, 1.0]},
+                                    completion_lengths=[10, 20, 30])
+    metric.accumulate(None, None, rewards={"accuracy": torch.tensor([0.0])}, completion_lengths=[40])
+    values = metric.calculate()
+    assert values == {
+        "train/accuracy_reward": "0.5",
+        "train/accuracy_reward_std": f"{math.sqrt(1 / 3):.7g}",  # unbiased std of [1, 0, 1, 0]
+        "train/format_reward": "1",
+        "train/format_reward_std": "0",
+        "train/completion_length": "25",
+    }
+    assert metric.calculate() == {}
+    # lengths from a collated batch's labels when not given
+    metric.accumulate({"labels": LABELS}, None, rewards={"r": [2.0, 4.0]})
+    assert metric.calculate() == {"train/r_reward": "3", "train/r_reward_std": f"{math.sqrt(2):.7g}",
+                                  "train/completion_length": "2.5"}
+    with pytest.raises(TypeError, match="dict"):
+        metric.accumulate(None, None, rewards=[1.0])
+
+
 def make_batch(rows: int = 4, seq: int = 10, vocab: int = 200) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, vocab, (rows, seq), generator=g)
@@ -130,6 +180,7 @@ def test_one_grpo_step_moves_positive_advantage_logps_up(tiny_model_dir):
     torch.manual_seed(0)
     model = TransformersModel(model_id=str(tiny_model_dir), gradient_checkpointing=False)
     model.set_loss("GRPOLoss", epsilon=0.2, beta=0.0)
+    model.add_metric("GRPOMetric", is_training=True)
     model.set_optimizer("AdamW", lr=1e-3, weight_decay=0.0)
     batch = make_batch()
     mask = batch["labels"] != -100
@@ -143,6 +194,10 @@ def test_one_grpo_step_moves_positive_advantage_logps_up(tiny_model_dir):
     out = model.forward_backward(inputs=batch, advantages=advantages, old_logps=old)
     assert float(out["loss"]) == pytest.approx(0.0, abs=1e-5)  # on-policy: mean of -A
     model.clip_grad_and_step(max_grad_norm=1.0)
+    metrics = model.calculate_metric(is_training=True)
+    assert float(metrics["train/approx_kl"]) == pytest.approx(0.0, abs=1e-5)  # old == current before the step
+    assert float(metrics["train/clip_ratio"]) == 0.0
+    assert 0 < float(metrics["train/entropy"]) <= math.log(model.model.config.vocab_size) + 1e-4
     after = seq_logps()
     delta = after - before
     assert (delta[[0, 2]] > 0).all(), delta
