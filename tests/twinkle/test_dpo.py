@@ -1,4 +1,4 @@
-"""DPOLoss and DPOMetric on hand-built tensors, how data parallelism splits pairs.
+"""DPOLoss and DPOMetric on hand-built tensors, how data parallelism splits pairs, and examples/dpo.py end to end.
 
 The fixture batch: 2 pairs (rows chosen0, rejected0, chosen1, rejected1), labelled lengths 2, 1, 2, 2.
 Policy sequence logps (sums): -2, -3, -1, -4; reference: -2.5, -2, -2, -3. So the log-ratios are
@@ -8,6 +8,10 @@ chosen 0.5, 1 and rejected -1, -1, and h = (πc - rc) - (πr - rr) = 1.5, 2.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +19,8 @@ import torch
 from twinkle.errors import BatchSizeError, ConfigError
 from twinkle.loss import DPOLoss
 from twinkle.metric import DPOMetric
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dpo.py"
 
 LABELS = torch.tensor([[-100, 1, 1], [-100, 1, -100], [-100, 1, 1], [-100, 1, 1]])
 LOGPS = torch.tensor([[0.0, -1, -1], [0, -3, 0], [0, -0.5, -0.5], [0, -2, -2]], dtype=torch.float64)
@@ -170,3 +176,60 @@ def test_contiguous_dp_slices_keep_pairs_whole_only_for_multiples_of_2_dp():
     # the 6-row batch's slice is odd on every rank, and the loss refuses it
     with pytest.raises(BatchSizeError, match="even number of rows"):
         DPOLoss()({"labels": LABELS[:3]}, {"logps": LOGPS[:3]}, ref_logps=REF_SEQ[:3])
+
+
+# ---------------------------------------------------------------------------------------------- the example
+
+
+def _run_example(tmp_path: Path, nproc: int = 1) -> tuple[list[dict], Path]:
+    """examples/dpo.py as a real child process (48 pairs, 12 steps); returns its printed metrics and output dir."""
+    import ast
+
+    out = tmp_path / f"out{nproc}"
+    skip = ("MODEL_ID", "LR", "WORLD_SIZE", "RANK", "TWINKLE_MODE", "PAIRS", "BATCH_SIZE", "MAX_STEPS", "LOSS_TYPE")
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in skip},
+        "TWINKLE_OUTPUT_DIR": str(out),
+        "PAIRS": "48",
+        "LOG_EVERY": "3",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, str(EXAMPLE)]
+    if nproc > 1:
+        from tests.conftest import free_port
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(free_port()), str(EXAMPLE)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert len(lines) == 4, proc.stdout  # 48 pairs / 4 per step = 12 steps, printed every 3
+    return [ast.literal_eval(line.split(": ", 1)[1]) for line in lines], out
+
+
+@pytest.fixture(scope="module")
+def single_run(assets_dir, tmp_path_factory):
+    return _run_example(tmp_path_factory.mktemp("dpo"))
+
+
+@pytest.mark.slow
+def test_example_dpo_learns_and_saves_the_adapter(single_run):
+    records, out = single_run
+    first, last = records[0], records[-1]
+    assert float(last["rewards/margins"]) > float(first["rewards/margins"]) + 0.2, records
+    assert float(last["rewards/accuracies"]) > float(first["rewards/accuracies"]), records
+    assert float(last["rewards/accuracies"]) >= 0.75, records
+    assert float(last["loss"]) < float(first["loss"]), records
+    checkpoint = out / "last-checkpoint"
+    assert (checkpoint / "adapter_model.safetensors").stat().st_size > 0
+    assert (checkpoint / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+def test_example_dpo_under_torchrun_dp2_matches_one_process(single_run, tmp_path):
+    """Batch 8 over dp=2: each rank holds 2 whole pairs, and the run reproduces the single-process metrics."""
+    records, _ = single_run
+    dp2, out = _run_example(tmp_path, nproc=2)
+    for key in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen"):
+        assert [float(r[key]) for r in dp2] == pytest.approx([float(r[key]) for r in records], rel=1e-4, abs=1e-6)
+    assert (out / "last-checkpoint" / "adapter_model.safetensors").exists()

@@ -49,7 +49,8 @@ class DPOLoss(Loss):
       (``logits - 1/(2·beta)`` on per-token means), not the literal ``(z - 1/(2β))²`` of our contract summary,
       which would scale the target by β².
     * ``'kto_pair'`` (TRL's paired KTO): with batch KL estimates ``KLc = mean(πc - rc).clamp(min=0)`` and
-      ``KLr = mean(πr - rr).clamp(min=0)`` (kept in the graph, as TRL does), the mean over all ``2N`` terms of ``1 - σ(β(πc - rc - KLr))`` and ``1 - σ(β(KLc - (πr - rr)))``.
+      ``KLr = mean(πr - rr).clamp(min=0)`` (kept in the graph, as TRL does), the mean over all ``2N``
+      terms ``1 - σ(β(πc - rc - KLr))`` and ``1 - σ(β(KLc - (πr - rr)))``.
 
     The result is the mean over pairs, plus ``sft_weight`` times the chosen rows' token-mean negative
     log-likelihood (TRL's ``rpo_alpha``).
