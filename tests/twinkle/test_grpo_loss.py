@@ -97,6 +97,10 @@ def test_ragged_rows_scatter_onto_the_label_mask():
     assert ragged["loss"].item() == pytest.approx(dense["loss"].item(), abs=1e-6)
     with pytest.raises(ValueError, match="labelled tokens"):
         call(GRPOLoss(), old_logps=[[0.0], [0.0, 0.0, 0.0]], advantages=ADV)
+    # logps of the same rows padded wider (zeros on the right) are cropped back onto the labels
+    wide = torch.cat([OLD * (LABELS != -100), torch.zeros(2, 3)], dim=1)
+    cropped, _ = call(GRPOLoss(), old_logps=wide, advantages=ADV)
+    assert cropped["loss"].item() == pytest.approx(dense["loss"].item(), abs=1e-6)
     with pytest.raises(ValueError, match="expected"):
         call(GRPOLoss(), old_logps=OLD, advantages=[1.0, 2.0, 3.0])
 

@@ -32,7 +32,8 @@ def scatter_to_mask(
     """Turn per-token (or, with ``per_sequence``, per-sequence) values into a ``[batch, seq]`` float tensor.
 
     Accepted forms:
-        * a ``[batch, seq]`` tensor/array aligned with the labels (used as is; unlabelled positions zeroed);
+        * a ``[batch, seq]`` tensor/array aligned with the labels (used as is; unlabelled positions zeroed); a
+          wider one whose extra right-hand columns are all 0 (logps of a batch padded longer) is cropped;
         * ragged rows, a list of ``batch`` lists / 1-D tensors holding one value per *labelled* token of that
           row, in order (what a sampler returns for the completion): scattered onto the label mask;
         * with ``per_sequence``: a scalar, or ``batch`` numbers (list or 1-D tensor), broadcast over each row.
@@ -52,6 +53,10 @@ def scatter_to_mask(
             return t * mask
         if per_sequence and (t.dim() == 0 or (t.dim() == 1 and t.shape[0] == batch)):
             return t.reshape(-1, 1).expand(batch, seq) * mask
+        if t.dim() == 2 and t.shape[0] == batch and t.shape[1] > seq and not t[:, seq:].any():
+            # logps from a forward over a wider-padded batch (e.g. the whole batch, before a per-rank slice
+            # re-padded it): right padding keeps positions aligned, and the extra columns are all 0
+            return t[:, :seq] * mask
         if t.dim() == 2 and t.shape[0] == batch:
             values = list(t)  # [batch, n] padded completions: handled as ragged rows below only if lengths match
         else:
