@@ -230,6 +230,7 @@ def test_example_dpo_under_torchrun_dp2_matches_one_process(single_run, tmp_path
     """Batch 8 over dp=2: each rank holds 2 whole pairs, and the run reproduces the single-process metrics."""
     records, _ = single_run
     dp2, out = _run_example(tmp_path, nproc=2)
-    for key in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen"):
+    # not rewards/accuracies: a count of margins > 0 could flip on a pair whose margin is within rounding of 0
+    for key in ("loss", "rewards/margins", "rewards/chosen", "logps/chosen"):
         assert [float(r[key]) for r in dp2] == pytest.approx([float(r[key]) for r in records], rel=1e-4, abs=1e-6)
     assert (out / "last-checkpoint" / "adapter_model.safetensors").exists()
