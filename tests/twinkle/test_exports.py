@@ -39,6 +39,7 @@ PACKAGES = {
         "last_boxed", "math_equal",
     },
     "twinkle.advantage": {"Advantage", "GRPOAdvantage", "RLOOAdvantage", "SCALES"},
+    "twinkle.sampler": {"TorchSampler"},
     "twinkle.utils": {"DeviceGroup", "DeviceMesh", "Platform", "construct_class", "get_logger"},
 }
 

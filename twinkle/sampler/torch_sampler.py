@@ -1,0 +1,467 @@
+"""``TorchSampler``: sample completions with a ``transformers`` causal LM on the CPU or a GPU (no vLLM).
+
+The same interface as upstream's ``vLLMSampler`` (TWINKLE-API.md §5): ``set_template``, ``sample``,
+``receive_weights``, plus ``load_adapter`` to pick up a LoRA adapter written by ``TransformersModel.save``.
+
+Decoding is a plain loop with a KV cache: one prompt at a time, its ``num_samples`` completions as one batch.
+That keeps prompts unpadded (outputs do not depend on what else is in the batch) at the cost of throughput; it is
+meant for small models, tests and RL loops without vLLM, not for serving.
+
+Per step the next-token distribution is built in this order (as ``transformers`` does):
+repetition penalty (over prompt and completion so far) -> temperature -> top_k -> top_p.
+``logprobs`` are taken from that distribution (filtered tokens removed and the rest renormalised). So with
+``top_k=-1``, ``top_p=1`` and ``repetition_penalty=1`` the sampled token's log-prob equals
+``log_softmax(logits / temperature)``, i.e. ``TransformersModel.forward(temperature=T)['logps']`` on the same
+weights, which is what a GRPO loop uses as ``old_logps``. With ``temperature=0`` (greedy) the reported
+log-probs use temperature 1 (the point mass actually sampled from would give 0 everywhere).
+
+Syncing weights in one process, each GRPO step (pick one)::
+
+    sampler.receive_weights(model)              # the TransformersModel itself: copies its active adapter
+    path = model.save('latest', output_dir=d)   # or through a folder
+    sampler.load_adapter(path)                  # (also: sample(..., adapter_path=path))
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from twinkle.data_format import InputFeature, SampledSequence, SampleResponse, SamplingParams
+from twinkle.errors import AdapterError, ConfigError, DataError, TemplateError
+from twinkle.infra import remote_class, remote_function
+from twinkle.model._hub import resolve_model_dir
+from twinkle.utils.device_mesh import DeviceMesh
+from twinkle.utils.logger import get_logger
+from twinkle.utils.platform import Platform
+
+logger = get_logger("twinkle.sampler")
+
+__all__ = ["TorchSampler"]
+
+DEFAULT_ADAPTER = "default"
+
+
+def _as_id_list(value: Any, where: str) -> list[int]:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dim() == 2 and value.shape[0] == 1:
+            value = value[0]
+        if value.dim() != 1:
+            raise DataError(f"{where}: input_ids must be one sequence (1-D), got shape {tuple(value.shape)}")
+        return [int(x) for x in value.tolist()]
+    if isinstance(value, np.ndarray):
+        if value.ndim == 2 and value.shape[0] == 1:
+            value = value[0]
+        if value.ndim != 1:
+            raise DataError(f"{where}: input_ids must be one sequence (1-D), got shape {value.shape}")
+        return [int(x) for x in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [int(x) for x in value]
+    raise DataError(f"{where}: input_ids must be a list, array or tensor of token ids, got {type(value).__name__}")
+
+
+@remote_class()
+class TorchSampler:
+    """Generate completions with a ``transformers`` causal LM (``generate``-style decoding, any device).
+
+    Args:
+        model_id: ``ms://org/name``, ``hf://org/name``, a bare id (ModelScope) or a local folder.
+        device_mesh: the data-parallel layout; injected from ``twinkle.initialize`` when omitted. Each data rank
+            samples its own slice of the inputs (``dispatch='slice_dp'``); a mesh of device_type 'cpu' keeps the
+            model on the CPU.
+        **model_kwargs: passed to ``from_pretrained`` (e.g. ``dtype=torch.bfloat16``; default float32).
+
+    Raises:
+        ModelNotFoundError: ``model_id`` cannot be resolved to a folder.
+    """
+
+    def __init__(self, model_id: str, device_mesh: DeviceMesh | None = None, **model_kwargs: Any) -> None:
+        import transformers
+
+        if not model_id:
+            raise ConfigError("TorchSampler needs model_id= (a hub id or a local folder)")
+        self.model_id = model_id
+        self.device_mesh = device_mesh
+        self.model_dir = resolve_model_dir(model_id)
+        config = transformers.AutoConfig.from_pretrained(self.model_dir, trust_remote_code=True)
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        model_cls = (getattr(transformers, arch, None) if arch else None) or transformers.AutoModelForCausalLM
+        if "torch_dtype" in model_kwargs:
+            model_kwargs["dtype"] = model_kwargs.pop("torch_dtype")
+        model_kwargs.setdefault("dtype", torch.float32)
+        self.model = model_cls.from_pretrained(self.model_dir, config=config, **model_kwargs)
+        self.device = self._pick_device()
+        self.model.to(self.device).eval()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=True)
+        self.template: Any = None
+        self.eos_ids = self._eos_ids()
+        self._adapter_paths: dict[str, str] = {}
+        # transformers >= 5.2x renamed past_key_values to cache
+        params = inspect.signature(type(self.model).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    # ------------------------------------------------------------------ setup
+
+    def _pick_device(self) -> torch.device:
+        kind = str(getattr(self.device_mesh, "device_type", "") or "").lower()
+        if kind == "cpu" or not torch.cuda.is_available():
+            return torch.device("cpu")
+        return Platform.get_local_device()
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
+            value = getattr(source, "eos_token_id", None)
+            if value is None:
+                continue
+            ids.update([value] if isinstance(value, int) else list(value))
+        return ids
+
+    @property
+    def _is_peft(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    @remote_function(dispatch="all")
+    def set_template(self, template_cls: Any = "Template", **kwargs: Any) -> None:
+        """A ``twinkle.template`` template (name, class or instance) for Trajectory inputs; built on this model."""
+        import twinkle.template as templates
+        from twinkle.template import Template
+
+        if isinstance(template_cls, str):
+            found = getattr(templates, template_cls, None)
+            if not (inspect.isclass(found) and issubclass(found, Template)):
+                known = sorted(
+                    n for n in dir(templates)
+                    if inspect.isclass(getattr(templates, n)) and issubclass(getattr(templates, n), Template)
+                )
+                raise ConfigError(f"unknown template {template_cls!r}; known names: {', '.join(known)}")
+            template_cls = found
+        if inspect.isclass(template_cls):
+            kwargs.setdefault("model_id", self.model_dir)
+            self.template = template_cls(**kwargs)
+        else:
+            self.template = template_cls
+
+    # ------------------------------------------------------------------ weights
+
+    @remote_function(dispatch="all")
+    def load_adapter(self, path: str, adapter_name: str = DEFAULT_ADAPTER) -> None:
+        """Load (or replace) a LoRA adapter from a folder written by ``TransformersModel.save`` and activate it.
+
+        Call it after every save in a GRPO loop; a second call with the same name swaps the weights in place.
+
+        Raises:
+            AdapterError: the folder has no ``adapter_config.json`` / ``adapter_model.safetensors``.
+        """
+        from peft import LoraConfig, PeftConfig
+        from safetensors.torch import load_file
+
+        folder = resolve_model_dir(path) if not os.path.isdir(str(path)) else str(path)
+        weights = os.path.join(folder, "adapter_model.safetensors")
+        if not (os.path.isfile(os.path.join(folder, "adapter_config.json")) and os.path.isfile(weights)):
+            raise AdapterError(
+                f"{folder!r} is not a LoRA adapter folder (needs adapter_config.json and adapter_model.safetensors); "
+                f"pass the path TransformersModel.save(...) returned for a model with an adapter"
+            )
+        config = PeftConfig.from_pretrained(folder)
+        if not isinstance(config, LoraConfig):
+            raise AdapterError(f"{folder!r} holds a {type(config).__name__}; only LoRA adapters are supported")
+        self._set_adapter(adapter_name, config, load_file(weights))
+        self._adapter_paths[adapter_name] = os.path.realpath(folder)
+
+    @remote_function(dispatch="all")
+    def receive_weights(self, state_dict_or_model: Any, adapter_name: str = DEFAULT_ADAPTER, peft_config: Any = None):
+        """Copy weights into the sampler (same process; no NCCL).
+
+        Args:
+            state_dict_or_model: a ``TransformersModel`` (its active adapter is copied, or its whole weights when
+                it has no adapter), or a state dict: LoRA keys as ``get_state_dict`` returns them (without the
+                adapter name; give ``peft_config`` unless the adapter exists here already), or full model keys.
+            adapter_name: the sampler-side adapter name to fill.
+            peft_config: the ``LoraConfig`` for a LoRA state dict, when the adapter is new here.
+        """
+        source = state_dict_or_model
+        if hasattr(source, "get_state_dict") and hasattr(source, "model"):
+            group_name = getattr(source, "active_group", "") if getattr(source, "_is_peft", False) else ""
+            state = source.get_state_dict(adapter_name=group_name or None)
+            if group_name:
+                peft_config = source.model.peft_config[group_name]
+        elif isinstance(source, Mapping):
+            state = dict(source)
+        else:
+            raise ConfigError(
+                f"receive_weights takes a TransformersModel or a state dict, got {type(source).__name__}"
+            )
+        if any("lora_" in k for k in state):
+            if peft_config is None and not (self._is_peft and adapter_name in self.model.peft_config):
+                raise AdapterError(
+                    f"LoRA weights for a new adapter {adapter_name!r}: pass peft_config= (the LoraConfig) too"
+                )
+            config = peft_config if peft_config is not None else self.model.peft_config[adapter_name]
+            self._set_adapter(adapter_name, config, state)
+        else:
+            target = self.model.get_base_model() if self._is_peft else self.model
+            missing, unexpected = target.load_state_dict(
+                {k.removeprefix("base_model.model."): v for k, v in state.items()}, strict=False
+            )
+            if unexpected or (missing and len(missing) == len(target.state_dict())):
+                raise ConfigError(
+                    f"receive_weights: the state dict does not fit this model (unexpected keys: {unexpected[:3]}, "
+                    f"missing: {len(missing)})"
+                )
+        self._adapter_paths.pop(adapter_name, None)
+
+    def _set_adapter(self, adapter_name: str, config: Any, state: dict[str, torch.Tensor]) -> None:
+        import copy
+        import warnings
+
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        config = copy.deepcopy(config)
+        config.inference_mode = True
+        if not self._is_peft:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+                self.model = get_peft_model(self.model, config, adapter_name=adapter_name)
+        elif adapter_name not in self.model.peft_config:
+            self.model.add_adapter(adapter_name, config)
+        result = set_peft_model_state_dict(self.model, state, adapter_name=adapter_name)
+        loaded_missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k and f".{adapter_name}." in k]
+        if loaded_missing:
+            raise AdapterError(
+                f"adapter {adapter_name!r}: {len(loaded_missing)} LoRA weights missing from the given weights "
+                f"(e.g. {loaded_missing[0]}); was it saved from a model with the same LoRA config?"
+            )
+        self.model.to(self.device).eval()
+        self.model.set_adapter(adapter_name)
+
+    # ------------------------------------------------------------------ sampling
+
+    def _prompt_ids(self, item: Any, index: int) -> list[int]:
+        if isinstance(item, Mapping) and "input_ids" in item:
+            ids = _as_id_list(item["input_ids"], f"input {index}")
+        elif isinstance(item, Mapping) and "messages" in item:
+            if self.template is None:
+                raise TemplateError(
+                    f"input {index} is a Trajectory (has 'messages'): call sampler.set_template('Template') first, "
+                    f"or pass encoded InputFeatures (dicts with input_ids)"
+                )
+            encoded = self.template.encode(item, add_generation_prompt=True)
+            if isinstance(encoded, list):
+                raise DataError(
+                    f"input {index}: the template split the prompt into {len(encoded)} chunks; use a template with "
+                    f"truncation_strategy='left' or 'raise', or a shorter prompt"
+                )
+            ids = _as_id_list(encoded["input_ids"], f"input {index}")
+        else:
+            raise DataError(
+                f"input {index} is neither an InputFeature (a dict with input_ids) nor a Trajectory (a dict with "
+                f"messages): got {type(item).__name__}"
+                + (f" with keys {sorted(item)}" if isinstance(item, Mapping) else "")
+            )
+        if not ids:
+            raise DataError(f"input {index} has an empty prompt (no input_ids); give at least one token to sample from")
+        return ids
+
+    @remote_function(dispatch="slice_dp", collect="flatten")
+    def sample(
+        self,
+        inputs: Any,
+        sampling_params: SamplingParams | Mapping | None = None,
+        adapter_name: str = "",
+        adapter_path: str | None = None,
+    ) -> list[SampleResponse]:
+        """Sample completions: one ``SampleResponse`` per input, each with ``num_samples`` sequences.
+
+        Args:
+            inputs: InputFeatures (dicts with ``input_ids``) or Trajectories (encoded with the template as a
+                generation prompt); one item or a list.
+            sampling_params: ``SamplingParams`` (or a dict of its fields); default ``SamplingParams()``.
+            adapter_name: the LoRA adapter to sample with; ``''``: the active one (the base model if none).
+            adapter_path: load this adapter folder first (as ``load_adapter``) unless it is the one loaded.
+
+        Each ``SampledSequence`` has ``tokens`` (completion ids, a final EOS included), ``logprobs`` (when
+        ``sampling_params.logprobs`` is set: per token ``[(sampled, logprob), *top-k]``, see the module
+        docstring for the distribution), ``decoded`` (special tokens skipped; cut before a matched stop string),
+        ``stop_reason`` (``'stop'``: EOS or a stop string; ``'length'``: ``max_tokens`` or the model's limit)
+        and ``new_input_feature`` (prompt + completion; ``labels`` rolled left by one as the template makes them, so
+        -100 on every prompt position but the last, whose label is the first completion token; ``completion_mask``).
+
+        With ``max_tokens=0`` no sequences are generated: ``prompt_logprobs`` holds, per prompt token, ``None``
+        for the first and ``[(token, logprob), *top-k]`` after (top-k only when ``logprobs`` is set).
+
+        Raises:
+            TemplateError: a Trajectory input before ``set_template``.
+            DataError: an empty prompt, or an input that is neither kind.
+        """
+        if sampling_params is None:
+            params = SamplingParams()
+        elif isinstance(sampling_params, Mapping):
+            params = SamplingParams(**sampling_params)
+        else:
+            params = sampling_params
+        items = [inputs] if isinstance(inputs, Mapping) else list(inputs)
+        prompts = [self._prompt_ids(item, i) for i, item in enumerate(items)]  # validate all before any work
+        if adapter_path is not None:
+            name = adapter_name or DEFAULT_ADAPTER
+            if self._adapter_paths.get(name) != os.path.realpath(str(adapter_path)):
+                self.load_adapter(adapter_path, adapter_name=name)
+            adapter_name = name
+        if adapter_name:
+            if not (self._is_peft and adapter_name in self.model.peft_config):
+                loaded = sorted(self.model.peft_config) if self._is_peft else []
+                raise AdapterError(
+                    f"no adapter named {adapter_name!r} in the sampler (loaded: {loaded}); call "
+                    f"load_adapter(path, adapter_name={adapter_name!r}) or receive_weights(model) first"
+                )
+            self.model.set_adapter(adapter_name)
+        generator = torch.Generator(device=self.device)
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        generator.manual_seed(seed)
+        responses = []
+        with torch.no_grad():
+            for ids in prompts:
+                if params.max_tokens == 0:
+                    responses.append(SampleResponse(sequences=[], prompt_logprobs=self._prompt_logprobs(ids, params)))
+                else:
+                    responses.append(SampleResponse(sequences=self._generate(ids, params, generator)))
+        return responses
+
+    def _forward(self, input_ids: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
+        cache_kw = self._cache_kw
+        out = self.model(input_ids=input_ids, **{cache_kw: past}, use_cache=True)
+        return out.logits[:, -1, :].float(), getattr(out, cache_kw, None) or out.past_key_values
+
+    @staticmethod
+    def _penalise(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+        # seen: [rows, vocab] bool. Positive logits are divided by the penalty, negative ones multiplied (CTRL).
+        if penalty == 1.0:
+            return logits
+        penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+        return torch.where(seen, penalised, logits)
+
+    @staticmethod
+    def _filter(scores: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+        if top_k > 0 and top_k < scores.shape[-1]:
+            kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
+            probs = torch.softmax(sorted_scores, dim=-1)
+            before = torch.cumsum(probs, dim=-1) - probs  # mass of the tokens ranked above each one
+            drop_sorted = before >= top_p  # keep the smallest set reaching top_p (always the first token)
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        return scores
+
+    def _max_new(self, prompt_len: int, params: SamplingParams) -> int:
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        room = (limit - prompt_len) if limit else None
+        if room is not None and room <= 0:
+            raise DataError(
+                f"the prompt has {prompt_len} tokens, at or above the model's limit of {limit}; shorten the prompt"
+            )
+        if params.max_tokens is None:
+            return room if room is not None else 2048
+        return min(params.max_tokens, room) if room is not None else params.max_tokens
+
+    @staticmethod
+    def _top(logp: torch.Tensor, chosen: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
+        rows = []
+        chosen_lp = logp.gather(-1, chosen.unsqueeze(-1)).squeeze(-1).tolist()
+        if k:
+            values, indices = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+            values, indices = values.tolist(), indices.tolist()
+        for r, token in enumerate(chosen.tolist()):
+            entry = [(int(token), float(chosen_lp[r]))]
+            if k:
+                entry += [(int(i), float(v)) for i, v in zip(indices[r], values[r]) if v != float("-inf")]
+            rows.append(entry)
+        return rows
+
+    def _generate(self, prompt: list[int], params: SamplingParams, generator: torch.Generator) -> list[SampledSequence]:
+        n = params.num_samples
+        max_new = self._max_new(len(prompt), params)
+        stops = [s for s in (params.stop or []) if s]
+        want_logprobs = params.logprobs is not None
+        greedy = params.temperature == 0
+        vocab = self.model.config.vocab_size
+        prompt_t = torch.tensor([prompt] * n, dtype=torch.long, device=self.device)
+        seen = torch.zeros(n, vocab, dtype=torch.bool, device=self.device)
+        seen.scatter_(1, prompt_t.clamp(max=vocab - 1), True)
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list] = [[] for _ in range(n)]
+        reasons: list[str | None] = [None] * n
+        cuts: list[int | None] = [None] * n  # where a stop string starts in the decoded text
+        logits, past = self._forward(prompt_t, None)
+        for _ in range(max_new):
+            scores = self._penalise(logits, seen, params.repetition_penalty)
+            scores = scores if greedy or params.temperature == 1.0 else scores / params.temperature
+            scores = self._filter(scores, params.top_k, params.top_p)
+            logp = torch.log_softmax(scores, dim=-1)
+            if greedy:
+                chosen = torch.argmax(scores, dim=-1)
+            else:
+                chosen = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+            top = self._top(logp, chosen, params.logprobs or 0) if want_logprobs else None
+            for r, token in enumerate(chosen.tolist()):
+                if reasons[r] is not None:
+                    continue
+                tokens[r].append(token)
+                if top is not None:
+                    logprobs[r].append(top[r])
+                if token in self.eos_ids:
+                    reasons[r] = "stop"
+                elif stops:
+                    text = self.tokenizer.decode(tokens[r], skip_special_tokens=True)
+                    hits = [text.find(s) for s in stops if s in text]
+                    if hits:
+                        reasons[r], cuts[r] = "stop", min(hits)
+            if all(reason is not None for reason in reasons):
+                break
+            seen.scatter_(1, chosen.clamp(max=vocab - 1).unsqueeze(-1), True)
+            logits, past = self._forward(chosen.unsqueeze(-1), past)
+        sequences = []
+        for r in range(n):
+            text = self.tokenizer.decode(tokens[r], skip_special_tokens=True)
+            if cuts[r] is not None:
+                text = text[: cuts[r]]
+            sequences.append(
+                SampledSequence(
+                    stop_reason=reasons[r] or "length",
+                    tokens=tokens[r],
+                    logprobs=logprobs[r] if want_logprobs else None,
+                    decoded=text,
+                    new_input_feature=self._feature(prompt, tokens[r]),
+                )
+            )
+        return sequences
+
+    @staticmethod
+    def _feature(prompt: list[int], completion: list[int]) -> InputFeature:
+        # labels rolled left by one (as the template makes them): labels[i] is the target of token i, so the
+        # last prompt position carries the first completion token and the final position carries -100
+        ids = np.asarray(prompt + completion, dtype=np.int64)
+        labels = np.asarray([-100] * (len(prompt) - 1) + completion + [-100], dtype=np.int64)
+        return InputFeature(
+            input_ids=ids,
+            labels=labels,
+            attention_mask=np.ones(len(ids), dtype=np.int64),
+            position_ids=np.arange(len(ids), dtype=np.int64),
+            completion_mask=np.asarray([0] * len(prompt) + [1] * len(completion), dtype=np.int64),
+            length=len(ids),
+        )
+
+    def _prompt_logprobs(self, prompt: list[int], params: SamplingParams) -> list[Any]:
+        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        logits = self.model(input_ids=ids, use_cache=False).logits[0].float()
+        temperature = params.temperature if params.temperature > 0 else 1.0
+        logp = torch.log_softmax(logits[:-1] / temperature, dim=-1)
+        rows = self._top(logp, ids[0, 1:], params.logprobs or 0)
+        return [None] + rows
