@@ -36,9 +36,10 @@ from twinkle.data_format import InputFeature, SampledSequence, SampleResponse, S
 from twinkle.errors import AdapterError, ConfigError, DataError, TemplateError
 from twinkle.infra import remote_class, remote_function
 from twinkle.model._hub import resolve_model_dir
+from twinkle.model._loading import load_causal_lm, pick_device
+from twinkle.utils.construct import construct_class
 from twinkle.utils.device_mesh import DeviceMesh
 from twinkle.utils.logger import get_logger
-from twinkle.utils.platform import Platform
 
 logger = get_logger("twinkle.sampler")
 
@@ -89,14 +90,8 @@ class TorchSampler:
         self.model_id = model_id
         self.device_mesh = device_mesh
         self.model_dir = resolve_model_dir(model_id)
-        config = transformers.AutoConfig.from_pretrained(self.model_dir, trust_remote_code=True)
-        arch = (getattr(config, "architectures", None) or [None])[0]
-        model_cls = (getattr(transformers, arch, None) if arch else None) or transformers.AutoModelForCausalLM
-        if "torch_dtype" in model_kwargs:
-            model_kwargs["dtype"] = model_kwargs.pop("torch_dtype")
-        model_kwargs.setdefault("dtype", torch.float32)
-        self.model = model_cls.from_pretrained(self.model_dir, config=config, **model_kwargs)
-        self.device = self._pick_device()
+        self.model = load_causal_lm(self.model_dir, **model_kwargs)
+        self.device = pick_device(device_mesh)
         self.model.to(self.device).eval()
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=True)
         self.template: Any = None
@@ -107,12 +102,6 @@ class TorchSampler:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     # ------------------------------------------------------------------ setup
-
-    def _pick_device(self) -> torch.device:
-        kind = str(getattr(self.device_mesh, "device_type", "") or "").lower()
-        if kind == "cpu" or not torch.cuda.is_available():
-            return torch.device("cpu")
-        return Platform.get_local_device()
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -134,15 +123,9 @@ class TorchSampler:
         from twinkle.template import Template
 
         if isinstance(template_cls, str):
-            found = getattr(templates, template_cls, None)
-            if not (inspect.isclass(found) and issubclass(found, Template)):
-                known = sorted(
-                    n for n in dir(templates)
-                    if inspect.isclass(getattr(templates, n)) and issubclass(getattr(templates, n), Template)
-                )
-                raise ConfigError(f"unknown template {template_cls!r}; known names: {', '.join(known)}")
-            template_cls = found
-        if inspect.isclass(template_cls):
+            kwargs.setdefault("model_id", self.model_dir)
+            self.template = construct_class(template_cls, Template, templates, kind="template", **kwargs)
+        elif inspect.isclass(template_cls):
             kwargs.setdefault("model_id", self.model_dir)
             self.template = template_cls(**kwargs)
         else:

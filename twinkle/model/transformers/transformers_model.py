@@ -40,13 +40,13 @@ from twinkle.loss import CrossEntropyLoss, Loss, selective_log_softmax
 from twinkle.metric import Accuracy, LossMetric, Metric, TrainMetric
 from twinkle.model._checkpoint import atomic_dir, default_output_dir
 from twinkle.model._hub import resolve_model_dir
+from twinkle.model._loading import load_causal_lm, pick_device
 from twinkle.model.base import TwinkleModel
 from twinkle.model.optimizer_group import OptimizerGroup
 from twinkle.model.transformers import _parallel
 from twinkle.patch import Patch
 from twinkle.utils.device_mesh import DeviceMesh
 from twinkle.utils.logger import get_logger
-from twinkle.utils.platform import Platform
 
 logger = get_logger("twinkle.model")
 
@@ -125,8 +125,6 @@ class TransformersModel(TwinkleModel):
         memory_efficient_init: bool = False,
         **hf_kw: Any,
     ) -> None:
-        import transformers
-
         if strategy not in ("accelerate", "native_fsdp"):
             raise ConfigError(f"strategy must be 'accelerate' or 'native_fsdp', got {strategy!r}")
         if mixed_precision not in _PRECISIONS:
@@ -144,28 +142,11 @@ class TransformersModel(TwinkleModel):
         self._tokenizer: Any = None
 
         gradient_checkpointing = hf_kw.pop("gradient_checkpointing", True)
-        if config is None:
-            config = transformers.AutoConfig.from_pretrained(self.model_dir, trust_remote_code=True)
-        if model_cls is None:
-            arch = (getattr(config, "architectures", None) or [None])[0]
-            model_cls = getattr(transformers, arch, None) if arch else None
-            model_cls = model_cls or transformers.AutoModelForCausalLM
-        elif isinstance(model_cls, str):
-            model_cls = getattr(transformers, model_cls)
-        if "torch_dtype" in hf_kw:
-            hf_kw["dtype"] = hf_kw.pop("torch_dtype")
-        hf_kw.setdefault("dtype", torch.float32)  # float32 master weights; autocast does the low precision
-        if self.model_dir is not None:
-            if memory_efficient_init:
-                hf_kw.setdefault("low_cpu_mem_usage", True)
-            self.model = model_cls.from_pretrained(self.model_dir, config=config, **hf_kw)
-        else:
-            dtype = hf_kw.pop("dtype")
-            self.model = model_cls._from_config(config, dtype=dtype) if hasattr(model_cls, "_from_config") else (
-                model_cls(config).to(dtype)
-            )
+        if self.model_dir is not None and memory_efficient_init:
+            hf_kw.setdefault("low_cpu_mem_usage", True)
+        self.model = load_causal_lm(self.model_dir, config=config, model_cls=model_cls, **hf_kw)
 
-        self.device = self._pick_device()
+        self.device = pick_device(self.device_mesh)
         self.model.to(self.device)
         self.autocast_dtype = self._pick_autocast(mixed_precision)
         self.scaler = None
@@ -186,12 +167,6 @@ class TransformersModel(TwinkleModel):
         self.active_group = ""
 
     # ------------------------------------------------------------------ setup helpers
-
-    def _pick_device(self) -> torch.device:
-        kind = str(getattr(self.device_mesh, "device_type", "") or "").lower()
-        if kind in ("cpu",) or not torch.cuda.is_available():
-            return torch.device("cpu")
-        return Platform.get_local_device()
 
     def _pick_autocast(self, mixed_precision: str | None) -> torch.dtype | None:
         dtype = _PRECISIONS[mixed_precision]
