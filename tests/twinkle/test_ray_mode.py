@@ -460,3 +460,35 @@ def test_an_unread_failure_at_the_end_of_a_script_makes_its_exit_status_1(ray_cl
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "a remote call failed and its result was never read" in proc.stderr
     assert "Broken.step failed on rank 0" in proc.stderr and "lost step" in proc.stderr
+
+
+def test_initialize_gives_ray_mode_its_name_as_namespace_and_full_determinism_to_every_actor(tmp_path):
+    """A separate driver that starts its own cluster: ``name`` and ``full_determinism`` must both reach Ray."""
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(
+        """
+        import ray
+        import torch
+        import twinkle
+        from twinkle import DeviceGroup, remote_class, remote_function
+
+        @remote_class(execute="first")
+        class Kernels:
+            @remote_function(dispatch="all", collect="first")
+            def deterministic(self):
+                return torch.are_deterministic_algorithms_enabled()
+
+        twinkle.initialize(mode="ray", groups=[DeviceGroup(name="default", ranks=1, device_type="cpu")],
+                           name="run-42", full_determinism=True)
+        print("namespace", ray.get_runtime_context().namespace)
+        print("driver deterministic", torch.are_deterministic_algorithms_enabled())
+        print("actor deterministic", Kernels(remote_group="default").deterministic())
+        """
+    ))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TWINKLE_MODE")}
+    env["TWINKLE_RAY_NUM_CPUS"] = "1"
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "namespace run-42" in proc.stdout
+    assert "driver deterministic True" in proc.stdout
+    assert "actor deterministic True" in proc.stdout

@@ -63,14 +63,14 @@ def initialize(
 
     Args:
         mode: ``'local'`` (one process or torchrun) or ``'ray'``; default ``$TWINKLE_MODE``, else ``'local'``.
-        nproc_per_node: accelerators per node (Ray mode).
-        ncpu_proc_per_node: CPU worker processes per node (Ray mode).
+        nproc_per_node: accelerators per node (Ray mode; shown in the placement report).
+        ncpu_proc_per_node: CPU worker processes per node (Ray mode; shown in the placement report).
         seed: seed for python, numpy and torch.
-        full_determinism: also force deterministic torch kernels.
+        full_determinism: also force deterministic torch kernels (in Ray mode on every actor too).
         groups: the ``DeviceGroup`` list; required in Ray mode, default one group over WORLD_SIZE ranks locally.
         global_device_mesh: the mesh components get when they are not given one; default 1-D dp over the world.
         lazy_collect: Ray mode: return futures from remote calls until their value is needed.
-        name: a name for this run (Ray namespace).
+        name: a name for this run (the Ray namespace of a cluster this call connects to or starts).
         notifier: an object told about exceptions raised in remote calls.
 
     Raises:
@@ -109,7 +109,15 @@ def initialize(
     )
     from twinkle.infra.ray import init_ray  # lazy: Ray is an optional dependency
 
-    init_ray(groups=list(groups), nproc_per_node=nproc_per_node, global_device_mesh=global_device_mesh, seed=seed)
+    init_ray(
+        groups=list(groups),
+        nproc_per_node=nproc_per_node,
+        ncpu_proc_per_node=ncpu_proc_per_node,
+        global_device_mesh=global_device_mesh,
+        seed=seed,
+        name=name,
+        full_determinism=full_determinism,
+    )
 
 
 def torch_has_cuda() -> bool:

@@ -70,6 +70,7 @@ class _Cluster:
     started_here: bool = False
     seed: int = 42
     nproc_per_node: int = 8
+    ncpu_proc_per_node: int = 8
     global_mesh: Any = None
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -214,7 +215,9 @@ def init_ray(
     nproc_per_node: int = 8,
     global_device_mesh: Any = None,
     seed: int = 42,
-    **kwargs: Any,
+    ncpu_proc_per_node: int = 8,
+    name: str | None = None,
+    full_determinism: bool = False,
 ) -> None:
     """Connect to (or start) Ray and reserve one placement group per DeviceGroup.
 
@@ -225,7 +228,9 @@ def init_ray(
         nproc_per_node: accelerators per node (kept for placement reports).
         global_device_mesh: the mesh ``'all'`` components get by default.
         seed: the seed every worker passes to ``twinkle.initialize``.
-        **kwargs: ``name`` (the Ray namespace), ``full_determinism``.
+        ncpu_proc_per_node: CPU worker processes per node (kept for placement reports).
+        name: the Ray namespace, when this call connects to or starts the cluster.
+        full_determinism: every worker forces deterministic torch kernels.
 
     Raises:
         ConfigError: no groups, or repeated group names.
@@ -240,7 +245,7 @@ def init_ray(
     if repeated:
         raise ConfigError(f"DeviceGroup names must be unique; repeated: {', '.join(repeated)}")
 
-    _connect(groups, kwargs.get("name"))
+    _connect(groups, name)
     register_tensor_serializer()
     _check_fits(groups)
     _release_groups()
@@ -253,8 +258,9 @@ def init_ray(
         raise
     _cluster.seed = seed
     _cluster.nproc_per_node = nproc_per_node
+    _cluster.ncpu_proc_per_node = ncpu_proc_per_node
     _cluster.global_mesh = global_device_mesh
-    _cluster.options = {"full_determinism": bool(kwargs.get("full_determinism", False))}
+    _cluster.options = {"full_determinism": bool(full_determinism)}
     logger.info(
         "Ray mode: %s", ", ".join(f"{p.group.name}={p.num_ranks}x{p.per_rank:g}{p.resource}" for p in
                                   _cluster.groups.values())
@@ -288,7 +294,7 @@ def cluster_settings() -> _Cluster:
 
 def get_device_placement() -> str:
     """A table of the groups and where Ray placed their ranks."""
-    lines = ["mode: ray"]
+    lines = [f"mode: ray (nproc_per_node={_cluster.nproc_per_node}, ncpu_proc_per_node={_cluster.ncpu_proc_per_node})"]
     for placement in _cluster.groups.values():
         nodes = Counter(placement.bundle_nodes)
         where = ", ".join(f"{node[:8]}: {count}" for node, count in nodes.items())
