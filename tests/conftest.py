@@ -35,7 +35,16 @@ def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+# Tests that start heavy machinery (a Ray cluster, Chromium, the whole platform) are slow by definition, so that
+# the quick loop (`-m "not slow"`) really is quick; the full run (no -m) still runs them all.
+HEAVY_MARKERS = ("ray", "browser", "e2e")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection reads the markers
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in item.keywords for name in HEAVY_MARKERS) and "slow" not in item.keywords:
+            item.add_marker(pytest.mark.slow)
     try:
         import torch
 

@@ -1,0 +1,45 @@
+"""On a CUDA device (skipped elsewhere): the model is placed on the GPU, trains in bf16, and its LoRA moves.
+
+Run on a GPU machine with ``scripts/test.sh -m gpu``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from twinkle.model import TransformersModel
+
+pytestmark = pytest.mark.gpu
+
+
+def make_batch(rows: int = 4, seq: int = 32, vocab: int = 200) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocab, (rows, seq), generator=g)
+    labels = ids.roll(-1, dims=1)
+    labels[:, :4] = -100
+    labels[:, -1] = -100
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "position_ids": torch.arange(seq).expand(rows, seq).clone(),
+        "labels": labels,
+    }
+
+
+def test_lora_training_on_cuda_in_bf16_lowers_the_loss_on_a_repeated_batch(tiny_model_dir):
+    torch.manual_seed(0)
+    model = TransformersModel(model_id=str(tiny_model_dir), mixed_precision="bf16")
+    model.add_adapter_to_model("default", LoraConfig(r=8, lora_alpha=32, target_modules="all-linear"))
+    model.set_optimizer(optimizer_cls="AdamW", lr=1e-2)
+    first = next(p for name, p in model.model.named_parameters() if "lora_B" in name)
+    assert first.device.type == "cuda"
+    before = first.detach().clone()
+    batch = make_batch()
+    losses = []
+    for _ in range(8):
+        losses.append(float(model.forward_backward(inputs=batch)["loss"]))
+        model.clip_grad_and_step()
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert not torch.equal(before, first.detach())
+    assert losses[-1] < losses[0]
