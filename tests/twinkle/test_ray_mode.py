@@ -272,15 +272,15 @@ def test_an_unread_failed_call_is_raised_by_the_next_call(ray_mode, probe):
 
 
 def test_lazy_calls_made_while_the_workers_are_busy_share_one_ray_task_and_keep_their_order(ray_mode, probe):
-    from twinkle.infra.ray import _proxy
+    from twinkle.infra.ray._call_queue import CALLS
 
     probe.nap(1.0)  # the workers are busy, so the next lazy calls wait in the driver's queue
     futures = [probe.take([i, i + 100], tag="q") for i in range(4)]
-    assert all(f._refs is None for f in futures) and len(_proxy._queue) == 4
+    assert all(f._refs is None for f in futures) and len(CALLS.queue) == 4
     assert not futures[0].done()
     # sending the queue: one run_batch task per worker carries all four calls
-    _proxy._flush()
-    assert not _proxy._queue
+    CALLS.flush()
+    assert not CALLS.queue
     assert len({f._refs[0].task_id() for f in futures}) == 1 and len({f._refs[1].task_id() for f in futures}) == 1
     assert futures[3][1] == (1, "q", 103)  # results resolve on use
     assert [list(f) for f in futures] == [[(0, "q", i), (1, "q", i + 100)] for i in range(4)]
@@ -387,23 +387,23 @@ def test_cpu_tensors_take_the_array_path_and_the_rest_keep_torch_pickling():
 
 
 def test_futures_nested_in_arguments_are_resolved_and_plain_data_passes_through_untouched(ray_mode, probe):
-    from twinkle.infra.ray import _proxy
+    from twinkle.infra.ray._lazy import resolve
 
     count = probe.count_seen()
     token_ids = list(range(50))
     rows = [{"input_ids": token_ids, "seen": count}, {"input_ids": token_ids, "seen": 0}]
-    resolved = _proxy._resolve(rows)
+    resolved = resolve(rows)
     assert resolved[0]["seen"] == count.result() and not isinstance(resolved[0]["seen"], LazyResult)
     assert resolved[0]["input_ids"] is token_ids and resolved[1] is rows[1]  # nothing copied where nothing changed
-    assert _proxy._resolve(token_ids) is token_ids
+    assert resolve(token_ids) is token_ids
 
 
 def test_a_failure_among_many_unread_calls_is_raised_once_and_the_others_keep_their_results(
     ray_mode, probe, monkeypatch
 ):
-    from twinkle.infra.ray import _proxy
+    from twinkle.infra.ray._call_queue import CALLS
 
-    monkeypatch.setattr(_proxy, "MAX_PENDING", 4)  # the driver waits for its unread calls sooner
+    monkeypatch.setattr(CALLS, "max_pending", 4)  # the driver waits for its unread calls sooner
     before = [probe.take([i, i + 100], tag="many") for i in range(3)]
     probe.fail("one of many")
     with pytest.raises(RemoteCallError, match="one of many"):
