@@ -24,6 +24,8 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from contract.tasks import TASK_RUN_ATTEMPT, worker_queue  # noqa: E402
+from contract.workers import OfferedGroup  # noqa: E402
 from scheduler.db import (  # noqa: E402
     ACTIVE_JOB_STATES,
     ApiTokenModel,
@@ -36,7 +38,6 @@ from scheduler.db import (  # noqa: E402
     new_id,
     utcnow,
 )
-from scheduler.schemas.workers import OfferedGroup  # noqa: E402
 from scheduler.services import dispatch, matching  # noqa: E402
 from scheduler.services import workers as workers_service  # noqa: E402
 from scheduler.tasks.celery_app import make_celery  # noqa: E402
@@ -133,7 +134,7 @@ def naive(db: Database, app, limit: int) -> tuple[int, float]:
                 s.add(AttemptModel(job_id=job.id, n=1, worker_id=chosen[0], state="assigned", assigned_at=now, logs_persisted=False))
                 s.commit()
                 jid, wid = job.id, chosen[0]
-            app.send_task(dispatch.TASK_NAME, args=[jid, 1], queue=f"worker.{wid}", producer=producer)
+            app.send_task(TASK_RUN_ATTEMPT, args=[jid, 1], queue=worker_queue(wid), producer=producer)
             sent += 1
     return sent, time.perf_counter() - t0
 

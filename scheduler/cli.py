@@ -92,7 +92,8 @@ def migrate() -> None:
 @app.command("create-user")
 def create_user(name: str, quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the token")] = False) -> None:
     """Create a user (or add a token to an existing one) and print its API token."""
-    from scheduler.db import Database, migrate as do_migrate
+    from scheduler.db import Database
+    from scheduler.db import migrate as do_migrate
     from scheduler.services.users import get_or_create_user
 
     s = _settings()
@@ -112,7 +113,8 @@ def create_user(name: str, quiet: Annotated[bool, typer.Option("--quiet", "-q", 
 @app.command("create-worker-token")
 def create_worker_token(owner: str, quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
     """Create a worker token for OWNER's machines and print it."""
-    from scheduler.db import Database, migrate as do_migrate
+    from scheduler.db import Database
+    from scheduler.db import migrate as do_migrate
     from scheduler.services.users import create_worker_token as mint
 
     s = _settings()

@@ -1,6 +1,6 @@
 """Errors the scheduler's services raise; ``main.py`` maps them to JSON in one place.
 
-Every error body is ``{"error": {"code": ..., "message": ..., "fields": {...}}}``.
+Every error body is ``{"error": {"code": ..., "message": ..., "fields": {...}}}`` (``contract.errors``).
 
 - ``SchedulerError``: base; ``status`` is the HTTP status
   - ``BadRequest`` (400): a malformed or truncated upload, a Content-Length mismatch
@@ -18,12 +18,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.errors import ErrorCode, error_body
+
 
 class SchedulerError(Exception):
     status: int = 400
-    code: str = "error"
+    code: ErrorCode = ErrorCode.BAD_REQUEST
 
-    def __init__(self, message: str, *, code: str | None = None, fields: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: ErrorCode | None = None, fields: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -31,48 +35,48 @@ class SchedulerError(Exception):
         self.fields = fields or {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "fields": self.fields}}
+        return error_body(self.code, self.message, self.fields)
 
 
 class BadRequest(SchedulerError):
     status = 400
-    code = "bad_request"
+    code = ErrorCode.BAD_REQUEST
 
 
 class Unauthorized(SchedulerError):
     status = 401
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
 
 
 class Forbidden(SchedulerError):
     status = 403
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 class NotFound(SchedulerError):
     status = 404
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class Conflict(SchedulerError):
     status = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
 
 
 class StaleAttempt(Conflict):
-    code = "stale_attempt"
+    code = ErrorCode.STALE_ATTEMPT
 
 
 class LengthRequired(SchedulerError):
     status = 411
-    code = "length_required"
+    code = ErrorCode.LENGTH_REQUIRED
 
 
 class PayloadTooLarge(SchedulerError):
     status = 413
-    code = "payload_too_large"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class InvalidRequest(SchedulerError):
     status = 422
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST

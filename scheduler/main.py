@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.errors import ErrorCode, error_body
+from contract.routes import API_PREFIX
 from scheduler.errors import SchedulerError
 from scheduler.observability import app_registry
 from scheduler.runtime import Runtime
@@ -18,11 +20,8 @@ from scheduler.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-API_PREFIX = "/api/v1"
-
-
-def _error(status: int, code: str, message: str, fields: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "fields": fields or {}}}, status_code=status)
+def _error(status: int, code: ErrorCode, message: str, fields: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, fields), status_code=status)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -37,11 +36,11 @@ def install_error_handlers(app: FastAPI) -> None:
             loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body",))
             fields[loc or "body"] = err.get("msg", "invalid")
         summary = "; ".join(f"{k}: {v}" for k, v in fields.items())
-        return _error(422, "invalid_request", f"the request is invalid: {summary}", fields)
+        return _error(422, ErrorCode.INVALID_REQUEST, f"the request is invalid: {summary}", fields)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(exc.status_code, ErrorCode.HTTP_ERROR)
         return _error(exc.status_code, code, str(exc.detail))
 
 

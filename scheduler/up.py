@@ -139,9 +139,10 @@ class Stack:
         return f"redis://127.0.0.1:{port}/0"
 
     def _tokens(self) -> tuple[str, str]:
-        from scheduler.services.users import create_worker_token, get_or_create_user, hash_token
-        from scheduler.db import ApiTokenModel
         import sqlalchemy as sa
+
+        from scheduler.db import ApiTokenModel
+        from scheduler.services.users import create_worker_token, get_or_create_user, hash_token
 
         token_file = self.data_dir / "worker_token"
         with self.rt.db.session() as session:

@@ -22,6 +22,11 @@ from typing import Any
 from urllib.parse import urljoin
 
 import httpx
+from pydantic import BaseModel, ValidationError
+
+from contract import routes
+from contract.errors import error_from_body
+from contract.jobs import ArtifactList, InspectResponse, Job, JobList, MetricsResponse
 
 __all__ = [
     "APIError",
@@ -112,13 +117,11 @@ class LogEvent:
 
 def _error(response: httpx.Response) -> APIError:
     try:
-        body = response.json().get("error") or {}
-    except (ValueError, AttributeError):
-        body = {}
-    code = str(body.get("code") or response.reason_phrase or "error")
-    message = str(body.get("message") or response.text[:300] or response.reason_phrase)
-    fields = body.get("fields") if isinstance(body.get("fields"), dict) else {}
-    status = response.status_code
+        body: Any = response.json()
+    except ValueError:
+        body = response.text
+    parsed = error_from_body(response.status_code, body, response.reason_phrase)
+    code, message, fields, status = parsed.code, parsed.message, parsed.fields, parsed.status
     if status in (401, 403):
         return Unauthorized(
             status, code, f"the server refused the token ({message}): it is wrong, expired or revoked. "
@@ -131,11 +134,23 @@ def _error(response: httpx.Response) -> APIError:
     return APIError(status, code, f"the server failed ({status} {code}: {message}); try again, or tell its admin")
 
 
+def _parsed(model: type[BaseModel], response: httpx.Response) -> dict:
+    """The response body read through the contract's model (a field the API renamed fails here, loudly), as JSON."""
+    try:
+        return model.model_validate(response.json()).model_dump(mode="json")
+    except (ValueError, ValidationError) as exc:
+        raise APIError(
+            response.status_code, "unexpected_answer",
+            f"the server's answer to {response.request.method} {response.request.url.path} is not what this "
+            f"twinkle-submit expects ({exc.__class__.__name__}); upgrade twinkle-submit to the server's version",
+        ) from exc
+
+
 class Client:
     def __init__(self, server: str, token: str | None, *, timeout: float = 60.0, transport: Any = None):
         self.server = server.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.server + "/api/v1", headers=headers, timeout=timeout,
+        self._http = httpx.Client(base_url=self.server + routes.API_PREFIX, headers=headers, timeout=timeout,
                                   transport=transport)
 
     def close(self) -> None:
@@ -173,32 +188,32 @@ class Client:
         if request:
             data["request"] = json.dumps(request)
         files = {"file": (filename, bundle, "application/zip")}
-        return self._request("POST", "/jobs", data=data, files=files).json()
+        return _parsed(Job, self._request("POST", routes.JOBS, data=data, files=files))
 
     def inspect(self, script: bytes, filename: str) -> dict:
         files = {"file": (filename, script, "text/x-python")}
-        return self._request("POST", "/scripts/inspect", files=files).json()
+        return _parsed(InspectResponse, self._request("POST", routes.SCRIPTS_INSPECT, files=files))
 
     def list_jobs(self, state: str | None = None, limit: int = 50, offset: int = 0) -> dict:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if state:
             params["state"] = state
-        return self._request("GET", "/jobs", params=params).json()
+        return _parsed(JobList, self._request("GET", routes.JOBS, params=params))
 
     def job(self, job_id: str) -> dict:
-        return self._request("GET", f"/jobs/{job_id}").json()
+        return _parsed(Job, self._request("GET", routes.path(routes.JOB, job_id=job_id)))
 
     def cancel(self, job_id: str) -> dict:
-        return self._request("POST", f"/jobs/{job_id}/cancel").json()
+        return _parsed(Job, self._request("POST", routes.path(routes.JOB_CANCEL, job_id=job_id)))
 
     def logs(self, job_id: str) -> str:
-        return self._request("GET", f"/jobs/{job_id}/logs").text
+        return self._request("GET", routes.path(routes.JOB_LOGS, job_id=job_id)).text
 
     def metrics(self, job_id: str) -> list[dict]:
-        return self._request("GET", f"/jobs/{job_id}/metrics").json().get("records", [])
+        return _parsed(MetricsResponse, self._request("GET", routes.path(routes.JOB_METRICS, job_id=job_id)))["records"]
 
     def artifacts(self, job_id: str) -> list[dict]:
-        return self._request("GET", f"/jobs/{job_id}/artifacts").json().get("items", [])
+        return _parsed(ArtifactList, self._request("GET", routes.path(routes.JOB_ARTIFACTS, job_id=job_id)))["items"]
 
     def stream_logs(self, job_id: str, last_event_id: str | None = None) -> Iterator[LogEvent]:
         """Server-sent events of the job's log until ``event: end``; reconnects with ``Last-Event-ID``."""
@@ -208,7 +223,7 @@ class Client:
             if last_event_id:
                 headers["Last-Event-ID"] = last_event_id
             try:
-                with self._http.stream("GET", f"/jobs/{job_id}/logs/stream", headers=headers,
+                with self._http.stream("GET", routes.path(routes.JOB_LOGS_STREAM, job_id=job_id), headers=headers,
                                        timeout=httpx.Timeout(30.0, read=None)) as response:
                     if response.is_error:
                         response.read()

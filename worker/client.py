@@ -1,6 +1,7 @@
 """An httpx client of the scheduler API, as a worker sees it.
 
-Error responses (``{"error": {"code", "message", "fields"}}``) become exceptions:
+Routes, bodies and error codes come from ``contract``; error responses become the exceptions of
+``contract.errors`` (re-exported here; ``WorkerAPIError`` is ``ApiError``):
 
 * ``WorkerAPIError`` (any 4xx/5xx; carries ``status``, ``code``, ``message``, ``fields``)
     * ``AuthError``: 401/403, the worker token is wrong or revoked
@@ -20,6 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ValidationError
+
+from contract import routes
+from contract.attempts import FinishRequest, LogsRequest, MetricsRequest
+from contract.errors import (
+    ApiError,
+    AuthError,
+    Conflict,
+    ErrorCode,
+    InvalidRequest,
+    NotFound,
+    ServerUnavailable,
+    StaleAttempt,
+    error_from_body,
+)
+from contract.workers import HeartbeatRequest, HeartbeatResponse, RegisterWorkerRequest
 
 __all__ = [
     "AuthError",
@@ -34,60 +51,24 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-
-class WorkerAPIError(Exception):
-    def __init__(self, status: int, code: str, message: str, fields: dict | None = None):
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
+WorkerAPIError = ApiError
 
 
-class AuthError(WorkerAPIError):
-    pass
-
-
-class NotFound(WorkerAPIError):
-    pass
-
-
-class Conflict(WorkerAPIError):
-    pass
-
-
-class StaleAttempt(Conflict):
-    pass
-
-
-class InvalidRequest(WorkerAPIError):
-    pass
-
-
-class ServerUnavailable(WorkerAPIError):
-    pass
-
-
-def error_from_response(response: httpx.Response) -> WorkerAPIError:
+def error_from_response(response: httpx.Response) -> ApiError:
     """Map an error response to the exception for its status and code."""
     try:
-        body = response.json().get("error") or {}
-    except (ValueError, AttributeError):
-        body = {}
-    code = str(body.get("code") or response.reason_phrase or "error")
-    message = str(body.get("message") or response.text[:500])
-    fields = body.get("fields") if isinstance(body.get("fields"), dict) else None
-    status = response.status_code
-    if code == "not_your_attempt":  # the attempt was reassigned to another worker: stop, like a stale one
-        cls: type[WorkerAPIError] = StaleAttempt
-    elif status in (401, 403):
-        cls = AuthError
-    elif status == 404:
-        cls = NotFound
-    elif status == 409:
-        cls = StaleAttempt if code == "stale_attempt" else Conflict
-    elif status >= 500:
-        cls = ServerUnavailable
-    else:
-        cls = InvalidRequest
-    return cls(status, code, message, fields)
+        body: Any = response.json()
+    except ValueError:
+        body = response.text
+    return error_from_body(response.status_code, body, response.reason_phrase)
+
+
+def _body(model: type[BaseModel], data: Any) -> dict[str, Any]:
+    """``data`` checked against the contract's model, as JSON; a body the API would refuse fails here the same way."""
+    try:
+        return model.model_validate(data).model_dump(mode="json")
+    except ValidationError as exc:
+        raise InvalidRequest(422, ErrorCode.INVALID_REQUEST, f"{model.__name__}: {exc}") from exc
 
 
 class WorkerClient:
@@ -108,7 +89,7 @@ class WorkerClient:
         transport: httpx.BaseTransport | None = None,
     ):
         self._http = httpx.Client(
-            base_url=server_url.rstrip("/") + "/api/v1",
+            base_url=server_url.rstrip("/") + routes.API_PREFIX,
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
             transport=transport,
@@ -148,32 +129,30 @@ class WorkerClient:
             delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @staticmethod
-    def _attempt(job_id: str, attempt: int) -> str:
-        return f"/attempts/{job_id}/{attempt}"
 
     # ------------------------------------------------------------ worker lifecycle
 
     def register(self, name: str, hostname: str, device_groups: list[dict]) -> dict:
-        body = {"name": name, "hostname": hostname, "device_groups": device_groups}
-        return self._request("POST", "/workers/register", json=body).json()
+        body = _body(RegisterWorkerRequest, {"name": name, "hostname": hostname, "device_groups": device_groups})
+        return self._request("POST", routes.WORKER_REGISTER, json=body).json()
 
     def heartbeat(self, worker_id: str, running: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
         """Report running attempts; returns the attempts the scheduler wants cancelled."""
-        body = {"running": [{"job_id": j, "attempt": n} for j, n in running]}
+        body = _body(HeartbeatRequest, {"running": [{"job_id": j, "attempt": n} for j, n in running]})
         # a heartbeat is retried by the next heartbeat, not here: a late one is worth less than a fresh one
-        response = self._http.post(f"/workers/{worker_id}/heartbeat", json=body)
+        url = routes.path(routes.WORKER_HEARTBEAT, worker_id=worker_id)
+        response = self._http.post(url, json=body)
         if response.is_error:
             raise error_from_response(response)
-        return [(c["job_id"], int(c["attempt"])) for c in response.json().get("cancel", [])]
+        return [(c.job_id, c.attempt) for c in HeartbeatResponse.model_validate(response.json()).cancel]
 
     # ------------------------------------------------------------ attempt writes (fenced)
 
     def start(self, job_id: str, attempt: int) -> dict:
-        return self._request("POST", self._attempt(job_id, attempt) + "/start").json()
+        return self._request("POST", routes.path(routes.ATTEMPT_START, job_id=job_id, attempt=attempt)).json()
 
     def download_bundle(self, job_id: str, attempt: int, dest: Path) -> Path:
-        url = self._attempt(job_id, attempt) + "/bundle"
+        url = routes.path(routes.ATTEMPT_BUNDLE, job_id=job_id, attempt=attempt)
         with self._http.stream("GET", url) as response:
             return _save_response(response, dest)
 
@@ -185,10 +164,12 @@ class WorkerClient:
             return _save_response(response, dest)
 
     def post_logs(self, job_id: str, attempt: int, lines: list[dict]) -> None:
-        self._request("POST", self._attempt(job_id, attempt) + "/logs", json={"lines": lines})
+        url = routes.path(routes.ATTEMPT_LOGS, job_id=job_id, attempt=attempt)
+        self._request("POST", url, json=_body(LogsRequest, {"lines": lines}))
 
     def post_metrics(self, job_id: str, attempt: int, records: list[dict]) -> None:
-        self._request("POST", self._attempt(job_id, attempt) + "/metrics", json={"records": records})
+        url = routes.path(routes.ATTEMPT_METRICS, job_id=job_id, attempt=attempt)
+        self._request("POST", url, json=_body(MetricsRequest, {"records": records}))
 
     def put_artifact(self, job_id: str, attempt: int, path: str, file: Path) -> None:
         size = file.stat().st_size
@@ -201,7 +182,7 @@ class WorkerClient:
         # a generator body streams the file; Content-Length lets the API check it arrived whole
         self._request(
             "PUT",
-            self._attempt(job_id, attempt) + "/artifacts/" + path,
+            routes.path(routes.ATTEMPT_ARTIFACT, job_id=job_id, attempt=attempt, path=path),
             content=body,
             headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
         )
@@ -209,8 +190,9 @@ class WorkerClient:
     def finish(
         self, job_id: str, attempt: int, state: str, exit_code: int | None = None, error: str | None = None
     ) -> dict:
-        body = {"state": state, "exit_code": exit_code, "error": error}
-        return self._request("POST", self._attempt(job_id, attempt) + "/finish", json=body).json()
+        body = _body(FinishRequest, {"state": state, "exit_code": exit_code, "error": error})
+        url = routes.path(routes.ATTEMPT_FINISH, job_id=job_id, attempt=attempt)
+        return self._request("POST", url, json=body).json()
 
 
 def _save_response(response: httpx.Response, dest: Path) -> Path:

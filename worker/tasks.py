@@ -15,16 +15,16 @@ from pathlib import Path, PurePosixPath
 
 from celery import Celery
 
+from contract.tasks import CELERY_SHARED_CONFIG, TASK_RUN_ATTEMPT
 from worker.client import Conflict, NotFound, StaleAttempt, WorkerAPIError, WorkerClient
 from worker.leftovers import ProcessGroupLedger
 from worker.runner import JobRunner, JobSpec, RunResult, StaleAttemptSignal
 from worker.settings import WorkerSettings
 
-__all__ = ["TASK_NAME", "AttemptExecutor", "BundleError", "ClientSink", "create_celery_app", "latest_checkpoint", "unpack_bundle"]
+__all__ = ["AttemptExecutor", "BundleError", "ClientSink", "create_celery_app", "latest_checkpoint", "unpack_bundle"]
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "twinkle.run_attempt"
 
 
 class BundleError(Exception):
@@ -224,22 +224,17 @@ class AttemptExecutor:
 def create_celery_app(broker_url: str, executor: AttemptExecutor) -> Celery:
     """A Celery app whose only task runs assignments on ``executor``; one at a time, prefetch 1, acked early."""
     app = Celery("twinkle-worker", broker=broker_url, set_as_current=False)
+    app.conf.update(CELERY_SHARED_CONFIG)
     app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        task_acks_late=False,
-        task_ignore_result=True,
-        worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
-        broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         # our own lease replaces these; they only add broker chatter
         worker_enable_remote_control=False,
         worker_send_task_events=False,
     )
 
-    @app.task(name=TASK_NAME, acks_late=False, ignore_result=True)
+    @app.task(name=TASK_RUN_ATTEMPT, acks_late=False, ignore_result=True)
     def run_attempt(job_id: str, attempt: int) -> str | None:
         result = executor.run_attempt(str(job_id), int(attempt))
         return result.state if result else None

@@ -6,9 +6,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from scheduler.api.deps import CurrentWorker, RuntimeDep, SessionDep
-from scheduler.db import AttemptState
-from scheduler.schemas.attempts import (
+from contract import routes
+from contract.attempts import (
     Accepted,
     ArtifactStored,
     FinishRequest,
@@ -19,14 +18,16 @@ from scheduler.schemas.attempts import (
     ResumeFrom,
     StartResponse,
 )
+from scheduler.api.deps import CurrentWorker, RuntimeDep, SessionDep
+from scheduler.db import AttemptState
 from scheduler.services import attempts as attempts_service
 from scheduler.services import events
 from scheduler.services import logs as logs_service
 
-router = APIRouter(prefix="/attempts/{job_id}/{attempt}", tags=["attempts"])
+router = APIRouter(tags=["attempts"])
 
 
-@router.post("/start", response_model=StartResponse)
+@router.post(routes.ATTEMPT_START, response_model=StartResponse)
 def start(job_id: str, attempt: int, request: Request, token: CurrentWorker, session: SessionDep, rt: RuntimeDep) -> StartResponse:
     """Confirm an assignment before running it. The idempotency check of ``twinkle.run_attempt``: a second
     start of the same attempt, or a start of a stale one, is 409 ``stale_attempt``; do not run then.
@@ -52,7 +53,7 @@ def start(job_id: str, attempt: int, request: Request, token: CurrentWorker, ses
     )
 
 
-@router.get("/bundle", response_class=StreamingResponse)
+@router.get(routes.ATTEMPT_BUNDLE, response_class=StreamingResponse)
 def bundle(job_id: str, attempt: int, token: CurrentWorker, session: SessionDep, rt: RuntimeDep) -> StreamingResponse:
     """The job's bundle (a zip with the entrypoint at its top level)."""
     f = attempts_service.fence(session, token, job_id, attempt, (AttemptState.ASSIGNED, AttemptState.RUNNING))
@@ -65,7 +66,7 @@ def bundle(job_id: str, attempt: int, token: CurrentWorker, session: SessionDep,
     )
 
 
-@router.post("/logs", response_model=Accepted)
+@router.post(routes.ATTEMPT_LOGS, response_model=Accepted)
 def post_logs(job_id: str, attempt: int, body: LogsRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep) -> Accepted:
     """Append log lines (fenced); they go to the job's Redis stream for live readers."""
     attempts_service.fence(session, token, job_id, attempt, attempts_service.WRITABLE)
@@ -74,13 +75,13 @@ def post_logs(job_id: str, attempt: int, body: LogsRequest, token: CurrentWorker
     return Accepted(accepted=n)
 
 
-@router.post("/metrics", response_model=Accepted)
+@router.post(routes.ATTEMPT_METRICS, response_model=Accepted)
 def post_metrics(job_id: str, attempt: int, body: MetricsRequest, token: CurrentWorker, session: SessionDep) -> Accepted:
     """Record training metrics (fenced): ``{step, ts, metrics}`` per record."""
     return Accepted(accepted=attempts_service.add_metrics(session, token, job_id, attempt, body.records))
 
 
-@router.put("/artifacts/{path:path}", response_model=ArtifactStored, status_code=201)
+@router.put(routes.ATTEMPT_ARTIFACT, response_model=ArtifactStored, status_code=201)
 async def put_artifact(
     job_id: str,
     attempt: int,
@@ -106,7 +107,7 @@ async def put_artifact(
     return ArtifactStored(attempt=attempt, path=row.path, size=row.size)
 
 
-@router.post("/finish", response_model=FinishResponse)
+@router.post(routes.ATTEMPT_FINISH, response_model=FinishResponse)
 def finish(job_id: str, attempt: int, body: FinishRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep) -> FinishResponse:
     """Report the attempt's end state (succeeded, failed or cancelled). Send logs and artifacts first: writes
     after ``finish`` are refused as stale. The attempt's log is then persisted to storage."""

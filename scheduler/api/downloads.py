@@ -3,6 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from contract import routes
+from contract.errors import ErrorCode
 from scheduler.api.deps import RuntimeDep
 from scheduler.errors import NotFound
 from scheduler.storage import LocalStorage, ObjectNotFound
@@ -10,7 +12,7 @@ from scheduler.storage import LocalStorage, ObjectNotFound
 router = APIRouter(tags=["downloads"])
 
 
-@router.get("/downloads/{signed}", response_class=StreamingResponse)
+@router.get(routes.DOWNLOAD, response_class=StreamingResponse)
 def download(signed: str, rt: RuntimeDep) -> StreamingResponse:
     """Serve a local-storage object behind a signed, expiring link (from the artifacts listing). No token is
     needed: the signature is the permission."""
@@ -21,7 +23,7 @@ def download(signed: str, rt: RuntimeDep) -> StreamingResponse:
         key = storage.unsign(signed)
         size = storage.size(key)
     except ObjectNotFound as exc:
-        raise NotFound(str(exc) if "link" in str(exc) else "the file no longer exists", code="download_not_found") from exc
+        raise NotFound(str(exc) if "link" in str(exc) else "the file no longer exists", code=ErrorCode.DOWNLOAD_NOT_FOUND) from exc
     name = key.rsplit("/", 1)[-1]
     return StreamingResponse(
         storage.iter_bytes(key),

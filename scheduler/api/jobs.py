@@ -8,10 +8,9 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from scheduler.api.deps import CurrentUser, RuntimeDep, SessionDep
-from scheduler.db import TERMINAL_JOB_STATES, JobModel
-from scheduler.errors import BadRequest, InvalidRequest, PayloadTooLarge
-from scheduler.schemas.jobs import (
+from contract import routes
+from contract.errors import ErrorCode
+from contract.jobs import (
     Artifact,
     ArtifactList,
     Attempt,
@@ -22,6 +21,9 @@ from scheduler.schemas.jobs import (
     MetricRecord,
     MetricsResponse,
 )
+from scheduler.api.deps import CurrentUser, RuntimeDep, SessionDep
+from scheduler.db import TERMINAL_JOB_STATES, JobModel
+from scheduler.errors import BadRequest, InvalidRequest, PayloadTooLarge
 from scheduler.services import artifacts as artifacts_service
 from scheduler.services import events
 from scheduler.services import jobs as jobs_service
@@ -115,12 +117,12 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[str, bytes, dic
                 raise PayloadTooLarge(f"the upload exceeds {mb:g} MB (MAX_BUNDLE_MB)", fields={"file": "too large"})
             chunks.append(chunk)
     except ClientDisconnect as exc:
-        raise BadRequest(f"the upload broke off after {size} bytes; nothing was stored", code="truncated_upload") from exc
+        raise BadRequest(f"the upload broke off after {size} bytes; nothing was stored", code=ErrorCode.TRUNCATED_UPLOAD) from exc
     body = b"".join(chunks)
     if declared and declared.isdigit() and int(declared) != len(body):
         raise BadRequest(
             f"Content-Length says {declared} bytes but {len(body)} arrived; nothing was stored",
-            code="truncated_upload",
+            code=ErrorCode.TRUNCATED_UPLOAD,
         )
     boundary = ""
     for part in ctype.split(";")[1:]:
@@ -130,13 +132,13 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[str, bytes, dic
     if not boundary or not body.rstrip(b"\r\n").endswith(b"--" + boundary.encode() + b"--"):
         raise BadRequest(
             "the upload is truncated (the multipart body has no closing boundary); nothing was stored",
-            code="truncated_upload",
+            code=ErrorCode.TRUNCATED_UPLOAD,
         )
     request._body = body  # lets Starlette's parser read the bytes we already hold
     try:
         form = await request.form(max_files=1, max_fields=16)
     except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed upload
-        raise BadRequest(f"the multipart body could not be parsed: {exc}", code="bad_upload") from exc
+        raise BadRequest(f"the multipart body could not be parsed: {exc}", code=ErrorCode.BAD_UPLOAD) from exc
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise InvalidRequest("the 'file' field (a .py script or a .zip bundle) is missing", fields={"file": "required"})
@@ -150,7 +152,7 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[str, bytes, dic
     return upload.filename or "train.py", data, fields
 
 
-@router.post("/scripts/inspect", response_model=InspectResponse, openapi_extra=_UPLOAD_DOC)
+@router.post(routes.SCRIPTS_INSPECT, response_model=InspectResponse, openapi_extra=_UPLOAD_DOC)
 async def inspect_script(request: Request, user: CurrentUser, rt: RuntimeDep) -> InspectResponse:
     """Read a script's DeviceGroups statically (the script is parsed, never run); nothing is stored."""
     filename, data, fields = await read_upload(request, rt.settings.max_bundle_bytes)
@@ -163,7 +165,7 @@ async def inspect_script(request: Request, user: CurrentUser, rt: RuntimeDep) ->
     )
 
 
-@router.post("/jobs", status_code=201, response_model=Job, openapi_extra=_UPLOAD_DOC)
+@router.post(routes.JOBS, status_code=201, response_model=Job, openapi_extra=_UPLOAD_DOC)
 async def create_job(request: Request, user: CurrentUser, rt: RuntimeDep, session: SessionDep) -> Job:
     """Submit a job: multipart ``file`` (.py or .zip), optional ``entrypoint``, ``name`` and ``request`` (JSON
     overriding the DeviceGroups read from the script).
@@ -180,7 +182,7 @@ async def create_job(request: Request, user: CurrentUser, rt: RuntimeDep, sessio
     return job_model_to_job(job, positions.get(job.id))
 
 
-@router.get("/jobs", response_model=JobList)
+@router.get(routes.JOBS, response_model=JobList)
 def list_jobs(
     user: CurrentUser,
     session: SessionDep,
@@ -200,7 +202,7 @@ def list_jobs(
     return JobList(items=[job_model_to_job(j, positions.get(j.id)) for j in items], total=total)
 
 
-@router.get("/jobs/{job_id}", response_model=Job)
+@router.get(routes.JOB, response_model=Job)
 def get_job(job_id: str, user: CurrentUser, session: SessionDep) -> Job:
     """One job with its attempts; while queued, ``queue_position`` (an estimate, see ``GET /jobs``) and
     ``pending_reason`` say why it waits."""
@@ -208,7 +210,7 @@ def get_job(job_id: str, user: CurrentUser, session: SessionDep) -> Job:
     return job_model_to_job(job, jobs_service.queue_positions(session, [job]).get(job.id))
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=Job)
+@router.post(routes.JOB_CANCEL, response_model=Job)
 def cancel_job(job_id: str, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> Job:
     """Cancel: a queued (or not yet started) job at once; a running job becomes ``cancelling`` and its worker
     stops it when its next heartbeat answers ``cancel``."""
@@ -218,7 +220,7 @@ def cancel_job(job_id: str, user: CurrentUser, session: SessionDep, rt: RuntimeD
     return job_model_to_job(res.job)
 
 
-@router.get("/jobs/{job_id}/logs", response_class=PlainTextResponse)
+@router.get(routes.JOB_LOGS, response_class=PlainTextResponse)
 def job_logs(job_id: str, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> PlainTextResponse:
     """All attempts' logs as plain text (finished attempts from storage, live ones from Redis)."""
     job = jobs_service.get_job(session, user, job_id)
@@ -227,7 +229,7 @@ def job_logs(job_id: str, user: CurrentUser, session: SessionDep, rt: RuntimeDep
     return PlainTextResponse(logs_service.full_text(rt.redis, rt.storage, job.user_id, job.id, attempts))
 
 
-@router.get("/jobs/{job_id}/logs/stream", response_class=StreamingResponse)
+@router.get(routes.JOB_LOGS_STREAM, response_class=StreamingResponse)
 async def stream_logs(
     job_id: str,
     user: CurrentUser,
@@ -262,7 +264,7 @@ async def stream_logs(
     )
 
 
-@router.get("/jobs/{job_id}/metrics", response_model=MetricsResponse)
+@router.get(routes.JOB_METRICS, response_model=MetricsResponse)
 def job_metrics(job_id: str, user: CurrentUser, session: SessionDep) -> MetricsResponse:
     """Training metrics the job reported (``model.calculate_metric``), every attempt, in step order."""
     job = jobs_service.get_job(session, user, job_id)
@@ -272,7 +274,7 @@ def job_metrics(job_id: str, user: CurrentUser, session: SessionDep) -> MetricsR
     )
 
 
-@router.get("/jobs/{job_id}/artifacts", response_model=ArtifactList)
+@router.get(routes.JOB_ARTIFACTS, response_model=ArtifactList)
 def job_artifacts(job_id: str, request: Request, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> ArtifactList:
     """Files the job uploaded (checkpoints under ``output/``), each with a presigned, short-lived link."""
     job = jobs_service.get_job(session, user, job_id)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from scheduler.api.deps import AdminDep, CurrentUser, PrincipalDep, RuntimeDep, SessionDep
-from scheduler.schemas.users import (
+from contract import routes
+from contract.users import (
     CreateUserRequest,
     CreateUserResponse,
     CreateWorkerTokenRequest,
@@ -12,6 +12,7 @@ from scheduler.schemas.users import (
     TokenResponse,
     User,
 )
+from scheduler.api.deps import AdminDep, CurrentUser, PrincipalDep, RuntimeDep, SessionDep
 from scheduler.services import users as users_service
 
 router = APIRouter(tags=["users"])
@@ -21,7 +22,7 @@ def user_model_to_user(u) -> User:  # type: ignore[no-untyped-def]
     return User(id=u.id, name=u.name, created_at=u.created_at)
 
 
-@router.post("/users", status_code=201, response_model=CreateUserResponse)
+@router.post(routes.USERS, status_code=201, response_model=CreateUserResponse)
 def create_user(body: CreateUserRequest, _admin: AdminDep, session: SessionDep) -> CreateUserResponse:
     """Create a user and its first API token (admin token required). The token is shown only here."""
     user, token = users_service.create_user(session, body.name)
@@ -29,13 +30,13 @@ def create_user(body: CreateUserRequest, _admin: AdminDep, session: SessionDep) 
     return CreateUserResponse(user=user_model_to_user(user), token=token)
 
 
-@router.get("/users/me", response_model=User)
+@router.get(routes.USERS_ME, response_model=User)
 def me(user: CurrentUser) -> User:
     """The user the token (or session cookie) belongs to."""
     return user_model_to_user(user)
 
 
-@router.post("/users/me/tokens", status_code=201, response_model=TokenResponse)
+@router.post(routes.USERS_ME_TOKENS, status_code=201, response_model=TokenResponse)
 def new_token(user: CurrentUser, session: SessionDep) -> TokenResponse:
     """Mint another API token for the calling user."""
     token = users_service.create_user_token(session, user)
@@ -43,7 +44,7 @@ def new_token(user: CurrentUser, session: SessionDep) -> TokenResponse:
     return TokenResponse(token=token)
 
 
-@router.post("/worker-tokens", status_code=201, response_model=TokenResponse)
+@router.post(routes.WORKER_TOKENS, status_code=201, response_model=TokenResponse)
 def create_worker_token(body: CreateWorkerTokenRequest, _admin: AdminDep, session: SessionDep) -> TokenResponse:
     """Create a worker token (admin token required): it can only register workers, heartbeat and report on
     the attempts assigned to them."""
@@ -52,7 +53,7 @@ def create_worker_token(body: CreateWorkerTokenRequest, _admin: AdminDep, sessio
     return TokenResponse(token=token)
 
 
-@router.post("/auth/session", response_model=SessionResponse)
+@router.post(routes.AUTH_SESSION, response_model=SessionResponse)
 def create_session(body: SessionRequest, response: Response, rt: RuntimeDep, session: SessionDep) -> SessionResponse:
     """Sign in the web UI: checks a user token and sets the signed ``twinkle_session`` cookie."""
     p = users_service.authenticate(session, body.token, None)
@@ -69,7 +70,7 @@ def create_session(body: SessionRequest, response: Response, rt: RuntimeDep, ses
     return SessionResponse(user=user_model_to_user(user))
 
 
-@router.delete("/auth/session", status_code=204)
+@router.delete(routes.AUTH_SESSION, status_code=204)
 def delete_session(response: Response) -> Response:
     """Sign out: clears the session cookie."""
     response.delete_cookie(users_service.SESSION_COOKIE)

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from scheduler.api.deps import CurrentUser, CurrentWorker, RuntimeDep, SessionDep
-from scheduler.schemas.workers import (
+from contract import routes
+from contract.tasks import worker_queue
+from contract.workers import (
     AttemptRef,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -13,13 +14,14 @@ from scheduler.schemas.workers import (
     Worker,
     WorkerList,
 )
+from scheduler.api.deps import CurrentUser, CurrentWorker, RuntimeDep, SessionDep
 from scheduler.services import events
 from scheduler.services import workers as workers_service
 
 router = APIRouter(tags=["workers"])
 
 
-@router.post("/workers/register", response_model=RegisterWorkerResponse)
+@router.post(routes.WORKER_REGISTER, response_model=RegisterWorkerResponse)
 def register(body: RegisterWorkerRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep) -> RegisterWorkerResponse:
     """Register the DeviceGroups this worker offers (worker token). Each offered group runs one job at a time.
     Registering again under the same name means the worker restarted: its unfinished jobs are requeued."""
@@ -31,14 +33,14 @@ def register(body: RegisterWorkerRequest, token: CurrentWorker, session: Session
     events.requeued(rt.db, rt.redis, rt.storage, reg.requeued)
     return RegisterWorkerResponse(
         worker_id=reg.worker.id,
-        queue=workers_service.queue_name(reg.worker.id),
+        queue=worker_queue(reg.worker.id),
         broker_url=s.broker_public_url or s.effective_redis_url,
         heartbeat_interval_s=s.heartbeat_interval_s,
         lease_s=s.lease_s,
     )
 
 
-@router.post("/workers/{worker_id}/heartbeat", response_model=HeartbeatResponse)
+@router.post(routes.WORKER_HEARTBEAT, response_model=HeartbeatResponse)
 def heartbeat(
     worker_id: str, body: HeartbeatRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep
 ) -> HeartbeatResponse:
@@ -48,7 +50,7 @@ def heartbeat(
     return HeartbeatResponse(cancel=[AttemptRef(job_id=c.job_id, attempt=c.attempt) for c in cancel])
 
 
-@router.get("/workers", response_model=WorkerList)
+@router.get(routes.WORKERS, response_model=WorkerList)
 def list_workers(_user: CurrentUser, session: SessionDep) -> WorkerList:
     """Donors and pools: offered DeviceGroups, state, last heartbeat, jobs run and GPU-hours given."""
     return WorkerList(

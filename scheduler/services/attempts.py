@@ -16,6 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from contract.attempts import FinishRequest, MetricIn
+from contract.errors import ErrorCode
 from scheduler.db import (
     ApiTokenModel,
     ArtifactModel,
@@ -28,7 +30,6 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import BadRequest, Forbidden, InvalidRequest, LengthRequired, NotFound, StaleAttempt
-from scheduler.schemas.attempts import FinishRequest, MetricIn
 from scheduler.services.workers import gpu_seconds_of
 from scheduler.storage import Storage, attempt_key
 
@@ -45,10 +46,10 @@ def fence(session: Session, token: ApiTokenModel, job_id: str, n: int, allowed: 
     job = session.get(JobModel, job_id)
     attempt = session.scalar(sa.select(AttemptModel).where(AttemptModel.job_id == job_id, AttemptModel.n == n))
     if job is None or attempt is None:
-        raise NotFound(f"no attempt {n} of job {job_id!r}", code="attempt_not_found")
+        raise NotFound(f"no attempt {n} of job {job_id!r}", code=ErrorCode.ATTEMPT_NOT_FOUND)
     worker = session.get(WorkerModel, attempt.worker_id) if attempt.worker_id else None
     if worker is None or worker.token_id != token.id:
-        raise Forbidden(f"attempt {n} of job {job_id} is assigned to another worker", code="not_your_attempt")
+        raise Forbidden(f"attempt {n} of job {job_id} is assigned to another worker", code=ErrorCode.NOT_YOUR_ATTEMPT)
     if n != job.attempt or attempt.state not in allowed:
         raise StaleAttempt(
             f"attempt {n} of job {job_id} is stale (attempt is {attempt.state}; the job is {job.state} "
@@ -119,7 +120,7 @@ def check_artifact_path(path: str) -> str:
     ):
         raise InvalidRequest(
             f"artifact path {path!r} must be relative, without '..', '.', empty segments or backslashes",
-            code="bad_path",
+            code=ErrorCode.BAD_PATH,
             fields={"path": "relative path without .. expected"},
         )
     return path
@@ -139,13 +140,13 @@ async def spool_body(stream: AsyncIterator[bytes], expected: int | None, limit: 
             tmp.write(chunk)
     except Exception as exc:  # the client went away mid-body
         tmp.close()
-        raise BadRequest(f"the upload broke off after {size} bytes: {exc}", code="truncated_upload") from exc
+        raise BadRequest(f"the upload broke off after {size} bytes: {exc}", code=ErrorCode.TRUNCATED_UPLOAD) from exc
     if size != expected:
         tmp.close()
         raise BadRequest(
             f"Content-Length says {expected} bytes but the body had {'more' if size > expected else size}; "
             "nothing was kept, upload again",
-            code="length_mismatch",
+            code=ErrorCode.LENGTH_MISMATCH,
         )
     tmp.seek(0)
     return tmp

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from contract.tasks import TASK_RUN_ATTEMPT, worker_queue
 from scheduler.db import (
     ACTIVE_JOB_STATES,
     AttemptModel,
@@ -30,11 +31,9 @@ from scheduler.db import (
 )
 from scheduler.services import matching
 from scheduler.services.requeue import Requeued, requeue_active_jobs, requeue_jobs
-from scheduler.services.workers import queue_name
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "twinkle.run_attempt"
 CHUNK = 500
 
 
@@ -213,10 +212,10 @@ def send_assignments(celery_app: object, sent: list[Sent]) -> None:
             for i, s in enumerate(sent, 1):
                 args = [s.job_id, s.attempt]
                 msg = amqp.create_task_message(
-                    str(uuid.uuid4()), TASK_NAME, args, {}, argsrepr=repr(args), kwargsrepr="{}"
+                    str(uuid.uuid4()), TASK_RUN_ATTEMPT, args, {}, argsrepr=repr(args), kwargsrepr="{}"
                 )
                 producer.publish(
-                    msg.body, exchange="", routing_key=queue_name(s.worker_id), headers=msg.headers,
+                    msg.body, exchange="", routing_key=worker_queue(s.worker_id), headers=msg.headers,
                     serializer="json", declare=[], retry=False, **msg.properties,
                 )
                 if pipe is not None and i % 1000 == 0:

@@ -13,6 +13,8 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, selectinload
 
+from contract.errors import ErrorCode
+from contract.jobs import JobRequest
 from scheduler.db import (
     ACTIVE_JOB_STATES,
     TERMINAL_JOB_STATES,
@@ -27,7 +29,6 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import Conflict, InvalidRequest, NotFound
-from scheduler.schemas.jobs import JobRequest
 from scheduler.services import matching
 from scheduler.services.script_inspection import Inspection, inspect_source, read_bundle
 from scheduler.storage import Storage, bundle_key
@@ -47,7 +48,7 @@ def _problems_error(problems: list[tuple[str, str]]) -> InvalidRequest:
     fields: dict[str, str] = {}
     for key, msg in problems:
         fields[key] = f"{fields[key]}; {msg}" if key in fields else msg
-    code = "not_python" if any("not valid Python" in m for _, m in problems) else "invalid_request"
+    code = ErrorCode.NOT_PYTHON if any("not valid Python" in m for _, m in problems) else ErrorCode.INVALID_REQUEST
     summary = " | ".join(m for _, m in problems)
     return InvalidRequest(f"the job was not accepted: {summary}", code=code, fields=fields)
 
@@ -145,7 +146,7 @@ def get_job(session: Session, user: UserModel, job_id: str) -> JobModel:
         sa.select(JobModel).options(selectinload(JobModel.attempts)).where(JobModel.id == job_id)
     )
     if job is None or job.user_id != user.id:
-        raise NotFound(f"no job {job_id!r}", code="job_not_found")  # another user's job is 404, not 403
+        raise NotFound(f"no job {job_id!r}", code=ErrorCode.JOB_NOT_FOUND)  # another user's job is 404, not 403
     return job
 
 
@@ -248,7 +249,7 @@ def cancel_job(session: Session, user: UserModel, job_id: str) -> CancelResult:
         job = get_job(session, user, job_id)
         now = utcnow()
         if job.state in TERMINAL_JOB_STATES:
-            raise Conflict(f"job {job_id} has already ended ({job.state})", code="job_ended")
+            raise Conflict(f"job {job_id} has already ended ({job.state})", code=ErrorCode.JOB_ENDED)
         if job.state == JobState.CANCELLING:
             return CancelResult(job, False)
         if job.state in (JobState.QUEUED, JobState.ASSIGNED):
@@ -272,7 +273,7 @@ def cancel_job(session: Session, user: UserModel, job_id: str) -> CancelResult:
         session.commit()
         session.expire_all()
         return CancelResult(get_job(session, user, job_id), values["state"] == JobState.CANCELLED)
-    raise Conflict(f"job {job_id} kept changing; try again", code="busy")
+    raise Conflict(f"job {job_id} kept changing; try again", code=ErrorCode.BUSY)
 
 
 def job_counts_by_state(session: Session) -> dict[str, int]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from contract.errors import ErrorCode
 from scheduler.errors import InvalidRequest
 
 DEFAULT_GROUP = {"name": "default", "ranks": 1, "device_type": "any", "min_memory_gb": 0.0}
@@ -68,7 +69,7 @@ def inspect_source(source: str, filename: str = "train.py") -> Inspection:
     except SyntaxError as exc:
         raise InvalidRequest(
             f"{filename} is not valid Python: {exc.msg} at line {exc.lineno}",
-            code="not_python",
+            code=ErrorCode.NOT_PYTHON,
             fields={"file": f"line {exc.lineno}: {exc.msg}"},
         ) from exc
 

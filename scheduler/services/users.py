@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.orm import Session
 
+from contract.errors import ErrorCode
 from scheduler.db import ApiTokenModel, UserModel, new_id, utcnow
 from scheduler.errors import Conflict, Forbidden, InvalidRequest, Unauthorized
 
@@ -42,7 +43,7 @@ def create_user(session: Session, name: str) -> tuple[UserModel, str]:
     if not name or len(name) > 128:
         raise InvalidRequest("user name must be 1 to 128 characters", fields={"name": "1 to 128 characters"})
     if session.scalar(sa.select(UserModel.id).where(UserModel.name == name)):
-        raise Conflict(f"a user named {name!r} exists already", code="user_exists", fields={"name": "taken"})
+        raise Conflict(f"a user named {name!r} exists already", code=ErrorCode.USER_EXISTS, fields={"name": "taken"})
     user = UserModel(id=new_id(), name=name, created_at=utcnow())
     session.add(user)
     session.flush()
@@ -100,12 +101,12 @@ def require_user(p: Principal) -> UserModel:
         raise Forbidden(
             "this is a worker token (twk_w_...), which can only register, heartbeat and report attempts; "
             "use a user token (twk_u_...) here",
-            code="wrong_token_kind",
+            code=ErrorCode.WRONG_TOKEN_KIND,
         )
     if p.kind == "admin" or p.user is None:
         raise Forbidden(
             "the admin token only creates users and worker tokens; use a user token (twk_u_...) here",
-            code="wrong_token_kind",
+            code=ErrorCode.WRONG_TOKEN_KIND,
         )
     return p.user
 
@@ -114,7 +115,7 @@ def require_worker(p: Principal) -> ApiTokenModel:
     if p.kind != "worker" or p.token is None:
         raise Forbidden(
             "worker routes need a worker token (twk_w_...); create one with `twinkle-scheduler create-worker-token`",
-            code="wrong_token_kind",
+            code=ErrorCode.WRONG_TOKEN_KIND,
         )
     return p.token
 
@@ -122,7 +123,7 @@ def require_worker(p: Principal) -> ApiTokenModel:
 def require_admin(p: Principal) -> None:
     if p.kind != "admin":
         raise Forbidden(
-            "this route needs the admin token (TWINKLE_SCHEDULER_ADMIN_TOKEN)", code="admin_required"
+            "this route needs the admin token (TWINKLE_SCHEDULER_ADMIN_TOKEN)", code=ErrorCode.ADMIN_REQUIRED
         )
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from contract.errors import ErrorCode
+from contract.workers import AttemptRef, OfferedGroup
 from scheduler.db import (
     ACTIVE_JOB_STATES,
     ApiTokenModel,
@@ -20,12 +22,7 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import NotFound
-from scheduler.schemas.workers import AttemptRef, OfferedGroup
 from scheduler.services.requeue import Requeued, requeue_active_jobs
-
-
-def queue_name(worker_id: str) -> str:
-    return f"worker.{worker_id}"
 
 
 @dataclass
@@ -86,7 +83,7 @@ def register(
 def get_own_worker(session: Session, token: ApiTokenModel, worker_id: str) -> WorkerModel:
     worker = session.get(WorkerModel, worker_id)
     if worker is None or worker.token_id != token.id:
-        raise NotFound(f"no worker {worker_id!r} registered with this token; register first", code="worker_not_found")
+        raise NotFound(f"no worker {worker_id!r} registered with this token; register first", code=ErrorCode.WORKER_NOT_FOUND)
     return worker
 
 

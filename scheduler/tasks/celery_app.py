@@ -22,26 +22,14 @@ from __future__ import annotations
 
 from celery import Celery
 
-TASK_RUN_ATTEMPT = "twinkle.run_attempt"
-VISIBILITY_TIMEOUT_S = 3600
+from contract.tasks import CELERY_SHARED_CONFIG, TASK_RUN_ATTEMPT, VISIBILITY_TIMEOUT_S
+
+__all__ = ["TASK_RUN_ATTEMPT", "VISIBILITY_TIMEOUT_S", "celery_config", "make_celery"]
 
 
 def celery_config(broker_url: str) -> dict[str, object]:
-    return dict(
-        broker_url=broker_url,
-        result_backend=None,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        task_acks_late=False,
-        task_reject_on_worker_lost=False,
-        worker_prefetch_multiplier=1,
-        task_create_missing_queues=True,
-        task_default_queue="twinkle.default",
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
-        broker_connection_retry_on_startup=True,
-        task_routes={},
-    )
+    """The dispatcher's (producer's) Celery settings: the shared ones, plus routing by queue name."""
+    return {**CELERY_SHARED_CONFIG, "broker_url": broker_url, "task_create_missing_queues": True, "task_routes": {}}
 
 
 def make_celery(broker_url: str) -> Celery:

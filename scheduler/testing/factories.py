@@ -6,6 +6,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from contract import routes
+
 from scheduler.db import Base, Database
 from scheduler.settings import Settings
 
@@ -45,19 +47,23 @@ def reset_database(db: Database) -> None:
             conn.execute(sa.delete(table))
 
 
+def _api(template: str, **params: object) -> str:
+    return routes.API_PREFIX + routes.path(template, **params)
+
+
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
 def create_user(client: Any, name: str) -> str:
     """Create a user through the API with the admin token; returns its token."""
-    r = client.post("/api/v1/users", json={"name": name}, headers=auth(ADMIN_TOKEN))
+    r = client.post(_api(routes.USERS), json={"name": name}, headers=auth(ADMIN_TOKEN))
     assert r.status_code == 201, r.text
     return r.json()["token"]
 
 
 def create_worker_token(client: Any, owner: str = "tests") -> str:
-    r = client.post("/api/v1/worker-tokens", json={"owner": owner}, headers=auth(ADMIN_TOKEN))
+    r = client.post(_api(routes.WORKER_TOKENS), json={"owner": owner}, headers=auth(ADMIN_TOKEN))
     assert r.status_code == 201, r.text
     return r.json()["token"]
 
@@ -69,7 +75,7 @@ def submit_script(
     if request is not None:
         form["request"] = json.dumps(request)
     return client.post(
-        "/api/v1/jobs", files={"file": (filename, source.encode())}, data=form, headers=auth(token)
+        _api(routes.JOBS), files={"file": (filename, source.encode())}, data=form, headers=auth(token)
     )
 
 
@@ -82,19 +88,22 @@ def cpu_group(ranks: int = 1, name: str = "cpu") -> dict:
 
 
 class InProcessWorker:
-    """A worker speaking the scheduler's HTTP API through any httpx-like client (TestClient included)."""
+    """A worker speaking the scheduler's HTTP API through any httpx-like client (TestClient included).
+
+    Its routes come from ``contract``; its bodies are plain dicts, so that tests can send what a hostile or broken
+    worker would."""
 
     def __init__(self, client: Any, token: str, name: str, device_groups: list[dict]) -> None:
         self.client, self.token, self.name, self.device_groups = client, token, name, device_groups
         self.worker_id: str | None = None
         self.queue: str | None = None
 
-    def _url(self, job_id: str, attempt: int, what: str) -> str:
-        return f"/api/v1/attempts/{job_id}/{attempt}/{what}"
+    def _url(self, job_id: str, attempt: int, template: str) -> str:
+        return _api(template, job_id=job_id, attempt=attempt)
 
     def register(self) -> dict:
         r = self.client.post(
-            "/api/v1/workers/register",
+            _api(routes.WORKER_REGISTER),
             json={"name": self.name, "hostname": self.name, "device_groups": self.device_groups},
             headers=auth(self.token),
         )
@@ -105,31 +114,33 @@ class InProcessWorker:
 
     def heartbeat(self, running: list[tuple[str, int]] = ()) -> Any:  # type: ignore[assignment]
         return self.client.post(
-            f"/api/v1/workers/{self.worker_id}/heartbeat",
+            _api(routes.WORKER_HEARTBEAT, worker_id=self.worker_id),
             json={"running": [{"job_id": j, "attempt": n} for j, n in running]},
             headers=auth(self.token),
         )
 
     def start(self, job_id: str, attempt: int) -> Any:
-        return self.client.post(self._url(job_id, attempt, "start"), headers=auth(self.token))
+        return self.client.post(self._url(job_id, attempt, routes.ATTEMPT_START), headers=auth(self.token))
 
     def bundle(self, job_id: str, attempt: int) -> Any:
-        return self.client.get(self._url(job_id, attempt, "bundle"), headers=auth(self.token))
+        return self.client.get(self._url(job_id, attempt, routes.ATTEMPT_BUNDLE), headers=auth(self.token))
 
     def logs(self, job_id: str, attempt: int, *texts: str, stream: str = "stdout") -> Any:
         lines = [{"ts": 0.0, "stream": stream, "text": t} for t in texts]
-        return self.client.post(self._url(job_id, attempt, "logs"), json={"lines": lines}, headers=auth(self.token))
+        return self.client.post(self._url(job_id, attempt, routes.ATTEMPT_LOGS), json={"lines": lines}, headers=auth(self.token))
 
     def metrics(self, job_id: str, attempt: int, records: list[dict]) -> Any:
-        return self.client.post(self._url(job_id, attempt, "metrics"), json={"records": records}, headers=auth(self.token))
+        return self.client.post(self._url(job_id, attempt, routes.ATTEMPT_METRICS), json={"records": records}, headers=auth(self.token))
 
     def artifact(self, job_id: str, attempt: int, path: str, data: bytes, headers: dict | None = None) -> Any:
         h = {**auth(self.token), **(headers or {})}
-        return self.client.put(self._url(job_id, attempt, f"artifacts/{path}"), content=data, headers=h)
+        # the path goes as given (unquoted): tests send the hostile ones a broken worker would
+        url = self._url(job_id, attempt, routes.ATTEMPT_ARTIFACT.replace("{path:path}", "")) + path
+        return self.client.put(url, content=data, headers=h)
 
     def finish(self, job_id: str, attempt: int, state: str = "succeeded", exit_code: int | None = 0, error: str | None = None) -> Any:
         return self.client.post(
-            self._url(job_id, attempt, "finish"),
+            self._url(job_id, attempt, routes.ATTEMPT_FINISH),
             json={"state": state, "exit_code": exit_code, "error": error},
             headers=auth(self.token),
         )

@@ -3,6 +3,30 @@
 
 export const API = '/api/v1';
 
+// The routes this UI calls, named as in the shared contract (contract/routes.py); a test keeps them equal.
+export const ROUTES = {
+  USERS_ME: '/users/me',
+  AUTH_SESSION: '/auth/session',
+  SCRIPTS_INSPECT: '/scripts/inspect',
+  JOBS: '/jobs',
+  JOB: '/jobs/{job_id}',
+  JOB_CANCEL: '/jobs/{job_id}/cancel',
+  JOB_LOGS: '/jobs/{job_id}/logs',
+  JOB_LOGS_STREAM: '/jobs/{job_id}/logs/stream',
+  JOB_METRICS: '/jobs/{job_id}/metrics',
+  JOB_ARTIFACTS: '/jobs/{job_id}/artifacts',
+  WORKERS: '/workers',
+};
+
+/** Fill in a route template: route(ROUTES.JOB, {job_id: 'j1'}) is '/jobs/j1' (each value URL-encoded). */
+export function route(template, params = {}) {
+  const out = template.replace(/\{(\w+)\}/g, (_, name) => {
+    if (!(name in params)) throw new Error(`route ${template} needs ${name}`);
+    return encodeURIComponent(String(params[name]));
+  });
+  return out;
+}
+
 /** An error from the API, normalised from `{"error": {code, message, fields}}` (or FastAPI's `{"detail"}`). */
 export class ApiError extends Error {
   constructor(status, code, message, fields = {}) {

@@ -2,10 +2,10 @@
 // Navigation between pages is plain links (full loads of a tiny cached shell), so no page leaks timers
 // or open log streams into the next one.
 
-import { ApiError, del, get } from './api.js';
+import { ApiError, ROUTES, del, get } from './api.js';
 import { alertBox, h, replace } from './ui.js';
 
-const ROUTES = [
+const PAGES = [
   { pattern: /^\/$/, module: './pages/jobs.js', nav: 'jobs' },
   { pattern: /^\/submit$/, module: './pages/submit.js', nav: 'submit' },
   { pattern: /^\/workers$/, module: './pages/workers.js', nav: 'workers' },
@@ -14,7 +14,7 @@ const ROUTES = [
 ];
 
 function findRoute(path) {
-  for (const route of ROUTES) {
+  for (const route of PAGES) {
     const match = route.pattern.exec(path);
     if (match) return { route, params: match.slice(1).map(decodeURIComponent) };
   }
@@ -32,7 +32,7 @@ function showNav(user, active) {
   replace(document.getElementById('who'), name ? h('span', {}, 'Signed in as ', h('strong', {}, name)) : '');
   document.getElementById('sign-out').addEventListener('click', async () => {
     try {
-      await del('/auth/session', { auth: false });
+      await del(ROUTES.AUTH_SESSION, { auth: false });
     } finally {
       location.assign('/login');
     }
@@ -51,7 +51,7 @@ async function main() {
     let user = null;
     if (!route.public) {
       // Also the session check: a 401 here sends the browser to /login and back.
-      user = await get('/users/me');
+      user = await get(ROUTES.USERS_ME);
       showNav(user, route.nav);
     }
     const page = await import(route.module);

@@ -1,6 +1,6 @@
 // Reading the API's Job and Worker objects in one place, so the pages do not each know the field names.
 
-import { get } from './api.js';
+import { ROUTES, get } from './api.js';
 import { h, runSeconds } from './ui.js';
 
 // Worker ids -> names, from the public GET /workers. Fetched again only when an id we have not seen appears.
@@ -11,7 +11,7 @@ let workersFetch = null;
 export async function loadWorkerNames(ids) {
   const unknown = ids.filter((id) => id && !workerNames.has(id));
   if (!unknown.length) return;
-  workersFetch ??= get('/workers')
+  workersFetch ??= get(ROUTES.WORKERS)
     .then((data) => {
       for (const w of (Array.isArray(data) ? data : data.items) || []) workerNames.set(w.id, w.name);
       // Ids the API no longer lists keep showing as ids instead of asking again on every refresh.

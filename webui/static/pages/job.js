@@ -1,7 +1,7 @@
 // Job detail: live log tail (SSE), loss / learning-rate / grad-norm charts, attempts and what ended each,
 // cancel, and checkpoints with download links.
 
-import { API, ApiError, get, post } from '../api.js';
+import { API, ApiError, ROUTES, get, post, route } from '../api.js';
 import { METRICS, lineChart, series } from '../chart.js';
 import { deviceGroupText, endedAt, jobDuration, jobName, jobWorker, loadWorkerNames, queueInfo, requestGroups, submittedAt, workerName } from '../model.js';
 import { TERMINAL, alertBox, formatBytes, formatDuration, h, pageTitle, poll, replace, runSeconds, stateBadge, timeEl } from '../ui.js';
@@ -33,10 +33,9 @@ function section(id, title, ...children) {
 
 export async function render(root, { params }) {
   const jobId = params[0];
-  const enc = encodeURIComponent(jobId);
   let job;
   try {
-    job = await get(`/jobs/${enc}`);
+    job = await get(route(ROUTES.JOB, { job_id: jobId }));
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) {
       root.append(pageTitle('Job not found'), h('p', {}, 'No job of yours has the id ', h('code', {}, jobId), '. ', h('a', { href: '/' }, 'Back to your jobs')));
@@ -84,7 +83,7 @@ export async function render(root, { params }) {
         { class: 'log-bar' },
         logStatus,
         h('span', { class: 'checkbox' }, follow, h('label', { for: 'follow' }, 'Follow new lines')),
-        h('a', { href: `${API}/jobs/${enc}/logs`, download: `${jobId}.log` }, 'Download full log'),
+        h('a', { href: API + route(ROUTES.JOB_LOGS, { job_id: jobId }), download: `${jobId}.log` }, 'Download full log'),
       ),
       logBox,
     ),
@@ -173,7 +172,7 @@ export async function render(root, { params }) {
       link.addEventListener('click', async (event) => {
         if (Date.now() - artifactsAt < URL_MAX_AGE_MS) return;
         event.preventDefault();
-        const fresh = await get(`/jobs/${enc}/artifacts`);
+        const fresh = await get(route(ROUTES.JOB_ARTIFACTS, { job_id: jobId }));
         drawArtifacts(fresh.items || []);
         const again = (fresh.items || []).find((x) => x.attempt === item.attempt && x.path === item.path);
         if (again) location.assign(again.url);
@@ -205,7 +204,7 @@ export async function render(root, { params }) {
     }
     cancelButton.disabled = true;
     try {
-      job = await post(`/jobs/${enc}/cancel`);
+      job = await post(route(ROUTES.JOB_CANCEL, { job_id: jobId }));
       replace(errorSlot, alertBox('Cancel requested.', { kind: 'info' }));
       drawJob();
       poller.now();
@@ -235,7 +234,7 @@ export async function render(root, { params }) {
     }
   };
 
-  const stream = new EventSource(`${API}/jobs/${enc}/logs/stream`);
+  const stream = new EventSource(API + route(ROUTES.JOB_LOGS_STREAM, { job_id: jobId }));
   stream.addEventListener('open', () => replace(logStatus, h('span', { class: 'live' }, 'Live')));
   // Each event's data is one log line, as the script printed it (never parsed: a printed JSON line stays text).
   stream.addEventListener('message', (event) => addLine(event.data));
@@ -255,9 +254,9 @@ export async function render(root, { params }) {
   drawJob();
   const poller = poll(async () => {
     const [jobResult, metricsResult, artifactsResult] = await Promise.allSettled([
-      get(`/jobs/${enc}`),
-      get(`/jobs/${enc}/metrics`),
-      get(`/jobs/${enc}/artifacts`),
+      get(route(ROUTES.JOB, { job_id: jobId })),
+      get(route(ROUTES.JOB_METRICS, { job_id: jobId })),
+      get(route(ROUTES.JOB_ARTIFACTS, { job_id: jobId })),
     ]);
     const failed = [jobResult, metricsResult, artifactsResult].find((r) => r.status === 'rejected');
     if (failed) replace(errorSlot, alertBox(`Could not refresh: ${failed.reason.message}`));

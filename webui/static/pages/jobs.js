@@ -1,6 +1,6 @@
 // My jobs: state, place in the queue and why it waits, worker, duration. Refreshes live; paginated.
 
-import { get, query } from '../api.js';
+import { ROUTES, get, query } from '../api.js';
 import { jobDuration, jobName, jobWorker, jobWorkerId, loadWorkerNames, queueInfo, submittedAt } from '../model.js';
 import { alertBox, formatDuration, h, pageTitle, poll, replace, stateBadge, timeEl } from '../ui.js';
 
@@ -82,7 +82,7 @@ export async function render(root) {
     const offset = (page - 1) * PAGE_SIZE;
     let data;
     try {
-      data = await get(`/jobs${query({ state, limit: PAGE_SIZE, offset })}`);
+      data = await get(`${ROUTES.JOBS}${query({ state, limit: PAGE_SIZE, offset })}`);
     } catch (err) {
       replace(errorSlot, alertBox(`Could not load your jobs: ${err.message}`));
       return true;

@@ -1,6 +1,6 @@
 // Sign in with an API token: POST /auth/session sets the twinkle_session cookie.
 
-import { ApiError, post } from '../api.js';
+import { ApiError, ROUTES, post } from '../api.js';
 import { h, pageTitle, replace } from '../ui.js';
 
 function nextUrl() {
@@ -62,7 +62,7 @@ export async function render(root) {
     }
     button.disabled = true;
     try {
-      await post('/auth/session', { token }, { auth: false });
+      await post(ROUTES.AUTH_SESSION, { token }, { auth: false });
       location.assign(nextUrl());
     } catch (err) {
       if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {

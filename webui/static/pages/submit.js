@@ -2,7 +2,7 @@
 // DeviceGroup declarations (POST /scripts/inspect, a static read) and can be changed before submitting.
 // The API's 422 lists every problem at once; each appears beside its field and in a summary at the top.
 
-import { ApiError, post } from '../api.js';
+import { ApiError, ROUTES, post } from '../api.js';
 import { h, pageTitle, replace } from '../ui.js';
 
 const DEVICE_TYPES = ['any', 'cuda', 'gpu', 'npu', 'cpu'];
@@ -277,7 +277,7 @@ export async function render(root) {
     const body = new FormData();
     body.append('file', file);
     try {
-      const result = await post('/scripts/inspect', body);
+      const result = await post(ROUTES.SCRIPTS_INSPECT, body);
       if (seq !== state.inspectSeq) return; // a newer file or edit won
       setFieldError(controlId, null);
       const groups = (result.request && result.request.device_groups) || [];
@@ -372,7 +372,7 @@ export async function render(root) {
     submitButton.disabled = true;
     replace(submitButton, 'Submitting…');
     try {
-      const job = await post('/jobs', body);
+      const job = await post(ROUTES.JOBS, body);
       location.assign(`/jobs/${encodeURIComponent(job.id)}`);
     } catch (err) {
       const fields = err instanceof ApiError ? err.fields || {} : {};

@@ -1,6 +1,6 @@
 // Workers: donor and pooled machines, the DeviceGroups they offer, state, last heartbeat, jobs run, GPU-hours.
 
-import { get } from '../api.js';
+import { ROUTES, get } from '../api.js';
 import { deviceGroupText } from '../model.js';
 import { alertBox, formatNumber, h, pageTitle, poll, replace, stateBadge, timeEl } from '../ui.js';
 
@@ -51,7 +51,7 @@ export async function render(root) {
   poll(async () => {
     let data;
     try {
-      data = await get('/workers');
+      data = await get(ROUTES.WORKERS);
     } catch (err) {
       replace(errorSlot, alertBox(`Could not load workers: ${err.message}`));
       return true;
