@@ -111,7 +111,7 @@ def seed(database_url: str, owner_id: str, jobs: int, users: int = 10, queued: i
     engine.dispose()
 
 
-def queue_positions_per_job(session, jobs):  # noqa: ANN001, ANN201 - the baseline, as the API had it
+def queue_positions_per_job(session, jobs):  # the baseline, as the API had it
     """The per-job query path (1 + one query per queued job on the page), kept here as the baseline."""
     import sqlalchemy as sa
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -34,8 +34,8 @@ def _logging(level: str) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="bind address (default TWINKLE_SCHEDULER_HOST)")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port (default TWINKLE_SCHEDULER_PORT)")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default TWINKLE_SCHEDULER_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default TWINKLE_SCHEDULER_PORT)")] = None,
     log_level: str = "info",
 ) -> None:
     """Run the HTTP API (migrates the database first)."""
@@ -51,7 +51,7 @@ def serve(
 @app.command()
 def dispatch(
     once: Annotated[bool, typer.Option(help="run one matcher and one reaper round, then exit")] = False,
-    metrics_port: Annotated[Optional[int], typer.Option(help="serve Prometheus metrics (dispatch latency) here")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics (dispatch latency) here")] = None,
     log_level: str = "info",
 ) -> None:
     """Run the matcher and the reaper every DISPATCH_INTERVAL_S (a plain loop; see scheduler/tasks/dispatcher.py)."""
@@ -138,7 +138,7 @@ def up(
         Path, typer.Option(help="where the user token is written for twinkle-submit")
     ] = Path("~/.config/twinkle/config.toml"),
     worker: Annotated[bool, typer.Option(help="start one local twinkle-worker offering this machine's devices")] = True,
-    submit: Annotated[Optional[Path], typer.Option(help="submit this script once the stack is up")] = None,
+    submit: Annotated[Path | None, typer.Option(help="submit this script once the stack is up")] = None,
     follow: Annotated[bool, typer.Option(help="with --submit: follow its logs to the end")] = True,
     keep_running: Annotated[
         bool, typer.Option(help="with --submit: keep the stack running after the job ends")

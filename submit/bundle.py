@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Bundle", "BundleError", "BundleTooLarge", "DEFAULT_EXCLUDES", "make_bundle"]
+__all__ = ["DEFAULT_EXCLUDES", "Bundle", "BundleError", "BundleTooLarge", "make_bundle"]
 
 DEFAULT_EXCLUDES = (
     ".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".env", ".tox", ".mypy_cache", ".pytest_cache",

@@ -9,7 +9,7 @@ import json
 import re
 import sys
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -28,8 +28,8 @@ app = typer.Typer(
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-ServerOpt = Annotated[Optional[str], typer.Option("--server", help="API URL (or TWINKLE_API_URL; default http://127.0.0.1:8000)")]
-TokenOpt = Annotated[Optional[str], typer.Option("--token", help="API token (or TWINKLE_TOKEN, or ~/.config/twinkle/config.toml)")]
+ServerOpt = Annotated[str | None, typer.Option("--server", help="API URL (or TWINKLE_API_URL; default http://127.0.0.1:8000)")]
+TokenOpt = Annotated[str | None, typer.Option("--token", help="API token (or TWINKLE_TOKEN, or ~/.config/twinkle/config.toml)")]
 ENDED = {"succeeded", "failed", "cancelled"}
 COMMANDS = {"submit", "list", "status", "logs", "cancel", "download", "inspect"}
 
@@ -101,10 +101,10 @@ def _follow(client: Client, job_id: str) -> str:
 @app.command()
 def submit(
     script: Annotated[Path, typer.Argument(help="The training script; its folder is bundled with it")],
-    ranks: Annotated[Optional[int], typer.Option(min=1, help="Ranks (devices) the job needs; overrides the script")] = None,
-    device_type: Annotated[Optional[str], typer.Option(help="cuda, cpu, npu, ...; overrides the script")] = None,
-    gpu_memory: Annotated[Optional[str], typer.Option(help="Minimum memory per device, e.g. 24GB")] = None,
-    name: Annotated[Optional[str], typer.Option(help="A name for the job")] = None,
+    ranks: Annotated[int | None, typer.Option(min=1, help="Ranks (devices) the job needs; overrides the script")] = None,
+    device_type: Annotated[str | None, typer.Option(help="cuda, cpu, npu, ...; overrides the script")] = None,
+    gpu_memory: Annotated[str | None, typer.Option(help="Minimum memory per device, e.g. 24GB")] = None,
+    name: Annotated[str | None, typer.Option(help="A name for the job")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream the logs until the job ends")] = False,
     max_bundle_mb: Annotated[float, typer.Option(help="Refuse bundles larger than this (the server has its own limit too)", envvar="TWINKLE_MAX_BUNDLE_MB")] = 100.0,
     server: ServerOpt = None,
@@ -135,7 +135,7 @@ def submit(
 
 @app.command("list")
 def list_jobs(
-    state: Annotated[Optional[str], typer.Option(help="Only jobs in this state (queued, running, succeeded, ...)")] = None,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state (queued, running, succeeded, ...)")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -216,7 +216,7 @@ def cancel(job_id: str, server: ServerOpt = None, token: TokenOpt = None) -> Non
 def download(
     job_id: str,
     dest: Annotated[Path, typer.Option(help="Folder to write the checkpoints to")] = Path("."),
-    attempt: Annotated[Optional[int], typer.Option(help="Which attempt (default: the latest with artifacts)")] = None,
+    attempt: Annotated[int | None, typer.Option(help="Which attempt (default: the latest with artifacts)")] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:

@@ -29,10 +29,10 @@ from contract.errors import error_from_body
 from contract.jobs import ArtifactList, InspectResponse, Job, JobList, MetricsResponse
 
 __all__ = [
+    "DEFAULT_SERVER",
     "APIError",
     "Client",
     "ConfigError",
-    "DEFAULT_SERVER",
     "InvalidInput",
     "JobNotFound",
     "LogEvent",

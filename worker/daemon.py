@@ -100,7 +100,7 @@ class WorkerDaemon:
                 log.error("heartbeat refused (%s): the worker token was revoked or is wrong", exc)
             except (WorkerAPIError, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
-            except Exception:  # noqa: BLE001 - the heartbeat thread must outlive any surprise
+            except Exception:  # the heartbeat thread must outlive any surprise
                 log.exception("heartbeat failed")
             self._follow_queue()
 
@@ -142,7 +142,7 @@ class WorkerDaemon:
         daemon = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:  # http.server's naming
                 if self.path.split("?")[0] != "/healthz":
                     self.send_error(404)
                     return

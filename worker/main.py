@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -26,16 +26,16 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     )
 )
 def run(
-    server: Annotated[Optional[str], typer.Option(help="The platform's API URL, e.g. https://twinkle.example.org")] = None,
-    token: Annotated[Optional[str], typer.Option(help="Worker token (twk_w_...), or TWINKLE_WORKER_TOKEN")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Name shown to users (default: the hostname)")] = None,
-    work_dir: Annotated[Optional[Path], typer.Option(help="Where jobs are unpacked and run")] = None,
-    redis_url: Annotated[Optional[str], typer.Option(help="Broker URL, overriding the one the API hands out")] = None,
-    device_type: Annotated[Optional[str], typer.Option(help="Override detection: cuda, cpu, npu, ...")] = None,
-    ranks: Annotated[Optional[int], typer.Option(help="Override detection: number of devices (ranks) offered")] = None,
-    memory_gb: Annotated[Optional[float], typer.Option(help="Override detection: memory per device in GB")] = None,
-    health_port: Annotated[Optional[int], typer.Option(help="Port of GET /healthz (default 8081; 0 = any)")] = None,
-    log_level: Annotated[Optional[str], typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = None,
+    server: Annotated[str | None, typer.Option(help="The platform's API URL, e.g. https://twinkle.example.org")] = None,
+    token: Annotated[str | None, typer.Option(help="Worker token (twk_w_...), or TWINKLE_WORKER_TOKEN")] = None,
+    name: Annotated[str | None, typer.Option(help="Name shown to users (default: the hostname)")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Where jobs are unpacked and run")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Broker URL, overriding the one the API hands out")] = None,
+    device_type: Annotated[str | None, typer.Option(help="Override detection: cuda, cpu, npu, ...")] = None,
+    ranks: Annotated[int | None, typer.Option(help="Override detection: number of devices (ranks) offered")] = None,
+    memory_gb: Annotated[float | None, typer.Option(help="Override detection: memory per device in GB")] = None,
+    health_port: Annotated[int | None, typer.Option(help="Port of GET /healthz (default 8081; 0 = any)")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = None,
     show_devices: Annotated[bool, typer.Option("--show-devices", help="Print what would be offered, then exit")] = False,
 ) -> None:
     overrides = {

@@ -78,4 +78,4 @@ def delete_session(response: Response) -> Response:
     return response
 
 
-__all__ = ["router", "PrincipalDep"]
+__all__ = ["PrincipalDep", "router"]

@@ -39,7 +39,7 @@ def attempt_ended(
                 .values(logs_persisted=True)
             )
             s.commit()
-    except Exception:  # noqa: BLE001 - see docstring
+    except Exception:  # see docstring
         log.exception("persisting logs of job %s attempt %s failed", job_id, attempt)
     job_ended(r, job_id, job_state)
 
@@ -49,7 +49,7 @@ def job_ended(r: redis.Redis, job_id: str, job_state: str) -> None:
         return
     try:
         logs.mark_end(r, job_id, job_state)
-    except Exception:  # noqa: BLE001 - live readers also poll the DB
+    except Exception:  # live readers also poll the DB
         log.exception("marking the end of job %s in Redis failed", job_id)
 
 

@@ -57,7 +57,7 @@ def run_loop(rt: Runtime, stop: threading.Event) -> None:
             if now >= due[t.name]:
                 try:
                     t.run()
-                except Exception:  # noqa: BLE001 - a failed round is retried next interval
+                except Exception:  # a failed round is retried next interval
                     log.exception("%s round failed", t.name)
                 due[t.name] = time.monotonic() + t.interval_s
         stop.wait(max(0.05, min(due.values()) - time.monotonic()))

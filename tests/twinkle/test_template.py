@@ -6,7 +6,6 @@ import pytest
 from twinkle.errors import ConfigError, SampleTooLongError, TemplateError, UnknownComponentError
 from twinkle.template import Qwen3_5Template, Template, get_template
 
-
 KEYS = {"input_ids", "labels", "attention_mask", "position_ids", "length"}
 
 

@@ -10,7 +10,6 @@ its top (fewer rows, metrics every 5 micro-batches): half the CPU time, and more
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from webui_testkit import shot
 
 import webui
-from webui_testkit import shot
 
 pytestmark = pytest.mark.browser
 

@@ -45,7 +45,7 @@ def pack_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     boundaries from ``position_ids``.
     """
     packed = {k: np.concatenate([np.asarray(r[k], dtype=np.int64) for r in rows]) for k in PACKED_KEYS}
-    packed["length"] = int(len(packed["input_ids"]))
+    packed["length"] = len(packed["input_ids"])
     return packed
 
 

@@ -92,7 +92,7 @@ def download_model(model_id: str, revision: str | None = None) -> str:
         from modelscope import snapshot_download as ms_snapshot_download
 
         return ms_snapshot_download(hub_id.repo_id, revision=revision)
-    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one error type naming the id
+    except Exception as exc:  # every hub failure becomes one error type naming the id
         raise HubError(f"could not download model {model_id!r}: {exc}. Check the id and the network") from exc
 
 
@@ -120,5 +120,5 @@ def download_dataset(dataset_id: str, subset_name: str = "default", split: str =
 
         folder = ms_snapshot_download(hub_id.repo_id, repo_type="dataset")
         return datasets.load_dataset(folder, name, **load_kw)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise HubError(f"could not load dataset {dataset_id!r}: {exc}. Check the id, subset and the network") from exc

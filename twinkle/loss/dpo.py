@@ -28,7 +28,7 @@ from twinkle.errors import BatchSizeError, ConfigError
 from twinkle.loss.base import Loss
 from twinkle.utils.logger import get_logger
 
-__all__ = ["DPOLoss", "DPO_STATS_KEY"]
+__all__ = ["DPO_STATS_KEY", "DPOLoss"]
 
 logger = get_logger("twinkle.loss")
 

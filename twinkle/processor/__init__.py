@@ -2,4 +2,4 @@
 
 from twinkle.processor.base import PAD_VALUES, InputProcessor
 
-__all__ = ["InputProcessor", "PAD_VALUES"]
+__all__ = ["PAD_VALUES", "InputProcessor"]

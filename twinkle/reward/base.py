@@ -13,7 +13,8 @@ A trajectory is the ``twinkle.data_format.Trajectory`` dict the preprocessors em
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from twinkle.data_format.trajectory import get_user_data
 

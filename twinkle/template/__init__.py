@@ -7,7 +7,7 @@ from typing import Any
 from twinkle.template.base import TRUNCATION_STRATEGIES, Template
 from twinkle.template.qwen import Qwen3_5Template
 
-__all__ = ["Qwen3_5Template", "TRUNCATION_STRATEGIES", "Template", "get_template"]
+__all__ = ["TRUNCATION_STRATEGIES", "Qwen3_5Template", "Template", "get_template"]
 
 
 def get_template(template: str | type[Template] | Template, **kwargs: Any) -> Template:

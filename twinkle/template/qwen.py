@@ -7,7 +7,7 @@ from typing import Any
 from twinkle.template.base import Template
 
 
-class Qwen3_5Template(Template):  # noqa: N801 - the upstream name
+class Qwen3_5Template(Template):  # the upstream name
     """The template for Qwen3 / Qwen3.5 chat models.
 
     Same encoding as ``Template`` (the tokenizer's own chat template); ``<think>...</think>`` in assistant replies

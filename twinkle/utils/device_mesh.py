@@ -22,7 +22,7 @@ import numpy as np
 
 from twinkle.errors import ConfigError
 
-__all__ = ["DeviceGroup", "DeviceMesh", "MESH_DIM_NAMES", "MESH_DIM_ORDER"]
+__all__ = ["MESH_DIM_NAMES", "MESH_DIM_ORDER", "DeviceGroup", "DeviceMesh"]
 
 MESH_DIM_NAMES = ("dp", "fsdp", "tp", "pp", "cp", "ep", "ep_fsdp")
 MESH_DIM_ORDER = ("fsdp", "pp", "dp", "cp", "tp")

@@ -55,9 +55,7 @@ def _batch_len(value: Any) -> int | None:
         # any other dict (a single sample, a config) is one argument and goes to every worker whole.
         lengths = set()
         for v in value.values():
-            if isinstance(v, np.ndarray) and v.ndim >= 1:
-                lengths.add(int(v.shape[0]))
-            elif isinstance(v, torch.Tensor) and v.dim() >= 1:
+            if (isinstance(v, np.ndarray) and v.ndim >= 1) or (isinstance(v, torch.Tensor) and v.dim() >= 1):
                 lengths.add(int(v.shape[0]))
             else:
                 return None
