@@ -66,7 +66,9 @@ def populate(db: Database, n_workers: int, n_jobs: int, n_users: int = 100) -> N
             mem = (24.0, 48.0, 80.0)[i % 3]
             workers_service.register(
                 s, token, name=f"w{i}", hostname=f"h{i}",
-                device_groups=[OfferedGroup(name=f"g{k}", ranks=1, device_type="cuda", memory_gb=mem) for k in range(10)],
+                device_groups=[
+                    OfferedGroup(name=f"g{k}", ranks=1, device_type="cuda", memory_gb=mem) for k in range(10)
+                ],
                 lease_s=3600, max_attempts=5,
             )
         users = [dict(id=new_id(), name=f"u{i}", created_at=now) for i in range(n_users)]
@@ -111,7 +113,8 @@ def naive(db: Database, app, limit: int) -> tuple[int, float]:
     with app.producer_or_acquire() as producer:
         for _ in range(limit):
             with db.session() as s:
-                job = s.scalars(sa.select(JobModel).where(JobModel.state == "queued").order_by(JobModel.created_at).limit(1)).first()
+                oldest = sa.select(JobModel).where(JobModel.state == "queued").order_by(JobModel.created_at).limit(1)
+                job = s.scalars(oldest).first()
                 if job is None:
                     break
                 busy: dict[str, set] = {}
@@ -130,8 +133,10 @@ def naive(db: Database, app, limit: int) -> tuple[int, float]:
                 if chosen is None:
                     break
                 now = utcnow()
-                job.state, job.worker_id, job.slots, job.attempt, job.assigned_at = "assigned", chosen[0], list(chosen[1]), 1, now
-                s.add(AttemptModel(job_id=job.id, n=1, worker_id=chosen[0], state="assigned", assigned_at=now, logs_persisted=False))
+                job.state, job.worker_id, job.slots = "assigned", chosen[0], list(chosen[1])
+                job.attempt, job.assigned_at = 1, now
+                s.add(AttemptModel(job_id=job.id, n=1, worker_id=chosen[0], state="assigned", assigned_at=now,
+                                   logs_persisted=False))
                 s.commit()
                 jid, wid = job.id, chosen[0]
             app.send_task(TASK_RUN_ATTEMPT, args=[jid, 1], queue=worker_queue(wid), producer=producer)
@@ -180,7 +185,8 @@ def main() -> None:
     first = rounds[0]
     print(f"baseline (one job per transaction): {b_sent} jobs in {b_time:.2f}s = {b_rate:,.0f} jobs/s")
     print(f"ours (batched rounds):              {sent} jobs in {elapsed:.2f}s = {rate:,.0f} jobs/s "
-          f"({len(rounds)} rounds; first round: plan {first.plan_s:.2f}s, db {first.db_s:.2f}s, send {first.send_s:.2f}s)")
+          f"({len(rounds)} rounds; first round: plan {first.plan_s:.2f}s, db {first.db_s:.2f}s, "
+          f"send {first.send_s:.2f}s)")
     print(f"ours, CPU time of this process: {OURS_CPU_S:.2f}s = {sent / OURS_CPU_S:,.0f} jobs per CPU-second "
           "(wall time above includes waiting for a shared CPU and for the database/Redis processes)")
     print(f"ratio: {rate / b_rate:.1f}x   goal >= 1,000 jobs/s: {'met' if rate >= 1000 else 'NOT met'}")

@@ -90,14 +90,20 @@ def seed(database_url: str, owner_id: str, jobs: int, users: int = 10, queued: i
                         "name": f"job-{u}-{k}",
                         "state": state,
                         "entrypoint": "train.py",
-                        "request": {"device_groups": [{"name": "default", "ranks": 1, "device_type": "any", "min_memory_gb": 0.0}]},
+                        "request": {
+                            "device_groups": [
+                                {"name": "default", "ranks": 1, "device_type": "any", "min_memory_gb": 0.0}
+                            ]
+                        },
                         "warnings": [],
                         "bundle_key": f"users/{uid}/jobs/x/bundle.zip",
                         "bundle_size": 1234,
                         "attempt": 0 if state == "queued" else 1,
                         "worker_id": None,
                         "slots": None,
-                        "pending_reason": "held: no registered worker offers 1 any ranks" if state == "queued" else None,
+                        "pending_reason": (
+                            "held: no registered worker offers 1 any ranks" if state == "queued" else None
+                        ),
                         "error": None,
                         "created_at": created,
                         "queued_at": created,

@@ -21,6 +21,7 @@ The Ray daemons stay up during the torchrun windows; their CPU then is printed (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -137,7 +138,7 @@ def _ray_cpu(root_pid: int | None = None) -> tuple[float, float]:
             stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, name)
     root = root_pid or os.getpid()
     daemons, actors = 0.0, 0.0
-    for pid, (parent, cpu, name) in stats.items():
+    for _pid, (parent, cpu, name) in stats.items():
         chain = parent
         while chain > 1 and chain != root and chain in stats:
             chain = stats[chain][0]
@@ -261,7 +262,7 @@ def main() -> None:
                     if name == "torchrun":  # what the idle Ray cluster cost while torchrun ran
                         result[name]["idle_ray_cpu_per_step"] = (_ray_cpu(ray_root)[0] - before) / args.window
                 rows.append(result)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - Ctrl-C too: kill the children, show their output, exit
             for side in sides.values():
                 if side.proc.poll() is not None or isinstance(exc, RuntimeError):
                     sys.stderr.write(f"--- {side.name} output ---\n{side.tail()}\n")
@@ -280,7 +281,7 @@ def _report(args: argparse.Namespace, rows: list[dict]) -> None:
 
     local = [r["torchrun"]["seconds_per_step"] for r in rows]
     ray = [r["ray"]["seconds_per_step"] for r in rows]
-    ratios = sorted(r / l for l, r in zip(local, ray))
+    ratios = sorted(r / lo for lo, r in zip(local, ray, strict=True))
     quart = statistics.quantiles(ratios, n=4) if len(ratios) >= 4 else [ratios[0], 0, ratios[-1]]
     med = lambda key, side="ray": statistics.median(r[side][key] for r in rows) * 1000  # noqa: E731
     print(f"{args.rounds} rounds x {args.window} micro-batches of {args.batch_size} (dp=2, CPU, "
@@ -298,10 +299,8 @@ def _report(args: argparse.Namespace, rows: list[dict]) -> None:
     ratio = statistics.median(ratios)
     print(f"ratio ray / torchrun (median of rounds): {ratio:.3f}  (goal: <= {GOAL}) "
           + ("met" if ratio <= GOAL else "NOT met"))
-    try:
+    with contextlib.suppress(OSError):
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    except OSError:
-        pass
 
 
 def _free_port() -> int:

@@ -13,6 +13,7 @@ half of Ray's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -68,7 +69,7 @@ def measure(submit_cmd, tmp: Path, runs: int, label: str, wait_done=None) -> lis
         (folder / "train.py").write_text(SCRIPT.format(path=str(stamp)))
         t0 = time.time()
         submitted = submit_cmd(folder / "train.py")
-        ts = float(wait_until(lambda: stamp.exists() and stamp.read_text(), 120, f"{label} run {i}"))
+        ts = float(wait_until(lambda stamp=stamp: stamp.exists() and stamp.read_text(), 120, f"{label} run {i}"))
         if wait_done:
             wait_done(submitted)  # the worker is idle again before the next run
         if i:
@@ -112,7 +113,7 @@ class Platform:
         time.sleep(2)  # let the Celery consumer finish connecting
 
     def _spawn(self, name: str, args: list[str], env: dict) -> None:
-        log = open(self.tmp / f"{name}.log", "w")
+        log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 - the child's, for its lifetime
         self.procs.append(subprocess.Popen(args, env=env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT))
 
     def _up(self) -> bool:
@@ -210,10 +211,8 @@ class RayCluster:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         for proc in mine:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
         _, alive = psutil.wait_procs(mine, timeout=10)
         for proc in alive:
             proc.kill()
@@ -232,7 +231,8 @@ def main() -> None:
     redis.Redis.from_url(args.redis_url).flushdb()
     tmp = Path(tempfile.mkdtemp(prefix="twinkle-bench-"))
     try:
-        print(f"ours: twinkle-submit -> API -> dispatcher (every {args.dispatch_interval}s) -> twinkle-worker", flush=True)
+        print(f"ours: twinkle-submit -> API -> dispatcher (every {args.dispatch_interval}s) -> twinkle-worker",
+              flush=True)
         platform = Platform(tmp, args.redis_url, args.dispatch_interval)
         try:
             ours = measure(platform.submit, tmp, args.runs, "twinkle", platform.wait_done)

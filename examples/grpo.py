@@ -3,7 +3,8 @@
     python examples/grpo.py
 
 The loop every GRPO recipe has, small enough for 2 CPU cores: each step the sampler takes the policy's current
-weights (``receive_weights``: the LoRA adapter, or every weight when training in full), draws NUM_GENERATIONS completions for each of PROMPTS_PER_STEP self-cognition
+weights (``receive_weights``: the LoRA adapter, or every weight when training in full), draws NUM_GENERATIONS
+completions for each of PROMPTS_PER_STEP self-cognition
 questions, a reward scores them, ``GRPOAdvantage`` turns the scores into advantages within each group, and one
 ``forward_backward`` with ``GRPOLoss`` (given the sampler's log-probabilities as ``old_logps``) updates the policy.
 

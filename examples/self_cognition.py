@@ -7,12 +7,14 @@
 
 Changed from the README, as the machine requires: the model (the bundled tiny Qwen2 unless MODEL_ID is set), the
 dataset (the bundled self-cognition rows unless DATASET_ID is set), the devices (CUDA when there is one, else the
-CPU; a mesh sized from WORLD_SIZE, or from RAY_RANKS in Ray mode) and, for the tiny random model only, a higher learning rate so its
+CPU; a mesh sized from WORLD_SIZE, or from RAY_RANKS in Ray mode) and, for the tiny random model only, a higher
+learning rate so its
 loss visibly drops in a few seconds.
 
 Environment knobs (all optional): MODEL_ID, DATASET_ID, LR, DATA_ROWS, BATCH_SIZE, FSDP_SIZE, LOG_EVERY (micro-
 batches between printed metrics), SAVE_EVERY (optimizer steps between resumable checkpoints), MAX_STEPS (stop
-after this many optimizer steps), TWINKLE_MODE (local or ray) with RAY_RANKS and RAY_ADDRESS, and from the platform TWINKLE_OUTPUT_DIR, TWINKLE_METRICS_FILE,
+after this many optimizer steps), TWINKLE_MODE (local or ray) with RAY_RANKS and RAY_ADDRESS, and from the
+platform TWINKLE_OUTPUT_DIR, TWINKLE_METRICS_FILE,
 TWINKLE_RESUME_FROM (a checkpoint of an earlier attempt to resume from).
 """
 
@@ -49,7 +51,9 @@ def main() -> None:
     # 1. devices: one group over every rank; dp (and optionally fsdp) over them
     device_group = [DeviceGroup(name="default", ranks=WORLD_SIZE, device_type=DEVICE_TYPE)]
     if FSDP_SIZE > 1:
-        device_mesh = DeviceMesh.from_sizes(fsdp_size=FSDP_SIZE, dp_size=WORLD_SIZE // FSDP_SIZE, device_type=DEVICE_TYPE)
+        device_mesh = DeviceMesh.from_sizes(
+            fsdp_size=FSDP_SIZE, dp_size=WORLD_SIZE // FSDP_SIZE, device_type=DEVICE_TYPE
+        )
     else:
         device_mesh = DeviceMesh.from_sizes(dp_size=WORLD_SIZE, device_type=DEVICE_TYPE)
     twinkle.initialize(mode=MODE, groups=device_group, global_device_mesh=device_mesh)
@@ -69,7 +73,9 @@ def main() -> None:
         "default", LoraConfig(r=8, lora_alpha=32, target_modules="all-linear"), gradient_accumulation_steps=2
     )
     model.set_optimizer(optimizer_cls="AdamW", lr=LR)
-    model.set_lr_scheduler(scheduler_cls="CosineWarmupScheduler", num_warmup_steps=5, num_training_steps=len(dataloader))
+    model.set_lr_scheduler(
+        scheduler_cls="CosineWarmupScheduler", num_warmup_steps=5, num_training_steps=len(dataloader)
+    )
 
     start = 0
     resume_from = os.environ.get("TWINKLE_RESUME_FROM")

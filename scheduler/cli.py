@@ -29,7 +29,9 @@ def _settings() -> Settings:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command()
@@ -90,7 +92,9 @@ def migrate() -> None:
 
 
 @app.command("create-user")
-def create_user(name: str, quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the token")] = False) -> None:
+def create_user(
+    name: str, quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the token")] = False
+) -> None:
     """Create a user (or add a token to an existing one) and print its API token."""
     from scheduler.db import Database
     from scheduler.db import migrate as do_migrate

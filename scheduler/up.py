@@ -192,10 +192,10 @@ class Stack:
             TWINKLE_WORKER_HEALTH_HOST="127.0.0.1",
             TWINKLE_WORKER_HEALTH_PORT=env.get("TWINKLE_WORKER_HEALTH_PORT", str(free_port())),
         )
-        log = open(self.data_dir / "worker.log", "ab")
-        self.worker_proc = subprocess.Popen(
-            [exe], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+        with open(self.data_dir / "worker.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            self.worker_proc = subprocess.Popen(
+                [exe], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         return True
 
     # ---------------------------------------------------------------- run
@@ -204,7 +204,9 @@ class Stack:
         from scheduler.runtime import Runtime
 
         if port_open(self.host, self.port):
-            self.console.print(f"[red]port {self.port} on {self.host} is in use; pass --port (0 picks a free one)[/red]")
+            self.console.print(
+                f"[red]port {self.port} on {self.host} is in use; pass --port (0 picks a free one)[/red]"
+            )
             return 2
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop.set())
@@ -219,6 +221,7 @@ class Stack:
             url = f"http://{self.host}:{self.port}"
             write_client_config(self.config_path, url, user_token)
             redis_note = "embedded" if self.redis_proc else settings.effective_redis_url
+            worker_note = f"local, log in {self.data_dir / 'worker.log'}" if worker_started else "none"
             self.console.print(
                 Panel.fit(
                     f"[bold]API[/bold]      {url}  (docs: {url}/docs)\n"
@@ -226,7 +229,7 @@ class Stack:
                     f"[bold]config[/bold]   {self.config_path} (twinkle-submit reads it)\n"
                     f"[bold]data[/bold]     {self.data_dir}\n"
                     f"[bold]redis[/bold]    {redis_note}\n"
-                    f"[bold]worker[/bold]   {'local, log in ' + str(self.data_dir / 'worker.log') if worker_started else 'none'}",
+                    f"[bold]worker[/bold]   {worker_note}",
                     title="Twinkle Commons is up",
                 )
             )
@@ -238,7 +241,8 @@ class Stack:
             while not self.stop.is_set():
                 if self.worker_proc is not None and self.worker_proc.poll() is not None:
                     self.console.print(
-                        f"[red]the local worker exited ({self.worker_proc.returncode}); see {self.data_dir / 'worker.log'}[/red]"
+                        f"[red]the local worker exited ({self.worker_proc.returncode}); "
+                        f"see {self.data_dir / 'worker.log'}[/red]"
                     )
                     self.worker_proc = None
                 self.stop.wait(0.5)
@@ -254,7 +258,8 @@ class Stack:
         with httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
             r = http.post("/jobs", files={"file": (script.name, script.read_bytes())})
             if r.status_code != 201:
-                c.print(f"[red]submission refused ({r.status_code}):[/red] {r.json().get('error', {}).get('message', r.text)}")
+                reason = r.json().get("error", {}).get("message", r.text)
+                c.print(f"[red]submission refused ({r.status_code}):[/red] {reason}")
                 return 1
             job = r.json()
             c.print(f"submitted job [bold]{job['id']}[/bold] ({job['name']}): {job['state']}")
@@ -265,17 +270,23 @@ class Stack:
             self._follow(http, job["id"])
             job = http.get(f"/jobs/{job['id']}").json()
             colour = {"succeeded": "green", "failed": "red"}.get(job["state"], "yellow")
-            c.print(f"job {job['id']} [{colour}]{job['state']}[/{colour}]" + (f": {job['error']}" if job.get("error") else ""))
+            error = f": {job['error']}" if job.get("error") else ""
+            c.print(f"job {job['id']} [{colour}]{job['state']}[/{colour}]{error}")
             arts = http.get(f"/jobs/{job['id']}/artifacts").json().get("items", [])
             if arts:
                 from scheduler.storage import attempt_key
 
                 last = max(a["attempt"] for a in arts)
-                folders = sorted({a["path"].split("/")[1] for a in arts if a["attempt"] == last and a["path"].startswith("output/") and a["path"].count("/") >= 2})
+                folders = sorted({
+                    a["path"].split("/")[1]
+                    for a in arts
+                    if a["attempt"] == last and a["path"].startswith("output/") and a["path"].count("/") >= 2
+                })
                 for f in folders:
                     where = self.rt.storage.describe(attempt_key(job["user_id"], job["id"], last, "output/" + f))
                     c.print(f"checkpoint: {where}", soft_wrap=True, markup=False, highlight=False)
-                c.print(f"download: twinkle-submit download {job['id']} --dest ./{job['id']}  (while the stack runs: add --keep-running)", markup=False)
+                c.print(f"download: twinkle-submit download {job['id']} --dest ./{job['id']}  "
+                        "(while the stack runs: add --keep-running)", markup=False)
             return 0 if job["state"] == "succeeded" else 1
 
     def _follow(self, http: httpx.Client, job_id: str) -> None:
@@ -283,7 +294,8 @@ class Stack:
         while not self.stop.is_set():
             headers = {"Last-Event-ID": last_id} if last_id else {}
             try:
-                with http.stream("GET", f"/jobs/{job_id}/logs/stream", headers=headers, timeout=httpx.Timeout(60, read=None)) as resp:
+                timeout = httpx.Timeout(60, read=None)
+                with http.stream("GET", f"/jobs/{job_id}/logs/stream", headers=headers, timeout=timeout) as resp:
                     event, data = "message", []
                     for line in resp.iter_lines():
                         if self.stop.is_set():

@@ -32,7 +32,8 @@ class BundleTooLarge(BundleError):
         self.size, self.limit, self.largest = size, limit, largest
         files = ", ".join(f"{p} ({_mb(s)})" for p, s in largest)
         super().__init__(
-            f"the bundle is over the {_mb(limit)} limit ({_mb(size)} of files before compression). Largest files: {files}. "
+            f"the bundle is over the {_mb(limit)} limit ({_mb(size)} of files before compression). "
+            f"Largest files: {files}. "
             "Add them to .twinkleignore (the job can download data and models itself) or move them out of the folder."
         )
 

@@ -29,7 +29,9 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 ServerOpt = Annotated[str | None, typer.Option("--server", help="API URL (or TWINKLE_API_URL; default http://127.0.0.1:8000)")]
-TokenOpt = Annotated[str | None, typer.Option("--token", help="API token (or TWINKLE_TOKEN, or ~/.config/twinkle/config.toml)")]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", help="API token (or TWINKLE_TOKEN, or ~/.config/twinkle/config.toml)")
+]
 ENDED = {"succeeded", "failed", "cancelled"}
 COMMANDS = {"submit", "list", "status", "logs", "cancel", "download", "inspect"}
 
@@ -101,12 +103,19 @@ def _follow(client: Client, job_id: str) -> str:
 @app.command()
 def submit(
     script: Annotated[Path, typer.Argument(help="The training script; its folder is bundled with it")],
-    ranks: Annotated[int | None, typer.Option(min=1, help="Ranks (devices) the job needs; overrides the script")] = None,
+    ranks: Annotated[
+        int | None, typer.Option(min=1, help="Ranks (devices) the job needs; overrides the script")
+    ] = None,
     device_type: Annotated[str | None, typer.Option(help="cuda, cpu, npu, ...; overrides the script")] = None,
     gpu_memory: Annotated[str | None, typer.Option(help="Minimum memory per device, e.g. 24GB")] = None,
     name: Annotated[str | None, typer.Option(help="A name for the job")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream the logs until the job ends")] = False,
-    max_bundle_mb: Annotated[float, typer.Option(help="Refuse bundles larger than this (the server has its own limit too)", envvar="TWINKLE_MAX_BUNDLE_MB")] = 100.0,
+    max_bundle_mb: Annotated[
+        float,
+        typer.Option(
+            help="Refuse bundles larger than this (the server has its own limit too)", envvar="TWINKLE_MAX_BUNDLE_MB"
+        ),
+    ] = 100.0,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -234,7 +243,8 @@ def download(
             root = dest.resolve()
             with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                           console=err) as progress:
-                task = progress.add_task(f"job {job_id} attempt {chosen}", total=sum(int(i.get("size") or 0) for i in items))
+                total = sum(int(i.get("size") or 0) for i in items)
+                task = progress.add_task(f"job {job_id} attempt {chosen}", total=total)
                 for item in items:
                     rel = PurePosixPath(item["path"])
                     if rel.is_absolute() or ".." in rel.parts:

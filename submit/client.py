@@ -238,7 +238,9 @@ class Client:
             except httpx.TransportError as exc:
                 failures += 1
                 if failures > 5:
-                    raise Unreachable(f"lost the log stream of {job_id} ({exc}); run `twinkle-submit logs {job_id}`") from exc
+                    raise Unreachable(
+                        f"lost the log stream of {job_id} ({exc}); run `twinkle-submit logs {job_id}`"
+                    ) from exc
                 import time
 
                 time.sleep(min(2.0 * failures, 10.0))

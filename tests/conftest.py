@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(config, items):
         import torch
 
         has_cuda = torch.cuda.is_available()
-    except Exception:  # pragma: no cover - torch missing is an install error reported elsewhere
+    except Exception:  # noqa: BLE001 - a broken torch install means no usable GPU; it is reported elsewhere
         has_cuda = False
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
@@ -91,7 +91,7 @@ def _redis_reachable(url: str) -> bool:
 
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means "no Redis here"
         return False
 
 
@@ -148,7 +148,7 @@ def postgres_url() -> str:
 def s3_endpoint(tmp_path_factory) -> str:
     """A real S3 API server (moto_server) on a free loopback port, for the whole session."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")  # noqa: SIM115 - moto_server's, for the session
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
     )

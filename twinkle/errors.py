@@ -94,4 +94,6 @@ class UnsupportedParallelismError(ConfigError):
     """A device mesh or strategy that ``TransformersModel`` cannot train with; the message says why."""
 
 
-__all__ += ["AdapterError", "CheckpointError", "ModelNotFoundError", "OptimizerNotSetError", "UnsupportedParallelismError"]
+__all__ += [
+    "AdapterError", "CheckpointError", "ModelNotFoundError", "OptimizerNotSetError", "UnsupportedParallelismError"
+]

@@ -14,6 +14,7 @@ machine, so a pid or pgid the kernel has since handed to another program is neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -130,7 +131,8 @@ class ProcessGroupLedger:
             log.warning("process group %s ignored SIGTERM; sending SIGKILL", group["pgid"])
             self._signal(group, signal.SIGKILL)
         for group in self._wait_gone(ours, 5.0):  # SIGKILL is delivered asynchronously; free the devices first
-            log.error("process group %s survived SIGKILL (pids %s)", group["pgid"], sorted(group_members(group["pgid"])))
+            survivors = sorted(group_members(group["pgid"]))
+            log.error("process group %s survived SIGKILL (pids %s)", group["pgid"], survivors)
         with self._lock:
             self._write()  # this daemon owns the ledger now; the old entries are dealt with
         return ours
@@ -153,7 +155,5 @@ class ProcessGroupLedger:
 
     @staticmethod
     def _signal(group: dict, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group["pgid"], sig)
-        except (ProcessLookupError, PermissionError):
-            pass

@@ -36,7 +36,9 @@ def run(
     memory_gb: Annotated[float | None, typer.Option(help="Override detection: memory per device in GB")] = None,
     health_port: Annotated[int | None, typer.Option(help="Port of GET /healthz (default 8081; 0 = any)")] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = None,
-    show_devices: Annotated[bool, typer.Option("--show-devices", help="Print what would be offered, then exit")] = False,
+    show_devices: Annotated[
+        bool, typer.Option("--show-devices", help="Print what would be offered, then exit")
+    ] = False,
 ) -> None:
     overrides = {
         "server_url": server,

@@ -8,6 +8,7 @@ sink reports that a newer attempt owns the job. The sink is the API in productio
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -69,7 +70,8 @@ class JobSpec:
 
     @classmethod
     def in_folder(cls, job_id: str, attempt: int, folder: Path, entrypoint: str, **kwargs) -> JobSpec:
-        """``folder/code`` (the unpacked bundle, the cwd), ``output/``, ``metrics.jsonl``, ``tmp/``; HOME is ``folder``."""
+        """``folder/code`` (the unpacked bundle, the cwd), ``output/``, ``metrics.jsonl``, ``tmp/``; HOME is
+        ``folder``."""
         return cls(
             job_id=job_id,
             attempt=attempt,
@@ -304,10 +306,8 @@ class JobRunner:
     def _killpg(self, sig: int) -> None:
         if self._proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, sig)  # start_new_session made the child its group's leader
-        except (ProcessLookupError, PermissionError):
-            pass
 
     # ------------------------------------------------------------ sink calls
 
@@ -385,7 +385,8 @@ class JobRunner:
         if self.ledger is not None:
             self.ledger.add(self._proc.pid, f"job {spec.job_id} attempt {spec.attempt}")
         self.started.set()
-        self._lines.put(self._line("system", f"attempt {spec.attempt}: python {spec.entrypoint} (pid {self._proc.pid})"))
+        started = f"attempt {spec.attempt}: python {spec.entrypoint} (pid {self._proc.pid})"
+        self._lines.put(self._line("system", started))
         readers = [
             threading.Thread(target=self._read, args=(self._proc.stdout, "stdout"), daemon=True),
             threading.Thread(target=self._read, args=(self._proc.stderr, "stderr"), daemon=True),
@@ -399,10 +400,8 @@ class JobRunner:
         leader_exit: float | None = None
         while True:
             timeout = max(0.0, self.flush_interval_s - (time.monotonic() - last_flush))
-            try:
+            with contextlib.suppress(queue.Empty):
                 batch.append(self._lines.get(timeout=timeout))
-            except queue.Empty:
-                pass
             exited = self._proc.poll() is not None
             if exited and leader_exit is None:
                 leader_exit = time.monotonic()

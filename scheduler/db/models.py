@@ -32,7 +32,8 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: sa.JSON, list[Any]: sa.JSON}
+    # read once by SQLAlchemy when the mapping is built, never mutated
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: sa.JSON, list[Any]: sa.JSON}  # noqa: RUF012
 
 
 class JobState(StrEnum):

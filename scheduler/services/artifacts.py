@@ -11,6 +11,8 @@ from scheduler.db import ArtifactModel
 def list_artifacts(session: Session, job_id: str) -> list[ArtifactModel]:
     return list(
         session.scalars(
-            sa.select(ArtifactModel).where(ArtifactModel.job_id == job_id).order_by(ArtifactModel.attempt, ArtifactModel.path)
+            sa.select(ArtifactModel)
+            .where(ArtifactModel.job_id == job_id)
+            .order_by(ArtifactModel.attempt, ArtifactModel.path)
         )
     )

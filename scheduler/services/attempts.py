@@ -130,7 +130,7 @@ async def spool_body(stream: AsyncIterator[bytes], expected: int | None, limit: 
     """Copy a request body to a temporary file and check its length against ``Content-Length``."""
     if expected is None:
         raise LengthRequired("send a Content-Length header with the artifact body")
-    tmp = tempfile.TemporaryFile()
+    tmp = tempfile.TemporaryFile()  # noqa: SIM115 - returned open: the caller streams it to storage, then closes it
     size = 0
     try:
         async for chunk in stream:

@@ -65,7 +65,7 @@ def read_attempt(r: redis.Redis, job_id: str, attempt: int) -> list[str]:
             batch = batch[1:]  # xrange is inclusive of its start id
         if not batch:
             break
-        for entry_id, raw in batch:
+        for _entry_id, raw in batch:
             f = _decode(raw)
             if f.get("attempt") == str(attempt) and "end" not in f:
                 out.append(f.get("text", ""))

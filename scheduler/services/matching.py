@@ -88,16 +88,16 @@ def offer_fits(offer: Offer, need: Need) -> bool:
         return False
     if offer.ranks < need.ranks:
         return False
-    if need.min_memory_gb > 0 and (offer.memory_gb is None or offer.memory_gb < need.min_memory_gb):
-        return False
-    return True
+    return need.min_memory_gb <= 0 or (offer.memory_gb is not None and offer.memory_gb >= need.min_memory_gb)
 
 
 def _offer_order(offer: Offer) -> tuple[int, float]:
     return (offer.ranks, offer.memory_gb or 0.0)
 
 
-def fit_groups(offers: Sequence[Offer], needs: Sequence[Need], free: Iterable[int] | None = None) -> tuple[int, ...] | None:
+def fit_groups(
+    offers: Sequence[Offer], needs: Sequence[Need], free: Iterable[int] | None = None
+) -> tuple[int, ...] | None:
     """Give each need a distinct offered slot (best fit, backtracking); ``None`` if impossible.
 
     Returns the slot index chosen for each need, in the order of ``needs``.

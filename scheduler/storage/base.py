@@ -78,7 +78,7 @@ class Storage(abc.ABC):
     def presigned_url(self, key: str, *, expires_s: int, base_url: str) -> str:
         """A short-lived download link; ``base_url`` is the API's public URL (used by local storage)."""
 
-    def ping(self) -> None:
+    def ping(self) -> None:  # noqa: B027 - optional: a backend without a cheap reachability check keeps this no-op
         """Raise if the backend is unreachable."""
 
     def describe(self, key: str) -> str:

@@ -72,7 +72,9 @@ def scheduler_env(
     from fastapi.testclient import TestClient
 
     overrides = scheduler_overrides
-    settings = make_settings(tmp_path, database_url=scheduler_db_url, redis_url=redis_url, run_migrations=False, **overrides)
+    settings = make_settings(
+        tmp_path, database_url=scheduler_db_url, redis_url=redis_url, run_migrations=False, **overrides
+    )
     app, rt = make_app(settings)
     reset_database(rt.db)
     with TestClient(app) as client:

@@ -112,11 +112,11 @@ def effective_env(container: dict[str, Any], rendered: Rendered) -> dict[str, st
             continue
         ref = item["valueFrom"]
         if "secretKeyRef" in ref:
-            env[name] = "{secret:%s/%s}" % (ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"])
+            env[name] = "{{secret:{}/{}}}".format(ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"])
         elif "configMapKeyRef" in ref:
             env[name] = rendered.configmap_data(ref["configMapKeyRef"]["name"])[ref["configMapKeyRef"]["key"]]
         elif "fieldRef" in ref:
-            env[name] = "{field:%s}" % ref["fieldRef"]["fieldPath"]
+            env[name] = "{{field:{}}}".format(ref["fieldRef"]["fieldPath"])
         else:
             raise AssertionError(f"unhandled env source {ref}")
     return env

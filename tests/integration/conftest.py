@@ -126,7 +126,7 @@ class Stack:
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
         log_path = self.tmp / f"{name}.log"
         popen = subprocess.Popen(
-            args, env=env, cwd=self.tmp, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+            args, env=env, cwd=self.tmp, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the child's
             stdin=subprocess.DEVNULL,
         )
         proc = Proc(name, popen, log_path)
@@ -160,9 +160,9 @@ class Stack:
         while time.monotonic() < deadline:
             assert proc.alive(), f"{proc.name} exited:\n{proc.log()}"
             try:
-                if httpx.get(f"http://127.0.0.1:{proc.health_port}/healthz", timeout=1).status_code == 200:
-                    if "consuming" in proc.log() and ("ready" in proc.log() or "Connected to" in proc.log()):
-                        return
+                healthy = httpx.get(f"http://127.0.0.1:{proc.health_port}/healthz", timeout=1).status_code == 200
+                if healthy and "consuming" in proc.log() and ("ready" in proc.log() or "Connected to" in proc.log()):
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)

@@ -59,7 +59,7 @@ def test_sse_stream_of_a_finished_job_replays_and_ends(running):
     # Last-Event-ID resumes after the given line.
     second = next(e for e in events if e.get("data") == "line one")["id"]
     r = c.get(f"/api/v1/jobs/{jid}/logs/stream", headers={**auth(user), "Last-Event-ID": second})
-    assert [e["data"] for e in parse_sse(r.text) if e["event"] == "message"][0] == "line two"
+    assert next(e["data"] for e in parse_sse(r.text) if e["event"] == "message") == "line two"
     # With Redis emptied, a finished job's stream replays the persisted log.
     env.rt.redis.flushdb()
     replay = parse_sse(c.get(f"/api/v1/jobs/{jid}/logs/stream", headers=auth(user)).text)
@@ -72,7 +72,7 @@ def test_sse_stream_is_live(running, scheduler_env):
 
     from tests.conftest import free_port, wait_for_port
 
-    env, c, user, w, jid = running
+    env, _c, user, w, jid = running
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(env.app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=server.run, daemon=True)
@@ -121,7 +121,7 @@ def test_artifacts_stream_to_storage_and_download_by_signed_link(running):
 
 @pytest.mark.parametrize("path", ["%2E%2E/x", "output/%2E%2E/%2E%2E/x", "%2Fetc/passwd", "a//b", "a/%2E/b", "a%5Cb"])
 def test_artifact_paths_that_escape_are_refused(running, path):
-    env, c, user, w, jid = running
+    _env, c, user, w, jid = running
     r = c.put(f"/api/v1/attempts/{jid}/1/artifacts/{path}", content=b"x", headers=auth(w.token))
     assert r.status_code == 422 and r.json()["error"]["code"] == "bad_path", r.text
     assert c.get(f"/api/v1/jobs/{jid}/artifacts", headers=auth(user)).json()["items"] == []

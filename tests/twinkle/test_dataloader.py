@@ -24,9 +24,9 @@ def test_batch_size_is_global_and_each_data_rank_gets_its_slice():
     assert all(len(batches) == 3 for batches in per_rank)
     data_ranks = [mesh.get_data_rank(r) for r in range(4)]
     for step in range(2):
-        by_data_rank = [rows for _, rows in sorted(zip(data_ranks, [b[step] for b in per_rank]))]
+        by_data_rank = [rows for _, rows in sorted(zip(data_ranks, [b[step] for b in per_rank], strict=True))]
         # data rank k gets rows 2k, 2k+1 of the global batch; together they are the whole batch, in order
-        assert sum(by_data_rank, []) == [i % 10 for i in range(step * 8, step * 8 + 8)]
+        assert [row for rows in by_data_rank for row in rows] == [i % 10 for i in range(step * 8, step * 8 + 8)]
         assert all(len(rows) == 2 for rows in by_data_rank)
     # the last global batch has 4 rows: one each
     assert [b[2] for b in per_rank] == [[6], [8], [7], [9]]  # data ranks of ranks 0..3 are 0, 2, 1, 3
@@ -59,7 +59,7 @@ def test_deterministic_order_with_a_seed_and_optional_shuffle():
     a = ids(DataLoader(ROWS, batch_size=5, shuffle=True, seed=3))
     b = ids(DataLoader(ROWS, batch_size=5, shuffle=True, seed=3))
     c = ids(DataLoader(ROWS, batch_size=5, shuffle=True, seed=4))
-    assert a == b and a != plain and a != c and sorted(sum(a, [])) == list(range(10))
+    assert a == b and a != plain and a != c and sorted(row for part in a for row in part) == list(range(10))
     loader = DataLoader(ROWS, batch_size=5, shuffle=True, seed=3)
     assert ids(loader) == a and ids(loader) != a  # the next epoch is reshuffled
 

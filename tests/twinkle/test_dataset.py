@@ -207,7 +207,7 @@ def test_save_as_jsonl_csv_parquet(tmp_path):
     ds = Dataset(dataset_meta=DatasetMeta(data=ROWS))
     for name in ("out.jsonl", "out.json", "out.csv", "out.parquet"):
         path = ds.save_as(tmp_path / name)
-        back = Dataset(dataset_meta=DatasetMeta(path if not name.endswith(".json") else path))
+        back = Dataset(dataset_meta=DatasetMeta(path))
         assert [r["n"] for r in back] == list(range(6)), name
     assert (tmp_path / "out.json").read_text().startswith("{")  # .json is written as json lines
     with pytest.raises(ValueError, match="jsonl"):

@@ -52,7 +52,7 @@ def test_twinkle_mode_env_sets_the_default(monkeypatch):
     twinkle.initialize()
     assert _state.get_mode() == "local"
     monkeypatch.setenv("TWINKLE_MODE", "spark")
-    with pytest.raises(ConfigError, match="'local'.*'ray'"):
+    with pytest.raises(ConfigError, match=r"'local'.*'ray'"):
         twinkle.initialize()
 
 

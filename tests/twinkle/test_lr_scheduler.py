@@ -21,10 +21,7 @@ def test_cosine_warmup_formula():
     w, t = 4, 14
     lrs = _lrs(CosineWarmupScheduler, t + 2, num_warmup_steps=w, num_training_steps=t)
     for s, lr in enumerate(lrs):
-        if s < w:
-            factor = s / w
-        else:
-            factor = max(0.0, 0.5 * (1 + math.cos(2 * math.pi * 0.5 * (s - w) / (t - w))))
+        factor = s / w if s < w else max(0.0, 0.5 * (1 + math.cos(2 * math.pi * 0.5 * (s - w) / (t - w))))
         assert lr == pytest.approx(2.0 * factor, abs=1e-12), s
     assert lrs[w] == pytest.approx(2.0) and lrs[t] == pytest.approx(0.0, abs=1e-12)
 

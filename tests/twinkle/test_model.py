@@ -230,7 +230,7 @@ def test_two_adapters_have_their_own_groups(model):
 
 
 def test_lora_targeting_no_module_is_a_clear_error(model):
-    with pytest.raises(AdapterError, match="targets no module.*no_such_proj"):
+    with pytest.raises(AdapterError, match=r"targets no module.*no_such_proj"):
         model.add_adapter_to_model("default", LoraConfig(r=4, target_modules=["no_such_proj"]))
 
 
@@ -248,7 +248,7 @@ def test_unknown_names_list_the_known_ones(model, call, match):
 
 def test_unknown_scheduler_lists_torch_and_ours(model):
     model.set_optimizer("AdamW")
-    with pytest.raises(UnknownComponentError, match="unknown lr scheduler 'Cosine'.*CosineWarmupScheduler.*StepLR"):
+    with pytest.raises(UnknownComponentError, match=r"unknown lr scheduler 'Cosine'.*CosineWarmupScheduler.*StepLR"):
         model.set_lr_scheduler("Cosine")
 
 
@@ -265,7 +265,7 @@ def test_step_before_set_optimizer_is_a_clear_error(model):
 def test_save_into_an_unwritable_folder_is_a_clear_error(model, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(CheckpointError, match="cannot write a checkpoint into.*writable output_dir"):
+    with pytest.raises(CheckpointError, match=r"cannot write a checkpoint into.*writable output_dir"):
         model.save("x", output_dir=str(blocker / "sub"))
 
 

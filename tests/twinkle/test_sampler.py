@@ -45,7 +45,7 @@ def test_sampled_logprob_is_log_softmax_of_the_logits_with_temperature(sampler):
     params = SamplingParams(max_tokens=6, temperature=0.7, logprobs=3, seed=1)
     seq = sampler.sample([{"input_ids": PROMPT}], params)[0].sequences[0]
     ids = list(PROMPT)
-    for token, entry in zip(seq.tokens, seq.logprobs):
+    for token, entry in zip(seq.tokens, seq.logprobs, strict=True):
         logp = torch.log_softmax(raw_logits(sampler, ids) / 0.7, -1)
         assert entry[0][0] == token
         assert entry[0][1] == pytest.approx(logp[token].item(), abs=1e-4)
@@ -150,7 +150,7 @@ def test_adapter_from_model_save_matches_the_model(tiny_model_dir, tmp_path):
     model = TransformersModel(model_id=str(tiny_model_dir), gradient_checkpointing=False)
     model.add_adapter_to_model("default", LoraConfig(r=8, lora_alpha=32, target_modules="all-linear"))
     model.set_optimizer("AdamW", lr=5e-2)
-    batch = [{"input_ids": PROMPT + [11, 12, 13, 14], "labels": [-100] * len(PROMPT) + [11, 12, 13, 14]}]
+    batch = [{"input_ids": [*PROMPT, 11, 12, 13, 14], "labels": [-100] * len(PROMPT) + [11, 12, 13, 14]}]
     for _ in range(5):
         model.forward_backward(inputs=batch)
         model.clip_grad_and_step()
@@ -180,7 +180,7 @@ def test_receive_weights_of_a_full_finetuned_model(tiny_model_dir):
     torch.manual_seed(0)
     model = TransformersModel(model_id=str(tiny_model_dir), gradient_checkpointing=False)
     model.set_optimizer("AdamW", lr=5e-2)
-    batch = [{"input_ids": PROMPT + [11, 12], "labels": [-100] * (len(PROMPT) - 1) + [11, 12, -100]}]
+    batch = [{"input_ids": [*PROMPT, 11, 12], "labels": [-100] * (len(PROMPT) - 1) + [11, 12, -100]}]
     model.forward_backward(inputs=batch)
     model.clip_grad_and_step()
     s = TorchSampler(str(tiny_model_dir))

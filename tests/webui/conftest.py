@@ -7,6 +7,7 @@ Install the browser once with ``apt-get update && apt-get install -y chromium``;
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,10 +75,8 @@ def page(chromium, request):
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     yield pg
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    try:
+    with contextlib.suppress(Exception):  # a closed page has nothing to show
         pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-final.png"), full_page=True)
-    except Exception:  # noqa: BLE001 - a closed page has nothing to show
-        pass
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
 

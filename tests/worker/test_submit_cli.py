@@ -58,7 +58,7 @@ def test_broken_config_file_is_named(tmp_path):
     cfg = tmp_path / "config" / "twinkle" / "config.toml"
     cfg.parent.mkdir(parents=True)
     cfg.write_text("token = \n")
-    with pytest.raises(ConfigError, match="config.toml is not valid TOML"):
+    with pytest.raises(ConfigError, match=r"config\.toml is not valid TOML"):
         resolve_connection(None, None)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -11,7 +12,7 @@ app = typer.Typer(help="Make the small, real artifacts that the demo and the tes
 
 @app.command("tiny-model")
 def tiny_model(
-    output_dir: Path = typer.Argument(..., help="Folder to write the model and tokenizer into."),
+    output_dir: Annotated[Path, typer.Argument(help="Folder to write the model and tokenizer into.")],
     hidden_size: int = typer.Option(64, help="Model width."),
     num_layers: int = typer.Option(2, help="Decoder layers."),
     seed: int = typer.Option(0, help="Weight-initialisation seed."),
@@ -24,7 +25,9 @@ def tiny_model(
 
 
 @app.command("self-cognition")
-def self_cognition(output_dir: Path = typer.Argument(..., help="Folder to write self_cognition.jsonl into.")) -> None:
+def self_cognition(
+    output_dir: Annotated[Path, typer.Argument(help="Folder to write self_cognition.jsonl into.")]
+) -> None:
     """Write the bundled self-cognition rows (query/response with {{NAME}}/{{AUTHOR}}) as jsonl."""
     from twinkle.assets import self_cognition_path
 

@@ -35,7 +35,7 @@ def _training_corpus() -> list[str]:
 
     names = ["twinkle LLM", "ModelScope community", "twinkle robot", "twinkle lab", "You are a helpful assistant."]
     corpus = [row["query"] + " " + row["response"] for row in self_cognition_rows()]
-    corpus += names + ["system", "user", "assistant", "The quick brown fox jumps over the lazy dog. 0123456789"]
+    corpus += [*names, "system", "user", "assistant", "The quick brown fox jumps over the lazy dog. 0123456789"]
     return corpus
 
 

@@ -54,7 +54,7 @@ class _RetryingFetcher:
             rows = None
         if rows is None or len(rows) != len(indices):
             return [self(i) for i in indices]
-        return [row if row else self(i) for i, row in zip(indices, rows)]
+        return [row if row else self(i) for i, row in zip(indices, rows, strict=True)]
 
     def __call__(self, index: int) -> Any:
         rng = None  # made on the first failure only: most samples never need a replacement
@@ -207,7 +207,7 @@ class DataLoader:
             order, self.batch_size, self.min_batch_size, self.device_mesh, self.data_rank, start
         )
         fetch = _RetryingFetcher(self.dataset, size, self.max_retries, self.seed + epoch)
-        for indices, rows in zip(self._batch_starts(start, size), self._load(sampler, fetch)):
+        for indices, rows in zip(self._batch_starts(start, size), self._load(sampler, fetch), strict=False):
             self._consumed = epoch * size + indices
             yield self._finish(rows)
         self._consumed = (epoch + 1) * size  # a dropped short tail still ends the epoch

@@ -33,7 +33,7 @@ def encode_batch(template: Template, columns: dict[str, list], add_generation_pr
 
 
 def as_function(func: Any, init_args: dict | None) -> Callable[[dict[str, list]], dict[str, list]]:
-    if isinstance(func, (str, type)) or isinstance(func, Preprocessor):
+    if isinstance(func, (str, type, Preprocessor)):
         return get_preprocessor(func, **(init_args or {}))
     if callable(func):
         return func

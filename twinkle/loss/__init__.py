@@ -6,4 +6,6 @@ from twinkle.loss.dpo import DPOLoss
 from twinkle.loss.grpo import GRPOLoss
 from twinkle.loss.mse import MSELoss
 
-__all__ = ["ChunkedCrossEntropyLoss", "CrossEntropyLoss", "DPOLoss", "GRPOLoss", "Loss", "MSELoss", "selective_log_softmax"]
+__all__ = [
+    "ChunkedCrossEntropyLoss", "CrossEntropyLoss", "DPOLoss", "GRPOLoss", "Loss", "MSELoss", "selective_log_softmax"
+]

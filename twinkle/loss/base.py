@@ -30,7 +30,9 @@ def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor, ignore_ind
     flat = logits.reshape(-1, logits.shape[-1]).float()
     # fused log_softmax + nll: the kernels (and the saved activation) of a plain cross entropy, so computing
     # logps costs no more memory or time than the usual loss; -100 rows come back as 0
-    nll = torch.nn.functional.cross_entropy(flat, labels.reshape(-1).to(flat.device), ignore_index=-100, reduction="none")
+    nll = torch.nn.functional.cross_entropy(
+        flat, labels.reshape(-1).to(flat.device), ignore_index=-100, reduction="none"
+    )
     logps = -nll.view(labels.shape)
     if ignore_index != -100:
         logps = logps.masked_fill(labels == ignore_index, 0.0)

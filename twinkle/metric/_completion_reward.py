@@ -48,7 +48,8 @@ class CompletionRewardMetric(Metric):
         if rewards:
             if not isinstance(rewards, Mapping):
                 raise TypeError(
-                    f"CompletionRewardMetric: rewards must be a dict {{name: [float, ...]}}, got {type(rewards).__name__}"
+                    "CompletionRewardMetric: rewards must be a dict {name: [float, ...]}, "
+                    f"got {type(rewards).__name__}"
                 )
             for name, values in rewards.items():
                 vals = [float(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]

@@ -66,7 +66,7 @@ class GRPOMetric(Metric):
 
     def calculate(self) -> dict[str, str]:
         keys = list(self._sums)
-        values = dict(zip(keys, self._all_reduce_sum([float(self._sums[k]) for k in keys])))
+        values = dict(zip(keys, self._all_reduce_sum([float(self._sums[k]) for k in keys]), strict=True))
         has_ref = self._has_ref
         self.reset()
         tokens = values["tokens"]

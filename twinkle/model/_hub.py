@@ -24,5 +24,7 @@ def resolve_model_dir(model_id: str | os.PathLike[str]) -> str:
     except HubError as exc:
         raise ModelNotFoundError(f"cannot resolve model id {text!r}: {exc}") from exc
     if not os.path.isdir(path):
-        raise ModelNotFoundError(f"cannot resolve model id {text!r}: {path!r} is a file; pass the folder with config.json")
+        raise ModelNotFoundError(
+            f"cannot resolve model id {text!r}: {path!r} is a file; pass the folder with config.json"
+        )
     return path

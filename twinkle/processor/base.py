@@ -116,7 +116,7 @@ class InputProcessor:
             elif key in defaults:  # filled per row, so rows that have them (packed rows) keep theirs
                 columns[key] = [
                     self.to_tensor(row[key]) if has else defaults[key](len(row["input_ids"]))
-                    for row, has in zip(rows, present)
+                    for row, has in zip(rows, present, strict=True)
                 ]
         lengths = [len(t) for t in columns["input_ids"]]
         for key, tensors in columns.items():

@@ -77,7 +77,7 @@ def _to_sympy(answer: str) -> Any:
         len(name) > 1 and name not in _SAFE_NAMES for name in re.findall(r"[A-Za-z_]+", text)
     ):
         raise ValueError(f"not a plain math expression: {text!r}")
-    transformations = standard_transformations + (implicit_multiplication_application, convert_xor)
+    transformations = (*standard_transformations, implicit_multiplication_application, convert_xor)
     return parse_expr(text, transformations=transformations, evaluate=True)
 
 
@@ -131,7 +131,7 @@ def math_equal(answer: str | None, reference: str | None) -> bool:
     if len(pa) != len(pb):
         return False
     if len(pa) > 1:
-        return all(x == y or _sympy_equal(x, y) for x, y in zip(pa, pb))
+        return all(x == y or _sympy_equal(x, y) for x, y in zip(pa, pb, strict=True))
     return _sympy_equal(a, b)
 
 

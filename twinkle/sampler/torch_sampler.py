@@ -364,7 +364,7 @@ class TorchSampler:
         for r, token in enumerate(chosen.tolist()):
             entry = [(int(token), float(chosen_lp[r]))]
             if k:
-                entry += [(int(i), float(v)) for i, v in zip(indices[r], values[r]) if v != float("-inf")]
+                entry += [(int(i), float(v)) for i, v in zip(indices[r], values[r], strict=True) if v != float("-inf")]
             rows.append(entry)
         return rows
 
@@ -447,4 +447,4 @@ class TorchSampler:
         temperature = params.temperature if params.temperature > 0 else 1.0
         logp = torch.log_softmax(logits[:-1] / temperature, dim=-1)
         rows = self._top(logp, ids[0, 1:], params.logprobs or 0)
-        return [None] + rows
+        return [None, *rows]

@@ -217,12 +217,12 @@ class Template:
         """Token ids and assistant masks for a batch of rendered texts, in one tokenizer call."""
         backend = getattr(self.tokenizer, "_tokenizer", None)
         if backend is None or not hasattr(backend, "encode_batch"):
-            return [self._tokenize_slow(text, s) for text, s in zip(texts, spans)]
+            return [self._tokenize_slow(text, s) for text, s in zip(texts, spans, strict=True)]
         # the Rust tokenizer directly: the Python wrapper converts every field of every encoding, which costs
         # as much as the tokenization itself
         encodings = backend.encode_batch(texts, add_special_tokens=False)
         out = []
-        for encoding, text_spans in zip(encodings, spans):
+        for encoding, text_spans in zip(encodings, spans, strict=True):
             ids = np.array(encoding.ids, dtype=np.int64)
             mask = np.zeros(len(ids), dtype=bool)
             for start, end in text_spans:

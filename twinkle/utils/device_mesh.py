@@ -222,7 +222,7 @@ class DeviceMesh:
         hits = np.argwhere(self.mesh == rank)
         if len(hits) == 0:
             return None
-        return {name: int(i) for name, i in zip(self.mesh_dim_names, hits[0])}
+        return {name: int(i) for name, i in zip(self.mesh_dim_names, hits[0], strict=True)}
 
     def get_dim_rank(self, name: str, rank: int | None = None) -> int | None:
         """The index of ``rank`` along a dimension; ``None`` when the dimension or the rank is absent."""
@@ -328,5 +328,5 @@ class DeviceMesh:
     __hash__ = None  # type: ignore[assignment]  # mutable, like the ndarray it holds
 
     def __repr__(self) -> str:
-        dims = ", ".join(f"{n}={s}" for n, s in zip(self.mesh_dim_names, self.mesh.shape))
+        dims = ", ".join(f"{n}={s}" for n, s in zip(self.mesh_dim_names, self.mesh.shape, strict=True))
         return f"DeviceMesh({dims}, device_type={self.device_type!r})"

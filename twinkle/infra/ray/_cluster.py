@@ -17,6 +17,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -203,10 +204,8 @@ def _release_groups() -> None:
     from ray.util.placement_group import remove_placement_group
 
     for placement in _cluster.groups.values():
-        try:
+        with contextlib.suppress(Exception):  # the cluster may already be gone
             remove_placement_group(placement.placement_group)
-        except Exception:  # noqa: BLE001 - the cluster may already be gone
-            pass
     _cluster.groups.clear()
 
 

@@ -81,7 +81,7 @@ def _split(args: tuple, kwargs: dict, n_workers: int, part_of: Callable[[int, in
     calls: list[tuple[tuple, dict]] = []
     for worker in range(n_workers):
 
-        def cut(value: Any) -> Any:
+        def cut(value: Any, worker: int = worker) -> Any:  # bound now, though cut is only called in this pass
             total = _batch_len(value)
             return value if total is None else _take(value, part_of(worker, total))
 
@@ -89,7 +89,9 @@ def _split(args: tuple, kwargs: dict, n_workers: int, part_of: Callable[[int, in
     return calls
 
 
-def dispatch_args(dispatch: str, args: tuple, kwargs: dict, n_workers: int, mesh: Any = None) -> list[tuple[tuple, dict]]:
+def dispatch_args(
+    dispatch: str, args: tuple, kwargs: dict, n_workers: int, mesh: Any = None
+) -> list[tuple[tuple, dict]]:
     """Return one ``(args, kwargs)`` per worker (worker ``i`` is global rank ``i`` of the component's mesh).
 
     Raises:
@@ -192,7 +194,7 @@ def _reduce(values: list[Any], mean: bool) -> Any:
     if all(v is None for v in values):
         return None
     if all(isinstance(v, (list, tuple)) for v in values) and len({len(v) for v in values}) == 1:
-        return [_reduce(list(items), mean) for items in zip(*values)]
+        return [_reduce(list(items), mean) for items in zip(*values, strict=True)]
     return list(values)
 
 

@@ -28,7 +28,8 @@ def check_mesh(mesh: Any) -> None:
         )
     if (mesh.ulysses_size or 1) > 1:
         raise UnsupportedParallelismError(
-            "TransformersModel does not implement Ulysses sequence parallelism (ulysses_size > 1); drop it from the mesh"
+            "TransformersModel does not implement Ulysses sequence parallelism (ulysses_size > 1); "
+            "drop it from the mesh"
         )
 
 

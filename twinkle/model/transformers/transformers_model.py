@@ -589,7 +589,9 @@ class TransformersModel(TwinkleModel):
         group.pending_loss, group.last_forward = None, None
         group.cur_step += 1
         for metric in group.train_metrics:
-            metric.accumulate(None, None, cur_step=group.cur_step, gradient_accumulation_steps=group.gradient_accumulation_steps)
+            metric.accumulate(
+                None, None, cur_step=group.cur_step, gradient_accumulation_steps=group.gradient_accumulation_steps
+            )
 
     @remote_function(dispatch="slice_dp", collect="mean")
     def forward_backward(self, inputs: Any, adapter_name: str | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -949,7 +951,9 @@ class TransformersModel(TwinkleModel):
         self.load(str(folder), load_optimizer=True, adapter_name=adapter_name)
         state = json.loads((folder / TRAINER_STATE).read_text())
         group.cur_step = int(state["cur_step"])
-        group.gradient_accumulation_steps = int(state.get("gradient_accumulation_steps", group.gradient_accumulation_steps))
+        group.gradient_accumulation_steps = int(
+            state.get("gradient_accumulation_steps", group.gradient_accumulation_steps)
+        )
         group.consumed_train_samples = int(state.get("consumed_train_samples", 0))
         group.grads_finalized_at = group.cur_step
         group.done = {op: group.cur_step for op in ("clip", "step", "zero_grad", "lr_step")}
