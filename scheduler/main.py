@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -52,7 +53,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     rt = runtime or Runtime.from_settings(settings or get_settings())
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         if runtime is None:
             rt.close()

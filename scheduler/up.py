@@ -292,10 +292,11 @@ class Stack:
     def _follow(self, http: httpx.Client, job_id: str) -> None:
         last_id = None
         while not self.stop.is_set():
-            headers = {"Last-Event-ID": last_id} if last_id else {}
+            headers: dict[str, str] = {"Last-Event-ID": last_id} if last_id else {}
             try:
                 timeout = httpx.Timeout(60, read=None)
                 with http.stream("GET", f"/jobs/{job_id}/logs/stream", headers=headers, timeout=timeout) as resp:
+                    data: list[str]
                     event, data = "message", []
                     for line in resp.iter_lines():
                         if self.stop.is_set():

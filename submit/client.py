@@ -275,6 +275,7 @@ class Client:
 
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[LogEvent]:
+    data: list[str]
     event_id, event, data = None, "message", []
     for line in lines:
         if line == "":

@@ -182,6 +182,7 @@ class WorkerDaemon:
         self.register()
         self.start_health_server()
         threading.Thread(target=self._heartbeat_loop, daemon=True, name="worker-heartbeat").start()
+        assert self.broker_url is not None  # register() set it or raised
         app = create_celery_app(self.broker_url, self.executor)
 
         @signals.worker_shutting_down.connect(weak=False)

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -40,7 +40,7 @@ def run(
         bool, typer.Option("--show-devices", help="Print what would be offered, then exit")
     ] = False,
 ) -> None:
-    overrides = {
+    overrides: dict[str, Any] = {  # validated by WorkerSettings
         "server_url": server,
         "token": token,
         "name": name,

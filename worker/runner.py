@@ -261,7 +261,7 @@ class JobRunner:
         self.max_line_chars, self.checkpoint_poll_s = max_line_chars, checkpoint_poll_s
         self.parent_env = parent_env
         self.ledger = ledger  # records the job's process group while it runs, for a daemon restarted after SIGKILL
-        self._lines: queue.Queue[dict | None] = queue.Queue()
+        self._lines: queue.Queue[dict] = queue.Queue()
         self._stderr_tail: deque[str] = deque(maxlen=stderr_tail_lines)
         self._proc: subprocess.Popen | None = None
         self._ended = threading.Event()
@@ -406,7 +406,9 @@ class JobRunner:
             if exited and leader_exit is None:
                 leader_exit = time.monotonic()
             # a grandchild that left the group (setsid) could hold a pipe open forever: give up on it after 5 s
-            done = exited and (not any(t.is_alive() for t in readers) or time.monotonic() - leader_exit > 5)
+            done = leader_exit is not None and (
+                not any(t.is_alive() for t in readers) or time.monotonic() - leader_exit > 5
+            )
             if len(batch) >= self.batch_lines or time.monotonic() - last_flush >= self.flush_interval_s or done:
                 if done:
                     while not self._lines.empty():
@@ -434,6 +436,8 @@ class JobRunner:
         with self._upload_lock:
             uploaded = self._outputs.final_sync()
         self._flush_metrics(batch)
+        state: Literal["succeeded", "failed", "cancelled"]
+        error: str | None = None
         if self._stop_reason == "cancelled":
             state, error = "cancelled", None
         elif returncode == 0:
@@ -442,8 +446,8 @@ class JobRunner:
             state = "failed"
             why = f"killed by signal {_signal_name(-returncode)}" if returncode < 0 else f"exit code {returncode}"
             error = why + ("\n" + "\n".join(self._stderr_tail) if self._stderr_tail else "")
-        if state == "failed":  # the API logs the end state itself; say why it failed
-            batch.append(self._line("system", f"attempt {self.spec.attempt} failed: {error.splitlines()[0]}"))
+            # the API logs the end state itself; say why it failed
+            batch.append(self._line("system", f"attempt {self.spec.attempt} failed: {why}"))
         self._flush_logs(batch)
         if self._stop_reason == "stale":  # the last flush can learn that too
             return RunResult("stale", returncode)

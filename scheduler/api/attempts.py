@@ -98,6 +98,7 @@ async def put_artifact(
     await run_in_threadpool(attempts_service.fence, session, token, job_id, attempt, attempts_service.WRITABLE)
     await run_in_threadpool(session.rollback)
     body = await attempts_service.spool_body(request.stream(), content_length)
+    assert content_length is not None  # spool_body refuses a body without one (411)
     try:
         row = await run_in_threadpool(
             attempts_service.store_artifact, session, rt.storage, token, job_id, attempt, path, body, content_length

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -64,17 +64,17 @@ def start(session: Session, token: ApiTokenModel, job_id: str, n: int) -> Fenced
     f = fence(session, token, job_id, n, (AttemptState.ASSIGNED,))
     now = utcnow()
     # Conditional updates: of two concurrent starts of the same attempt only one matches.
-    res = session.execute(
+    res = cast(sa.CursorResult[Any], session.execute(
         sa.update(AttemptModel)
         .where(AttemptModel.id == f.attempt.id, AttemptModel.state == AttemptState.ASSIGNED)
         .values(state=AttemptState.RUNNING, started_at=now)
-    )
-    res2 = session.execute(
+    ))
+    res2 = cast(sa.CursorResult[Any], session.execute(
         sa.update(JobModel)
         .where(JobModel.id == job_id, JobModel.attempt == n, JobModel.state == JobState.ASSIGNED)
         .values(state=JobState.RUNNING, started_at=sa.func.coalesce(JobModel.started_at, now), updated_at=now,
                 pending_reason=None)
-    )
+    ))
     if res.rowcount != 1 or res2.rowcount != 1:
         session.rollback()
         raise StaleAttempt(f"attempt {n} of job {job_id} was started or ended already", fields={})

@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -54,7 +55,7 @@ class RoundResult:
     send_s: float = 0.0
 
 
-def _chunks(seq: list, n: int = CHUNK):  # type: ignore[no-untyped-def]
+def _chunks(seq: list, n: int = CHUNK) -> Iterator[list]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
 
@@ -128,7 +129,7 @@ def dispatch_round(db: Database, celery_app: object) -> RoundResult:
         if plan.assignments:
             # Guarded on state='queued': a job cancelled since the read is left alone.
             session.execute(
-                sa.update(JobModel.__table__)
+                sa.update(cast(sa.Table, JobModel.__table__))
                 .where(JobModel.__table__.c.id == sa.bindparam("b_id"), JobModel.__table__.c.state == JobState.QUEUED)
                 .values(
                     state=JobState.ASSIGNED,
@@ -170,7 +171,7 @@ def dispatch_round(db: Database, celery_app: object) -> RoundResult:
         ]
         if changed:
             session.execute(
-                sa.update(JobModel.__table__)
+                sa.update(cast(sa.Table, JobModel.__table__))
                 .where(JobModel.__table__.c.id == sa.bindparam("b_id"), JobModel.__table__.c.state == JobState.QUEUED)
                 .values(pending_reason=sa.bindparam("b_reason")),
                 changed,

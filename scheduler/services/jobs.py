@@ -7,7 +7,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -256,11 +256,11 @@ def cancel_job(session: Session, user: UserModel, job_id: str) -> CancelResult:
             values = dict(state=JobState.CANCELLED, ended_at=now, updated_at=now, slots=None, pending_reason=None)
         else:
             values = dict(state=JobState.CANCELLING, updated_at=now)
-        res = session.execute(
+        res = cast(sa.CursorResult[Any], session.execute(
             sa.update(JobModel)
             .where(JobModel.id == job.id, JobModel.state == job.state, JobModel.attempt == job.attempt)
             .values(**values)
-        )
+        ))
         if res.rowcount != 1:
             session.rollback()
             continue

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from scheduler.storage import ObjectNotFound, Storage, attempt_key
 
 MAXLEN = 200_000  # lines kept per job in Redis; the full log of a finished attempt is in storage
 END_TTL_S = 7 * 24 * 3600  # a finished job's stream lingers this long for late `logs -f` readers
+# what XREAD returns with decode_responses: [(key, [(entry id, {field: value}), ...]), ...]
+_XRead = list[tuple[str, list[tuple[str, dict[str, str]]]]]
 
 
 def stream_key(job_id: str) -> str:
@@ -23,7 +26,7 @@ def append(r: redis.Redis, job_id: str, attempt: int, lines: Iterable[Mapping[st
     pipe = r.pipeline(transaction=False)
     n = 0
     for line in lines:
-        fields = {
+        fields: dict[FieldT, EncodableT] = {
             "attempt": str(attempt),
             "stream": str(line.get("stream") or "stdout"),
             "text": str(line.get("text", "")),
@@ -49,7 +52,9 @@ def mark_end(r: redis.Redis, job_id: str, state: str) -> None:
     pipe.execute()
 
 
-def _decode(fields: Mapping[Any, Any]) -> dict[str, str]:
+def _decode(fields: Mapping[Any, Any] | None) -> dict[str, str]:
+    if fields is None:  # a trimmed entry
+        return {}
     return {
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
         for k, v in fields.items()
@@ -69,7 +74,8 @@ def read_attempt(r: redis.Redis, job_id: str, attempt: int) -> list[str]:
             f = _decode(raw)
             if f.get("attempt") == str(attempt) and "end" not in f:
                 out.append(f.get("text", ""))
-        last = batch[-1][0] if isinstance(batch[-1][0], str) else batch[-1][0].decode()
+        last_id = batch[-1][0]
+        last = last_id if isinstance(last_id, str) else cast(bytes, last_id).decode()
     return out
 
 
@@ -137,11 +143,11 @@ async def sse_stream(
         last = last_event_id or "0-0"
         key = stream_key(job_id)
         while True:
-            resp = await client.xread({key: last}, block=block_ms, count=500)
+            resp = cast(_XRead, await client.xread({key: last}, block=block_ms, count=500))
             if not resp:
                 if await is_ended():
                     # Drain anything that arrived between the read and the check, then end.
-                    resp = await client.xread({key: last}, count=10_000)
+                    resp = cast(_XRead, await client.xread({key: last}, count=10_000))
                     for _, entries in resp or []:
                         for entry_id, f in entries:
                             if "end" not in f:

@@ -304,7 +304,7 @@ def plan(
             if hold is not None:
                 result.reasons[job.job_id] = hold
                 continue  # held jobs never block the user's later jobs
-            placed = None
+            placed: tuple[str, tuple[int, ...]] | None = None
             if pool.total >= len(job.needs):
                 if len(job.needs) == 1:
                     hit = pool.take_single(job.needs[0])

@@ -118,7 +118,7 @@ def inspect_source(source: str, filename: str = "train.py") -> Inspection:
 
 def _read_group(call: ast.Call, filename: str, index: int, warnings: list[str]) -> dict[str, Any]:
     where = f"{filename}:{call.lineno}"
-    group = dict(DEFAULT_GROUP)
+    group: dict[str, Any] = dict(DEFAULT_GROUP)
     group["name"] = f"group{index}" if index else "default"
 
     node = _arg(call, 0, "name")

@@ -70,7 +70,7 @@ class S3Storage(Storage):
         self.client.delete_object(Bucket=self.bucket, Key=check_key(key))
 
     def list(self, prefix: str) -> list[ObjectInfo]:
-        out = []
+        out: list[ObjectInfo] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             out.extend(ObjectInfo(o["Key"], int(o["Size"])) for o in page.get("Contents", []))
         return sorted(out, key=lambda o: o.key)

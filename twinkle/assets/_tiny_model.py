@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 CHATML_TEMPLATE = (
     "{%- for message in messages %}"
@@ -96,8 +97,8 @@ def make_tiny_model(
         max_position_embeddings=2048,
         tie_word_embeddings=False,
         bos_token_id=None,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=cast(int, tokenizer.convert_tokens_to_ids("<|im_end|>")),  # one token in, one id out
+        pad_token_id=cast(int, tokenizer.convert_tokens_to_ids("<|endoftext|>")),
         architectures=["Qwen2ForCausalLM"],
     )
     torch.manual_seed(seed)

@@ -61,8 +61,8 @@ class LazyDataset(Dataset):
             self._ops[key].append(op)
 
     @remote_function(execute="first")
-    def encode(self, add_generation_prompt: bool = False, **_: Any) -> None:
-        """Encode each row when it is fetched."""
+    def encode(self, add_generation_prompt: bool = False, batch_size: int = 1000, **_: Any) -> None:
+        """Encode each row when it is fetched (``batch_size`` is the eager dataset's; unused here)."""
         self._require_template()
         self._encode = {"add_generation_prompt": add_generation_prompt}
 
@@ -145,7 +145,8 @@ class LazyDataset(Dataset):
             return len(self._mix[2])
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    # a row a filter drops at fetch time is None (the DataLoader replaces it): wider than the eager Dataset's
+    def __getitem__(self, index: int) -> dict[str, Any] | None:  # type: ignore[override]
         self._require_data()
         if index < 0:
             index += len(self)

@@ -23,7 +23,7 @@ def pack_lengths(lengths: Iterable[int], capacity: int) -> list[list[int]]:
     A sample longer than ``capacity`` gets a bin of its own.
     """
     lengths = np.asarray(list(lengths), dtype=np.int64)
-    remaining = np.empty(0, dtype=np.int64)
+    remaining: np.ndarray = np.empty(0, dtype=np.int64)
     bins: list[list[int]] = []
     for index in np.argsort(-lengths, kind="stable"):
         size = int(lengths[index])
@@ -44,7 +44,7 @@ def pack_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     No ``attention_mask``: feed packed rows to ``InputProcessor(padding_free=True)``, which finds the sample
     boundaries from ``position_ids``.
     """
-    packed = {k: np.concatenate([np.asarray(r[k], dtype=np.int64) for r in rows]) for k in PACKED_KEYS}
+    packed: dict[str, Any] = {k: np.concatenate([np.asarray(r[k], dtype=np.int64) for r in rows]) for k in PACKED_KEYS}
     packed["length"] = len(packed["input_ids"])
     return packed
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from twinkle.errors import ConfigError
 from twinkle.infra import _state
@@ -97,10 +97,11 @@ def remote_class(execute: str = "all") -> Callable[[C], C]:
             if kwargs.get("remote_group") is not None and _state.get_mode() == "ray" and _state.is_driver():
                 from twinkle.infra.ray import make_remote  # lazy: Ray is optional
 
-                return make_remote(klass, klass._twinkle_remote_class["execute"], args, kwargs)
+                return make_remote(klass, cast(Any, klass)._twinkle_remote_class["execute"], args, kwargs)
             if original_new is not None:
                 return original_new(klass, *args, **kwargs)
-            parent_new = super(cls, klass).__new__  # type: ignore[misc]
+            # cls is a class (C is bound to type), but mypy reads a TypeVar'd class as an instance here
+            parent_new = super(cls, klass).__new__  # type: ignore[arg-type]
             if parent_new is object.__new__:
                 return object.__new__(klass)
             return parent_new(klass, *args, **kwargs)

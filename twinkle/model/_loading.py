@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from twinkle.errors import ConfigError
 from twinkle.utils.device_mesh import DeviceMesh
 from twinkle.utils.platform import Platform
 
@@ -22,6 +23,8 @@ def load_causal_lm(model_dir: str | None, config: Any = None, model_cls: Any = N
     import transformers
 
     if config is None:
+        if model_dir is None:
+            raise ConfigError("pass a model folder (model_id) or a config to build the model from")
         config = transformers.AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
     if model_cls is None:
         arch = (getattr(config, "architectures", None) or [None])[0]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -359,8 +359,8 @@ class TorchSampler:
         rows = []
         chosen_lp = logp.gather(-1, chosen.unsqueeze(-1)).squeeze(-1).tolist()
         if k:
-            values, indices = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
-            values, indices = values.tolist(), indices.tolist()
+            top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+            values, indices = top.values.tolist(), top.indices.tolist()
         for r, token in enumerate(chosen.tolist()):
             entry = [(int(token), float(chosen_lp[r]))]
             if k:
@@ -402,7 +402,7 @@ class TorchSampler:
                 if token in self.eos_ids:
                     reasons[r] = "stop"
                 elif stops:
-                    text = self.tokenizer.decode(tokens[r], skip_special_tokens=True)
+                    text = cast(str, self.tokenizer.decode(tokens[r], skip_special_tokens=True))  # one sequence
                     hits = [text.find(s) for s in stops if s in text]
                     if hits:
                         reasons[r], cuts[r] = "stop", min(hits)
@@ -412,7 +412,7 @@ class TorchSampler:
             logits, past = self._forward(chosen.unsqueeze(-1), past)
         sequences = []
         for r in range(n):
-            text = self.tokenizer.decode(tokens[r], skip_special_tokens=True)
+            text = cast(str, self.tokenizer.decode(tokens[r], skip_special_tokens=True))  # one sequence: a str
             if cuts[r] is not None:
                 text = text[: cuts[r]]
             sequences.append(

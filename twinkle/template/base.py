@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -102,7 +102,7 @@ class Template:
                     f"model, or set tokenizer.chat_template"
                 ) from exc
         self._generation_mask = supports_generation_mask(self.chat_template)
-        self._renders_reasoning = bool(self.chat_template) and "reasoning_content" in self.chat_template
+        self._renders_reasoning = bool(self.chat_template and "reasoning_content" in self.chat_template)
 
     @property
     def tokenizer_id(self) -> str:
@@ -121,6 +121,7 @@ class Template:
     # ------------------------------------------------------------------ pre-processing
 
     def _messages(self, trajectory: Trajectory | Sequence[dict]) -> list[dict]:
+        messages: Sequence[Any]
         if isinstance(trajectory, dict):
             if "messages" not in trajectory:
                 raise TemplateError(
@@ -130,9 +131,9 @@ class Template:
             messages = trajectory["messages"]
         else:
             messages = trajectory
-        out = []
-        for message in messages:
-            message = {k: v for k, v in dict(message).items() if v is not None}
+        out: list[dict[str, Any]] = []
+        for raw in messages:
+            message = {k: v for k, v in dict(raw).items() if v is not None}
             content = message.get("content")
             if isinstance(content, list):
                 texts = []
@@ -167,7 +168,8 @@ class Template:
     def _render(self, messages: list[dict], tools: Any, add_generation_prompt: bool, with_spans: bool):
         from transformers.utils.chat_template_utils import render_jinja_template
 
-        texts, spans = render_jinja_template(
+        # annotated as returning str, it returns (rendered texts, assistant spans per text)
+        rendered: Any = render_jinja_template(
             conversations=[messages],
             tools=tools or None,
             chat_template=self.chat_template,
@@ -175,6 +177,7 @@ class Template:
             add_generation_prompt=add_generation_prompt,
             **self._render_kwargs(),
         )
+        texts, spans = rendered
         return texts[0], (spans[0] if with_spans else [])
 
     def _render_plain(self, messages: list[dict], add_generation_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
@@ -319,7 +322,7 @@ class Template:
         for i, features in enumerate(self.encode_many(rows, add_generation_prompt)):
             for feature in features:
                 for key in out:
-                    out[key].append(feature[key])
+                    out[key].append(cast(dict[str, Any], feature)[key])
                 index.append(i)
         return out, index
 

@@ -12,7 +12,7 @@ _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 def supports_generation_mask(chat_template: str | None) -> bool:
     """True when the chat template marks assistant content with ``{% generation %}``."""
-    return bool(chat_template) and bool(_GENERATION_TAG.search(chat_template))
+    return bool(chat_template and _GENERATION_TAG.search(chat_template))
 
 
 def spans_to_token_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
@@ -38,7 +38,7 @@ def prefix_diff_spans(
     the rendering of everything before it (with the generation prompt) and the rendering up to it.
     """
     full = render(messages, False)
-    spans = []
+    spans: list[tuple[int, int]] = []
     round_index = -1
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":

@@ -19,7 +19,7 @@ class Platform:
 
         if torch.cuda.is_available():
             return "cuda"
-        if hasattr(torch, "npu") and torch.npu.is_available():  # type: ignore[attr-defined]
+        if hasattr(torch, "npu") and torch.npu.is_available():
             return "npu"
         return "cpu"
 

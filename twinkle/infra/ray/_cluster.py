@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,11 +146,11 @@ def _check_fits(groups: list[DeviceGroup]) -> None:
     import ray
 
     total = ray.cluster_resources()
-    available = Counter(ray.available_resources())
+    available: defaultdict[str, float] = defaultdict(float, ray.available_resources())
     for placement in _cluster.groups.values():
         # what this job holds now is released before the new groups are reserved
         available[placement.resource] += placement.per_rank * placement.num_ranks
-    asked: Counter[str] = Counter()
+    asked: defaultdict[str, float] = defaultdict(float)  # resources are fractional (0.5 GPU)
     for group in groups:
         resource, per_rank = _resource_of(group)
         asked[resource] += per_rank * group.num_ranks

@@ -89,7 +89,8 @@ def _base_transformer(model: torch.nn.Module) -> torch.nn.Module:
 
 def set_grad_sync(wrapped: torch.nn.Module, enabled: bool) -> None:
     """Let the next backward all-reduce (or reduce-scatter) gradients, or only accumulate them locally."""
-    if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
-        wrapped.set_requires_gradient_sync(enabled)
-    elif hasattr(wrapped, "require_backward_grad_sync"):  # DDP: what no_sync() toggles
-        wrapped.require_backward_grad_sync = enabled
+    module: Any = wrapped  # duck-typed: the attributes exist only on the wrapper classes
+    if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+        module.set_requires_gradient_sync(enabled)
+    elif hasattr(module, "require_backward_grad_sync"):  # DDP: what no_sync() toggles
+        module.require_backward_grad_sync = enabled

@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -317,7 +317,7 @@ class TransformersModel(TwinkleModel):
 
         if isinstance(patch_cls, str):
             patch_cls = _lookup(patch_cls, [patches], Patch, "patch")
-        patch = patch_cls() if inspect.isclass(patch_cls) else patch_cls
+        patch = patch_cls() if isinstance(patch_cls, type) else patch_cls
         replaced = patch(self.model, **kwargs)
         if isinstance(replaced, torch.nn.Module):
             self.model = replaced
@@ -362,7 +362,8 @@ class TransformersModel(TwinkleModel):
             if "norm" in type(module).__name__.lower()
             for p in module.parameters(recurse=False)
         }
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, param in self._trainable(group):
             (no_decay if name.endswith("bias") or id(param) in norm_params else decay).append(param)
         if not decay and not no_decay:
@@ -431,7 +432,7 @@ class TransformersModel(TwinkleModel):
         group = self._group(adapter_name)
         for training, bucket in ((True, group.train_metrics), (False, group.eval_metrics)):
             if is_training is None or is_training == training:
-                bucket.append(metric_cls(self.device_mesh, **kw) if inspect.isclass(metric_cls) else metric_cls)
+                bucket.append(metric_cls(self.device_mesh, **kw) if isinstance(metric_cls, type) else metric_cls)
 
     # ------------------------------------------------------------------ inputs
 
@@ -753,7 +754,8 @@ class TransformersModel(TwinkleModel):
         if self._is_fsdp():
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return cast(dict[str, torch.Tensor], state)  # a model's state dict holds tensors only
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
     @remote_function(dispatch="all", collect="first")
@@ -926,7 +928,9 @@ class TransformersModel(TwinkleModel):
         if self._is_fsdp():
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+            set_model_state_dict(
+                self.model, cast(dict[str, Any], state), options=StateDictOptions(full_state_dict=True, strict=False)
+            )
             return
         own = self.model.state_dict()
         with torch.no_grad():
