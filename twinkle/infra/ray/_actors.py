@@ -55,14 +55,15 @@ def _default_device_type(placement: GroupPlacement) -> str:
 
 def _dataloader_min_batch(cls: type, args: tuple, kwargs: dict) -> None:
     """A Ray DataLoader hands whole batches to ``slice_dp`` calls: drop a short last batch (min = batch_size)."""
+    init = cls.__init__  # type: ignore[misc]  # the class's own __init__ is what is inspected
     try:
-        params = inspect.signature(cls.__init__).parameters
+        params = inspect.signature(init).parameters
     except (TypeError, ValueError):
         return
     if "batch_size" not in params or "min_batch_size" not in params:
         return
     try:
-        bound = inspect.signature(cls.__init__).bind_partial(None, *args, **kwargs).arguments
+        bound = inspect.signature(init).bind_partial(None, *args, **kwargs).arguments
     except TypeError:
         return
     if bound.get("min_batch_size") is None and bound.get("batch_size") is not None:
@@ -121,6 +122,7 @@ def make_remote(cls: type, execute: str, args: tuple, kwargs: dict) -> RemotePro
     placement = get_placement(group_name)
     settings = cluster_settings()
     device_type = _default_device_type(placement)
+    mesh: DeviceMesh | None
     if execute == "first":
         n = 1
         mesh = DeviceMesh.from_sizes(dp_size=1, device_type=device_type)

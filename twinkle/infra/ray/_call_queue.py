@@ -108,7 +108,7 @@ class CallQueue:
                 packed = ray.put(calls[0])  # one copy in the object store instead of one per worker
                 lazy._refs = [w.call_packed.remote(name, packed) for w in workers]
             else:
-                lazy._refs = [w.call.remote(name, a, k) for w, (a, k) in zip(workers, calls)]
+                lazy._refs = [w.call.remote(name, a, k) for w, (a, k) in zip(workers, calls, strict=True)]
             return
         per_worker = []
         for i, worker in enumerate(workers):

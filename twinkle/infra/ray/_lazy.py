@@ -16,7 +16,7 @@ class LazyResult:
     ``print(model.calculate_metric(True))`` and ``out['loss']`` read as if the call were synchronous.
     """
 
-    __slots__ = ("_refs", "_collect", "_mesh", "_ranks", "_label", "_value", "_state", "_error")
+    __slots__ = ("_collect", "_error", "_label", "_mesh", "_ranks", "_refs", "_state", "_value")
 
     def __init__(self, refs: list[Any] | None, collect: Any, mesh: Any, ranks: list[int], label: str) -> None:
         self._refs = refs  # None while the call waits in the batch queue (not sent yet)
@@ -40,7 +40,7 @@ class LazyResult:
             try:
                 self._value = collect_results(self._collect, self._value, self._mesh)
                 self._state = "done"
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - kept, and raised just below and on every later read
                 self._state, self._value, self._error = "failed", None, exc
         if self._state == "failed":
             assert self._error is not None
@@ -57,7 +57,7 @@ class LazyResult:
             values = get_fail_fast(self._refs or [], self._label)
             self._value = [values[r] for r in self._ranks]
             self._state = "fetched"
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - kept, and raised to whoever reads the result
             self._state, self._error = "failed", exc
         self._refs = []
         if self._state == "failed" and is_not_run(self._error):
@@ -167,7 +167,7 @@ def resolve(value: Any) -> Any:
         if not value or set(map(type, value)) <= _ATOMS:
             return value
         resolved = [resolve(v) for v in value]
-        if all(new is old for new, old in zip(resolved, value)):
+        if all(new is old for new, old in zip(resolved, value, strict=True)):
             return value  # nothing was a future: keep the caller's object (and its type)
         return resolved if isinstance(value, list) else tuple(resolved)
     if isinstance(value, dict):

@@ -34,7 +34,7 @@ DEFAULT_OPTIONS = {"dispatch": "all", "execute": "all", "collect": "first", "syn
 
 
 class _RemoteMethod:
-    __slots__ = ("_proxy", "_name", "_options", "__name__", "__doc__")
+    __slots__ = ("__doc__", "__name__", "_name", "_options", "_proxy")
 
     def __init__(self, proxy: RemoteProxy, name: str, options: dict[str, Any], doc: str | None) -> None:
         self._proxy = proxy

@@ -5,6 +5,7 @@ Used by lazy results, the call queue and the proxy; knows nothing of any of them
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from twinkle.infra.ray._errors import RemoteCallError
@@ -53,7 +54,7 @@ def get_fail_fast(refs: list[Any], label: str) -> list[Any]:
         wait_s = FAILURE_CHECK_S
     try:
         values = ray.get(refs)  # one round trip for all of them
-    except Exception:  # noqa: BLE001 - find the one that failed, for its own message
+    except Exception:  # find the one that failed, for its own message
         for ref in refs:
             raise_if_failed(ref, [], label)
         raise
@@ -84,7 +85,5 @@ def settle_quietly(refs: list[Any], timeout: float = 1.0) -> None:
         return
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
     for ref in ready:
-        try:
+        with contextlib.suppress(Exception):  # the first failure is the one reported
             ray.get(ref)
-        except Exception:  # noqa: BLE001 - the first failure is the one reported
-            pass
