@@ -24,9 +24,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from contract.tasks import TASK_RUN_ATTEMPT, worker_queue  # noqa: E402
-from contract.workers import OfferedGroup  # noqa: E402
-from scheduler.db import (  # noqa: E402
+from contract.tasks import TASK_RUN_ATTEMPT, worker_queue
+from contract.workers import OfferedGroup
+from scheduler.db import (
     ACTIVE_JOB_STATES,
     ApiTokenModel,
     AttemptModel,
@@ -38,10 +38,10 @@ from scheduler.db import (  # noqa: E402
     new_id,
     utcnow,
 )
-from scheduler.services import dispatch, matching  # noqa: E402
-from scheduler.services import workers as workers_service  # noqa: E402
-from scheduler.tasks.celery_app import make_celery  # noqa: E402
-from scheduler.testing.factories import reset_database  # noqa: E402
+from scheduler.services import dispatch, matching
+from scheduler.services import workers as workers_service
+from scheduler.tasks.celery_app import make_celery
+from scheduler.testing.factories import reset_database
 
 
 def redis_url_or_embedded(url: str, tmp: Path) -> tuple[str, object]:

@@ -12,7 +12,7 @@ mkdir -p test-artifacts
 if [ "${TWINKLE_SKIP_LINT:-0}" != "1" ]; then
   echo "==> ruff check ."
   ruff check . || { echo "ruff found problems (above): fix them, or 'ruff check --fix .' for the safe ones"; exit 1; }
-  echo "==> mypy (twinkle, scheduler, worker, submit, webui)"
+  echo "==> mypy (the packages listed in pyproject.toml)"
   mypy || { echo "mypy found type errors (above): fix them before the tests run"; exit 1; }
 fi
 set +e

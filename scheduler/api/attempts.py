@@ -28,7 +28,9 @@ router = APIRouter(tags=["attempts"])
 
 
 @router.post(routes.ATTEMPT_START, response_model=StartResponse)
-def start(job_id: str, attempt: int, request: Request, token: CurrentWorker, session: SessionDep, rt: RuntimeDep) -> StartResponse:
+def start(
+    job_id: str, attempt: int, request: Request, token: CurrentWorker, session: SessionDep, rt: RuntimeDep
+) -> StartResponse:
     """Confirm an assignment before running it. The idempotency check of ``twinkle.run_attempt``: a second
     start of the same attempt, or a start of a stale one, is 409 ``stale_attempt``; do not run then.
     ``resume_from`` lists the checkpoint files of the latest earlier attempt, with download links."""
@@ -67,7 +69,9 @@ def bundle(job_id: str, attempt: int, token: CurrentWorker, session: SessionDep,
 
 
 @router.post(routes.ATTEMPT_LOGS, response_model=Accepted)
-def post_logs(job_id: str, attempt: int, body: LogsRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep) -> Accepted:
+def post_logs(
+    job_id: str, attempt: int, body: LogsRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep
+) -> Accepted:
     """Append log lines (fenced); they go to the job's Redis stream for live readers."""
     attempts_service.fence(session, token, job_id, attempt, attempts_service.WRITABLE)
     session.rollback()
@@ -76,7 +80,9 @@ def post_logs(job_id: str, attempt: int, body: LogsRequest, token: CurrentWorker
 
 
 @router.post(routes.ATTEMPT_METRICS, response_model=Accepted)
-def post_metrics(job_id: str, attempt: int, body: MetricsRequest, token: CurrentWorker, session: SessionDep) -> Accepted:
+def post_metrics(
+    job_id: str, attempt: int, body: MetricsRequest, token: CurrentWorker, session: SessionDep
+) -> Accepted:
     """Record training metrics (fenced): ``{step, ts, metrics}`` per record."""
     return Accepted(accepted=attempts_service.add_metrics(session, token, job_id, attempt, body.records))
 
@@ -109,7 +115,9 @@ async def put_artifact(
 
 
 @router.post(routes.ATTEMPT_FINISH, response_model=FinishResponse)
-def finish(job_id: str, attempt: int, body: FinishRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep) -> FinishResponse:
+def finish(
+    job_id: str, attempt: int, body: FinishRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep
+) -> FinishResponse:
     """Report the attempt's end state (succeeded, failed or cancelled). Send logs and artifacts first: writes
     after ``finish`` are refused as stale. The attempt's log is then persisted to storage."""
     f = attempts_service.finish(session, token, job_id, attempt, body)

@@ -23,7 +23,8 @@ def download(signed: str, rt: RuntimeDep) -> StreamingResponse:
         key = storage.unsign(signed)
         size = storage.size(key)
     except ObjectNotFound as exc:
-        raise NotFound(str(exc) if "link" in str(exc) else "the file no longer exists", code=ErrorCode.DOWNLOAD_NOT_FOUND) from exc
+        message = str(exc) if "link" in str(exc) else "the file no longer exists"
+        raise NotFound(message, code=ErrorCode.DOWNLOAD_NOT_FOUND) from exc
     name = key.rsplit("/", 1)[-1]
     return StreamingResponse(
         storage.iter_bytes(key),

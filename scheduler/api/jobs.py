@@ -117,7 +117,9 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[str, bytes, dic
                 raise PayloadTooLarge(f"the upload exceeds {mb:g} MB (MAX_BUNDLE_MB)", fields={"file": "too large"})
             chunks.append(chunk)
     except ClientDisconnect as exc:
-        raise BadRequest(f"the upload broke off after {size} bytes; nothing was stored", code=ErrorCode.TRUNCATED_UPLOAD) from exc
+        raise BadRequest(
+            f"the upload broke off after {size} bytes; nothing was stored", code=ErrorCode.TRUNCATED_UPLOAD
+        ) from exc
     body = b"".join(chunks)
     if declared and declared.isdigit() and int(declared) != len(body):
         raise BadRequest(
@@ -137,7 +139,7 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[str, bytes, dic
     request._body = body  # lets Starlette's parser read the bytes we already hold
     try:
         form = await request.form(max_files=1, max_fields=16)
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed upload
+    except Exception as exc:  # any parser failure is a malformed upload
         raise BadRequest(f"the multipart body could not be parsed: {exc}", code=ErrorCode.BAD_UPLOAD) from exc
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
@@ -275,7 +277,9 @@ def job_metrics(job_id: str, user: CurrentUser, session: SessionDep) -> MetricsR
 
 
 @router.get(routes.JOB_ARTIFACTS, response_model=ArtifactList)
-def job_artifacts(job_id: str, request: Request, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> ArtifactList:
+def job_artifacts(
+    job_id: str, request: Request, user: CurrentUser, session: SessionDep, rt: RuntimeDep
+) -> ArtifactList:
     """Files the job uploaded (checkpoints under ``output/``), each with a presigned, short-lived link."""
     job = jobs_service.get_job(session, user, job_id)
     rows = artifacts_service.list_artifacts(session, job.id)

@@ -13,12 +13,13 @@ from contract.users import (
     User,
 )
 from scheduler.api.deps import AdminDep, CurrentUser, PrincipalDep, RuntimeDep, SessionDep
+from scheduler.db import UserModel
 from scheduler.services import users as users_service
 
 router = APIRouter(tags=["users"])
 
 
-def user_model_to_user(u) -> User:  # type: ignore[no-untyped-def]
+def user_model_to_user(u: UserModel) -> User:
     return User(id=u.id, name=u.name, created_at=u.created_at)
 
 

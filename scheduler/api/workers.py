@@ -22,7 +22,9 @@ router = APIRouter(tags=["workers"])
 
 
 @router.post(routes.WORKER_REGISTER, response_model=RegisterWorkerResponse)
-def register(body: RegisterWorkerRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep) -> RegisterWorkerResponse:
+def register(
+    body: RegisterWorkerRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep
+) -> RegisterWorkerResponse:
     """Register the DeviceGroups this worker offers (worker token). Each offered group runs one job at a time.
     Registering again under the same name means the worker restarted: its unfinished jobs are requeued."""
     s = rt.settings

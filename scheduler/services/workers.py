@@ -83,7 +83,9 @@ def register(
 def get_own_worker(session: Session, token: ApiTokenModel, worker_id: str) -> WorkerModel:
     worker = session.get(WorkerModel, worker_id)
     if worker is None or worker.token_id != token.id:
-        raise NotFound(f"no worker {worker_id!r} registered with this token; register first", code=ErrorCode.WORKER_NOT_FOUND)
+        raise NotFound(
+            f"no worker {worker_id!r} registered with this token; register first", code=ErrorCode.WORKER_NOT_FOUND
+        )
     return worker
 
 

@@ -7,7 +7,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from contract import routes
-
 from scheduler.db import Base, Database
 from scheduler.settings import Settings
 
@@ -127,10 +126,14 @@ class InProcessWorker:
 
     def logs(self, job_id: str, attempt: int, *texts: str, stream: str = "stdout") -> Any:
         lines = [{"ts": 0.0, "stream": stream, "text": t} for t in texts]
-        return self.client.post(self._url(job_id, attempt, routes.ATTEMPT_LOGS), json={"lines": lines}, headers=auth(self.token))
+        return self.client.post(
+            self._url(job_id, attempt, routes.ATTEMPT_LOGS), json={"lines": lines}, headers=auth(self.token)
+        )
 
     def metrics(self, job_id: str, attempt: int, records: list[dict]) -> Any:
-        return self.client.post(self._url(job_id, attempt, routes.ATTEMPT_METRICS), json={"records": records}, headers=auth(self.token))
+        return self.client.post(
+            self._url(job_id, attempt, routes.ATTEMPT_METRICS), json={"records": records}, headers=auth(self.token)
+        )
 
     def artifact(self, job_id: str, attempt: int, path: str, data: bytes, headers: dict | None = None) -> Any:
         h = {**auth(self.token), **(headers or {})}
@@ -138,7 +141,9 @@ class InProcessWorker:
         url = self._url(job_id, attempt, routes.ATTEMPT_ARTIFACT.replace("{path:path}", "")) + path
         return self.client.put(url, content=data, headers=h)
 
-    def finish(self, job_id: str, attempt: int, state: str = "succeeded", exit_code: int | None = 0, error: str | None = None) -> Any:
+    def finish(
+        self, job_id: str, attempt: int, state: str = "succeeded", exit_code: int | None = 0, error: str | None = None
+    ) -> Any:
         return self.client.post(
             self._url(job_id, attempt, routes.ATTEMPT_FINISH),
             json={"state": state, "exit_code": exit_code, "error": error},

@@ -81,9 +81,11 @@ def _codes_written_as_strings(tree: ast.AST) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.keyword) and node.arg == "code" and isinstance(node.value, ast.Constant):
             found.append(repr(node.value.value))
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "code" for t in node.targets):
-            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
-                found.append(repr(node.value.value))
+        assigns_code = isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "code" for t in node.targets
+        )
+        if assigns_code and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            found.append(repr(node.value.value))
     return found
 
 
