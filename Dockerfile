@@ -34,6 +34,7 @@ RUN case "$TORCH_VARIANT" in \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY twinkle ./twinkle
+COPY contract ./contract
 COPY scheduler ./scheduler
 COPY worker ./worker
 COPY webui ./webui

@@ -147,8 +147,12 @@ def test_ray_mode_calls_the_ray_hooks(monkeypatch):
     calls = _install_ray_hooks(monkeypatch)
     groups = [DeviceGroup(name="default", ranks=2, device_type="CPU")]
     mesh = DeviceMesh.from_sizes(dp_size=2, device_type="cpu")
-    twinkle.initialize(mode="ray", groups=groups, global_device_mesh=mesh, nproc_per_node=2, seed=3)
-    assert calls["init_ray"] == {"groups": groups, "nproc_per_node": 2, "global_device_mesh": mesh, "seed": 3}
+    twinkle.initialize(mode="ray", groups=groups, global_device_mesh=mesh, nproc_per_node=2, seed=3, name="run-7",
+                       full_determinism=True, ncpu_proc_per_node=4)
+    assert calls["init_ray"] == {
+        "groups": groups, "nproc_per_node": 2, "ncpu_proc_per_node": 4, "global_device_mesh": mesh, "seed": 3,
+        "name": "run-7", "full_determinism": True,
+    }
     assert Child(1, remote_group="default") == "proxy"
     assert calls["make_remote"] == (Child, "all", (1,), {"remote_group": "default"})
     local = Child(2)  # no remote_group: built here, on the driver, which is one process and not a rank
