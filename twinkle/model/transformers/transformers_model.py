@@ -8,6 +8,10 @@ Sum-reduced losses (``CrossEntropyLoss(reduction='sum')``, the default) are divi
 labelled tokens at the optimizer step (all-reduced over data ranks), so dp=N with a global batch B gives the same
 update as one process with batch B.
 
+Padding-free by default (``_packing``): a padded batch is packed into one row before the forward (attention per
+sample, logits only where a label is) whenever the loss and metrics only sum over labelled tokens, the default
+cross entropy included; ``padding_free=False`` / ``labelled_logits_only=False`` turn the two levers off.
+
 Mixed precision: ``mixed_precision='bf16'`` (or ``'fp16'``) keeps float32 weights and runs the forward under
 ``torch.autocast`` on CUDA. On the CPU it falls back to float32 and says so in one info log line.
 """
@@ -43,7 +47,7 @@ from twinkle.model._hub import resolve_model_dir
 from twinkle.model._loading import load_causal_lm, pick_device
 from twinkle.model.base import TwinkleModel
 from twinkle.model.optimizer_group import OptimizerGroup
-from twinkle.model.transformers import _parallel
+from twinkle.model.transformers import _packing, _parallel
 from twinkle.patch import Patch
 from twinkle.utils.device_mesh import DeviceMesh
 from twinkle.utils.logger import get_logger
@@ -56,6 +60,7 @@ _MODEL_KEYS = (
     "input_ids", "attention_mask", "position_ids", "inputs_embeds", "pixel_values", "image_grid_thw",
     # padding-free batches (InputProcessor(padding_free=True)): sequence boundaries for the attention kernels
     "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
+    "logits_to_keep",  # padding-free batches: the positions that carry a label
 )
 _PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": None, "fp32": None, None: None}
 TRAINER_STATE = "trainer_state.json"
@@ -103,6 +108,11 @@ class TransformersModel(TwinkleModel):
         fsdp_config: keyword arguments of ``fully_shard`` (``reshard_after_forward``, ``mp_policy``, ...).
         grad_scaler_config: keyword arguments of ``torch.amp.GradScaler`` (fp16 only).
         memory_efficient_init: load with ``low_cpu_mem_usage`` (meta-device init, then weights).
+        padding_free: pack each padded batch into one row (attention per sample) when the loss and metrics are
+            token-level and the attention implementation keeps samples apart (``sdpa`` is switched to
+            ``twinkle_varlen``; ``flash_attention_*`` work as they are). Outputs keep the padded ``[B, W]`` layout.
+        labelled_logits_only: with packing, compute logits only at labelled positions (not when
+            ``return_logits=True``).
         **hf_kw: passed to ``from_pretrained``; ``gradient_checkpointing=False`` turns checkpointing off
             (default on, as upstream).
 
@@ -123,6 +133,8 @@ class TransformersModel(TwinkleModel):
         fsdp_config: dict[str, Any] | None = None,
         grad_scaler_config: dict[str, Any] | None = None,
         memory_efficient_init: bool = False,
+        padding_free: bool = True,
+        labelled_logits_only: bool = True,
         **hf_kw: Any,
     ) -> None:
         if strategy not in ("accelerate", "native_fsdp"):
@@ -145,6 +157,11 @@ class TransformersModel(TwinkleModel):
         if self.model_dir is not None and memory_efficient_init:
             hf_kw.setdefault("low_cpu_mem_usage", True)
         self.model = load_causal_lm(self.model_dir, config=config, model_cls=model_cls, **hf_kw)
+        # before PEFT and DDP/FSDP wrap it: the attention implementation is read from the config at every forward
+        self.padding_free = bool(padding_free) and _packing.enable(self.model)
+        self.labelled_logits_only = bool(labelled_logits_only) and (
+            "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        )
 
         self.device = pick_device(self.device_mesh)
         self.model.to(self.device)
@@ -481,6 +498,28 @@ class TransformersModel(TwinkleModel):
             outputs["entropy"] = -(logp_all.exp() * logp_all).sum(-1)
         return outputs
 
+    def _pack(self, batch: dict[str, Any], group: OptimizerGroup, training: bool, return_logits: bool):
+        """The packed batch when padding-free training applies to this forward, else None."""
+        if not self.padding_free:
+            return None
+        metrics = group.train_metrics if training else group.eval_metrics
+        if not (_packing.token_level(group.loss) and all(_packing.token_level(m) for m in metrics)):
+            return None  # a row-level loss or metric (DPO, GRPO, ...) needs the padded rows
+        compact = self.labelled_logits_only and not return_logits and not getattr(group.loss, "require_entropy", False)
+        return _packing.pack(batch, labelled_logits_only=compact)
+
+    def _forward_batch(self, module, batch, group, training: bool, temperature: float, return_logits: bool):
+        """Run the model on ``batch`` (packed when it pays); returns (loss view of the batch, outputs, public)."""
+        packed = self._pack(batch, group, training, return_logits)
+        if packed is None:
+            outputs = self._run(module, batch, temperature, group.loss)
+            keep = return_logits or getattr(group.loss, "require_logits", False)
+            return batch, outputs, self._public(outputs, keep)
+        outputs = self._run(module, packed.batch, temperature, group.loss)
+        # the caller sees the padded [B, W] layout as before; logits only when asked for (they may be partial)
+        public = self._public(outputs, return_logits)
+        return packed.batch, outputs, packed.unpack_outputs(public)
+
     @staticmethod
     def _public(outputs: dict[str, Any], keep_logits: bool) -> dict[str, Any]:
         public = {}
@@ -513,10 +552,9 @@ class TransformersModel(TwinkleModel):
         self.model.train()
         # the backward that follows completes a window when this is the gas-th micro-batch
         _parallel.set_grad_sync(module, (group.cur_step + 1) % group.gradient_accumulation_steps == 0)
-        outputs = self._run(module, batch, temperature, group.loss)
-        group.last_forward = (batch, outputs, True)
-        keep = return_logits or getattr(group.loss, "require_logits", False)
-        return self._public(outputs, keep)
+        loss_batch, outputs, public = self._forward_batch(module, batch, group, True, temperature, return_logits)
+        group.last_forward = (loss_batch, outputs, True)
+        return public
 
     @remote_function(dispatch="slice_dp", collect="flatten")
     def forward_only(
@@ -540,12 +578,13 @@ class TransformersModel(TwinkleModel):
         ctx = self.model.disable_adapter() if disable_lora and self._is_peft else contextlib.nullcontext()
         try:
             with torch.no_grad(), ctx:
-                outputs = self._run(module, batch, temperature, group.loss)
+                loss_batch, outputs, public = self._forward_batch(
+                    module, batch, group, False, temperature, return_logits
+                )
         finally:
             self.model.train(was_training)
-        group.last_forward = (batch, outputs, False)
-        keep = return_logits or getattr(group.loss, "require_logits", False)
-        return self._public(outputs, keep)
+        group.last_forward = (loss_batch, outputs, False)
+        return public
 
     @remote_function(dispatch="all", collect="mean")
     def calculate_loss(self, adapter_name: str | None = None, **kwargs: Any) -> float:
@@ -566,7 +605,9 @@ class TransformersModel(TwinkleModel):
             metric.accumulate(batch, outputs, loss=loss.detach(), num_tokens=tokens)
         if training:
             group.pending_loss, group.pending_loss_tokens = loss, tokens
-            rows = batch["input_ids"].shape[0] if isinstance(batch.get("input_ids"), torch.Tensor) else 0
+            rows = batch.get("num_rows")  # a packed batch is one row holding num_rows samples
+            if rows is None:
+                rows = batch["input_ids"].shape[0] if isinstance(batch.get("input_ids"), torch.Tensor) else 0
             group.pending_samples += rows
         else:
             group.last_forward = None
