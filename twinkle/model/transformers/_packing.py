@@ -40,7 +40,8 @@ __all__ = ["VARLEN_ATTENTION", "Packed", "enable", "pack", "token_level", "varle
 def _segment_bounds(batch: int, length: int, cu_seq_lens: Any, position_ids: Any) -> list[list[int]] | None:
     """Per batch row, the sample start offsets plus the row length; None when every row is one sample."""
     if isinstance(cu_seq_lens, torch.Tensor) and batch == 1:
-        bounds = cu_seq_lens.tolist()
+        # pack() leaves the host copy on the tensor: reading a CUDA tensor in every layer would sync each time
+        bounds = getattr(cu_seq_lens, "_twinkle_bounds", None) or cu_seq_lens.tolist()
         if len(bounds) >= 2 and bounds[0] == 0 and bounds[-1] == length:
             return None if len(bounds) == 2 else [bounds]
     if not isinstance(position_ids, torch.Tensor) or position_ids.shape[-1] != length:
@@ -254,7 +255,9 @@ def pack(batch: dict[str, Any], labelled_logits_only: bool = False) -> Packed | 
     starts[row_starts[counts > 0]] = True
     starts |= pos[0] == 0
     cu = torch.cat([torch.nonzero(starts).flatten(), torch.tensor([n], device=ids.device)]).to(torch.int32)
-    longest = int((cu[1:] - cu[:-1]).max())
+    bounds = cu.tolist()
+    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    cu._twinkle_bounds = bounds
 
     out: dict[str, Any] = {}
     for key, value in batch.items():
