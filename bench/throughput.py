@@ -37,8 +37,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from train_step import PRESETS as STEP_PRESETS  # noqa: E402  (bench/ is not a package)
-from train_step import _peak_rss_bytes, _reset_peak_rss  # noqa: E402
+# bench/ is not a package: train_step.py is found through the script's own folder
+from train_step import PRESETS as STEP_PRESETS
+from train_step import _peak_rss_bytes, _reset_peak_rss
 
 PRESETS = {
     # a CPU-sized Qwen2 shape: 4 layers, 256 wide, Qwen2's MLP ratio, a 32k vocabulary
@@ -95,7 +96,8 @@ def model_flops(config, rows: list[dict]) -> float:
     per_layer = d * heads * head_dim * 2 + d * kv * head_dim * 2 + 3 * d * config.intermediate_size
     matmul_params = layers * per_layer + d * config.vocab_size
     tokens = sum(r["length"] for r in rows)
-    attention = sum(6 * layers * heads * head_dim * r["length"] ** 2 for r in rows)  # 12 x L^2/2 (causal) x 2 matmuls / 2
+    # QK^T and AV: 2 matmuls x 2 FLOPs x L^2 x heads x head_dim, halved (causal), x3 (forward + backward)
+    attention = sum(6 * layers * heads * head_dim * r["length"] ** 2 for r in rows)
     return 6.0 * matmul_params * tokens + attention
 
 
@@ -210,7 +212,9 @@ def _peak_tflops(args) -> float | None:
 
 
 def bench_preset(args, preset: str) -> dict:
-    sides = ["baseline", "ours"] + (["ours-all-logits", "ours-padded", "ours-no-ckpt", "baseline-ckpt"] if args.ablations else [])
+    sides = ["baseline", "ours"]
+    if args.ablations:
+        sides += ["ours-all-logits", "ours-padded", "ours-no-ckpt", "baseline-ckpt"]
     results: dict[str, dict] = {}
     for _ in range(args.rounds):
         for side in sides:
@@ -236,7 +240,7 @@ def bench_preset(args, preset: str) -> dict:
     print(f"{'side':14} {'trained tok/s':>14} {'ratio':>7} {'s (' + clock + ')':>14} {mem_kind + ' MiB':>20}"
           f" {'max |dloss|':>12}" + (f" {'MFU':>7}" if peak else ""))
     for side, r in results.items():
-        dloss = max(abs(a - b) for a, b in zip(r["losses"], base["losses"]))
+        dloss = max(abs(a - b) for a, b in zip(r["losses"], base["losses"], strict=True))
         mfu = f" {r['flops_per_s'] / (peak * 1e12):7.3f}" if peak else ""
         print(f"{side:14} {r['tokens_per_s']:14.0f} {r['tokens_per_s'] / base['tokens_per_s']:7.2f} "
               f"{r['seconds']:14.2f} {r['peak_bytes'] / 2**20:20.1f} {dloss:12.2e}{mfu}")
@@ -255,7 +259,8 @@ def main() -> None:
     parser.add_argument("--preset", default=None, choices=["tiny", "wide", "0.5b"],
                         help="default: tiny and wide on the CPU, 0.5b on cuda")
     parser.add_argument("--batch", type=int, default=8, help="rows per optimizer step")
-    parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default 12 tiny, 6 wide, 20 0.5b)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed optimizer steps (default 12 tiny, 6 wide, 20 0.5b)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--max-len", type=int, default=768)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (cpu only)")

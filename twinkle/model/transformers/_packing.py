@@ -20,6 +20,7 @@ out); ``token_level`` says which do. Row-level losses (DPO, GRPO) keep the padde
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,7 @@ def varlen_attention_forward(
                 query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e],
                 dropout_p=p, scale=scaling, is_causal=e - s > 1, enable_gqa=gqa,
             )
-            for s, e in zip(row[:-1], row[1:])
+            for s, e in itertools.pairwise(row)
             if e > s
         ]
         rows.append(torch.cat(pieces, dim=2))
@@ -141,7 +142,7 @@ def register() -> None:
     AttentionMaskInterface.register(VARLEN_ATTENTION, _varlen_mask)
 
 
-def enable(model: torch.nn.Module) -> bool:
+def enable(model: Any) -> bool:
     """Switch an ``sdpa`` model to ``twinkle_varlen``; True when the model can train on packed rows.
 
     ``eager`` (chosen for attention weights) and other implementations are left alone and stay padded.
@@ -256,8 +257,8 @@ def pack(batch: dict[str, Any], labelled_logits_only: bool = False) -> Packed | 
     starts |= pos[0] == 0
     cu = torch.cat([torch.nonzero(starts).flatten(), torch.tensor([n], device=ids.device)]).to(torch.int32)
     bounds = cu.tolist()
-    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
-    cu._twinkle_bounds = bounds
+    longest = max(b - a for a, b in itertools.pairwise(bounds))
+    setattr(cu, "_twinkle_bounds", bounds)  # noqa: B010 - torch.Tensor declares no such attribute for mypy
 
     out: dict[str, Any] = {}
     for key, value in batch.items():
