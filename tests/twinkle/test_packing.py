@@ -209,3 +209,12 @@ def test_throughput_bench_runs_both_sides_to_the_same_losses(tmp_path):
     assert set(rows) == {"baseline", "ours"}, proc.stdout
     assert rows["ours"] < 1e-4  # max |loss difference| of ours against the hand loop, per step
     assert "ours/baseline trained tokens/s" in proc.stdout
+
+
+def test_vision_language_models_stay_padded():
+    """Their masks can hold bidirectional image blocks, which per-sample causal attention would drop."""
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(sub_configs={"text_config": object, "vision_config": object}, _attn_implementation="sdpa")
+    assert _packing.enable(SimpleNamespace(config=config)) is False
+    assert config._attn_implementation == "sdpa"

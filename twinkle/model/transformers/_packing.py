@@ -145,10 +145,11 @@ def register() -> None:
 def enable(model: Any) -> bool:
     """Switch an ``sdpa`` model to ``twinkle_varlen``; True when the model can train on packed rows.
 
-    ``eager`` (chosen for attention weights) and other implementations are left alone and stay padded.
+    ``eager`` (chosen for attention weights) and other implementations are left alone and stay padded, and so are
+    composite (vision-language) models: their masks can carry more than causality (bidirectional image blocks).
     """
     config = getattr(model, "config", None)
-    if config is None:
+    if config is None or getattr(config, "sub_configs", None):
         return False
     register()
     if getattr(config, "_attn_implementation", None) == "sdpa":
