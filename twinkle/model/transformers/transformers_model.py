@@ -543,7 +543,8 @@ class TransformersModel(TwinkleModel):
         """Training forward over a batch: encoded rows (what the DataLoader yields), Trajectories, or a dict.
 
         Returns ``logps`` ``[batch, seq]`` (log-probability of each label, 0 where unlabelled), plus ``logits``
-        when ``return_logits`` or the loss needs them.
+        when ``return_logits`` or the loss needs them (on a packed batch only with ``return_logits``: the loss then
+        saw logits of the labelled positions alone).
         """
         group = self._group(adapter_name)
         self._activate(group)
