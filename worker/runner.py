@@ -1,21 +1,21 @@
-"""Where a job runs: ``python <entrypoint>`` in a child process group with a scrubbed environment.
+"""Where a job runs: ``python <entrypoint>`` in a sandbox (``worker.sandbox``) with a scrubbed environment.
 
 The runner owns the child for its whole life: it streams stdout/stderr line by line to a sink in small batches,
 tails the metrics file the script appends to, uploads each checkpoint folder that appears under the output
-folder, and kills the whole process group on cancel (SIGTERM, then SIGKILL after a grace period) or when the
-sink reports that a newer attempt owns the job. The sink is the API in production and a list in unit tests.
+folder, and kills everything the attempt started on cancel (SIGTERM, then SIGKILL after a grace period) or when
+the sink reports that a newer attempt owns the job. The sink is the API in production and a list in unit tests.
+Which sandbox runs the child (bwrap, container, none) and how its limits are kept is the sandbox's business: the
+runner only hears "memory limit 8 GiB reached" back, and reports it as the attempt's error.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Literal, Protocol
 
 from worker.leftovers import ProcessGroupLedger
+from worker.sandbox import LaunchRequest, Limits, NoSandbox, Sandbox, SandboxedProcess
 
 __all__ = ["AttemptSink", "JobRunner", "JobSpec", "RunResult", "StaleAttemptSignal", "job_environment"]
 
@@ -119,16 +120,11 @@ class RunResult:
     error: str | None = None
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    # If the daemon is killed with SIGKILL, the job must not run on as an orphan nobody reports on.
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-try:  # loaded here, not in the child: dlopen after fork in a threaded process can deadlock
-    _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-except OSError:  # pragma: no cover
-    _LIBC = None
+def _gpu_indices(cuda_visible_devices: str | None) -> list[int]:
+    """``"0,1"`` -> ``[0, 1]``: the GPUs whose device nodes the sandbox shows the attempt."""
+    if not cuda_visible_devices:
+        return []
+    return [int(x) for x in cuda_visible_devices.split(",") if x.strip().isdigit()]
 
 
 def _signal_name(num: int) -> str:
@@ -255,15 +251,20 @@ class JobRunner:
         stderr_tail_lines: int = 20,
         parent_env: Mapping[str, str] | None = None,
         ledger: ProcessGroupLedger | None = None,
+        sandbox: Sandbox | None = None,
+        limits: Limits | None = None,
     ):
         self.spec, self.sink = spec, sink
         self.kill_grace_s, self.flush_interval_s, self.batch_lines = kill_grace_s, flush_interval_s, batch_lines
         self.max_line_chars, self.checkpoint_poll_s = max_line_chars, checkpoint_poll_s
         self.parent_env = parent_env
         self.ledger = ledger  # records the job's process group while it runs, for a daemon restarted after SIGKILL
+        # the worker picks the sandbox from its settings (bwrap by default); a bare runner (unit tests) uses none
+        self.sandbox = sandbox or NoSandbox()
+        self.limits = limits or Limits()
         self._lines: queue.Queue[dict] = queue.Queue()
         self._stderr_tail: deque[str] = deque(maxlen=stderr_tail_lines)
-        self._proc: subprocess.Popen | None = None
+        self._proc: SandboxedProcess | None = None
         self._ended = threading.Event()
         self._stop_reason: Literal["cancelled", "stale", "abandoned"] | None = None
         self._lock = threading.Lock()
@@ -306,8 +307,7 @@ class JobRunner:
     def _killpg(self, sig: int) -> None:
         if self._proc is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, sig)  # start_new_session made the child its group's leader
+        self._proc.signal_all(sig)  # every process of the attempt, setsid or not (how is the sandbox's business)
 
     # ------------------------------------------------------------ sink calls
 
@@ -357,20 +357,23 @@ class JobRunner:
             with self._upload_lock:
                 self._outputs.scan_new_folders()
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self) -> SandboxedProcess:
         spec = self.spec
         for folder in (spec.output_dir, spec.tmp_dir, spec.home_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        return subprocess.Popen(
-            [spec.python, spec.entrypoint],
-            cwd=spec.code_dir,
-            env=job_environment(spec, self.parent_env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if _LIBC is not None else None,
-            close_fds=True,
+        return self.sandbox.launch(
+            LaunchRequest(
+                argv=[spec.python, spec.entrypoint],
+                python=spec.python,
+                cwd=spec.code_dir,
+                env=job_environment(spec, self.parent_env),
+                attempt_dir=spec.home_dir,
+                tmp_dir=spec.tmp_dir,
+                read_only=[Path(spec.assets_dir)] if spec.assets_dir else [],
+                gpus=_gpu_indices(spec.cuda_visible_devices),
+                limits=self.limits,
+                label=f"job {spec.job_id} attempt {spec.attempt}",
+            )
         )
 
     def run(self) -> RunResult:
@@ -385,7 +388,7 @@ class JobRunner:
         if self.ledger is not None:
             self.ledger.add(self._proc.pid, f"job {spec.job_id} attempt {spec.attempt}")
         self.started.set()
-        started = f"attempt {spec.attempt}: python {spec.entrypoint} (pid {self._proc.pid})"
+        started = f"attempt {spec.attempt}: python {spec.entrypoint} (pid {self._proc.pid}, isolation {self.sandbox.isolation})"
         self._lines.put(self._line("system", started))
         readers = [
             threading.Thread(target=self._read, args=(self._proc.stdout, "stdout"), daemon=True),
@@ -422,10 +425,11 @@ class JobRunner:
                 # the leader exited; leftovers in its group would hold the pipes open forever
                 self._killpg(signal.SIGKILL)
 
-        returncode = self._proc.wait()
+        self._proc.wait()
         self._ended.set()
         watcher.join()
-        self._killpg(signal.SIGKILL)
+        self._proc.close()  # kills whatever is left and stops the limit watcher (which may name a limit now)
+        returncode = self._proc.returncode()
         if self.ledger is not None:
             self.ledger.remove(self._proc.pid)
         return self._result(returncode, batch)
@@ -440,6 +444,8 @@ class JobRunner:
         error: str | None = None
         if self._stop_reason == "cancelled":
             state, error = "cancelled", None
+        elif self._proc is not None and self._proc.limit_reason:
+            state, error = "failed", self._proc.limit_reason
         elif returncode == 0:
             state, error = "succeeded", None
         else:
