@@ -153,8 +153,9 @@ class Stack:
             )
             if not known:  # one worker token per data folder, so the local worker keeps its identity
                 worker_token = create_worker_token(session, "local")
+                token_file.touch(mode=0o600)  # created private: never readable by others, not even for a moment
                 token_file.write_text(worker_token)
-                token_file.chmod(0o600)
+            token_file.chmod(0o600)  # the worker refuses a token file others can read (an older up wrote 0644)
             session.commit()
         return user_token, worker_token
 
@@ -178,16 +179,18 @@ class Stack:
         t.start()
         self.threads.append(t)
 
-    def _start_worker(self, token: str) -> bool:
+    def _start_worker(self, token_file: Path) -> bool:
+        """The local worker: the same bwrap sandbox as any donor's (so a job reads neither ``secret_key`` nor the
+        database next to it), and its token from the 0600 file, never in argv or the environment."""
         exe = shutil.which("twinkle-worker", path=str(Path(sys.executable).parent)) or shutil.which("twinkle-worker")
         if exe is None:
             self.console.print("[yellow]twinkle-worker is not installed; no local worker started[/yellow]")
             return False
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TWINKLE_SCHEDULER_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TWINKLE_SCHEDULER_") and k != "TWINKLE_WORKER_TOKEN"}
         env.setdefault("TWINKLE_WORKER_NAME", f"local-{socket.gethostname()}")
         env.update(
             TWINKLE_WORKER_SERVER_URL=f"http://{self.host}:{self.port}",
-            TWINKLE_WORKER_TOKEN=token,
+            TWINKLE_WORKER_TOKEN_FILE=str(token_file),
             TWINKLE_WORKER_WORK_DIR=str(self.data_dir / "worker"),
             TWINKLE_WORKER_HEALTH_HOST="127.0.0.1",
             TWINKLE_WORKER_HEALTH_PORT=env.get("TWINKLE_WORKER_HEALTH_PORT", str(free_port())),
@@ -217,7 +220,7 @@ class Stack:
             user_token, worker_token = self._tokens()
             self._start_api()
             self._start_dispatcher()
-            worker_started = self.start_worker and self._start_worker(worker_token)
+            worker_started = self.start_worker and self._start_worker(self.data_dir / "worker_token")
             url = f"http://{self.host}:{self.port}"
             write_client_config(self.config_path, url, user_token)
             redis_note = "embedded" if self.redis_proc else settings.effective_redis_url

@@ -9,6 +9,7 @@ A heartbeat answered 404 means the API lost this worker's record (reaped after a
 database): the daemon registers again under the same name and moves its queue consumer to the new worker id.
 Jobs already running are left alone; the API's next heartbeat answer says whether they may go on.
 On start, the daemon kills the job process groups a SIGKILLed predecessor left (see ``worker.leftovers``).
+Every attempt runs in the sandbox the settings chose (``worker.sandbox``); its name is sent at registration.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
+
 from worker.client import AuthError, NotFound, ServerUnavailable, WorkerAPIError, WorkerClient
 from worker.devices import DeviceGroupOffer, offer_from_settings
 from worker.leftovers import LEDGER_FILE, ProcessGroupLedger
+from worker.sandbox import Sandbox, create_sandbox
 from worker.settings import WorkerSettings
 from worker.tasks import AttemptExecutor, create_celery_app
 
@@ -33,13 +37,19 @@ log = logging.getLogger(__name__)
 
 
 class WorkerDaemon:
-    def __init__(self, settings: WorkerSettings, client: WorkerClient | None = None):
+    def __init__(self, settings: WorkerSettings, client: WorkerClient | None = None, sandbox: Sandbox | None = None):
+        """Raises ``worker.sandbox.SandboxError`` (saying what to do) when the chosen sandbox cannot run here."""
         self.settings = settings
+        self.sandbox = sandbox or create_sandbox(
+            settings.isolation, bwrap=settings.bwrap_path, use_cgroups=settings.use_cgroups
+        )
         self.client = client or WorkerClient(settings.server_url, settings.token_value())
         self.offer: DeviceGroupOffer = offer_from_settings(settings)
         cuda = ",".join(str(i) for i in range(self.offer.ranks)) if self.offer.device_type == "cuda" else None
         self.ledger = ProcessGroupLedger(settings.work_dir.resolve() / LEDGER_FILE)
-        self.executor = AttemptExecutor(self.client, settings, cuda_visible_devices=cuda, ledger=self.ledger)
+        self.executor = AttemptExecutor(
+            self.client, settings, cuda_visible_devices=cuda, ledger=self.ledger, sandbox=self.sandbox
+        )
         self.worker_id: str | None = None
         self.queue: str | None = None
         self.broker_url: str | None = None
@@ -58,7 +68,9 @@ class WorkerDaemon:
         deadline = None if max_wait_s is None else time.monotonic() + max_wait_s
         while True:
             try:
-                reply = self.client.register(self.settings.name, socket.gethostname(), [self.offer.as_dict()])
+                reply = self.client.register(
+                    self.settings.name, socket.gethostname(), [self.offer.as_dict()], isolation=self.sandbox.isolation
+                )
                 break
             except ServerUnavailable as exc:
                 if deadline is not None and time.monotonic() > deadline:
@@ -75,8 +87,8 @@ class WorkerDaemon:
         self.lease_s = float(reply.get("lease_s", 3 * self.heartbeat_interval_s))
         self.last_heartbeat = time.monotonic()
         log.info(
-            "registered as worker %s (queue %s) offering %s x %s", self.worker_id, self.queue, self.offer.ranks,
-            self.offer.device_type,
+            "registered as worker %s (queue %s) offering %s x %s, isolation %s", self.worker_id, self.queue,
+            self.offer.ranks, self.offer.device_type, self.sandbox.isolation,
         )
         return reply
 
@@ -98,10 +110,11 @@ class WorkerDaemon:
                 self._register_again()
             except AuthError as exc:
                 log.error("heartbeat refused (%s): the worker token was revoked or is wrong", exc)
-            except (WorkerAPIError, OSError) as exc:
-                log.warning("heartbeat failed: %s", exc)
-            except Exception:  # the heartbeat thread must outlive any surprise
-                log.exception("heartbeat failed")
+            except (WorkerAPIError, OSError, httpx.HTTPError) as exc:
+                # one line per missed beat: an API that is down for an hour must not fill the log with tracebacks
+                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+            except Exception as exc:  # the heartbeat thread must outlive any surprise
+                log.error("heartbeat failed: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             self._follow_queue()
 
     def _register_again(self) -> None:

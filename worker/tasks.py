@@ -19,6 +19,7 @@ from contract.tasks import CELERY_SHARED_CONFIG, TASK_RUN_ATTEMPT
 from worker.client import Conflict, NotFound, StaleAttempt, WorkerAPIError, WorkerClient
 from worker.leftovers import ProcessGroupLedger
 from worker.runner import JobRunner, JobSpec, RunResult, StaleAttemptSignal
+from worker.sandbox import Sandbox
 from worker.settings import WorkerSettings
 
 __all__ = ["AttemptExecutor", "BundleError", "ClientSink", "create_celery_app", "latest_checkpoint", "unpack_bundle"]
@@ -96,8 +97,10 @@ class AttemptExecutor:
         settings: WorkerSettings,
         cuda_visible_devices: str | None = None,
         ledger: ProcessGroupLedger | None = None,
+        sandbox: Sandbox | None = None,
     ):
         self.client, self.settings = client, settings
+        self.sandbox = sandbox  # None: no sandbox (unit tests); the daemon passes the one its settings chose
         self.cuda_visible_devices = cuda_visible_devices
         self.ledger = ledger
         self._running: dict[tuple[str, int], JobRunner] = {}
@@ -170,6 +173,8 @@ class AttemptExecutor:
             batch_lines=self.settings.log_batch_lines,
             max_line_chars=self.settings.max_log_line_chars,
             ledger=self.ledger,
+            sandbox=self.sandbox,
+            limits=self.settings.limits(),
         )
         with self._lock:
             self._running[(job_id, attempt)] = runner

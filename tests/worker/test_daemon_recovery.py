@@ -38,8 +38,13 @@ def alive(pid: int) -> bool:
     return start_time(pid) is not None  # a zombie nobody reaps counts as gone
 
 
+# These jobs report their pid through a file outside their attempt folder, which a sandboxed job cannot write:
+# they run on a trusted-pool worker (isolation none). The sandboxed cases are in test_sandbox_attacks.py.
+NO_SANDBOX = {"isolation": "none", "trusted_pool": "1"}
+
+
 def test_worker_registers_again_after_the_api_lost_its_record_and_takes_a_new_job(platform, tmp_path: Path):
-    proc = platform.start_worker("donor")
+    proc = platform.start_worker("donor", **NO_SANDBOX)
     user = platform.create_user()
     old_id = worker_id(platform, user, "donor")
     marks = tmp_path / "marks"
@@ -81,7 +86,7 @@ def test_worker_registers_again_after_the_api_lost_its_record_and_takes_a_new_jo
 
 
 def test_restarted_worker_kills_the_job_group_a_sigkilled_worker_left(platform, tmp_path: Path):
-    first = platform.start_worker("donor")
+    first = platform.start_worker("donor", **NO_SANDBOX)
     user = platform.create_user()
     marker = tmp_path / "grandchild.pid"
     job = platform.submit_api(user, textwrap.dedent(
@@ -102,7 +107,7 @@ def test_restarted_worker_kills_the_job_group_a_sigkilled_worker_left(platform, 
         time.sleep(0.5)
         assert alive(grandchild), "the grandchild outlived its daemon: the orphan this cleanup is for"
 
-        second = platform.start_worker("donor")  # same name, same work dir
+        second = platform.start_worker("donor", **NO_SANDBOX)  # same name, same work dir
         assert not alive(grandchild)
         assert f"killing the leftover process group {pgid} of job {job['id']} attempt 1" in second.log(), second.log()
         assert second.alive()
