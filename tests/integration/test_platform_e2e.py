@@ -185,8 +185,14 @@ def test_jobs_go_only_to_workers_whose_device_groups_fit(stack: Stack):
     assert waiting["pending_reason"]
 
 
+# The three tests below watch their jobs through files in a host folder (pids, marks), a channel the sandbox
+# closes on purpose; their workers are a trusted pool (isolation none). The sandboxed versions of cancel and
+# "dies with its worker" are tests/worker/test_sandbox_attacks.py and test_sandbox_daemon.py.
+NO_SANDBOX = {"isolation": "none", "trusted_pool": "1"}
+
+
 def test_cancel_running_and_queued_jobs(stack: Stack, tmp_path: Path):
-    stack.start_worker("solo")
+    stack.start_worker("solo", **NO_SANDBOX)
     token = stack.create_user()
     pid_file = tmp_path / "pid"
     running = stack.submit_api(
@@ -221,7 +227,7 @@ def test_cancel_running_and_queued_jobs(stack: Stack, tmp_path: Path):
 
 
 def test_killed_worker_job_is_requeued_and_finishes_once(stack: Stack, tmp_path: Path):
-    first = stack.start_worker("first")
+    first = stack.start_worker("first", **NO_SANDBOX)
     token = stack.create_user()
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -255,7 +261,7 @@ def test_killed_worker_job_is_requeued_and_finishes_once(stack: Stack, tmp_path:
     user_id = stack.job(token, job["id"])["user_id"]
     wait_for(lambda: s3_keys(stack, f"users/{user_id}/jobs/{job['id']}/attempts/1/output/"), 15,
              "attempt 1's checkpoint upload", stack)
-    stack.start_worker("second")
+    stack.start_worker("second", **NO_SANDBOX)
     first.popen.send_signal(signal.SIGKILL)
     first.popen.wait(10)
     wait_for(lambda: not pid_alive(pid1), 10, "the orphaned job to die with its worker")
@@ -274,8 +280,8 @@ def test_killed_worker_job_is_requeued_and_finishes_once(stack: Stack, tmp_path:
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_fifty_jobs_five_users_two_workers(stack: Stack, tmp_path: Path):
-    stack.start_worker("w1")
-    stack.start_worker("w2")
+    stack.start_worker("w1", **NO_SANDBOX)
+    stack.start_worker("w2", **NO_SANDBOX)
     marks = tmp_path / "marks"
     marks.mkdir()
     tokens = [stack.create_user(f"user{i}") for i in range(5)]

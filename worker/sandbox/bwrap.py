@@ -144,10 +144,10 @@ def bwrap_argv(bwrap: str, request: LaunchRequest, *, shm_bytes: int | None = No
         a += ["--dev-bind-try", node, node]
     if request.gpus:  # the driver and NCCL read PCI topology there
         a += ["--ro-bind-try", "/sys", "/sys"]
+    if request.tmp_dir is not None:  # first: folders under /tmp (assets, a test's attempt) must land on top of it
+        a += ["--bind", str(request.tmp_dir), "/tmp"]
     for path in _safe_read_only(request.read_only, request.attempt_dir):
         a += ["--ro-bind-try", str(path), str(path)]
-    if request.tmp_dir is not None:  # first: an attempt folder under /tmp (tests) must land on top of it
-        a += ["--bind", str(request.tmp_dir), "/tmp"]
     a += ["--bind", str(request.attempt_dir), str(request.attempt_dir)]
     a += ["--remount-ro", "/", "--chdir", str(request.cwd), "--", *request.argv]
     return a
