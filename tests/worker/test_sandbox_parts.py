@@ -154,3 +154,39 @@ def test_a_failed_heartbeat_is_one_line_not_a_traceback(tmp_path, caplog):
     assert len(failed) >= 2
     assert all(r.exc_info is None and "\n" not in r.getMessage() for r in failed)
     assert "ConnectError" in failed[0].getMessage()
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "container"])
+def test_registration_sends_the_isolation(tmp_path, isolation):
+    """A real HTTP server stands in for the API's register route and keeps the body the daemon sent."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from worker.daemon import WorkerDaemon
+    from worker.sandbox import create_sandbox
+
+    bodies = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            reply = json.dumps({"worker_id": "w1", "queue": "worker.w1", "broker_url": "redis://x"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = WorkerSettings(server_url=f"http://127.0.0.1:{server.server_address[1]}", token="twk_w_x",
+                                  work_dir=tmp_path, device_type="cpu", isolation=isolation)
+        WorkerDaemon(settings, sandbox=create_sandbox(isolation)).register(max_wait_s=0)
+    finally:
+        server.shutdown()
+    assert bodies[0]["isolation"] == isolation and bodies[0]["device_groups"]
