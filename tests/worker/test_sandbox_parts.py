@@ -190,3 +190,42 @@ def test_registration_sends_the_isolation(tmp_path, isolation):
     finally:
         server.shutdown()
     assert bodies[0]["isolation"] == isolation and bodies[0]["device_groups"]
+
+
+def test_the_worker_refuses_to_start_without_user_namespaces_and_says_what_to_do(tmp_path):
+    """A bwrap that fails the way Debian's does with user namespaces off (a stand-in script)."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'bubblewrap 0.8.0'; exit 0; }\n"
+                    "echo 'bwrap: No permissions to creating new namespace' >&2; exit 1\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "TWINKLE_WORKER_BWRAP_PATH": str(fake), "TWINKLE_WORKER_TOKEN_FILE": str(tmp_path / "t")}
+    (tmp_path / "t").write_text("twk_w_x")
+    (tmp_path / "t").chmod(0o600)
+    env.pop("TWINKLE_WORKER_TOKEN", None)
+    r = subprocess.run([sys.executable, "-m", "worker.main", "--server", "http://127.0.0.1:9", "--device-type", "cpu",
+                        "--work-dir", str(tmp_path / "w")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 6, r.stderr
+    assert "cannot create a user namespace" in r.stderr and "unprivileged_userns_clone" in r.stderr, r.stderr
+
+    doctor = subprocess.run([sys.executable, "-m", "worker.main", "doctor"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert doctor.returncode == 6 and "NOT AVAILABLE" in doctor.stdout
+
+
+def test_doctor_prints_the_isolation_found():
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINKLE_WORKER_")}
+    r = subprocess.run([sys.executable, "-m", "worker.main", "doctor"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    for expected in ("isolation: bwrap", "bwrap_version: bubblewrap", "user_namespaces: ok", "cgroup_v2_delegated:",
+                     "limits per attempt: memory"):
+        assert expected in r.stdout, r.stdout
