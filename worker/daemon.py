@@ -41,7 +41,10 @@ class WorkerDaemon:
         """Raises ``worker.sandbox.SandboxError`` (saying what to do) when the chosen sandbox cannot run here."""
         self.settings = settings
         self.sandbox = sandbox or create_sandbox(
-            settings.isolation, bwrap=settings.bwrap_path, use_cgroups=settings.use_cgroups
+            settings.isolation,
+            bwrap=settings.bwrap_path,
+            use_cgroups=settings.use_cgroups,
+            egress_allow=tuple(settings.egress_allow) if settings.egress else (),
         )
         self.client = client or WorkerClient(settings.server_url, settings.token_value())
         self.offer: DeviceGroupOffer = offer_from_settings(settings)

@@ -180,7 +180,12 @@ def doctor(
     settings = _settings_or_exit({"isolation": isolation, "trusted_pool": trusted_pool or None})
     limits = settings.limits()
     try:
-        sandbox = create_sandbox(settings.isolation, bwrap=settings.bwrap_path, use_cgroups=settings.use_cgroups)
+        sandbox = create_sandbox(
+            settings.isolation,
+            bwrap=settings.bwrap_path,
+            use_cgroups=settings.use_cgroups,
+            egress_allow=tuple(settings.egress_allow) if settings.egress else (),
+        )
     except SandboxError as exc:
         typer.echo(f"isolation: {settings.isolation}: NOT AVAILABLE\n  {exc}")
         raise typer.Exit(6) from None

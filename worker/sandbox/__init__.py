@@ -40,10 +40,12 @@ __all__ = [
 ]
 
 
-def create_sandbox(isolation: Isolation, *, bwrap: str | None = None, use_cgroups: bool = True) -> Sandbox:
+def create_sandbox(
+    isolation: Isolation, *, bwrap: str | None = None, use_cgroups: bool = True, egress_allow: tuple[str, ...] = ()
+) -> Sandbox:
     """The sandbox for ``isolation``; ``SandboxError`` (saying what to do) when bwrap cannot run here."""
     if isolation == "bwrap":
-        return BwrapSandbox(bwrap, use_cgroups=use_cgroups)
+        return BwrapSandbox(bwrap, use_cgroups=use_cgroups, egress_allow=egress_allow)
     if isolation == "container":
         return ContainerSandbox()
     if isolation == "none":

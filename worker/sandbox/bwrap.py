@@ -7,7 +7,8 @@ What the job gets (``bwrap_argv`` builds it; unit tests check each part):
 * an empty root: ``/usr`` and the ``/lib``, ``/bin`` links, a few files of ``/etc`` (loader cache, TLS roots,
   time zone), and the job's Python environment, all read-only; ``/proc`` of its own pid namespace, a minimal
   ``/dev``, a size-limited ``/dev/shm``; the attempt folder the only writable place (``/tmp`` is its ``tmp``);
-* no network at all (its own loopback only): not the API, Redis, the LAN or the host's loopback;
+* no network at all (its own loopback only): not the API, Redis, the LAN or the host's loopback; where the donor
+  allows it, HTTPS to an allow-list of hosts through the worker's proxy (``worker.sandbox.egress``);
 * only the device nodes of the attempt's GPUs (``/dev/nvidiaN`` plus the control nodes), with
   ``CUDA_VISIBLE_DEVICES`` naming the same GPUs and ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so CUDA counts as the
   device nodes do;
@@ -27,6 +28,7 @@ import sys
 from pathlib import Path
 
 from worker.sandbox.base import LaunchRequest, Sandbox, SandboxedProcess, SandboxError, popen
+from worker.sandbox.egress import INSIDE_PORT, EgressProxy, forwarder_argv
 from worker.sandbox.limits import CgroupV2, LimitWatcher, child_setup, cpu_affinity_prefix
 
 __all__ = ["BwrapSandbox", "bwrap_argv", "find_bwrap", "gpu_device_nodes", "python_paths", "userns_check"]
@@ -113,7 +115,9 @@ def _safe_read_only(paths: list[Path], attempt_dir: Path) -> list[Path]:
     return keep
 
 
-def bwrap_argv(bwrap: str, request: LaunchRequest, *, shm_bytes: int | None = None) -> list[str]:
+def bwrap_argv(
+    bwrap: str, request: LaunchRequest, *, shm_bytes: int | None = None, egress_dir: Path | None = None
+) -> list[str]:
     """The whole ``bwrap ... -- argv`` command line for ``request`` (no secrets in it: the job env is scrubbed)."""
     a = [
         bwrap,
@@ -125,6 +129,9 @@ def bwrap_argv(bwrap: str, request: LaunchRequest, *, shm_bytes: int | None = No
     env.setdefault("USER", "twinkle")  # getpass.getuser() (torch's caches) falls back to a passwd we do not show
     if request.gpus:
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA's numbering then follows the device nodes'
+    if egress_dir is not None:  # the forwarder on the job's own loopback leads to the worker's proxy
+        proxy = f"http://127.0.0.1:{INSIDE_PORT}"
+        env.update(HTTPS_PROXY=proxy, https_proxy=proxy, ALL_PROXY=proxy)
     for key, value in env.items():
         a += ["--setenv", key, value]
     a += ["--ro-bind", "/usr", "/usr"]
@@ -149,6 +156,8 @@ def bwrap_argv(bwrap: str, request: LaunchRequest, *, shm_bytes: int | None = No
     for path in _safe_read_only(request.read_only, request.attempt_dir):
         a += ["--ro-bind-try", str(path), str(path)]
     a += ["--bind", str(request.attempt_dir), str(request.attempt_dir)]
+    if egress_dir is not None:
+        a += ["--ro-bind", str(egress_dir), "/run/twinkle"]
     a += ["--remount-ro", "/", "--chdir", str(request.cwd), "--", *request.argv]
     return a
 
@@ -183,9 +192,9 @@ def userns_check(bwrap: str) -> tuple[bool, str]:
 class BwrapProcess(SandboxedProcess):
     """An attempt in its own pid namespace: killing the namespace's first process kills everything in it."""
 
-    def __init__(self, proc: subprocess.Popen, cgroup: Path | None):
+    def __init__(self, proc: subprocess.Popen, cgroup: Path | None, egress: EgressProxy | None = None):
         super().__init__(proc)
-        self.cgroup = cgroup
+        self.cgroup, self.egress = cgroup, egress
         self._ns: str | None = None
         self.watcher: LimitWatcher | None = None
 
@@ -248,6 +257,8 @@ class BwrapProcess(SandboxedProcess):
         self.signal_all(signal.SIGKILL)
         if self.cgroup is not None:
             CgroupV2.remove(self.cgroup)
+        if self.egress is not None:
+            self.egress.close()
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -260,7 +271,16 @@ def _kill(pid: int, sig: int) -> None:
 class BwrapSandbox(Sandbox):
     isolation = "bwrap"
 
-    def __init__(self, bwrap: str | None = None, *, use_cgroups: bool = True, check: bool = True):
+    def __init__(
+        self,
+        bwrap: str | None = None,
+        *,
+        use_cgroups: bool = True,
+        check: bool = True,
+        egress_allow: tuple[str, ...] = (),
+    ):
+        """``egress_allow``: hosts a job may reach over HTTPS through the worker's proxy; empty: no network."""
+        self.egress_allow = tuple(egress_allow)
         found = find_bwrap(bwrap)
         if found is None:
             raise SandboxError(
@@ -282,7 +302,12 @@ class BwrapSandbox(Sandbox):
         limits = request.limits
         read_only = [*(python_paths(request.python) if request.python else ()), *request.read_only]
         request = LaunchRequest(**{**request.__dict__, "read_only": read_only})
-        argv = bwrap_argv(self.bwrap, request, shm_bytes=limits.memory_bytes)
+        egress = EgressProxy(self.egress_allow) if self.egress_allow and request.python else None
+        if egress is not None:
+            request.argv = forwarder_argv(request.python, list(request.argv))
+        argv = bwrap_argv(
+            self.bwrap, request, shm_bytes=limits.memory_bytes, egress_dir=egress.folder if egress else None
+        )
         cgroup = self.cgroups.create(limits) if self.cgroups is not None else None
         if cgroup is not None:
             argv = CgroupV2.enter_argv(cgroup, argv)
@@ -290,7 +315,7 @@ class BwrapSandbox(Sandbox):
             argv = cpu_affinity_prefix(limits.cpus) + argv
         # bwrap itself gets no more of the daemon's environment than PATH; --setenv hands the job its variables
         proc = popen(argv, request, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, preexec=child_setup(limits))
-        handle = BwrapProcess(proc, cgroup)
+        handle = BwrapProcess(proc, cgroup, egress)
         handle.watcher = LimitWatcher(handle, limits, request.attempt_dir, cgroup=cgroup).start()
         return handle
 
@@ -304,6 +329,7 @@ class BwrapSandbox(Sandbox):
             "cgroup_v2_delegated": str(self.cgroups.base) if self.cgroups else f"no ({self.cgroups_why_not})",
             "limits_enforced_by": "cgroup v2 (memory.max, pids.max, cpu.max)" if self.cgroups
             else "watcher (pids, memory PSS, polled every 0.2 s), CPU affinity, RLIMIT_FSIZE",
-            "network": "none (own loopback only)",
+            "network": f"HTTPS to {list(self.egress_allow)} through the worker's proxy, nothing else"
+            if self.egress_allow else "none (own loopback only)",
             "python": sys.executable,
         }
