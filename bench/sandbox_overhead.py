@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker.runner import JobRunner, JobSpec  # noqa: E402
-from worker.sandbox import BwrapSandbox, Limits, NoSandbox  # noqa: E402
+from worker.runner import JobRunner, JobSpec
+from worker.sandbox import BwrapSandbox, Limits, NoSandbox
 
 FIRST_LINE = "import time; print('FIRST', repr(time.time()), flush=True)\n"
 TRAIN = textwrap.dedent(

@@ -217,7 +217,7 @@ class Stack:
         try:
             settings = self._settings()
             self.rt = Runtime.from_settings(settings)
-            user_token, worker_token = self._tokens()
+            user_token, _ = self._tokens()  # the worker reads its token from the file, not from us
             self._start_api()
             self._start_dispatcher()
             worker_started = self.start_worker and self._start_worker(self.data_dir / "worker_token")

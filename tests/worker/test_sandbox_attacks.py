@@ -94,7 +94,7 @@ def test_job_reads_no_token_home_file_or_ledger(tmp_path, donor, bwrap, isolatio
 def test_job_cannot_write_the_donors_authorized_keys(tmp_path, donor, bwrap):
     home, _ = donor
     target = home / ".ssh" / "authorized_keys"
-    result, sink = run_job(tmp_path, f"""
+    _, sink = run_job(tmp_path, f"""
         import os
         for path in [{str(target)!r}, os.path.expanduser("~/.ssh/authorized_keys")]:
             try:
@@ -118,7 +118,7 @@ def test_job_sees_no_host_process_and_no_daemon_secret_in_proc(tmp_path, bwrap, 
     daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--token", "twk_w_PROC-SENTINEL"],
                               env={**os.environ, "TWINKLE_WORKER_TOKEN": "twk_w_PROC-SENTINEL"})
     try:
-        result, sink = run_job(tmp_path, """
+        _, sink = run_job(tmp_path, """
             import os
             pids = [p for p in os.listdir("/proc") if p.isdigit()]
             print("PIDS", len(pids))
@@ -151,7 +151,7 @@ def test_job_cannot_connect_to_the_api_redis_or_the_lan(tmp_path, bwrap, isolati
     targets = [("127.0.0.1", api.getsockname()[1]), ("127.0.0.1", redis_port), ("169.254.169.254", 80)]
     targets += [(ip, api.getsockname()[1]) for ip in lan if not ip.startswith("127.")]
     try:
-        result, sink = run_job(tmp_path, f"""
+        _, sink = run_job(tmp_path, f"""
             import socket
             for host, port in {targets!r}:
                 try:
@@ -263,7 +263,7 @@ def test_the_next_job_finds_nothing_the_last_one_left(tmp_path, bwrap):
             os.setsid()
             os.execvp("sleep", ["sleep", "{MARK}"])
         """, bwrap, name="first")
-    result, sink = run_job(tmp_path, """
+    _, sink = run_job(tmp_path, """
         import os
         print("SHM", os.listdir("/dev/shm"), "TMP", os.listdir("/tmp"))
         print("PIDS", len([p for p in os.listdir("/proc") if p.isdigit()]))

@@ -83,7 +83,7 @@ def test_an_allowed_connection_carries_bytes_both_ways(tmp_path, monkeypatch):
         print(s.recv(100).decode())
     """
     try:
-        result, sink = run_job(tmp_path, script, BwrapSandbox(egress_allow=("localhost",)))
+        _, sink = run_job(tmp_path, script, BwrapSandbox(egress_allow=("localhost",)))
     finally:
         hub.close()
     assert sink.text()[:2] == ["HTTP/1.1 200 Connection established", "hub says hello"], (sink.text(), sink.text("stderr"))

@@ -226,7 +226,7 @@ class LimitWatcher:
                 if now >= next_disk:
                     self.check_disk()
                     next_disk = now + self.disk_interval_s
-            except Exception:  # noqa: BLE001 - a watcher bug must not leave the job unwatched silently
+            except Exception:  # a watcher bug must not leave the job unwatched silently
                 log.exception("limit watcher of %s failed", self.attempt_dir)
 
     def _end(self, reason: str) -> None:
