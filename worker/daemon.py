@@ -18,9 +18,12 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 
@@ -195,6 +198,7 @@ class WorkerDaemon:
 
         self.settings.work_dir.mkdir(parents=True, exist_ok=True)
         self.ledger.kill_leftovers(grace_s=self.settings.kill_grace_s)
+        self.prepare_assets()
         self.register()
         self.start_health_server()
         threading.Thread(target=self._heartbeat_loop, daemon=True, name="worker-heartbeat").start()
@@ -224,6 +228,25 @@ class WorkerDaemon:
             worker.start()
         finally:
             self.stop()
+
+    def prepare_assets(self) -> None:
+        """Fill the assets cache before any job runs: sandboxed jobs see it read-only (one job must not be able
+        to change what the next one loads), so they could not write a missing file there themselves."""
+        folder = self.settings.assets_dir
+        if not folder or self.sandbox.isolation != "bwrap":
+            return
+        root = Path(folder)
+        wanted = ("tiny-qwen2/config.json", "tiny-qwen2/twinkle_tiny.json", "self_cognition.jsonl")
+        if all((root / p).exists() for p in wanted):
+            return
+        log.info("making the tiny model and data in %s (once)", root)
+        code = (
+            "import sys; from twinkle.assets import tiny_model_path as t, self_cognition_path as s; "
+            "t(sys.argv[1]); s(sys.argv[1])"
+        )
+        done = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            log.warning("could not fill the assets cache %s: %s", root, done.stderr.strip()[-500:])
 
     def stop(self) -> None:
         self._stop.set()
