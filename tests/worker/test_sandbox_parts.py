@@ -229,3 +229,58 @@ def test_doctor_prints_the_isolation_found():
     for expected in ("isolation: bwrap", "bwrap_version: bubblewrap", "user_namespaces: ok", "cgroup_v2_delegated:",
                      "limits per attempt: memory"):
         assert expected in r.stdout, r.stdout
+
+
+def test_forked_children_sharing_memory_are_counted_once():
+    """Ten forks of a process holding 100 MiB: RSS says ~1 GiB, PSS (what the limit uses) ~100 MiB."""
+    import subprocess
+    import sys
+    import time
+
+    from worker.leftovers import group_members
+    from worker.sandbox.limits import process_memory, process_rss
+
+    code = ("import os, time\nb = bytearray(100 << 20)\nfor _ in range(10):\n    if os.fork() == 0:\n"
+            "        time.sleep(30); os._exit(0)\nprint('ready', flush=True)\ntime.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(0.2)
+        pids = list(group_members(proc.pid))
+        assert len(pids) == 11
+        rss = sum(process_rss(p) for p in pids)
+        pss = sum(process_memory(p) for p in pids)
+        assert rss > 900 << 20 and pss < 300 << 20, (rss >> 20, pss >> 20)
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+def test_a_token_on_argv_is_gone_after_start(tmp_path):
+    """The deprecated --token: a warning, then the daemon re-executes itself without it in its argv."""
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINKLE_WORKER_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.main", "--server", "http://127.0.0.1:9", "--token", "twk_w_ARGV-SENTINEL",
+         "--device-type", "cpu", "--work-dir", str(tmp_path / "w"), "--health-port", "0", "--isolation", "none",
+         "--trusted-pool"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline:  # the daemon retries the unreachable API: it is up when it says so
+            lines.append(proc.stderr.readline())
+            if "API not reachable" in lines[-1]:
+                break
+        assert "API not reachable" in lines[-1], "".join(lines)
+        assert b"ARGV-SENTINEL" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert b"ARGV-SENTINEL" not in Path(f"/proc/{proc.pid}/environ").read_bytes()
+        text = "".join(lines)
+        assert "--token is deprecated" in text and "isolation 'none'" in text
+    finally:
+        proc.kill()
+        proc.wait()
