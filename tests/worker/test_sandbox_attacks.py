@@ -295,3 +295,15 @@ def test_cancel_kills_everything_in_the_namespace(tmp_path, bwrap):
     result = runner.run()
     assert result.state == "cancelled"
     assert host_pids_with(MARK) == []
+
+
+def test_cpu_limit_without_cgroups_pins_the_job_to_that_many_cores(tmp_path, bwrap):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: nothing to limit")
+    _, sink = run_job(tmp_path, "import os; print('CORES', len(os.sched_getaffinity(0)))", bwrap, Limits(cpus=1))
+    assert "CORES 1" in sink.text(), sink.text("stderr")
+
+
+def test_a_job_killed_by_a_signal_is_reported_as_such(tmp_path, bwrap):
+    result, _ = run_job(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)", bwrap)
+    assert result.state == "failed" and result.exit_code == -9 and result.error.startswith("killed by signal SIGKILL")
