@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker.runner import JobRunner, JobSpec
-from worker.sandbox import BwrapSandbox, Limits, NoSandbox
+from worker.runner import JobRunner, JobSpec  # noqa: E402 - after the path set-up above
+from worker.sandbox import BwrapSandbox, Limits, NoSandbox  # noqa: E402
 
 FIRST_LINE = "import time; print('FIRST', repr(time.time()), flush=True)\n"
 TRAIN = textwrap.dedent(
@@ -87,7 +87,10 @@ def startup(sides: dict, rounds: int, work: Path, limits: Limits) -> dict[str, l
 
 
 def training(sides: dict, rounds: int, steps: int, clock: str, work: Path, limits: Limits) -> dict[str, list[float]]:
-    files = {"train.py": TRAIN.replace("STEPS", str(steps)).replace("CLOCK", clock), "train_step.py": (ROOT / "bench" / "train_step.py").read_text()}
+    files = {
+        "train.py": TRAIN.replace("STEPS", str(steps)).replace("CLOCK", clock),
+        "train_step.py": (ROOT / "bench" / "train_step.py").read_text(),
+    }
     out: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(rounds):
         order = list(sides) if r % 2 == 0 else list(reversed(sides))
@@ -115,15 +118,16 @@ def main() -> None:
         work = Path(tmp)
         run(bwrap, work / "warm", {"train.py": FIRST_LINE}, limits)  # the one-time probe of the Python's paths
         s = startup(sides, args.rounds, work, limits)
-        diffs = [b - n for n, b in zip(s["none"], s["bwrap"])]
+        diffs = [b - n for n, b in zip(s["none"], s["bwrap"], strict=True)]
         med = statistics.median(diffs)
-        print(f"start-up to the first line, median of {args.rounds}: none {statistics.median(s['none']) * 1000:.0f} ms, "
-              f"bwrap {statistics.median(s['bwrap']) * 1000:.0f} ms")
-        print(f"  bwrap - none, median of pairs: {med * 1000:+.0f} ms (goal <= +100 ms: {'met' if med <= 0.1 else 'NOT met'})")
+        none_ms, bwrap_ms = statistics.median(s["none"]) * 1000, statistics.median(s["bwrap"]) * 1000
+        print(f"start-up to the first line, median of {args.rounds}: none {none_ms:.0f} ms, bwrap {bwrap_ms:.0f} ms")
+        verdict = "met" if med <= 0.1 else "NOT met"
+        print(f"  bwrap - none, median of pairs: {med * 1000:+.0f} ms (goal <= +100 ms: {verdict})")
         if args.skip_train:
             return
         t = training(sides, args.train_rounds, args.steps, args.clock, work, limits)
-        ratios = [b / n for n, b in zip(t["none"], t["bwrap"])]
+        ratios = [b / n for n, b in zip(t["none"], t["bwrap"], strict=True)]
         ratio = statistics.median(ratios)
         print(f"training step (tiny model, LoRA, 1 thread, {args.clock} clock), median s/step per run: "
               f"none {[round(x, 4) for x in t['none']]}, bwrap {[round(x, 4) for x in t['bwrap']]}")

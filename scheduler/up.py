@@ -186,7 +186,11 @@ class Stack:
         if exe is None:
             self.console.print("[yellow]twinkle-worker is not installed; no local worker started[/yellow]")
             return False
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TWINKLE_SCHEDULER_") and k != "TWINKLE_WORKER_TOKEN"}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("TWINKLE_SCHEDULER_") and k != "TWINKLE_WORKER_TOKEN"
+        }
         env.setdefault("TWINKLE_WORKER_NAME", f"local-{socket.gethostname()}")
         env.update(
             TWINKLE_WORKER_SERVER_URL=f"http://{self.host}:{self.port}",

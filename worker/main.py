@@ -59,7 +59,7 @@ def _reexec_without_token(token: str) -> None:  # pragma: no cover - replaces th
     os.close(write_fd)
     os.set_inheritable(read_fd, True)
     env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
-    argv = _strip_token_args(list(sys.orig_argv)) + [f"--token-fd={read_fd}"]
+    argv = [*_strip_token_args(list(sys.orig_argv)), f"--token-fd={read_fd}"]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *argv[1:]], env)
@@ -79,9 +79,12 @@ def _reexec_without_token(token: str) -> None:  # pragma: no cover - replaces th
 def run(
     ctx: typer.Context,
     server: Annotated[str | None, typer.Option(help="The platform's API URL, e.g. https://twinkle.example.org")] = None,
-    token_file: Annotated[Path | None, typer.Option(help="File holding the worker token (twk_w_...), mode 0600")] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="File holding the worker token (twk_w_...), mode 0600")
+    ] = None,
     token: Annotated[
-        str | None, typer.Option(help="Deprecated: visible to every user in `ps`; use --token-file or TWINKLE_WORKER_TOKEN")
+        str | None,
+        typer.Option(help="Deprecated: visible to every user in `ps`; use --token-file or TWINKLE_WORKER_TOKEN"),
     ] = None,
     token_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
     name: Annotated[str | None, typer.Option(help="Name shown to users (default: the hostname)")] = None,
@@ -98,7 +101,9 @@ def run(
     trusted_pool: Annotated[
         bool, typer.Option("--trusted-pool", help="Allow --isolation none: every job can read what this user can")
     ] = False,
-    show_devices: Annotated[bool, typer.Option("--show-devices", help="Print what would be offered, then exit")] = False,
+    show_devices: Annotated[
+        bool, typer.Option("--show-devices", help="Print what would be offered, then exit")
+    ] = False,
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
@@ -107,9 +112,8 @@ def run(
     if token_fd is not None:  # the re-executed daemon: read the token from the pipe and close it
         with os.fdopen(token_fd, "rb") as pipe:
             token = pipe.read().decode()
-    elif token is not None or os.environ.get(TOKEN_ENV):
-        if not show_devices:
-            _reexec_without_token(token or os.environ[TOKEN_ENV])
+    elif (token is not None or os.environ.get(TOKEN_ENV)) and not show_devices:
+        _reexec_without_token(token or os.environ[TOKEN_ENV])
     overrides: dict[str, Any] = {  # validated by WorkerSettings
         "server_url": server,
         "token": token,

@@ -388,7 +388,10 @@ class JobRunner:
         if self.ledger is not None:
             self.ledger.add(self._proc.pid, f"job {spec.job_id} attempt {spec.attempt}")
         self.started.set()
-        started = f"attempt {spec.attempt}: python {spec.entrypoint} (pid {self._proc.pid}, isolation {self.sandbox.isolation})"
+        started = (
+            f"attempt {spec.attempt}: python {spec.entrypoint} "
+            f"(pid {self._proc.pid}, isolation {self.sandbox.isolation})"
+        )
         self._lines.put(self._line("system", started))
         readers = [
             threading.Thread(target=self._read, args=(self._proc.stdout, "stdout"), daemon=True),

@@ -169,7 +169,7 @@ def test_registration_sends_the_isolation(tmp_path, isolation):
     bodies = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             reply = json.dumps({"worker_id": "w1", "queue": "worker.w1", "broker_url": "redis://x"}).encode()
             self.send_response(200)

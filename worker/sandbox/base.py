@@ -11,6 +11,7 @@ Errors:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -136,7 +137,7 @@ class SandboxedProcess(ABC):
             self._limit_reason = reason
         self.signal_all(signal.SIGKILL)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a sandbox with nothing to release keeps this one
         """Release what ``launch`` set up (watchers, cgroups); called once the attempt ended."""
 
 
@@ -170,7 +171,5 @@ def popen(argv: list[str], request: LaunchRequest, env: Mapping[str, str], preex
 
 
 def killpg(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

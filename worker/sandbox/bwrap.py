@@ -17,6 +17,7 @@ What the job gets (``bwrap_argv`` builds it; unit tests check each part):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -27,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from worker.sandbox.base import LaunchRequest, Sandbox, SandboxedProcess, SandboxError, popen
+from worker.sandbox.base import Isolation, LaunchRequest, Sandbox, SandboxedProcess, SandboxError, popen
 from worker.sandbox.egress import INSIDE_PORT, EgressProxy, forwarder_argv
 from worker.sandbox.limits import CgroupV2, LimitWatcher, child_setup, cpu_affinity_prefix
 
@@ -98,7 +99,8 @@ def gpu_device_nodes(gpus: list[int], dev: Path = Path("/dev")) -> list[str]:
     if not gpus:
         return []
     nodes = [str(dev / f"nvidia{i}") for i in gpus]
-    return nodes + [n.replace("/dev", str(dev), 1) for n in NVIDIA_CONTROL_NODES if Path(n.replace("/dev", str(dev), 1)).exists()]
+    control = [dev / Path(n).name for n in NVIDIA_CONTROL_NODES]
+    return nodes + [str(c) for c in control if c.exists()]
 
 
 def _safe_read_only(paths: list[Path], attempt_dir: Path) -> list[Path]:
@@ -167,11 +169,15 @@ def userns_check(bwrap: str) -> tuple[bool, str]:
     """Can ``bwrap`` make the namespaces here? ``(True, version)`` or ``(False, what to do)``."""
     try:
         version = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        libs: list[str] = []
+        for name in ("/lib", "/lib64"):
+            if Path(name).is_symlink():
+                libs += ["--symlink", os.readlink(name), name]
+            elif Path(name).is_dir():
+                libs += ["--ro-bind", name, name]
         probe = subprocess.run(
             [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-             "--die-with-parent", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
-             *[x for n in ("lib", "lib64") if Path("/" + n).is_symlink() for x in ("--symlink", os.readlink("/" + n), "/" + n)],
-             *[x for n in ("lib", "lib64") if not Path("/" + n).is_symlink() and Path("/" + n).is_dir() for x in ("--ro-bind", "/" + n, "/" + n)],
+             "--die-with-parent", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", *libs,
              "--proc", "/proc", "--", "/usr/bin/true"],
             capture_output=True, text=True, timeout=30,
         )
@@ -262,14 +268,12 @@ class BwrapProcess(SandboxedProcess):
 
 
 def _kill(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class BwrapSandbox(Sandbox):
-    isolation = "bwrap"
+    isolation: Isolation = "bwrap"
 
     def __init__(
         self,
@@ -302,17 +306,15 @@ class BwrapSandbox(Sandbox):
         limits = request.limits
         read_only = [*(python_paths(request.python) if request.python else ()), *request.read_only]
         request = LaunchRequest(**{**request.__dict__, "read_only": read_only})
-        egress = EgressProxy(self.egress_allow) if self.egress_allow and request.python else None
-        if egress is not None:
+        egress = None
+        if self.egress_allow and request.python:
+            egress = EgressProxy(self.egress_allow)
             request.argv = forwarder_argv(request.python, list(request.argv))
         argv = bwrap_argv(
             self.bwrap, request, shm_bytes=limits.memory_bytes, egress_dir=egress.folder if egress else None
         )
         cgroup = self.cgroups.create(limits) if self.cgroups is not None else None
-        if cgroup is not None:
-            argv = CgroupV2.enter_argv(cgroup, argv)
-        else:
-            argv = cpu_affinity_prefix(limits.cpus) + argv
+        argv = CgroupV2.enter_argv(cgroup, argv) if cgroup is not None else cpu_affinity_prefix(limits.cpus) + argv
         # bwrap itself gets no more of the daemon's environment than PATH; --setenv hands the job its variables
         proc = popen(argv, request, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, preexec=child_setup(limits))
         handle = BwrapProcess(proc, cgroup, egress)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -96,7 +97,7 @@ class _Handler(socketserver.StreamRequestHandler):
         if not host_allowed(host, self.server.allow):
             return self._refuse(f"{host} is not on this worker's egress allow-list {list(self.server.allow)}")
         try:
-            ips = [ai[4][0] for ai in socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)]
+            ips = [str(ai[4][0]) for ai in socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)]
         except OSError as exc:
             return self._refuse(f"cannot resolve {host}: {exc}")
         public = [ip for ip in ips if self.server.address_ok(ip)]
@@ -122,10 +123,8 @@ def _pipe(a: socket.socket, b: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        try:
+        with contextlib.suppress(OSError):
             b.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

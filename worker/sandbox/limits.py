@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
@@ -46,10 +47,8 @@ def folder_usage(root: Path) -> int:
     total = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         for name in filenames + dirnames:
-            try:
+            with contextlib.suppress(OSError):  # removed while we walked
                 total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:  # removed while we walked
-                pass
     return total
 
 
@@ -125,17 +124,21 @@ class CgroupV2:
             cls.why_not = f"{root} is not a cgroup v2 hierarchy (cgroup v1 or hybrid)"
             return None
         try:
-            line = next(l for l in Path("/proc/self/cgroup").read_text().splitlines() if l.startswith("0::"))
+            line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines() if x.startswith("0::"))
         except (OSError, StopIteration):
             cls.why_not = "this process has no cgroup v2 path"
             return None
         base = root / line[3:].lstrip("/")
-        controllers = set((base / "cgroup.controllers").read_text().split()) if (base / "cgroup.controllers").is_file() else set()
+        listed = base / "cgroup.controllers"
+        controllers = set(listed.read_text().split()) if listed.is_file() else set()
         if not {"memory", "pids"} <= controllers:
             cls.why_not = f"the memory and pids controllers are not delegated to {base} (have: {sorted(controllers)})"
             return None
         if not os.access(base, os.W_OK) or not os.access(base / "cgroup.subtree_control", os.W_OK):
-            cls.why_not = f"{base} is not writable by this user; run the worker under `systemd-run --user --scope -p Delegate=yes`"
+            cls.why_not = (
+                f"{base} is not writable by this user; run the worker under "
+                "`systemd-run --user --scope -p Delegate=yes`"
+            )
             return None
         group = cls(base)
         try:
@@ -176,7 +179,7 @@ class CgroupV2:
     @staticmethod
     def events(path: Path, name: str) -> dict[str, int]:
         try:
-            return {k: int(v) for k, v in (l.split() for l in (path / name).read_text().splitlines())}
+            return {k: int(v) for k, v in (line.split() for line in (path / name).read_text().splitlines())}
         except (OSError, ValueError):
             return {}
 
@@ -276,4 +279,5 @@ class LimitWatcher:
             return
         used = folder_usage(self.attempt_dir)
         if used >= self.limits.disk_bytes:
-            self._end(f"disk limit {format_bytes(self.limits.disk_bytes)} reached (the attempt folder holds {format_bytes(used)})")
+            limit, held = format_bytes(self.limits.disk_bytes), format_bytes(used)
+            self._end(f"disk limit {limit} reached (the attempt folder holds {held})")

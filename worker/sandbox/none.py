@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 
 from worker.leftovers import group_members
-from worker.sandbox.base import LaunchRequest, Sandbox, SandboxedProcess, killpg, popen
+from worker.sandbox.base import Isolation, LaunchRequest, Sandbox, SandboxedProcess, killpg, popen
 from worker.sandbox.limits import LimitWatcher, child_setup, cpu_affinity_prefix
 
 __all__ = ["ContainerSandbox", "NoSandbox"]
@@ -36,7 +36,7 @@ class GroupProcess(SandboxedProcess):
 
 
 class NoSandbox(Sandbox):
-    isolation = "none"
+    isolation: Isolation = "none"
 
     def launch(self, request: LaunchRequest) -> GroupProcess:
         argv = cpu_affinity_prefix(request.limits.cpus) + list(request.argv)
@@ -53,7 +53,7 @@ class NoSandbox(Sandbox):
 
 
 class ContainerSandbox(NoSandbox):
-    isolation = "container"
+    isolation: Isolation = "container"
 
     def describe(self) -> dict:
         return {**super().describe(), "warning": "the container or VM this worker runs in is the only sandbox"}
