@@ -449,6 +449,7 @@ class JobRunner:
             state, error = "cancelled", None
         elif self._proc is not None and self._proc.limit_reason:
             state, error = "failed", self._proc.limit_reason
+            batch.append(self._line("system", f"attempt {self.spec.attempt} failed: {error}"))
         elif returncode == 0:
             state, error = "succeeded", None
         else:
