@@ -57,7 +57,9 @@ def test_token_out_of_reach_and_the_job_tree_dies_with_a_sigkilled_daemon(platfo
         """), name="holds-on")
     platform.wait_job(user, job["id"], states={"running"}, timeout=60)
     wait_for(lambda: host_pids_with(MARK), 30, "the job's setsid grandchild", platform)
-    assert "TOKEN HITS [] PIDS 2" in job_logs(platform, user, job["id"])
+    # the line reaches the API with the next log flush: wait for it rather than race it
+    logs = wait_for(lambda: (t := job_logs(platform, user, job["id"])) and "TOKEN HITS" in t and t, 15, "the job's report")
+    assert "TOKEN HITS [] PIDS 2" in logs, logs
 
     first.popen.send_signal(signal.SIGKILL)  # no chance to clean up: --die-with-parent and the pid namespace do
     first.popen.wait(10)
