@@ -9,6 +9,7 @@ broadcast is the cost either way.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 from collections.abc import AsyncIterator, Iterable
@@ -81,6 +82,7 @@ class GlooCheckpointEngine(CheckpointEngine):
         )
         prefixed = dist.PrefixStore(f"{self.group_name}/{self._generation}", self._store)
         self._group = dist.ProcessGroupGloo(prefixed, rank, world_size, _timeout())
+        atexit.register(self.close)  # release the group before the store at exit, not in interpreter teardown
         self._broadcast(torch.zeros(1, dtype=torch.int64))  # a barrier: every member is in
         logger.debug("gloo checkpoint group ready: rank %d of %d", rank, world_size)
 
@@ -131,7 +133,12 @@ class GlooCheckpointEngine(CheckpointEngine):
         reader.check_done()
 
     def finalize(self) -> None:
-        if not self.rebuild_group:
-            return
-        self._group, self._store, self._buffer, self._metadata = None, None, None, None
+        if self.rebuild_group:
+            self.close()
+
+    def close(self) -> None:
+        """Drop the group, then the store, and the buffer (the next sync builds new ones)."""
+        if self._group is not None:
+            self._group = None
+        self._store, self._buffer, self._metadata = None, None, None
         self.rank, self._generation = None, self._generation + 1
