@@ -407,7 +407,9 @@ class TorchSampler(Sampler, CheckpointEngineMixin):
             return self._synced_adapter
         if self._is_peft:
             active = self.model.active_adapter
-            return active if isinstance(active, str) else active[0]
+            active = active if isinstance(active, str) else active[0]
+            # the synced adapter after a base sync is stale (its base moved): sample the base, as vLLM does
+            return None if active == SYNCED_ADAPTER else active
         return None
 
     @remote_function(dispatch="slice_dp", collect="flatten")
