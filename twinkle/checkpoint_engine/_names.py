@@ -34,7 +34,7 @@ _RENAMES = (
 
 
 def strip_peft_prefix(name: str) -> str:
-    return name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+    return name.removeprefix(PEFT_PREFIX)
 
 
 def is_lora_key(name: str) -> bool:

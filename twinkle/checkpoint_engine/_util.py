@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from typing import Any, Coroutine
+from collections.abc import Coroutine
+from typing import Any
 
 __all__ = ["free_port", "node_ip", "run_coroutine"]
 
@@ -23,7 +24,7 @@ def node_ip() -> str:
 
         if ray.is_initialized():
             return ray.util.get_node_ip_address()
-    except Exception:  # noqa: BLE001 - Ray is optional
+    except Exception:  # noqa: BLE001, S110 - Ray is optional; outside it loopback is the answer
         pass
     return "127.0.0.1"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from twinkle.errors import ConfigError
 
-__all__ = ["SampledSequence", "SampleResponse", "SamplingParams", "STOP_REASONS"]
+__all__ = ["STOP_REASONS", "SampleResponse", "SampledSequence", "SamplingParams"]
 
 # why a completion ended: its max_tokens (or the model's limit), EOS / a stop string, aborted, failed
 STOP_REASONS = ("length", "stop", "abort", "error")

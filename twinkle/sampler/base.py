@@ -12,9 +12,36 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from twinkle.errors import TemplateError
 
-__all__ = ["BaseSamplerEngine", "Sampler", "is_trajectory"]
+__all__ = ["BaseSamplerEngine", "Sampler", "complete_feature", "is_trajectory"]
+
+# the token fields a completion replaces in the prompt's feature; every other key of the input is kept
+TOKEN_FIELDS = ("input_ids", "labels", "attention_mask", "position_ids", "completion_mask", "length")
+
+
+def complete_feature(feature: Mapping, prompt: list[int], completion: list[int], text: str | None) -> dict[str, Any]:
+    """The prompt's feature (deep-copied, every extra key kept) with prompt + completion as its tokens, and the reply
+    appended to ``messages`` as an assistant turn (what ``GSM8K*Reward`` reads).
+
+    Labels are rolled left by one (as the template makes them): ``labels[i]`` is the target of token ``i``, so the
+    last prompt position carries the first completion token and the final position carries -100.
+    """
+    out = copy.deepcopy({k: v for k, v in feature.items() if k not in TOKEN_FIELDS})
+    ids = np.asarray(list(prompt) + list(completion), dtype=np.int64)
+    out.update(
+        input_ids=ids,
+        labels=np.asarray([-100] * (len(prompt) - 1) + list(completion) + [-100], dtype=np.int64),
+        attention_mask=np.ones(len(ids), dtype=np.int64),
+        position_ids=np.arange(len(ids), dtype=np.int64),
+        completion_mask=np.asarray([0] * len(prompt) + [1] * len(completion), dtype=np.int64),
+        length=len(ids),
+    )
+    if text is not None and isinstance(out.get("messages"), list):
+        out["messages"].append({"role": "assistant", "content": text})
+    return out
 
 
 def is_trajectory(item: Any) -> bool:

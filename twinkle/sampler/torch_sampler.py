@@ -43,12 +43,12 @@ import torch
 from twinkle.checkpoint_engine import CheckpointEngineMixin
 from twinkle.checkpoint_engine._names import is_lora_key, match_target_key, strip_base_layer, strip_peft_prefix
 from twinkle.checkpoint_engine._util import run_coroutine
-from twinkle.data_format import InputFeature, SampledSequence, SampleResponse, SamplingParams
+from twinkle.data_format import SampledSequence, SampleResponse, SamplingParams
 from twinkle.errors import AdapterError, CheckpointError, ConfigError, DataError, TemplateError
 from twinkle.infra import remote_class, remote_function
 from twinkle.model._hub import resolve_model_dir
 from twinkle.model._loading import load_causal_lm, pick_device
-from twinkle.sampler.base import Sampler, is_trajectory
+from twinkle.sampler.base import Sampler, complete_feature, is_trajectory
 from twinkle.utils.construct import construct_class
 from twinkle.utils.device_mesh import DeviceMesh
 from twinkle.utils.logger import get_logger
@@ -59,8 +59,6 @@ __all__ = ["TorchSampler"]
 
 DEFAULT_ADAPTER = "default"
 SYNCED_ADAPTER = "twinkle_lora"  # the adapter a LoRA-mode sync fills (vLLM's LoRARequest name)
-# the token fields a completion replaces in the prompt's feature; every other key of the input is kept
-_TOKEN_FIELDS = ("input_ids", "labels", "attention_mask", "position_ids", "completion_mask", "length")
 
 
 def _as_id_list(value: Any, where: str) -> list[int]:
@@ -487,7 +485,7 @@ class TorchSampler(Sampler, CheckpointEngineMixin):
                 if params.max_tokens == 0:
                     response.sequences = [
                         SampledSequence(stop_reason="length", tokens=[], decoded="",
-                                        new_input_feature=self._completed(feature, ids, [], None))
+                                        new_input_feature=complete_feature(feature, ids, [], None))
                         for _ in range(params.num_samples)
                     ]
                 else:
@@ -602,35 +600,10 @@ class TorchSampler(Sampler, CheckpointEngineMixin):
                     tokens=tokens[r],
                     logprobs=logprobs[r] if want_logprobs else None,
                     decoded=text,
-                    new_input_feature=self._completed(feature, prompt, tokens[r], text),
+                    new_input_feature=complete_feature(feature, prompt, tokens[r], text),
                 )
             )
         return sequences
-
-    @staticmethod
-    def _feature(prompt: list[int], completion: list[int]) -> InputFeature:
-        # labels rolled left by one (as the template makes them): labels[i] is the target of token i, so the
-        # last prompt position carries the first completion token and the final position carries -100
-        ids = np.asarray(prompt + completion, dtype=np.int64)
-        labels = np.asarray([-100] * (len(prompt) - 1) + completion + [-100], dtype=np.int64)
-        return InputFeature(
-            input_ids=ids,
-            labels=labels,
-            attention_mask=np.ones(len(ids), dtype=np.int64),
-            position_ids=np.arange(len(ids), dtype=np.int64),
-            completion_mask=np.asarray([0] * len(prompt) + [1] * len(completion), dtype=np.int64),
-            length=len(ids),
-        )
-
-    def _completed(self, feature: dict[str, Any], prompt: list[int], completion: list[int],
-                   text: str | None) -> dict[str, Any]:
-        """The prompt's feature (deep-copied, every extra key kept) with prompt + completion as its tokens, and the
-        reply appended to ``messages`` as an assistant turn (what ``GSM8K*Reward`` reads)."""
-        out = copy.deepcopy({k: v for k, v in feature.items() if k not in _TOKEN_FIELDS})
-        out.update(self._feature(prompt, completion))
-        if text is not None and isinstance(out.get("messages"), list):
-            out["messages"].append({"role": "assistant", "content": text})
-        return out
 
     def _prompt_logprobs(self, prompt: list[int], params: SamplingParams) -> tuple[list[Any], list[Any]]:
         """Per prompt token: its log-prob (None for the first) and the k best ``(token, logprob)``, descending."""
