@@ -157,3 +157,4 @@ def test_gloo_engine_moves_weights_between_processes(tmp_path):
     outputs = {role: p.communicate(timeout=240) for role, p in procs.items()}
     for role, p in procs.items():
         assert p.returncode == 0 and f"ok {role}" in outputs[role][0], (role, p.returncode, outputs[role])
+
