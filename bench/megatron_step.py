@@ -45,7 +45,7 @@ def main() -> None:
 
     from twinkle.model import MegatronModel, TransformersModel
 
-    rows = [{"input_ids": list(range(1, args.seq + 1)), "labels": list(range(2, args.seq + 1)) + [-100]}
+    rows = [{"input_ids": list(range(1, args.seq + 1)), "labels": [*range(2, args.seq + 1), -100]}
             for _ in range(args.batch)]
     lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")
     hf = TransformersModel(model_id=args.model)

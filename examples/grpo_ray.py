@@ -131,7 +131,7 @@ def main() -> None:
             features = [seq.new_input_feature for seq in sequences]
             old_logps = [[lp[0][1] for lp in seq.logprobs] for seq in sequences]
             acc, fmt = accuracy(features), answer_format(features)
-            rewards = [a + f for a, f in zip(acc, fmt)]
+            rewards = [a + f for a, f in zip(acc, fmt, strict=True)]
             metric = CompletionRewardMetric(rewards={"accuracy": acc, "format": fmt, "total": rewards},
                                             completion_lengths=[len(seq.tokens) for seq in sequences])
             advantages = advantage(rewards, num_generations=NUM_GENERATIONS, scale="group")

@@ -14,14 +14,14 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-import twinkle
-from twinkle import DeviceGroup, DeviceMesh, remote_class, remote_function
-from twinkle.checkpoint_engine import CheckpointEngineManager
-from twinkle.checkpoint_engine._names import strip_base_layer, strip_peft_prefix
-from twinkle.infra import _state
-from twinkle.infra.ray import shutdown_ray
-from twinkle.model import TransformersModel
-from twinkle.sampler import TorchSampler
+import twinkle  # noqa: E402
+from twinkle import DeviceGroup, DeviceMesh, remote_class, remote_function  # noqa: E402
+from twinkle.checkpoint_engine import CheckpointEngineManager  # noqa: E402
+from twinkle.checkpoint_engine._names import strip_base_layer, strip_peft_prefix  # noqa: E402
+from twinkle.infra import _state  # noqa: E402
+from twinkle.infra.ray import shutdown_ray  # noqa: E402
+from twinkle.model import TransformersModel  # noqa: E402
+from twinkle.sampler import TorchSampler  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

@@ -36,7 +36,9 @@ def test_sampler_engine_args_take_tp_from_visible_devices_and_seed_from_rank():
 def test_stop_reasons_and_logprob_conversion():
     assert [v.map_stop_reason(r) for r in (None, "stop", "abort", "error", "length", "weird")] == [
         "length", "stop", "abort", "error", "length", "length"]
-    lp = lambda x: SimpleNamespace(logprob=x)
+    def lp(x):  # vLLM's Logprob
+        return SimpleNamespace(logprob=x)
+
     tokens = [5, 9]
     entries = [{5: lp(-0.5), 7: lp(-0.1), 3: lp(-2.0)}, {9: lp(-1.0), 1: lp(-0.2)}]
     assert v.convert_logprobs(tokens, entries, 1) == [[(5, -0.5)], [(9, -1.0)]]
@@ -59,7 +61,8 @@ def test_a_lora_sync_writes_a_peft_folder_that_peft_loads(tmp_path, tiny_model_d
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(other, load_file(f"{folder}/adapter_model.safetensors"))
-    for (name, a), (_, b) in zip(get_peft_model_state_dict(model).items(), get_peft_model_state_dict(other).items()):
+    for (name, a), (_, b) in zip(get_peft_model_state_dict(model).items(), get_peft_model_state_dict(other).items(),
+                                 strict=True):
         assert torch.equal(a, b), name
 
 

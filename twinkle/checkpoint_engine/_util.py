@@ -24,7 +24,7 @@ def node_ip() -> str:
 
         if ray.is_initialized():
             return ray.util.get_node_ip_address()
-    except Exception:  # noqa: BLE001, S110 - Ray is optional; outside it loopback is the answer
+    except Exception:  # noqa: BLE001 - Ray is optional; outside it loopback is the answer
         pass
     return "127.0.0.1"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from twinkle.checkpoint_engine._names import expand_model_keys
+from twinkle.checkpoint_engine.base import CheckpointEngine
 from twinkle.errors import ConfigError
 from twinkle.utils.logger import get_logger
 
@@ -17,7 +18,7 @@ logger = get_logger("twinkle.checkpoint_engine")
 __all__ = ["CheckpointEngineManager", "decide_backend_engine"]
 
 
-def decide_backend_engine(platform: str) -> type:
+def decide_backend_engine(platform: str) -> type[CheckpointEngine]:
     """The engine class for a platform: GPU -> NCCL, NPU -> HCCL, CPU -> gloo.
 
     Raises:

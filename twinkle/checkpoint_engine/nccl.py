@@ -78,7 +78,8 @@ class NCCLCheckpointEngine(CheckpointEngine):
         meta = master_metadata if isinstance(master_metadata, dict) else master_metadata.to_dict()
         store = dist.TCPStore(meta["store_host"], int(meta["store_port"]), world_size, is_master=rank == 0,
                               timeout=timedelta(seconds=600), wait_for_workers=True)
-        self._group = dist.ProcessGroupNCCL(dist.PrefixStore(self.group_name, store), rank, world_size)
+        self._group = dist.ProcessGroupNCCL(dist.PrefixStore(self.group_name, store), rank, world_size,
+                                            dist.ProcessGroupNCCL.Options())
         if rank > 0:
             self._socket = self._zmq.Context.instance().socket(self._zmq.SUB)
             self._socket.connect(f"tcp://{meta['zmq_ip']}:{meta['zmq_port']}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +77,7 @@ class SamplingParams:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         elif self.stop is not None:
-            stop = list(self.stop)
+            stop: list[Any] = list(self.stop)
             if not (all(isinstance(s, str) for s in stop) or all(_is_int(s) for s in stop)):
                 problems.append(f"stop must be a string, a list of strings or a list of token ids, got {self.stop!r}")
             self.stop = stop
@@ -92,7 +93,7 @@ class SamplingParams:
         return [int(s) for s in (self.stop or []) if _is_int(s)]
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SamplingParams:
+    def from_dict(cls, values: Mapping[str, Any]) -> SamplingParams:
         """Build from a dict: ``max_new_tokens`` is read as ``max_tokens``, unknown keys are dropped."""
         values = dict(values)
         if "max_new_tokens" in values:

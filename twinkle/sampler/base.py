@@ -152,13 +152,15 @@ class BaseSamplerEngine(abc.ABC):
     def get_tokenizer(self) -> Any:
         """The engine's tokenizer."""
 
-    async def update_weights(self, weights: Any, adapter_name: str | None = None, **kwargs: Any) -> None:
+    async def update_weights(  # noqa: B027 - an optional hook: engines without weight updates keep the no-op
+        self, weights: Any, adapter_name: str | None = None, **kwargs: Any
+    ) -> None:
         """Load new weights (a ``(name, tensor)`` iterable); the default does nothing."""
 
-    async def sleep(self, level: int = 1) -> None:
+    async def sleep(self, level: int = 1) -> None:  # noqa: B027 - optional hook
         """Free device memory between rollouts; the default does nothing."""
 
-    async def wake_up(self, tags: Any = None) -> None:
+    async def wake_up(self, tags: Any = None) -> None:  # noqa: B027 - optional hook
         """Take the memory back; the default does nothing."""
 
     def save_weights_for_sampler(self, *args: Any, **kwargs: Any) -> None:

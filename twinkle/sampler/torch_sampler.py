@@ -149,9 +149,8 @@ class TorchSampler(Sampler, CheckpointEngineMixin):
         import twinkle.patch as patches
         from twinkle.patch import Patch
 
-        if isinstance(patch_cls, str):
-            patch_cls = construct_class(patch_cls, Patch, patches, kind="patch")
-        patch = patch_cls() if inspect.isclass(patch_cls) else patch_cls
+        patch: Any = construct_class(patch_cls, Patch, patches, kind="patch") if isinstance(patch_cls, str) \
+            else (patch_cls() if inspect.isclass(patch_cls) else patch_cls)
         replaced = patch(self.model, **kwargs)
         if isinstance(replaced, torch.nn.Module):
             self.model = replaced

@@ -116,12 +116,15 @@ def convert_logprobs(token_ids: list[int], logprobs: list[Mapping[int, Any]] | N
     """
     if k is None or logprobs is None:
         return None
-    out = []
-    for token, entries in zip(token_ids, logprobs):
+
+    def value(entry: Any) -> float:  # a vLLM Logprob, or a plain float
+        return float(getattr(entry, "logprob", entry))
+
+    out: list[list[tuple[int, float]]] = []
+    for token, entries in zip(token_ids, logprobs, strict=False):
         if k == 0:
             out.append([])
             continue
-        value = lambda e: float(getattr(e, "logprob", e))
         if k == 1:
             out.append([(int(token), value(entries[token]))])
         else:
@@ -212,17 +215,19 @@ class VLLMEngine(BaseSamplerEngine):
         prompt: dict[str, Any] = {"prompt_token_ids": list(prompt_token_ids)}
         if images or videos:
             prompt["multi_modal_data"] = {k: v for k, v in (("image", images), ("video", videos)) if v}
-        final = None
+        final: Any = None
         async for output in self.engine.generate(prompt, self._vllm.SamplingParams(**kw),
                                                  request_id or uuid.uuid4().hex, lora_request=lora):
             final = output
         response = SampleResponse(prompt_token_ids=list(prompt_token_ids))
+        if final is None:
+            raise RuntimeError(f"vLLM returned no output for request {request_id!r}")
         if final.prompt_logprobs is not None:
-            response.prompt_logprobs = [None] + [float(e[t].logprob) for t, e in
-                                                 zip(prompt_token_ids[1:], final.prompt_logprobs[1:])]
-            response.topk_prompt_logprobs = [None] + [
+            scored = list(zip(prompt_token_ids[1:], final.prompt_logprobs[1:], strict=False))
+            response.prompt_logprobs = [None, *[float(e[t].logprob) for t, e in scored]]
+            response.topk_prompt_logprobs = [None, *[
                 sorted(((int(t), float(v.logprob)) for t, v in e.items()), key=lambda p: -p[1])[:topk_prompt_logprobs]
-                for e in final.prompt_logprobs[1:]]
+                for _, e in scored]]
         for completion in final.outputs:
             tokens = [] if zero else list(completion.token_ids)
             response.sequences.append(SampledSequence(
@@ -358,7 +363,7 @@ class vLLMSampler(Sampler, CheckpointEngineMixin):
                 for ids, _, item in prompts])
 
         responses = self._call(run_all())
-        for response, (ids, feature, _) in zip(responses, prompts):
+        for response, (ids, feature, _) in zip(responses, prompts, strict=True):
             for seq in response.sequences:
                 seq.decoded = self.decode_response(seq.tokens)
                 seq.new_input_feature = complete_feature(feature, ids, seq.tokens, seq.decoded if seq.tokens else None)

@@ -129,7 +129,8 @@ class MegatronModel(TwinkleModel, CheckpointEngineMixin):
         check_optimizer_name(optimizer_cls)
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-        options = {"optimizer": "adam", "lr": lr, "min_lr": 0.0, "weight_decay": 0.01, "adam_beta1": 0.9, "adam_beta2": 0.999,
+        options = {"optimizer": "adam", "lr": lr, "min_lr": 0.0, "weight_decay": 0.01, "adam_beta1": 0.9,
+                   "adam_beta2": 0.999,
                        "adam_eps": 1e-8, "clip_grad": 1.0, "bf16": self.strategy.mixed_precision == "bf16",
                        "use_distributed_optimizer": self.strategy.use_distributed_optimizer}
         options.update(kwargs)
@@ -238,11 +239,11 @@ class MegatronModel(TwinkleModel, CheckpointEngineMixin):
         return {"loss": loss, "logps": [r["logps"] for r in results]}
 
     @remote_function(dispatch="slice_dp", collect="mean", sync=True)
-    def forward_backward(self, *, inputs: Any, micro_batch_size: int | None = None, **kwargs: Any) -> dict:
+    def forward_backward(self, inputs: Any, micro_batch_size: int | None = None, **kwargs: Any) -> dict[str, Any]:
         return self._run(inputs, micro_batch_size, forward_only=False, **kwargs)
 
     @remote_function(dispatch="slice_dp", collect="flatten")
-    def forward_only(self, *, inputs: Any, micro_batch_size: int | None = None, **kwargs: Any) -> dict:
+    def forward_only(self, inputs: Any, micro_batch_size: int | None = None, **kwargs: Any) -> dict[str, Any]:
         import torch
 
         with torch.no_grad():
@@ -268,7 +269,8 @@ class MegatronModel(TwinkleModel, CheckpointEngineMixin):
             return  # not a sync step
         if optim_params:
             for param_group in group.optimizer.param_groups:
-                param_group.update({k: v for k, v in optim_params.items() if k in ("lr", "weight_decay", "eps", "betas")})
+                allowed = ("lr", "weight_decay", "eps", "betas")
+                param_group.update({k: v for k, v in optim_params.items() if k in allowed})
         _, group.grad_norm, _ = group.optimizer.step()
 
     @remote_function(dispatch="all")
@@ -311,7 +313,9 @@ class MegatronModel(TwinkleModel, CheckpointEngineMixin):
         weights = self._bridge().export_weights(self.model, only_master_rank=False, peft_format=bool(adapter_name))
         return {name: tensor.cpu() for name, tensor in weights}
 
-    get_state_dict = get_hf_state_dict
+    @remote_function(dispatch="all", collect="first")
+    def get_state_dict(self, adapter_name: str = "", **kwargs: Any) -> dict[str, Any]:
+        return self.get_hf_state_dict(adapter_name)
 
     def iter_sync_weights(self, adapter_name: str | None, base_sync_done: bool, merge_and_sync: bool, model_keys: Any):
         lora = bool(self.peft_configs) and base_sync_done and not merge_and_sync
