@@ -97,3 +97,11 @@ class UnsupportedParallelismError(ConfigError):
 __all__ += [
     "AdapterError", "CheckpointError", "ModelNotFoundError", "OptimizerNotSetError", "UnsupportedParallelismError"
 ]
+
+
+class MissingDependencyError(TwinkleError, ImportError):
+    """A GPU-side component (vLLM, Megatron, NCCL) whose package or device is not here; the message names what is
+    missing and the ``pip install 'twinkle-commons[...]'`` extra that brings it."""
+
+
+__all__ += ["MissingDependencyError"]

@@ -39,7 +39,12 @@ PACKAGES = {
         "last_boxed", "math_equal",
     },
     "twinkle.advantage": {"Advantage", "GRPOAdvantage", "RLOOAdvantage", "SCALES"},
-    "twinkle.sampler": {"TorchSampler"},
+    "twinkle.sampler": {"BaseSamplerEngine", "Sampler", "TorchSampler", "VLLMEngine", "vLLMSampler"},
+    "twinkle.checkpoint_engine": {
+        "CheckpointEngine", "CheckpointEngineManager", "CheckpointEngineMixin", "GlooCheckpointEngine",
+        "HCCLCheckpointEngine", "MasterMetadata", "NCCLCheckpointEngine", "TensorMeta", "decide_backend_engine",
+    },
+    "twinkle.model.megatron": {"MegatronModel", "MegatronStrategy", "MultiLoraMegatronModel"},
     "twinkle.utils": {"DeviceGroup", "DeviceMesh", "Platform", "construct_class", "get_logger"},
 }
 
@@ -74,5 +79,6 @@ def test_exception_tree():
     assert issubclass(errors.SampleTooLongError, errors.DataError)
     assert issubclass(errors.TemplateError, ValueError)
     assert issubclass(errors.HubError, RuntimeError)
+    assert issubclass(errors.MissingDependencyError, ImportError)
     for name in ("TwinkleError", "ConfigError", "DataError", "TemplateError", "HubError"):
         assert name in errors.__all__ and name in errors.__doc__

@@ -95,10 +95,25 @@ def test_max_tokens_and_stop_reasons(sampler):
 
 
 def test_max_tokens_zero_gives_prompt_logprobs(sampler):
-    out = sampler.sample([{"input_ids": PROMPT}], SamplingParams(max_tokens=0, logprobs=1))[0]
-    assert out.sequences == [] and out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(PROMPT)
+    # gpu.md §1.5: num_samples empty sequences whose feature is the prompt; a float per prompt token (None first)
+    # and the top-k lists, sorted descending
+    out = sampler.sample([{"input_ids": PROMPT}], SamplingParams(max_tokens=0, logprobs=3, num_samples=2))[0]
+    assert [s.tokens for s in out.sequences] == [[], []] and out.prompt_token_ids == PROMPT
+    assert list(out.sequences[0].new_input_feature["input_ids"]) == PROMPT
+    assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(PROMPT)
     logp = torch.log_softmax(raw_logits(sampler, PROMPT[:3]), -1)
-    assert out.prompt_logprobs[3][0] == (PROMPT[3], pytest.approx(logp[PROMPT[3]].item(), abs=1e-4))
+    assert out.prompt_logprobs[3] == pytest.approx(logp[PROMPT[3]].item(), abs=1e-4)
+    top = torch.topk(logp, 3)
+    assert [t for t, _ in out.topk_prompt_logprobs[3]] == top.indices.tolist()
+    assert [v for _, v in out.topk_prompt_logprobs[3]] == pytest.approx(top.values.tolist(), abs=1e-4)
+
+
+def test_prompt_logprobs_come_with_the_completions(sampler):
+    out = sampler.sample([{"input_ids": PROMPT}], SamplingParams(max_tokens=2, prompt_logprobs=0, seed=0))[0]
+    assert len(out.sequences) == 1 and len(out.sequences[0].tokens) >= 1
+    assert out.topk_prompt_logprobs[1:] == [[]] * (len(PROMPT) - 1)
+    logp = torch.log_softmax(raw_logits(sampler, PROMPT[:2]), -1)
+    assert out.prompt_logprobs[2] == pytest.approx(logp[PROMPT[2]].item(), abs=1e-4)
 
 
 def test_new_input_feature_masks_the_prompt_and_trains(sampler, tiny_model_dir):

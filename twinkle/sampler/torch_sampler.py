@@ -1,7 +1,11 @@
 """``TorchSampler``: sample completions with a ``transformers`` causal LM on the CPU or a GPU (no vLLM).
 
-The same interface as upstream's ``vLLMSampler`` (TWINKLE-API.md §5): ``set_template``, ``sample``,
-``receive_weights``, plus ``load_adapter`` to pick up a LoRA adapter written by ``TransformersModel.save``.
+The same interface as ``vLLMSampler`` (gpu.md §1.4, §1.5): ``set_template``, ``sample`` (same inputs, same
+``SampleResponse`` outputs), ``receive_weights`` (in-process, or from a ``CheckpointEngineManager`` sync), the
+cache and sleep no-ops, ``get_state_keys``; plus ``load_adapter`` to pick up a LoRA adapter written by
+``TransformersModel.save``. Differences from vLLM, on purpose: ``logprobs=k`` lists the sampled token first and
+then the top-k (vLLM: the sorted top-k only), and ``logprobs=0`` still gives the sampled token's log-prob (vLLM:
+``[]``); ``adapter_name`` picks a loaded adapter (vLLM only prints it).
 
 Decoding is a plain loop with a KV cache: one prompt at a time, its ``num_samples`` completions as one batch.
 That keeps prompts unpadded (outputs do not depend on what else is in the batch) at the cost of throughput; it is
@@ -15,15 +19,19 @@ repetition penalty (over prompt and completion so far) -> temperature -> top_k -
 weights, which is what a GRPO loop uses as ``old_logps``. With ``temperature=0`` (greedy) the reported
 log-probs use temperature 1 (the point mass actually sampled from would give 0 everywhere).
 
-Syncing weights in one process, each GRPO step (pick one)::
+Syncing weights each GRPO step (pick one)::
 
-    sampler.receive_weights(model)              # the TransformersModel itself: copies its active adapter
+    sampler.receive_weights(model)              # one process: the TransformersModel itself (its active adapter)
     path = model.save('latest', output_dir=d)   # or through a folder
     sampler.load_adapter(path)                  # (also: sample(..., adapter_path=path))
+    ckpt = CheckpointEngineManager(model, sampler)   # Ray mode: trainer and sampler groups in other processes
+    ckpt.sync_weights(merge_and_sync=False)          # gloo on CPU groups
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import os
 from collections.abc import Mapping
@@ -32,11 +40,15 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from twinkle.data_format import InputFeature, SampledSequence, SampleResponse, SamplingParams
-from twinkle.errors import AdapterError, ConfigError, DataError, TemplateError
+from twinkle.checkpoint_engine import CheckpointEngineMixin
+from twinkle.checkpoint_engine._names import is_lora_key, match_target_key, strip_base_layer, strip_peft_prefix
+from twinkle.checkpoint_engine._util import run_coroutine
+from twinkle.data_format import SampledSequence, SampleResponse, SamplingParams
+from twinkle.errors import AdapterError, CheckpointError, ConfigError, DataError, TemplateError
 from twinkle.infra import remote_class, remote_function
 from twinkle.model._hub import resolve_model_dir
 from twinkle.model._loading import load_causal_lm, pick_device
+from twinkle.sampler.base import Sampler, complete_feature, is_trajectory
 from twinkle.utils.construct import construct_class
 from twinkle.utils.device_mesh import DeviceMesh
 from twinkle.utils.logger import get_logger
@@ -46,6 +58,7 @@ logger = get_logger("twinkle.sampler")
 __all__ = ["TorchSampler"]
 
 DEFAULT_ADAPTER = "default"
+SYNCED_ADAPTER = "twinkle_lora"  # the adapter a LoRA-mode sync fills (vLLM's LoRARequest name)
 
 
 def _as_id_list(value: Any, where: str) -> list[int]:
@@ -68,7 +81,7 @@ def _as_id_list(value: Any, where: str) -> list[int]:
 
 
 @remote_class()
-class TorchSampler:
+class TorchSampler(Sampler, CheckpointEngineMixin):
     """Generate completions with a ``transformers`` causal LM (``generate``-style decoding, any device).
 
     Args:
@@ -76,14 +89,19 @@ class TorchSampler:
         device_mesh: the data-parallel layout; injected from ``twinkle.initialize`` when omitted. Each data rank
             samples its own slice of the inputs (``dispatch='slice_dp'``); a mesh of device_type 'cpu' keeps the
             model on the CPU.
+        engine_args: vLLM's engine arguments; accepted so vLLMSampler scripts run unchanged, and ignored.
         **model_kwargs: passed to ``from_pretrained`` (e.g. ``dtype=torch.bfloat16``; default float32).
 
     Raises:
         ModelNotFoundError: ``model_id`` cannot be resolved to a folder.
     """
 
-    def __init__(self, model_id: str, device_mesh: DeviceMesh | None = None, **model_kwargs: Any) -> None:
+    def __init__(self, model_id: str, device_mesh: DeviceMesh | None = None, engine_args: dict | None = None,
+                 **model_kwargs: Any) -> None:
         import transformers
+
+        if engine_args:
+            logger.debug("TorchSampler ignores vLLM engine_args %s", sorted(engine_args))
 
         if not model_id:
             raise ConfigError("TorchSampler needs model_id= (a hub id or a local folder)")
@@ -97,6 +115,10 @@ class TorchSampler:
         self.template: Any = None
         self.eos_ids = self._eos_ids()
         self._adapter_paths: dict[str, str] = {}
+        self._synced_adapter: str | None = None  # set by a LoRA-mode receive_weights; sample() uses it by default
+        # without params.seed, draws come from one generator seeded 42 + rank (as vLLM's engine seed)
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(42 + int(os.environ.get("RANK", "0") or 0))
         # transformers >= 5.2x renamed past_key_values to cache
         params = inspect.signature(type(self.model).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -119,17 +141,50 @@ class TorchSampler:
     @remote_function(dispatch="all")
     def set_template(self, template_cls: Any = "Template", **kwargs: Any) -> None:
         """A ``twinkle.template`` template (name, class or instance) for Trajectory inputs; built on this model."""
-        import twinkle.template as templates
-        from twinkle.template import Template
+        super().set_template(template_cls, **kwargs)
 
-        if isinstance(template_cls, str):
-            kwargs.setdefault("model_id", self.model_dir)
-            self.template = construct_class(template_cls, Template, templates, kind="template", **kwargs)
-        elif inspect.isclass(template_cls):
-            kwargs.setdefault("model_id", self.model_dir)
-            self.template = template_cls(**kwargs)
-        else:
-            self.template = template_cls
+    @remote_function(dispatch="all")
+    def apply_patch(self, patch_cls: Any, **kwargs: Any) -> None:
+        """Apply a ``twinkle.patch`` patch (class, name or instance) to the sampling model."""
+        import twinkle.patch as patches
+        from twinkle.patch import Patch
+
+        patch: Any = construct_class(patch_cls, Patch, patches, kind="patch") if isinstance(patch_cls, str) \
+            else (patch_cls() if inspect.isclass(patch_cls) else patch_cls)
+        replaced = patch(self.model, **kwargs)
+        if isinstance(replaced, torch.nn.Module):
+            self.model = replaced
+
+    # vLLM housekeeping that a transformers model does not need: no-ops, so vLLMSampler scripts run unchanged
+
+    @remote_function(dispatch="all", collect="first")
+    def reset_prefix_cache(self) -> None:
+        """No-op (no cache survives a ``sample`` call here)."""
+
+    @remote_function(dispatch="all", collect="first")
+    def reset_mm_cache(self) -> None:
+        """No-op."""
+
+    @remote_function(dispatch="all", collect="first")
+    def reset_encoder_cache(self) -> None:
+        """No-op."""
+
+    @remote_function(dispatch="all", collect="first")
+    def sleep(self, level: int = 1) -> None:
+        """No-op (vLLM frees its KV cache here)."""
+
+    @remote_function(dispatch="all", collect="first")
+    def wake_up(self, tags: Any = None) -> None:
+        """No-op."""
+
+    @remote_function(dispatch="all", collect="first")
+    def shutdown(self) -> None:
+        """No-op."""
+
+    @remote_function(dispatch="all", collect="first")
+    def get_state_keys(self) -> list[str]:
+        """The model's state-dict keys without the PEFT prefix (what a weight sync may send)."""
+        return [strip_peft_prefix(k) for k in self.model.state_dict()]
 
     # ------------------------------------------------------------------ weights
 
@@ -158,17 +213,33 @@ class TorchSampler:
         self._set_adapter(adapter_name, config, load_file(weights))
         self._adapter_paths[adapter_name] = os.path.realpath(folder)
 
-    @remote_function(dispatch="all")
-    def receive_weights(self, state_dict_or_model: Any, adapter_name: str = DEFAULT_ADAPTER, peft_config: Any = None):
-        """Copy weights into the sampler (same process; no NCCL).
+    @remote_function(dispatch="all", lazy_collect=True)
+    def receive_weights(self, state_dict_or_model: Any = None, adapter_name: Any = DEFAULT_ADAPTER,
+                        peft_config: Any = None, *, base_sync_done: bool | None = None) -> None:
+        """Take new weights: in this process (from a model or a state dict), or from a checkpoint-engine sync.
 
-        Args:
-            state_dict_or_model: a ``TransformersModel`` (its active adapter is copied, or its whole weights when
-                it has no adapter), or a state dict: LoRA keys as ``get_state_dict`` returns them (without the
-                adapter name; give ``peft_config`` unless the adapter exists here already), or full model keys.
-            adapter_name: the sampler-side adapter name to fill.
-            peft_config: the ``LoraConfig`` for a LoRA state dict, when the adapter is new here.
+        In-process form, ``receive_weights(model_or_state_dict, adapter_name='default', peft_config=None)``:
+            a ``TransformersModel`` (its active adapter is copied, or all its weights when it has none), or a state
+            dict: LoRA keys as ``get_state_dict`` returns them (give ``peft_config`` unless the adapter exists here
+            already), or full model keys.
+
+        Engine form, ``receive_weights(base_sync_done=False, peft_config=None)`` (what ``CheckpointEngineManager``
+        calls; a bool first argument means the same): reads the weights the trainer sends. With ``peft_config``
+        (a ``LoraConfig`` dict) they are LoRA weights: they fill the adapter ``'twinkle_lora'``, which ``sample``
+        then uses by default; without it they are base weights, loaded into the model (``.base_layer`` names map
+        onto a model without adapters), and the synced adapter is dropped as the default.
+
+        Raises:
+            AdapterError: LoRA weights for a new adapter without ``peft_config``.
+            CheckpointError: synced base weights of which none fit this model.
         """
+        if state_dict_or_model is None or isinstance(state_dict_or_model, bool) or base_sync_done is not None:
+            if isinstance(state_dict_or_model, bool):
+                base_sync_done = state_dict_or_model
+                if peft_config is None and not isinstance(adapter_name, str):
+                    peft_config = adapter_name  # receive_weights(base_sync_done, peft_config), as upstream calls it
+            self._receive_from_engine(bool(base_sync_done), peft_config)
+            return
         source = state_dict_or_model
         if hasattr(source, "get_state_dict") and hasattr(source, "model"):
             group_name = getattr(source, "active_group", "") if getattr(source, "_is_peft", False) else ""
@@ -200,6 +271,58 @@ class TorchSampler:
                 )
         self._adapter_paths.pop(adapter_name, None)
 
+    def _receive_from_engine(self, base_sync_done: bool, peft_config: Any) -> None:
+        engine = self.get_checkpoint_engine()
+
+        async def drain() -> dict[str, torch.Tensor]:
+            # the engine yields views into its reused bucket: clone each before the next bucket arrives
+            return {name: tensor.clone() async for name, tensor in engine.receive_weights()}
+
+        weights = run_coroutine(drain())
+        if peft_config is not None:
+            from peft import LoraConfig
+
+            config = self._lora_config(peft_config, LoraConfig)
+            state = {name if name.startswith("base_model.model.") else "base_model.model." + name: t
+                     for name, t in weights.items()}
+            self._set_adapter(SYNCED_ADAPTER, config, state)
+            self._synced_adapter = SYNCED_ADAPTER
+            self._adapter_paths.pop(SYNCED_ADAPTER, None)
+            return
+        target = self.model.get_base_model() if self._is_peft else self.model
+        target_keys = frozenset(target.state_dict())
+        mapped, skipped = {}, []
+        for name, tensor in weights.items():
+            if is_lora_key(name):
+                continue
+            key = match_target_key(name if self._is_peft else strip_base_layer(name), target_keys)
+            if key is None:
+                skipped.append(name)
+            else:
+                mapped[key] = tensor
+        if not mapped:
+            raise CheckpointError(
+                f"the synced weights fit no parameter of {self.model_id!r} (e.g. {sorted(weights)[:3]}); do the "
+                f"trainer and the sampler load the same model?"
+            )
+        if skipped:
+            logger.warning("receive_weights: %d synced weights have no place in this model (e.g. %s)", len(skipped),
+                           skipped[:3])
+        target.load_state_dict(mapped, strict=False)
+        self._synced_adapter = None  # a base sync drops the synced LoRA as the default (as vLLM's cache)
+
+    @staticmethod
+    def _lora_config(peft_config: Any, config_cls: type) -> Any:
+        if isinstance(peft_config, config_cls):
+            return peft_config
+        import dataclasses
+
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        values = {k: v for k, v in dict(peft_config).items() if k in fields and k != "peft_type"}
+        if isinstance(values.get("target_modules"), list):
+            values["target_modules"] = set(values["target_modules"])
+        return config_cls(**values)
+
     def _set_adapter(self, adapter_name: str, config: Any, state: dict[str, torch.Tensor]) -> None:
         import copy
         import warnings
@@ -226,31 +349,65 @@ class TorchSampler:
 
     # ------------------------------------------------------------------ sampling
 
-    def _prompt_ids(self, item: Any, index: int) -> list[int]:
-        if isinstance(item, Mapping) and "input_ids" in item:
+    def _prompt(self, item: Any, index: int) -> tuple[list[int], dict[str, Any]]:
+        """The prompt's ids and its feature (the input's keys kept: ``messages``, ``user_data``, ...)."""
+        if not isinstance(item, Mapping):
+            raise DataError(
+                f"input {index} is neither an InputFeature (a dict with input_ids) nor a Trajectory (a dict with "
+                f"messages): got {type(item).__name__}"
+            )
+        if not is_trajectory(item):
+            if "input_ids" not in item:
+                raise DataError(f"input {index}: input_embedding inputs are not supported by TorchSampler; pass "
+                                f"input_ids")
             ids = _as_id_list(item["input_ids"], f"input {index}")
-        elif isinstance(item, Mapping) and "messages" in item:
+            feature = self.prompt_feature(item, None)
+        elif "messages" in item:
             if self.template is None:
                 raise TemplateError(
                     f"input {index} is a Trajectory (has 'messages'): call sampler.set_template('Template') first, "
                     f"or pass encoded InputFeatures (dicts with input_ids)"
                 )
-            encoded = self.template.encode(item, add_generation_prompt=True)
-            if isinstance(encoded, list):
-                raise DataError(
-                    f"input {index}: the template split the prompt into {len(encoded)} chunks; use a template with "
-                    f"truncation_strategy='left' or 'raise', or a shorter prompt"
-                )
+            try:
+                encoded = self.encode_trajectory(item)
+            except TemplateError as exc:
+                raise DataError(f"input {index}: {exc}") from None
             ids = _as_id_list(encoded["input_ids"], f"input {index}")
+            feature = self.prompt_feature(item, encoded)
         else:
             raise DataError(
                 f"input {index} is neither an InputFeature (a dict with input_ids) nor a Trajectory (a dict with "
-                f"messages): got {type(item).__name__}"
-                + (f" with keys {sorted(item)}" if isinstance(item, Mapping) else "")
+                f"messages): got keys {sorted(item)}"
             )
         if not ids:
             raise DataError(f"input {index} has an empty prompt (no input_ids); give at least one token to sample from")
-        return ids
+        return ids, feature
+
+    def _select_adapter(self, adapter_name: str, adapter_path: str | None, use_base_model: bool) -> str | None:
+        """The adapter to sample with, None for the base model (see ``sample``)."""
+        if use_base_model:
+            return None
+        if adapter_path is not None:
+            name = adapter_name or DEFAULT_ADAPTER
+            if self._adapter_paths.get(name) != os.path.realpath(str(adapter_path)):
+                self.load_adapter(adapter_path, adapter_name=name)
+            return name
+        if adapter_name:
+            if not (self._is_peft and adapter_name in self.model.peft_config):
+                loaded = sorted(self.model.peft_config) if self._is_peft else []
+                raise AdapterError(
+                    f"no adapter named {adapter_name!r} in the sampler (loaded: {loaded}); call "
+                    f"load_adapter(path, adapter_name={adapter_name!r}) or receive_weights(model) first"
+                )
+            return adapter_name
+        if self._synced_adapter is not None:
+            return self._synced_adapter
+        if self._is_peft:
+            active = self.model.active_adapter
+            active = active if isinstance(active, str) else active[0]
+            # the synced adapter after a base sync is stale (its base moved): sample the base, as vLLM does
+            return None if active == SYNCED_ADAPTER else active
+        return None
 
     @remote_function(dispatch="slice_dp", collect="flatten")
     def sample(
@@ -259,25 +416,40 @@ class TorchSampler:
         sampling_params: SamplingParams | Mapping | None = None,
         adapter_name: str = "",
         adapter_path: str | None = None,
+        *,
+        num_samples: int | None = None,
+        use_base_model: bool = False,
+        return_encoded: bool = False,
     ) -> list[SampleResponse]:
-        """Sample completions: one ``SampleResponse`` per input, each with ``num_samples`` sequences.
+        """Sample completions: one ``SampleResponse`` per input, in input order, each with ``num_samples`` sequences.
 
         Args:
-            inputs: InputFeatures (dicts with ``input_ids``) or Trajectories (encoded with the template as a
-                generation prompt); one item or a list.
-            sampling_params: ``SamplingParams`` (or a dict of its fields); default ``SamplingParams()``.
-            adapter_name: the LoRA adapter to sample with; ``''``: the active one (the base model if none).
+            inputs: InputFeatures (dicts with ``input_ids``) or Trajectories (dicts with ``messages``, encoded with
+                the template as a generation prompt); one item or a list.
+            sampling_params: ``SamplingParams`` or a dict of its fields (``SamplingParams.from_dict``).
+            adapter_name: a LoRA adapter loaded here to sample with.
             adapter_path: load this adapter folder first (as ``load_adapter``) unless it is the one loaded.
+            num_samples: overrides ``sampling_params.num_samples``.
+            use_base_model: sample with no adapter at all.
+            return_encoded: accepted for vLLMSampler scripts; ignored.
+
+        Without ``adapter_path``/``adapter_name`` the adapter of the last LoRA sync is used, else the active one
+        (the base model when there is none).
 
         Each ``SampledSequence`` has ``tokens`` (completion ids, a final EOS included), ``logprobs`` (when
         ``sampling_params.logprobs`` is set: per token ``[(sampled, logprob), *top-k]``, see the module
         docstring for the distribution), ``decoded`` (special tokens skipped; cut before a matched stop string),
-        ``stop_reason`` (``'stop'``: EOS or a stop string; ``'length'``: ``max_tokens`` or the model's limit)
-        and ``new_input_feature`` (prompt + completion; ``labels`` rolled left by one as the template makes them, so
-        -100 on every prompt position but the last, whose label is the first completion token; ``completion_mask``).
+        ``stop_reason`` (``'stop'``: EOS, a stop id or a stop string; ``'length'``: ``max_tokens`` or the model's
+        limit) and ``new_input_feature``: a deep copy of the prompt's feature (every key of the input kept, e.g.
+        ``messages`` and ``user_data``) with the token fields replaced by prompt + completion (``labels`` rolled
+        left by one as the template makes them, so -100 on every prompt position but the last, whose label is the
+        first completion token; ``completion_mask``) and, when it has ``messages``, the reply appended as an
+        assistant message: what the rewards score.
 
-        With ``max_tokens=0`` no sequences are generated: ``prompt_logprobs`` holds, per prompt token, ``None``
-        for the first and ``[(token, logprob), *top-k]`` after (top-k only when ``logprobs`` is set).
+        ``prompt_logprobs`` (a float per prompt token, None first) and ``topk_prompt_logprobs`` (per token the k
+        best ``(token, logprob)``, k = ``prompt_logprobs`` or ``logprobs``) come back when
+        ``sampling_params.prompt_logprobs`` is set or ``max_tokens == 0``. With ``max_tokens=0`` each input gets
+        ``num_samples`` empty sequences whose ``new_input_feature`` is the prompt.
 
         Raises:
             TemplateError: a Trajectory input before ``set_template``.
@@ -286,34 +458,38 @@ class TorchSampler:
         if sampling_params is None:
             params = SamplingParams()
         elif isinstance(sampling_params, Mapping):
-            params = SamplingParams(**sampling_params)
+            params = SamplingParams.from_dict(sampling_params)
         else:
-            params = sampling_params
+            params = copy.copy(sampling_params)
+        if num_samples is not None:
+            params.num_samples = num_samples
+            params.__post_init__()
         items = [inputs] if isinstance(inputs, Mapping) else list(inputs)
-        prompts = [self._prompt_ids(item, i) for i, item in enumerate(items)]  # validate all before any work
-        if adapter_path is not None:
-            name = adapter_name or DEFAULT_ADAPTER
-            if self._adapter_paths.get(name) != os.path.realpath(str(adapter_path)):
-                self.load_adapter(adapter_path, adapter_name=name)
-            adapter_name = name
-        if adapter_name:
-            if not (self._is_peft and adapter_name in self.model.peft_config):
-                loaded = sorted(self.model.peft_config) if self._is_peft else []
-                raise AdapterError(
-                    f"no adapter named {adapter_name!r} in the sampler (loaded: {loaded}); call "
-                    f"load_adapter(path, adapter_name={adapter_name!r}) or receive_weights(model) first"
-                )
-            self.model.set_adapter(adapter_name)
-        generator = torch.Generator(device=self.device)
-        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-        generator.manual_seed(seed)
+        prompts = [self._prompt(item, i) for i, item in enumerate(items)]  # validate all before any work
+        adapter = self._select_adapter(adapter_name, adapter_path, use_base_model)
+        if adapter is not None:
+            self.model.set_adapter(adapter)
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(params.seed)
+        else:
+            generator = self._generator
         responses = []
-        with torch.no_grad():
-            for ids in prompts:
+        base_only = self.model.disable_adapter() if adapter is None and self._is_peft else contextlib.nullcontext()
+        with torch.no_grad(), base_only:
+            for ids, feature in prompts:
+                response = SampleResponse(prompt_token_ids=list(ids))
+                if params.prompt_logprobs is not None or params.max_tokens == 0:
+                    response.prompt_logprobs, response.topk_prompt_logprobs = self._prompt_logprobs(ids, params)
                 if params.max_tokens == 0:
-                    responses.append(SampleResponse(sequences=[], prompt_logprobs=self._prompt_logprobs(ids, params)))
+                    response.sequences = [
+                        SampledSequence(stop_reason="length", tokens=[], decoded="",
+                                        new_input_feature=complete_feature(feature, ids, [], None))
+                        for _ in range(params.num_samples)
+                    ]
                 else:
-                    responses.append(SampleResponse(sequences=self._generate(ids, params, generator)))
+                    response.sequences = self._generate(ids, feature, params, generator)
+                responses.append(response)
         return responses
 
     def _forward(self, input_ids: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
@@ -368,10 +544,12 @@ class TorchSampler:
             rows.append(entry)
         return rows
 
-    def _generate(self, prompt: list[int], params: SamplingParams, generator: torch.Generator) -> list[SampledSequence]:
+    def _generate(self, prompt: list[int], feature: dict[str, Any], params: SamplingParams,
+                  generator: torch.Generator) -> list[SampledSequence]:
         n = params.num_samples
         max_new = self._max_new(len(prompt), params)
-        stops = [s for s in (params.stop or []) if s]
+        stops = params.stop_strings
+        stop_ids = self.eos_ids | set(params.stop_token_ids)
         want_logprobs = params.logprobs is not None
         greedy = params.temperature == 0
         vocab = self.model.config.vocab_size
@@ -399,7 +577,7 @@ class TorchSampler:
                 tokens[r].append(token)
                 if top is not None:
                     logprobs[r].append(top[r])
-                if token in self.eos_ids:
+                if token in stop_ids:
                     reasons[r] = "stop"
                 elif stops:
                     text = cast(str, self.tokenizer.decode(tokens[r], skip_special_tokens=True))  # one sequence
@@ -421,30 +599,17 @@ class TorchSampler:
                     tokens=tokens[r],
                     logprobs=logprobs[r] if want_logprobs else None,
                     decoded=text,
-                    new_input_feature=self._feature(prompt, tokens[r]),
+                    new_input_feature=complete_feature(feature, prompt, tokens[r], text),
                 )
             )
         return sequences
 
-    @staticmethod
-    def _feature(prompt: list[int], completion: list[int]) -> InputFeature:
-        # labels rolled left by one (as the template makes them): labels[i] is the target of token i, so the
-        # last prompt position carries the first completion token and the final position carries -100
-        ids = np.asarray(prompt + completion, dtype=np.int64)
-        labels = np.asarray([-100] * (len(prompt) - 1) + completion + [-100], dtype=np.int64)
-        return InputFeature(
-            input_ids=ids,
-            labels=labels,
-            attention_mask=np.ones(len(ids), dtype=np.int64),
-            position_ids=np.arange(len(ids), dtype=np.int64),
-            completion_mask=np.asarray([0] * len(prompt) + [1] * len(completion), dtype=np.int64),
-            length=len(ids),
-        )
-
-    def _prompt_logprobs(self, prompt: list[int], params: SamplingParams) -> list[Any]:
+    def _prompt_logprobs(self, prompt: list[int], params: SamplingParams) -> tuple[list[Any], list[Any]]:
+        """Per prompt token: its log-prob (None for the first) and the k best ``(token, logprob)``, descending."""
         ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
         logits = self.model(input_ids=ids, use_cache=False).logits[0].float()
         temperature = params.temperature if params.temperature > 0 else 1.0
         logp = torch.log_softmax(logits[:-1] / temperature, dim=-1)
-        rows = self._top(logp, ids[0, 1:], params.logprobs or 0)
-        return [None, *rows]
+        k = params.prompt_logprobs if params.prompt_logprobs is not None else (params.logprobs or 0)
+        rows = self._top(logp, ids[0, 1:], k)
+        return [None, *[row[0][1] for row in rows]], [None, *[row[1:] for row in rows]]

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from twinkle.checkpoint_engine import CheckpointEngineMixin
+from twinkle.checkpoint_engine._names import is_lora_key, strip_base_layer, strip_peft_prefix
 from twinkle.errors import (
     AdapterError,
     CheckpointError,
@@ -93,7 +95,7 @@ def _lookup(name: str, modules: list[Any], base: type, kind: str) -> type:
 
 
 @remote_class()
-class TransformersModel(TwinkleModel):
+class TransformersModel(TwinkleModel, CheckpointEngineMixin):
     """A causal LM loaded through ``transformers``, trained with LoRA adapters or in full.
 
     Args:
@@ -810,6 +812,57 @@ class TransformersModel(TwinkleModel):
         from peft import get_peft_model_state_dict
 
         return get_peft_model_state_dict(self.model, state_dict=full, adapter_name=group.adapter_name)
+
+    # ------------------------------------------------------------------ weight sync (CheckpointEngineManager)
+
+    @remote_function(dispatch="all", collect="first")
+    def get_peft_config_dict(self, adapter_name: str | None = None) -> dict[str, Any] | None:
+        """The adapter's ``LoraConfig.to_dict()`` (sets as sorted lists), or None without an adapter."""
+        group = self._group(adapter_name)
+        if not (group.adapter_name and self._is_peft):
+            return None
+        config = self.model.peft_config[group.adapter_name].to_dict()
+        return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+
+    def iter_sync_weights(self, adapter_name: str | None, base_sync_done: bool, merge_and_sync: bool, model_keys: Any):
+        """What ``send_weights`` streams (gpu.md §2.3): names without ``base_model.model.``.
+
+        First call: the base weights, no LoRA keys (``.base_layer`` kept unless ``merge_and_sync``). Later calls:
+        the LoRA weights only (``merge_and_sync=False``), or the adapter merged into every non-LoRA weight and
+        unmerged again (``merge_and_sync=True``). Every rank runs it: under FSDP2 the full state dict is a
+        collective.
+        """
+        group = self._group(adapter_name)
+        lora = bool(group.adapter_name) and self._is_peft
+        if lora and base_sync_done and not merge_and_sync:
+            from peft import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(self.model, state_dict=self._full_state_dict(),
+                                              adapter_name=group.adapter_name)
+            for name, tensor in state.items():
+                yield strip_peft_prefix(name), tensor
+            return
+        merge = lora and base_sync_done and merge_and_sync
+        if merge and self._is_fsdp():
+            raise _parallel.UnsupportedParallelismError(
+                "merge_and_sync=True with a LoRA adapter under FSDP2 is not supported; use merge_and_sync=False"
+            )
+        if merge:
+            self.model.merge_adapter([group.adapter_name])
+        try:
+            state = self._full_state_dict()
+            if merge:  # the CPU state dict aliases the parameters: copy before unmerging
+                state = {k: v.clone() for k, v in state.items()}
+        finally:
+            if merge:
+                self.model.unmerge_adapter()
+        for name, tensor in state.items():
+            if is_lora_key(name):
+                continue
+            name = strip_peft_prefix(name)
+            if merge_and_sync or not lora:
+                name = strip_base_layer(name)
+            yield name, tensor
 
     def _is_fsdp(self) -> bool:
         return self._wrapped is not None and self._wrapped is self.model and hasattr(self.model, "reshard")
