@@ -13,6 +13,10 @@ against upstream twinkle.
         * SampleTooLongError: an encoded sample longer than ``max_length`` under ``truncation_strategy='raise'``
     * TemplateError (ValueError): a tokenizer or chat template that cannot encode the input
     * HubError (RuntimeError): a model or dataset hub (ModelScope, Hugging Face) that cannot serve an id
+    * NoLengthError (NotImplementedError, TypeError): ``len()`` or indexing of a stream (upstream raises
+      NotImplementedError; ``len()`` callers expect TypeError)
+    * NotBuiltError (NotImplementedError): a name of the upstream API that Twinkle Commons does not build (yet);
+      the message names the feature
 
 Components of other packages append their own classes at the end of this file.
 """
@@ -25,6 +29,8 @@ __all__ = [
     "DataError",
     "DataFileNotFoundError",
     "HubError",
+    "NoLengthError",
+    "NotBuiltError",
     "SampleTooLongError",
     "TemplateError",
     "TwinkleError",
@@ -97,3 +103,11 @@ class UnsupportedParallelismError(ConfigError):
 __all__ += [
     "AdapterError", "CheckpointError", "ModelNotFoundError", "OptimizerNotSetError", "UnsupportedParallelismError"
 ]
+
+
+class NoLengthError(TwinkleError, NotImplementedError, TypeError):
+    """``len()`` or ``[i]`` on a stream, which has neither; iterate it instead."""
+
+
+class NotBuiltError(TwinkleError, NotImplementedError):
+    """A name of the upstream twinkle API that Twinkle Commons does not build; the message names the feature."""
