@@ -8,6 +8,7 @@ against upstream twinkle.
     * ConfigError (ValueError): a bad argument or setting (mode, mesh, sizes)
         * UnknownComponentError: a component name (template, preprocessor, ...) that is not registered
         * BatchSizeError: a batch size that does not fit the data-parallel layout
+            * PairedBatchError (AssertionError): an odd number of rows given to a preference loss
     * DataError (ValueError): a dataset or sample that cannot be used
         * DataFileNotFoundError (FileNotFoundError): a local data file or folder that does not exist
         * SampleTooLongError: an encoded sample longer than ``max_length`` under ``truncation_strategy='raise'``
@@ -31,6 +32,7 @@ __all__ = [
     "HubError",
     "NoLengthError",
     "NotBuiltError",
+    "PairedBatchError",
     "SampleTooLongError",
     "TemplateError",
     "TwinkleError",
@@ -111,3 +113,7 @@ class NoLengthError(TwinkleError, NotImplementedError, TypeError):
 
 class NotBuiltError(TwinkleError, NotImplementedError):
     """A name of the upstream twinkle API that Twinkle Commons does not build; the message names the feature."""
+
+
+class PairedBatchError(BatchSizeError, AssertionError):
+    """An odd number of rows for a pairwise loss (upstream asserts; ``except AssertionError`` catches this)."""

@@ -25,7 +25,7 @@ class Metric:
             when ``torch.distributed`` is initialised, else no reduction.
     """
 
-    def __init__(self, device_mesh: Any = None, process_group: Any = None) -> None:
+    def __init__(self, device_mesh: Any = None, process_group: Any = None, **kwargs: Any) -> None:
         self.device_mesh = device_mesh
         self.process_group = process_group
         self.reset()

@@ -103,7 +103,8 @@ class TransformersModel(TwinkleModel):
         config: a ``PretrainedConfig``; with no ``model_id`` the model is built from it with random weights.
         device_mesh: the data-parallel layout (dp and/or fsdp); injected from ``twinkle.initialize`` when omitted.
         mixed_precision: ``'bf16'``, ``'fp16'`` or ``'no'``; autocast on CUDA, float32 on the CPU.
-        strategy: ``'accelerate'`` (DDP over dp; FSDP2 when the mesh has fsdp) or ``'native_fsdp'`` (FSDP2).
+        strategy: ``'accelerate'`` (DDP over dp; FSDP2 when the mesh has fsdp) or ``'native_fsdp'`` (FSDP2 over
+            all ranks as one axis); ``model.strategy`` holds the object (``twinkle.model.transformers.strategy``).
         ddp_config: keyword arguments of ``DistributedDataParallel``.
         fsdp_config: keyword arguments of ``fully_shard`` (``reshard_after_forward``, ``mp_policy``, ...).
         grad_scaler_config: keyword arguments of ``torch.amp.GradScaler`` (fp16 only).
@@ -128,7 +129,7 @@ class TransformersModel(TwinkleModel):
         config: Any = None,
         device_mesh: DeviceMesh | None = None,
         mixed_precision: str | None = "bf16",
-        strategy: str = "accelerate",
+        strategy: Any = "accelerate",
         ddp_config: dict[str, Any] | None = None,
         fsdp_config: dict[str, Any] | None = None,
         grad_scaler_config: dict[str, Any] | None = None,
@@ -137,8 +138,9 @@ class TransformersModel(TwinkleModel):
         labelled_logits_only: bool = True,
         **hf_kw: Any,
     ) -> None:
-        if strategy not in ("accelerate", "native_fsdp"):
-            raise ConfigError(f"strategy must be 'accelerate' or 'native_fsdp', got {strategy!r}")
+        from twinkle.model.transformers.strategy import get_strategy
+
+        strategy = get_strategy(strategy, ddp_config, fsdp_config)  # ConfigError on an unknown name
         if mixed_precision not in _PRECISIONS:
             raise ConfigError(f"mixed_precision must be 'bf16', 'fp16' or 'no', got {mixed_precision!r}")
         if model_id is None and config is None:
@@ -181,6 +183,7 @@ class TransformersModel(TwinkleModel):
         self._wrapped: torch.nn.Module | None = None
         self._param_cache: dict[Any, list[tuple[str, torch.nn.Parameter]]] = {}
         self.optimizer_groups: dict[str, OptimizerGroup] = {"": self._new_group("", 1)}
+        self.optimizer_group = self.optimizer_groups  # upstream's name; the same dict object
         self.active_group = ""
 
     # ------------------------------------------------------------------ setup helpers
@@ -449,7 +452,11 @@ class TransformersModel(TwinkleModel):
         group = self._group(adapter_name)
         for training, bucket in ((True, group.train_metrics), (False, group.eval_metrics)):
             if is_training is None or is_training == training:
-                bucket.append(metric_cls(self.device_mesh, **kw) if isinstance(metric_cls, type) else metric_cls)
+                # upstream builds cls(device_mesh=, process_group=, **kw): DPOMetric(beta=...) and friends
+                bucket.append(
+                    metric_cls(device_mesh=self.device_mesh, process_group=None, **kw)
+                    if isinstance(metric_cls, type) else metric_cls
+                )
 
     # ------------------------------------------------------------------ inputs
 
@@ -496,6 +503,7 @@ class TransformersModel(TwinkleModel):
         if getattr(loss, "require_entropy", False):
             logp_all = torch.log_softmax(logits.float(), dim=-1)
             outputs["entropy"] = -(logp_all.exp() * logp_all).sum(-1)
+            outputs["entropies"] = outputs["entropy"]  # upstream's key
         return outputs
 
     def _pack(self, batch: dict[str, Any], group: OptimizerGroup, training: bool, return_logits: bool):
@@ -603,7 +611,9 @@ class TransformersModel(TwinkleModel):
         tokens = 0 if tokens is None else tokens
         metrics = group.train_metrics if training else group.eval_metrics
         for metric in metrics:
-            metric.accumulate(batch, outputs, loss=loss.detach(), num_tokens=tokens)
+            # the forward's extra keywords (ref_outputs, old_logps, advantages, ...) reach the metrics, as upstream
+            extra = {k: v for k, v in kwargs.items() if k not in ("loss", "num_tokens")}
+            metric.accumulate(batch, outputs, loss=loss.detach(), num_tokens=tokens, **extra)
         if training:
             group.pending_loss, group.pending_loss_tokens = loss, tokens
             rows = batch.get("num_rows")  # a packed batch is one row holding num_rows samples
