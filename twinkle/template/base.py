@@ -347,6 +347,22 @@ class Template:
                 index.append(i)
         return out, index
 
+    # ------------------------------------------------------------------ tool calls
+
+    def parse_tool_call(self, text: str) -> list[dict[str, Any]]:
+        """The tool calls in generated ``text``, by the first registered parser that detects them (``[]`` if none)."""
+        from twinkle.template.tools import ToolCallRegistry
+
+        parser = ToolCallRegistry.detect_first(text)
+        return parser.parse(text) if parser is not None else []
+
+    def clean_tool_call(self, text: str) -> str:
+        """``text`` with that parser's tool-call markup removed (else just right-stripped)."""
+        from twinkle.template.tools import ToolCallRegistry
+
+        parser = ToolCallRegistry.detect_first(text)
+        return parser.clean(text) if parser is not None else text.rstrip()
+
     # ------------------------------------------------------------------ generation helpers
 
     def concat_input_feature(self, prompt: InputFeature, new_tokens: Sequence[int]) -> InputFeature:
