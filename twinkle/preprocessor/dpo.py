@@ -2,7 +2,7 @@
 
 ``Dataset.encode()`` encodes each nested column separately (``Template.batch_encode``); a training script then
 interleaves ``{**row['positive']}`` and ``{**row['negative']}`` into the chosen/rejected rows the preference losses
-expect (``twinkle.processor.interleave_pairs`` does it).
+expect (``twinkle.dataloader.interleave_pairs`` does it).
 """
 
 from __future__ import annotations
