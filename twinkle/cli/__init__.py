@@ -61,6 +61,7 @@ __all__ = [
     "TemplateArgs",
     "TrainingArgs",
     "ValueCaster",
+    "YamlSource",
 ]
 
 

@@ -13,6 +13,15 @@ from typing import Any
 
 from twinkle.preprocessor.base import Preprocessor
 
+__all__ = [
+    "AlpacaProcessor",
+    "CompetitionMathGRPOProcessor",
+    "CompetitionMathProcessor",
+    "CountdownProcessor",
+    "GSM8KProcessor",
+    "SelfCognitionProcessor",
+]
+
 
 def _user_data(**values: Any) -> list[tuple[str, str]]:
     return [(k, json.dumps(v)) for k, v in values.items()]
