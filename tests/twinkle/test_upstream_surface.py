@@ -355,3 +355,17 @@ def test_strategy_objects_and_optimizer_group(model_dir):
     assert TransformersModel(model_id=model_dir).strategy == AccelerateStrategy()
     with pytest.raises(ConfigError, match="strategy must be"):
         TransformersModel(model_id=model_dir, strategy="deepspeed")
+
+
+def test_task_keyword(model_dir):
+    from twinkle.errors import ConfigError, NotBuiltError
+    from twinkle.model import TransformersModel
+
+    model = TransformersModel(model_id=model_dir)
+    batch = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
+    assert "logps" in model.forward(inputs=batch, task="causal_lm")
+    with pytest.raises(NotBuiltError, match="embedding"):
+        model.forward_only(inputs=batch, task="embedding")
+    with pytest.raises(ConfigError, match="task must be"):
+        model.forward(inputs=batch, task="classify")
+    assert model._lazy_wrap_model() is model.model  # one process: nothing to wrap

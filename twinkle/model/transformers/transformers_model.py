@@ -75,6 +75,21 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _check_task(task: str | None) -> None:
+    """Upstream's ``task=``: ``'causal_lm'`` (the default) runs here; the other two are not built yet."""
+    if task in (None, "causal_lm"):
+        return
+    if task in ("embedding", "fused_lm_ce"):
+        from twinkle.errors import NotBuiltError
+
+        raise NotBuiltError(
+            f"forward(task={task!r}) is not built in Twinkle Commons (upstream: "
+            f"{'last-token L2-normalised embeddings' if task == 'embedding' else 'the fused lm-head cross entropy'}); "
+            f"use task='causal_lm'"
+        )
+    raise ConfigError(f"task must be 'causal_lm', 'fused_lm_ce' or 'embedding', got {task!r}")
+
+
 def _lookup(name: str, modules: list[Any], base: type, kind: str) -> type:
     for module in modules:
         cls = getattr(module, name, None)
@@ -554,6 +569,7 @@ class TransformersModel(TwinkleModel):
         when ``return_logits`` or the loss needs them (on a packed batch only with ``return_logits``: the loss then
         saw logits of the labelled positions alone).
         """
+        _check_task(kwargs.get("task"))
         group = self._group(adapter_name)
         self._activate(group)
         module = self._module()
@@ -578,6 +594,7 @@ class TransformersModel(TwinkleModel):
         """Evaluation forward without gradients; ``disable_lora=True`` runs the base model (a DPO reference)."""
         import contextlib
 
+        _check_task(kwargs.get("task"))
         group = self._group(adapter_name)
         self._activate(group)
         module = self._module()
@@ -652,7 +669,7 @@ class TransformersModel(TwinkleModel):
 
         ``loss`` is a detached 0-dim tensor (the local loss value), so the call never waits for the GPU.
         """
-        fwd_keys = ("temperature", "return_logits")
+        fwd_keys = ("temperature", "return_logits", "task")
         fwd_kw = {k: kwargs.pop(k) for k in fwd_keys if k in kwargs}
         outputs = self.forward(inputs=inputs, adapter_name=adapter_name, **fwd_kw)
         loss = self._calculate_loss(self._group(adapter_name), **kwargs)
@@ -1026,6 +1043,23 @@ class TransformersModel(TwinkleModel):
             "consumed_train_samples": group.consumed_train_samples,
             "gradient_accumulation_steps": group.gradient_accumulation_steps,
         }
+
+    @remote_function(dispatch="all", execute="first")
+    def upload_to_hub(self, checkpoint_dir: str, hub_model_id: str, hub_token: str | None = None,
+                      async_upload: bool = True) -> Any:
+        """Push a saved checkpoint folder to ModelScope (``ms://`` or bare id) or Hugging Face (``hf://``).
+
+        Needs the network and a token; with ``async_upload`` returns a future (``HubOperation.wait_for``).
+        """
+        from twinkle.hub.hub import HubOperation
+
+        if async_upload:
+            return HubOperation.async_push_to_hub(hub_model_id, checkpoint_dir, token=hub_token)
+        return HubOperation.push_to_hub(hub_model_id, checkpoint_dir, token=hub_token)
+
+    def _lazy_wrap_model(self) -> torch.nn.Module:
+        """Wrap the model for the mesh now (DDP / FSDP2) instead of at the first forward; returns the wrapper."""
+        return self._module()
 
     @remote_function(dispatch="all", collect="first")
     def get_train_configs(self, adapter_name: str | None = None, **kwargs: Any) -> str:
