@@ -115,3 +115,20 @@ def test_exception_tree():
     for name in ("TwinkleError", "ConfigError", "DataError", "TemplateError", "HubError", "NoLengthError",
                  "NotBuiltError", "PairedBatchError"):
         assert name in errors.__all__ and name in errors.__doc__
+
+
+def test_contract_names_p1_exist_and_left_out_p2_names_say_so(monkeypatch, tmp_path):
+    """scripts/contract_names.py: every P1 name of the library contract exists; a P2 name that is left out raises
+    NotBuiltError naming the feature (never a plain ImportError or a silent stub)."""
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)  # twinkle.utils.parallel makes ./.locks on import
+    path = Path(__file__).resolve().parents[2] / "scripts" / "contract_names.py"
+    spec = importlib.util.spec_from_file_location("contract_names", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    p1 = module.count(module.P1)
+    assert all(c["not built"] == 0 and c["missing"] == 0 for c in p1.values()), p1
+    p2 = module.count(module.P2)
+    assert all(c["missing"] == 0 for c in p2.values()), p2
