@@ -246,9 +246,18 @@ class TransformersModel(TwinkleModel):
         if group.adapter_name:
             self.active_group = group.adapter_name
 
+    @property
+    def _ulysses(self) -> bool:
+        return self.device_mesh is not None and (self.device_mesh.ulysses_size or 1) > 1
+
     def _module(self) -> torch.nn.Module:
         """The module to call: the DDP wrapper, the FSDP2-sharded model, or the plain model."""
         if self._wrapped is None:
+            if self._ulysses and _parallel.needs_wrap(self.device_mesh):
+                from twinkle.model.transformers import _ulysses
+
+                _ulysses.build_group(self.device_mesh)
+                _ulysses.register(self.model)
             if _parallel.needs_wrap(self.device_mesh):
                 if _parallel.uses_fsdp(self.device_mesh, self.strategy):
                     if self.scaler is not None:
@@ -500,6 +509,11 @@ class TransformersModel(TwinkleModel):
                 if value.dim() == 1 and key in ("input_ids", "attention_mask", "position_ids", "labels"):
                     value = value.unsqueeze(0)
             out[key] = value
+        if self._ulysses and _parallel.needs_wrap(self.device_mesh):
+            from twinkle.model.transformers import _ulysses
+
+            self._module()  # the sequence-parallel group exists before the first shard
+            out = _ulysses.shard_batch(out)
         return out
 
     def _run(self, module: torch.nn.Module, batch: dict[str, Any], temperature: float, loss: Any) -> dict[str, Any]:
@@ -690,8 +704,11 @@ class TransformersModel(TwinkleModel):
                              torch.tensor(float(group.pending_samples), dtype=torch.float64, device=self.device)])
             dist.all_reduce(t)
             counts = t.tolist()
-            # DDP and FSDP2 average gradients over the data ranks; undo that to get the global sum
-            world = self.device_mesh.data_world_size if self.device_mesh is not None else dist.get_world_size()
+            # DDP and FSDP2 average gradients over the data ranks (times the Ulysses group, whose ranks hold
+            # slices of the same rows); undo that to get the global sum
+            sp = (self.device_mesh.ulysses_size or 1) if self.device_mesh is not None else 1
+            world = self.device_mesh.data_world_size * sp if self.device_mesh is not None else dist.get_world_size()
+            counts[1] /= sp  # every rank of a Ulysses group counted the same rows
         else:
             counts = [float(group.pending_tokens), float(group.pending_samples)]
         tokens, samples = counts
