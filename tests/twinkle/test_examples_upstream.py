@@ -77,3 +77,13 @@ def test_grpo_with_torch_sampler(tmp_path):
     rewards = [r[1] for r in records]
     assert len(rewards) == 3 and rewards[-1] > rewards[0] + 0.05, rewards
     assert (out / "last-checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_sft_with_sequence_parallelism_under_torchrun(tmp_path):
+    records, out = _run("sp_fsdp_dense.py", ["--fsdp-size", "2", "--ulysses-size", "2", "--lr", "1e-3",
+                                             "--max-steps", "8", "--log-interval", "4", "--train-samples", "64"],
+                        tmp_path, nproc=2)
+    losses = [float(r[2]["loss"]) for r in records]
+    assert [r[0] for r in records] == [4, 8] and losses[-1] < losses[0], records
+    assert any(p.name.endswith(".safetensors") for p in (out / "last-checkpoint").iterdir())

@@ -134,7 +134,8 @@ class TransformersModel(TwinkleModel):
 
     Raises:
         ModelNotFoundError: ``model_id`` cannot be resolved to a folder.
-        UnsupportedParallelismError: the mesh uses tp/pp/cp/ep or Ulysses.
+        UnsupportedParallelismError: the mesh uses tp/pp/cp/ep. ``ulysses_size > 1`` runs Ulysses sequence
+            parallelism (``_ulysses.py``).
     """
 
     def __init__(
