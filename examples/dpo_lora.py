@@ -11,8 +11,9 @@ Upstream's DPO scripts run Megatron unless ``--strategy native_fsdp``; ours alwa
 ``--batch-size`` counts pairs (rows of the dataset); each rank gets whole pairs.
 """
 
-import twinkle
 from peft import LoraConfig
+
+import twinkle
 from twinkle import DeviceMesh, Platform, get_logger
 from twinkle.assets import preference_pairs_path, tiny_model_path
 from twinkle.cli import CLI

@@ -14,8 +14,9 @@ of digits in the completion, which the tiny random model can learn in seconds; u
 
 import statistics
 
-import twinkle
 from peft import LoraConfig
+
+import twinkle
 from twinkle import get_logger
 from twinkle.advantage import GRPOAdvantage
 from twinkle.assets import self_cognition_rows, tiny_model_path

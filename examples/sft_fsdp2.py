@@ -11,8 +11,9 @@ Every setting is a ``twinkle.cli`` flag (or ``TWINKLE_<NAME>`` / ``.env``); ``--
 ``--model-author`` land in ``args.extra``.
 """
 
-import twinkle
 from peft import LoraConfig
+
+import twinkle
 from twinkle import DeviceMesh, Platform, get_logger
 from twinkle.assets import self_cognition_path, tiny_model_path
 from twinkle.cli import CLI

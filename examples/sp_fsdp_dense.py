@@ -10,8 +10,9 @@ attention gathers the group's slices (``twinkle.model.transformers._ulysses``). 
 faster so), ``--use-lora`` for LoRA. Changed from upstream: the model, the data and the devices.
 """
 
-import twinkle
 from peft import LoraConfig
+
+import twinkle
 from twinkle import DeviceMesh, Platform, get_logger
 from twinkle.assets import self_cognition_path, tiny_model_path
 from twinkle.cli import CLI

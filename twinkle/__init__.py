@@ -19,14 +19,14 @@ from twinkle.infra import (
     remote_class,
     remote_function,
 )
-
-from twinkle.version import __release_datetime__, __version__
+from twinkle.version import __release_datetime__ as __release_datetime__
+from twinkle.version import __version__ as __version__
 
 __all__ = [
-    "DeviceGroup",
-    "DeviceMesh",
     "GPU",
     "NPU",
+    "DeviceGroup",
+    "DeviceMesh",
     "Platform",
     "Plugin",
     "check_unsafe",

@@ -33,9 +33,11 @@ class HubRef:
 
     def load(self) -> Any:
         try:
-            import kernels
+            import kernels  # type: ignore[import-not-found]
         except ImportError as exc:
-            raise ImportError(f"hub kernel {self.repo_layer!r} needs the 'kernels' package (pip install kernels)") from exc
+            raise ImportError(
+                f"hub kernel {self.repo_layer!r} needs the 'kernels' package (pip install kernels)"
+            ) from exc
         repo, _, layer = self.repo_layer.partition(":")
         kwargs = {"revision": self.revision} if self.revision else {"version": self.version}
         return getattr(kernels.get_kernel(repo, **kwargs).layers, layer)
@@ -96,7 +98,9 @@ def kernelize(model: Any, mapping: dict | None = None) -> Any:
 def liger_builtin(model: Any = None) -> Any:
     """Liger's RMSNorm / SwiGLU / RoPE / fused kernels for the supported families (needs liger-kernel)."""
     try:
-        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        from liger_kernel.transformers import (  # type: ignore[import-not-found]
+            _apply_liger_kernel_to_instance,
+        )
     except ImportError as exc:
         raise ImportError("liger_builtin needs the liger-kernel package (pip install liger-kernel; CUDA only)") from exc
     if model is not None:

@@ -2,4 +2,6 @@
 
 from twinkle_agentic import not_built
 
-not_built("twinkle_agentic.chunker", "the long-context chunker")
+not_built(
+    "twinkle_agentic.chunker",
+    "the long-context chunker")

@@ -2,4 +2,6 @@
 
 from twinkle_agentic import not_built
 
-not_built("twinkle_agentic.condenser", "the long-context condenser")
+not_built(
+    "twinkle_agentic.condenser",
+    "the long-context condenser")

@@ -2,4 +2,6 @@
 
 from twinkle_agentic import not_built
 
-not_built("twinkle_agentic.envs", "environments (Env, EnvTool, OpenEnv, EnvPool)")
+not_built(
+    "twinkle_agentic.envs",
+    "environments (Env, EnvTool, OpenEnv, EnvPool)")

@@ -2,4 +2,6 @@
 
 from twinkle_agentic import not_built
 
-not_built("twinkle_agentic.preprocessor", "QualityPreprocessor and its filters")
+not_built(
+    "twinkle_agentic.preprocessor",
+    "QualityPreprocessor and its filters")

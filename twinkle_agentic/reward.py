@@ -2,4 +2,6 @@
 
 from twinkle_agentic import not_built
 
-not_built("twinkle_agentic.reward", "agent rewards (F1Reward, CoTReward, ToolExploreReward)")
+not_built(
+    "twinkle_agentic.reward",
+    "agent rewards (F1Reward, CoTReward, ToolExploreReward)")

@@ -2,4 +2,6 @@
 
 from twinkle_agentic import not_built
 
-not_built("twinkle_agentic.rollout", "multi-turn rollouts (Rollout, MultiTurnRollout, MultiTurnCondenseRollout, APIMultiTurnRollout)")
+not_built(
+    "twinkle_agentic.rollout",
+    "multi-turn rollouts (Rollout, MultiTurnRollout, MultiTurnCondenseRollout, APIMultiTurnRollout)")

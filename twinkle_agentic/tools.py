@@ -2,4 +2,6 @@
 
 from twinkle_agentic import not_built
 
-not_built("twinkle_agentic.tools", "agent tools (Tool, ToolManager)")
+not_built(
+    "twinkle_agentic.tools",
+    "agent tools (Tool, ToolManager)")

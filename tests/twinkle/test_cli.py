@@ -41,7 +41,7 @@ def test_source_priority_dotenv_env_yaml_argv(tmp_path):
     assert args.optimizer.learning_rate == pytest.approx(1e-3)  # argv wins
     args = CLI.from_args([], env_file=env_file, environ=environ)
     assert args.training.batch_size == 3 and args.optimizer.learning_rate == pytest.approx(0.25)
-    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
         CLI.from_args(["--config", str(tmp_path / "missing.yaml")], environ={})
 
 

@@ -95,7 +95,7 @@ def test_preference_losses_descend_toward_the_chosen_row():
         assert (logps.grad[:, 0] == 0).all(), loss  # unlabelled positions get nothing
 
 
-@pytest.mark.parametrize("loss", [SimPOLoss(), CPOLoss(), ORPOLoss()], ids=lambda l: type(l).__name__)
+@pytest.mark.parametrize("loss", [SimPOLoss(), CPOLoss(), ORPOLoss()], ids=lambda loss: type(loss).__name__)
 def test_odd_batch_is_an_assertion_and_a_batch_size_error(loss):
     with pytest.raises(AssertionError, match="even number of rows"):
         pref(loss, LOGPS[:3], LABELS[:3])
@@ -202,7 +202,7 @@ def _log_softmax(xs):
 
 
 def _kl(p, q):  # KL(P || Q) for log-distributions p, q
-    return sum(math.exp(a) * (a - b) for a, b in zip(p, q))
+    return sum(math.exp(a) * (a - b) for a, b in zip(p, q, strict=True))
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 0.3])
@@ -211,14 +211,14 @@ def test_gkd_by_hand(beta):
     teacher = [[3.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     labels = torch.tensor([[1, 2]])
     expected = 0.0
-    for s_row, t_row in zip(student, teacher):
+    for s_row, t_row in zip(student, teacher, strict=True):
         s, t = _log_softmax([x / 2 for x in s_row]), _log_softmax([x / 2 for x in t_row])  # temperature 2
         if beta == 0:
             expected += _kl(t, s)
         elif beta == 1:
             expected += _kl(s, t)
         else:
-            m = [math.log((1 - beta) * math.exp(a) + beta * math.exp(b)) for a, b in zip(s, t)]
+            m = [math.log((1 - beta) * math.exp(a) + beta * math.exp(b)) for a, b in zip(s, t, strict=True)]
             expected += beta * _kl(t, m) + (1 - beta) * _kl(s, m)
     out = GKDLoss(beta=beta, temperature=2.0)(
         {"labels": labels}, {"logits": torch.tensor([student], dtype=torch.float64)},

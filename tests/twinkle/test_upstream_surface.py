@@ -17,7 +17,6 @@ import torch
 
 from twinkle import DeviceMesh, Platform
 
-
 # ---------------------------------------------------------------------------------------------- ranks, mesh
 
 
@@ -213,7 +212,7 @@ def test_ding_notifier_signs_and_posts(tmp_path, monkeypatch):
     received = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             received.append((self.path, body))
             reply = {"errcode": 0} if len(received) == 1 else {"errcode": 310000, "errmsg": "bad sign"}

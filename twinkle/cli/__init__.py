@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 
 from twinkle.cli._args import (
-    GROUPS,
     Args,
     CheckpointArgs,
     DatasetArgs,
@@ -39,8 +38,8 @@ from twinkle.cli._resolve import ConfigResolver, ValueCaster
 from twinkle.cli._sources import CLISource, ConfigSource, DotEnvSource, EnvVarSource, YamlSource
 
 __all__ = [
-    "Args",
     "CLI",
+    "Args",
     "CLISource",
     "CheckpointArgs",
     "ConfigResolver",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any
+from typing import Any, ClassVar
 
 from twinkle.cli._args import GROUPS, Args
 
@@ -76,8 +76,10 @@ class ConfigResolver:
     ``model_id`` goes to ``model``, ``seed`` to ``training``.
     """
 
-    ALIASES = {"lr": "learning_rate", "num_gpus": "nproc_per_node", "max_new_tokens": "max_tokens"}
-    SHARED = {"model_id": "model", "seed": "training"}
+    ALIASES: ClassVar[dict[str, str]] = {
+        "lr": "learning_rate", "num_gpus": "nproc_per_node", "max_new_tokens": "max_tokens",
+    }
+    SHARED: ClassVar[dict[str, str]] = {"model_id": "model", "seed": "training"}
 
     def __init__(self) -> None:
         self.field_owner: dict[str, str] = {}

@@ -85,7 +85,7 @@ class YamlSource(ConfigSource):
             raise FileNotFoundError(f"config file {str(self.path)!r} not found; check --config / config_file=")
 
     def items(self) -> Iterator[tuple[str, Any]]:
-        import yaml
+        import yaml  # type: ignore[import-untyped]
 
         data = yaml.safe_load(self.path.read_text()) or {}
         if not isinstance(data, dict):

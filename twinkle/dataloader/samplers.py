@@ -79,7 +79,9 @@ class RetrySampler:
         seed: the top-up permutation's seed; default ``TWINKLE_SEED``, else ``initialize``'s seed, else 42.
     """
 
-    def __init__(self, original_sampler, dataset, max_retries: int = 20, skip_samples: int = 0, seed: int | None = None):
+    def __init__(
+        self, original_sampler, dataset, max_retries: int = 20, skip_samples: int = 0, seed: int | None = None
+    ):
         self.original_sampler = original_sampler
         self.dataset = dataset
         self.max_retries = max_retries
@@ -126,7 +128,9 @@ class DeviceMeshSampler:
     (default: the mesh's data world size).
     """
 
-    def __init__(self, original_sampler, device_mesh: DeviceMesh, min_batch_size: int | None = None, skip_samples: int = 0):
+    def __init__(
+        self, original_sampler, device_mesh: DeviceMesh, min_batch_size: int | None = None, skip_samples: int = 0
+    ):
         self.original_sampler = original_sampler
         self.device_mesh = device_mesh
         self.min_batch_size = device_mesh.data_world_size if min_batch_size is None else min_batch_size

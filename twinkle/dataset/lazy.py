@@ -98,7 +98,7 @@ class LazyDataset(Dataset):
         self.encode_kwargs = dict(_)
 
     @remote_function(execute="first")
-    def check(self, **kwargs: Any) -> bool:
+    def check(self, max_problems: int = 10, **kwargs: Any) -> bool:
         """Record a check of each row at fetch time (a row failing it comes back as ``None``, which the
         DataLoader replaces), as upstream; nothing is read now."""
         self.do_check = True

@@ -23,6 +23,24 @@ class _Hub:
     prefix = ""
 
     @classmethod
+    def try_login(cls, token: str | None = None) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def create_model_repo(cls, repo_id: str, token: str | None = None, private: bool = False) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def push_to_hub(cls, repo_id: str, folder_path: str, path_in_repo: str | None = None,
+                    commit_message: str | None = None, token: str | None = None, private: bool = True,
+                    revision: str | None = None, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def download_file(cls, repo_id: str, file_path: str, revision: str | None = None, **kwargs: Any) -> str:
+        raise NotImplementedError
+
+    @classmethod
     def _repo(cls, repo_id: str) -> str:
         return repo_id[len(cls.prefix):] if repo_id.startswith(cls.prefix) else repo_id
 
@@ -39,7 +57,7 @@ class _Hub:
     def load_dataset(cls, dataset_id: str, subset_name: str = "default", split: str = "train",
                      streaming: bool = False, revision: str | None = None, **kwargs: Any) -> Any:
         data = _hub.download_dataset(dataset_id, subset_name, split, streaming=streaming, revision=revision, **kwargs)
-        return data[split] if hasattr(data, "keys") and split in data.keys() else data
+        return data[split] if hasattr(data, "keys") and split in data else data
 
     @classmethod
     def async_push_to_hub(cls, *args: Any, **kwargs: Any) -> Future:
@@ -138,22 +156,34 @@ class HubOperation:
         items = futures if isinstance(futures, list) else [futures]
         return [f.result(timeout=timeout) for f in items]
 
-    def __getattr__(self, name: str) -> Any:
-        # instance calls: HubOperation().download_model('hf://x') -> HFHub.download_model('hf://x')
-        def call(repo_id: str, *args: Any, **kwargs: Any) -> Any:
-            return getattr(HubOperation.hub_for(repo_id), name)(repo_id, *args, **kwargs)
-
-        return call
-
-
-def _classmethod_dispatch(name: str):
-    def call(cls, repo_id: str, *args: Any, **kwargs: Any) -> Any:
+    @staticmethod
+    def _dispatch(name: str, repo_id: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(HubOperation.hub_for(repo_id), name)(repo_id, *args, **kwargs)
 
-    call.__name__ = name
-    return classmethod(call)
+    @classmethod
+    def try_login(cls, repo_id: str = "", token: str | None = None) -> bool:
+        return HubOperation.hub_for(repo_id).try_login(token)
 
+    @classmethod
+    def create_model_repo(cls, repo_id: str, *args: Any, **kwargs: Any) -> str:
+        return cls._dispatch("create_model_repo", repo_id, *args, **kwargs)
 
-for _name in ("try_login", "create_model_repo", "push_to_hub", "async_push_to_hub", "load_dataset",
-              "download_model", "download_file"):
-    setattr(HubOperation, _name, _classmethod_dispatch(_name))
+    @classmethod
+    def push_to_hub(cls, repo_id: str, *args: Any, **kwargs: Any) -> None:
+        return cls._dispatch("push_to_hub", repo_id, *args, **kwargs)
+
+    @classmethod
+    def async_push_to_hub(cls, repo_id: str, *args: Any, **kwargs: Any) -> Future:
+        return cls._dispatch("async_push_to_hub", repo_id, *args, **kwargs)
+
+    @classmethod
+    def load_dataset(cls, dataset_id: str, *args: Any, **kwargs: Any) -> Any:
+        return cls._dispatch("load_dataset", dataset_id, *args, **kwargs)
+
+    @classmethod
+    def download_model(cls, model_id_or_path: str, *args: Any, **kwargs: Any) -> str:
+        return cls._dispatch("download_model", model_id_or_path, *args, **kwargs)
+
+    @classmethod
+    def download_file(cls, repo_id: str, *args: Any, **kwargs: Any) -> str:
+        return cls._dispatch("download_file", repo_id, *args, **kwargs)

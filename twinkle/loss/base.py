@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Loss", "get_logps", "get_entropies", "selective_log_softmax"]
+__all__ = ["Loss", "get_entropies", "get_logps", "selective_log_softmax"]
 
 
 def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

@@ -14,8 +14,6 @@ The KL (``beta``) and entropy (``entropy_coef``) terms are added per token befor
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from twinkle.loss.grpo import GRPOLoss

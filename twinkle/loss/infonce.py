@@ -48,11 +48,11 @@ class InfonceLoss(Loss):
         starts = [int(i) for i in (flags == 1).nonzero(as_tuple=True)[0]]
         if not starts or starts[0] != 0:
             raise ValueError("InfonceLoss: labels must mark the first row of each [query, positive, ...] group with 1")
-        ends = starts[1:] + [n]
-        for s, e in zip(starts, ends):
+        ends = [*starts[1:], n]
+        for s, e in zip(starts, ends, strict=True):
             if e - s < 2:
                 raise ValueError(f"InfonceLoss: the group starting at row {s} has no positive (needs >= 2 rows)")
-        return list(zip(starts, ends))
+        return list(zip(starts, ends, strict=True))
 
     def _gather(self, docs: torch.Tensor) -> tuple[torch.Tensor, int]:
         import torch.distributed as dist
@@ -70,7 +70,7 @@ class InfonceLoss(Loss):
         rank = dist.get_rank(self.process_group)
         parts[rank] = padded  # only the local shard carries gradients
         offset = sum(int(sizes[r].item()) for r in range(rank))
-        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)]), offset
+        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)]), offset
 
     def __call__(self, inputs: dict[str, Any], outputs: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         emb = outputs.get("embeddings")
@@ -106,7 +106,8 @@ class InfonceLoss(Loss):
             extra = []
             if self.include_qq:
                 qq = q @ q.T / self.temperature
-                extra.append(qq.masked_fill(torch.eye(len(queries), dtype=torch.bool, device=emb.device), float("-inf")))
+                eye = torch.eye(len(queries), dtype=torch.bool, device=emb.device)
+                extra.append(qq.masked_fill(eye, float("-inf")))
             if self.include_dd:
                 positives = emb[[members[0] for members in docs_per_group]]
                 dd = positives @ all_docs.T / self.temperature
@@ -116,7 +117,7 @@ class InfonceLoss(Loss):
                 logits = torch.cat([logits, *extra], dim=1)
             loss = F.cross_entropy(logits, target)
         else:
-            for qi, members in zip(queries, docs_per_group):
+            for qi, members in zip(queries, docs_per_group, strict=True):
                 logits = (emb[qi] @ emb[members].T / self.temperature)[None]
                 losses.append(F.cross_entropy(logits, torch.zeros(1, dtype=torch.long, device=emb.device)))
             loss = torch.stack(losses).mean()

@@ -20,7 +20,9 @@ class LigerFusedLinearCrossEntropyLoss(Loss):
                  softcap: float | None = None) -> None:
         assert reduction in ("mean", "sum"), f"reduction must be 'mean' or 'sum', got {reduction!r}"
         try:
-            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss as _Liger
+            from liger_kernel.transformers import (  # type: ignore[import-not-found]
+                LigerFusedLinearCrossEntropyLoss as _Liger,
+            )
         except ImportError as exc:
             raise ImportError(
                 "LigerFusedLinearCrossEntropyLoss needs the liger-kernel package (pip install liger-kernel, a GPU "

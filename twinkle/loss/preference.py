@@ -32,7 +32,7 @@ def _pair_terms(inputs: dict[str, Any], outputs: dict[str, Any], ignore_index: i
 
 
 class SimPOLoss(Loss):
-    """SimPO: ``-log σ(β(A_c - A_r) - γ)`` on length-normalised log-probabilities, mean over pairs."""
+    """SimPO: ``-log sigmoid(beta (A_c - A_r) - gamma)`` on length-normalised log-probabilities, mean over pairs."""
 
     def __init__(self, beta: float = 2.5, gamma: float = 0.5, ignore_index: int = -100) -> None:
         self.beta, self.gamma, self.ignore_index = float(beta), float(gamma), ignore_index
@@ -44,7 +44,7 @@ class SimPOLoss(Loss):
 
 
 class CPOLoss(Loss):
-    """CPO: ``-log σ(β(S_c - S_r)) + bc_coef * NLL_c``, mean over pairs."""
+    """CPO: ``-log sigmoid(beta (S_c - S_r)) + bc_coef * NLL_c``, mean over pairs."""
 
     def __init__(self, beta: float = 0.1, bc_coef: float = 1.0, ignore_index: int = -100) -> None:
         self.beta, self.bc_coef, self.ignore_index = float(beta), float(bc_coef), ignore_index
@@ -61,7 +61,8 @@ def _log1m_exp(a: torch.Tensor) -> torch.Tensor:
 
 
 class ORPOLoss(Loss):
-    """ORPO: ``NLL_c + λ * [-log σ(ℓ_c - ℓ_r)]`` with the log-odds ``ℓ = A - log(1 - e^A)``, ``A <= -1e-7``."""
+    """ORPO: ``NLL_c + lambda * [-log sigmoid(lo_c - lo_r)]`` with the log-odds ``lo = A - log(1 - e^A)``,
+    ``A <= -1e-7``."""
 
     def __init__(self, lambda_orpo: float = 0.1, ignore_index: int = -100) -> None:
         self.lambda_orpo, self.ignore_index = float(lambda_orpo), ignore_index

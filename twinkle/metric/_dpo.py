@@ -88,7 +88,8 @@ class DPOMetric(Metric):
         s["ref_pairs"] += labels.shape[0] // 2
 
     def calculate(self) -> dict[str, str]:
-        values = dict(zip(self._KEYS, self._all_reduce_sum([float(self._sums[k]) for k in self._KEYS])))
+        sums = self._all_reduce_sum([float(self._sums[k]) for k in self._KEYS])
+        values = dict(zip(self._KEYS, sums, strict=True))
         self.reset()
         out: dict[str, str] = {}
         pairs, ref_pairs = values["pairs"], values["ref_pairs"]

@@ -92,7 +92,8 @@ class PolicyMetric(Metric):
             self._has["adv"] = True
 
     def calculate(self) -> dict[str, float]:
-        values = dict(zip(self._SUM_KEYS, self._all_reduce_sum([float(self._sums[k]) for k in self._SUM_KEYS])))
+        sums = self._all_reduce_sum([float(self._sums[k]) for k in self._SUM_KEYS])
+        values = dict(zip(self._SUM_KEYS, sums, strict=True))
         maxima, has = dict(self._max), dict(self._has)
         self.reset()
         tokens = values["tokens"]

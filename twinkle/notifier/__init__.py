@@ -20,7 +20,7 @@ import traceback
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["DingNotifier", "Notifier", "notify_exception"]
 
@@ -28,7 +28,7 @@ __all__ = ["DingNotifier", "Notifier", "notify_exception"]
 class Notifier:
     """Send a text message somewhere. Subclasses implement ``__call__`` and keep their settings in attributes."""
 
-    registry: dict[str, type[Notifier]] = {}
+    registry: ClassVar[dict[str, type[Notifier]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -74,7 +74,7 @@ class DingNotifier(Notifier):
     def __call__(self, message: str, title: str = "twinkle") -> None:
         body = json.dumps({"msgtype": "markdown", "markdown": {"title": title, "text": message}}).encode()
         request = urllib.request.Request(self.signed_url(), data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - a configured URL
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
             reply = json.loads(response.read() or b"{}")
         if reply.get("errcode", 0) != 0:
             raise RuntimeError(f"DingTalk refused the message: errcode {reply.get('errcode')}: {reply.get('errmsg')}")

@@ -16,11 +16,11 @@ from twinkle.template.tools import (
 )
 
 __all__ = [
+    "TRUNCATION_STRATEGIES",
     "ClineParser",
     "HermesQwenParser",
     "Qwen3_5Template",
     "ReActParser",
-    "TRUNCATION_STRATEGIES",
     "Template",
     "ToolCallParser",
     "ToolCallRegistry",

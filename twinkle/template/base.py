@@ -330,7 +330,7 @@ class Template:
                     f"into {max(len(f) for f in encoded)} samples; preference pairs need one sample per trajectory, "
                     f"so use 'raise', 'left' or 'right'"
                 )
-            out[key] = [{**row, **features[0]} for row, features in zip(rows, encoded)]
+            out[key] = [{**row, **features[0]} for row, features in zip(rows, encoded, strict=True)]
         return out
 
     def encode_columns(self, columns: dict[str, list], add_generation_prompt: bool = False):

@@ -28,12 +28,12 @@ torch_util = Torch
 
 __all__ = [
     "CPU",
-    "DeviceGroup",
-    "DeviceMesh",
-    "Framework",
     "GPU",
     "MPS",
     "NPU",
+    "DeviceGroup",
+    "DeviceMesh",
+    "Framework",
     "Platform",
     "Plugin",
     "Torch",

@@ -14,7 +14,6 @@ rank, except that Ulysses sequence parallelism folds ``ulysses_size`` fsdp ranks
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -47,7 +47,7 @@ class Torch(Framework):
     @functools.cache
     def is_torch_npu_available() -> bool:
         try:
-            import torch_npu  # noqa: F401
+            import torch_npu  # type: ignore[import-not-found]  # noqa: F401
         except ImportError:
             return False
         return True

@@ -40,7 +40,7 @@ def _parse_level(value: Any) -> int:
 
 
 def _looks_like_name(arg: str) -> bool:
-    return arg.startswith(_NAME) and os.sep not in arg and not os.path.splitext(arg)[1].lstrip(".") in (
+    return arg.startswith(_NAME) and os.sep not in arg and os.path.splitext(arg)[1].lstrip(".") not in (
         "log", "txt", "out")
 
 

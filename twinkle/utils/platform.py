@@ -171,7 +171,7 @@ class GPU(Platform):
         return "nccl"
 
     @staticmethod
-    def get_local_device(local_rank: int | None = None) -> str:  # type: ignore[override]
+    def get_local_device(local_rank: int | None = None) -> str:
         return f"cuda:{max(Platform.get_local_rank(), 0) if local_rank is None else local_rank}"
 
 

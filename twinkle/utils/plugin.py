@@ -24,7 +24,9 @@ class Plugin:
         if not plugin_id.startswith(("ms://", "hf://")):
             raise ValueError(f"plugin id {plugin_id!r} must start with ms:// or hf://")
         if not trust_remote_code():
-            raise ValueError(f"loading plugin {plugin_id!r} runs remote code, which TWINKLE_TRUST_REMOTE_CODE=0 forbids")
+            raise ValueError(
+                f"loading plugin {plugin_id!r} runs remote code, which TWINKLE_TRUST_REMOTE_CODE=0 forbids"
+            )
         from twinkle.hub import download_model
 
         folder = Path(download_model(plugin_id))
@@ -33,6 +35,8 @@ class Plugin:
             raise ValueError(f"plugin {plugin_id!r} has no __init__.py at its root")
         name = "twinkle_plugin_" + plugin_id.replace("://", "_").replace("/", "_").replace("-", "_")
         spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(folder)])
+        if spec is None or spec.loader is None:
+            raise ValueError(f"plugin {plugin_id!r}: cannot import {init}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)

@@ -1064,7 +1064,7 @@ class TransformersModel(TwinkleModel):
 
     @remote_function(dispatch="all", execute="first")
     def upload_to_hub(self, checkpoint_dir: str, hub_model_id: str, hub_token: str | None = None,
-                      async_upload: bool = True) -> Any:
+                      async_upload: bool = True, **kwargs: Any) -> Any:
         """Push a saved checkpoint folder to ModelScope (``ms://`` or bare id) or Hugging Face (``hf://``).
 
         Needs the network and a token; with ``async_upload`` returns a future (``HubOperation.wait_for``).
