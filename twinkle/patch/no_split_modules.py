@@ -22,7 +22,7 @@ class NoSplitModulesPatch(Patch):
         self.module_names = set(module_names or {"Qwen3_5DecoderLayer"})
         self._previous: dict[int, Any] = {}
 
-    def _targets(self, module: torch.nn.Module) -> list[torch.nn.Module]:
+    def _targets(self, module: torch.nn.Module) -> list[Any]:
         targets = [module]
         get_base = getattr(module, "get_base_model", None)
         if callable(get_base):
