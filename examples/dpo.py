@@ -85,7 +85,7 @@ def main() -> None:
     model = TransformersModel(model_id=MODEL_ID, remote_group="default")
     model.add_adapter_to_model("default", LoraConfig(r=8, lora_alpha=32, target_modules="all-linear"))
     model.set_loss(DPOLoss, beta=BETA, loss_type=LOSS_TYPE)
-    model.add_metric(DPOMetric, is_training=True)
+    model.add_metric(DPOMetric, is_training=True, beta=BETA)
     model.set_optimizer(optimizer_cls="AdamW", lr=LR)
     model.set_lr_scheduler(
         scheduler_cls="CosineWarmupScheduler", num_warmup_steps=2, num_training_steps=len(dataloader)

@@ -19,21 +19,60 @@ from twinkle.infra import (
     remote_class,
     remote_function,
 )
-
-__version__ = "0.1.0"
+from twinkle.version import __release_datetime__ as __release_datetime__
+from twinkle.version import __version__ as __version__
 
 __all__ = [
+    "GPU",
+    "NPU",
     "DeviceGroup",
     "DeviceMesh",
     "Platform",
+    "Plugin",
+    "check_unsafe",
+    "exists",
+    "find_free_port",
+    "find_node_ip",
+    "framework_util",
     "get_device_placement",
+    "get_logger",
     "init_tinker_client",
     "init_twinkle_client",
     "initialize",
     "is_master",
     "remote_class",
     "remote_function",
+    "requires",
+    "torch_util",
+    "trust_remote_code",
 ]
+
+# upstream's extra top-level names, imported on first use (the top level stays light, as upstream's lazy module)
+_LAZY = {
+    "get_logger": "twinkle.utils.logger",
+    "GPU": "twinkle.utils.platform",
+    "NPU": "twinkle.utils.platform",
+    "Plugin": "twinkle.utils.plugin",
+    "check_unsafe": "twinkle.utils.misc",
+    "exists": "twinkle.utils.misc",
+    "find_free_port": "twinkle.utils.misc",
+    "find_node_ip": "twinkle.utils.misc",
+    "requires": "twinkle.utils.misc",
+    "trust_remote_code": "twinkle.utils.misc",
+    "framework_util": "twinkle.utils",
+    "torch_util": "twinkle.utils",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'twinkle' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def init_twinkle_client(base_url: str | None = None, api_key: str | None = None, session_heartbeat_interval: int = 10):

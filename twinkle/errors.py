@@ -8,11 +8,18 @@ against upstream twinkle.
     * ConfigError (ValueError): a bad argument or setting (mode, mesh, sizes)
         * UnknownComponentError: a component name (template, preprocessor, ...) that is not registered
         * BatchSizeError: a batch size that does not fit the data-parallel layout
+            * PairedBatchError (AssertionError): an odd number of rows given to a preference loss
     * DataError (ValueError): a dataset or sample that cannot be used
         * DataFileNotFoundError (FileNotFoundError): a local data file or folder that does not exist
         * SampleTooLongError: an encoded sample longer than ``max_length`` under ``truncation_strategy='raise'``
     * TemplateError (ValueError): a tokenizer or chat template that cannot encode the input
     * HubError (RuntimeError): a model or dataset hub (ModelScope, Hugging Face) that cannot serve an id
+    * NoLengthError (NotImplementedError, TypeError): ``len()`` or indexing of a stream (upstream raises
+      NotImplementedError; ``len()`` callers expect TypeError)
+    * NotBuiltError (NotImplementedError): a name of the upstream API that Twinkle Commons does not build (yet);
+      the message names the feature
+    * MissingDependencyError (ImportError): a GPU-side component (vLLM, Megatron, NCCL) whose package or device is
+      not here; the message names the extra to install
 
 Components of other packages append their own classes at the end of this file.
 """
@@ -25,6 +32,9 @@ __all__ = [
     "DataError",
     "DataFileNotFoundError",
     "HubError",
+    "NoLengthError",
+    "NotBuiltError",
+    "PairedBatchError",
     "SampleTooLongError",
     "TemplateError",
     "TwinkleError",
@@ -105,3 +115,15 @@ class MissingDependencyError(TwinkleError, ImportError):
 
 
 __all__ += ["MissingDependencyError"]
+
+
+class NoLengthError(TwinkleError, NotImplementedError, TypeError):
+    """``len()`` or ``[i]`` on a stream, which has neither; iterate it instead."""
+
+
+class NotBuiltError(TwinkleError, NotImplementedError):
+    """A name of the upstream twinkle API that Twinkle Commons does not build; the message names the feature."""
+
+
+class PairedBatchError(BatchSizeError, AssertionError):
+    """An odd number of rows for a pairwise loss (upstream asserts; ``except AssertionError`` catches this)."""

@@ -15,11 +15,24 @@ from twinkle.data_format import (
 
 def test_typed_dict_fields():
     assert set(InputFeature.__annotations__) == {
-        "input_ids", "attention_mask", "position_ids", "labels", "completion_mask", "length",
+        "input_ids", "attention_mask", "position_ids", "labels", "completion_mask", "length", "routed_experts",
     }
-    assert set(Message.__annotations__) == {"role", "content", "tool_calls", "reasoning_content"}
-    assert set(Trajectory.__annotations__) == {"messages", "tools", "user_data", "images", "videos"}
-    assert set(ModelOutput.__annotations__) == {"logits", "loss", "logps", "num_tokens", "embeddings"}
+    assert set(Message.__annotations__) == {"role", "content", "tool_calls", "reasoning_content", "type",
+                                            "tool_call_id"}
+    assert set(Trajectory.__annotations__) == {"messages", "tools", "user_data", "images", "videos", "audios",
+                                               "prompt"}
+    assert set(ModelOutput.__annotations__) == {"logits", "loss", "logps", "num_tokens", "embeddings",
+                                                "routed_experts"}
+
+
+def test_upstream_user_data_helpers():
+    from twinkle.data_format import pack_value, user_data_get
+
+    assert pack_value({"a": "é"}) == '{"a": "é"}' and pack_value(object).startswith('"<class')
+    items = [("gt", '"42"'), ("raw", "not json"), ("obj", {"k": 1}), ("gt", '"shadowed"')]
+    assert user_data_get(items, "gt") == "42"  # the first pair wins, JSON-decoded
+    assert user_data_get(items, "raw") == "not json" and user_data_get(items, "obj") == {"k": 1}
+    assert user_data_get(items, "missing", 7) == 7 and user_data_get("not a list", "gt", 0) == 0
 
 
 def test_user_data_round_trips_any_json_value():

@@ -27,7 +27,8 @@ def test_per_dimension_ranks_and_world_sizes():
     assert five.fsdp_rank is None and five.cp_rank is None
     assert (mesh.pp_world_size, mesh.dp_world_size, mesh.tp_world_size) == (2, 2, 2)
     assert mesh.fsdp_world_size == 0 and mesh.cp_world_size == 0 and mesh.ep_world_size == 0
-    assert mesh.with_rank(99).dp_rank is None and mesh.with_rank(99).data_rank is None
+    # upstream: off the mesh the per-dimension ranks are None but data_rank is 0 (rank 0's share)
+    assert mesh.with_rank(99).dp_rank is None and mesh.with_rank(99).data_rank == 0
 
 
 def test_rank_defaults_to_the_launcher_rank(monkeypatch):

@@ -50,10 +50,10 @@ def _call(loss: DPOLoss, logps: torch.Tensor = LOGPS, **kw):
         ({"loss_type": "hinge"}, (0.85 + 0.8) / 2),
         # length-averaged: policy -1, -3, -0.5, -2; reference -1.25, -2, -1, -1.5 -> h = 1.25, 1; 1/(2β) = 5
         ({"loss_type": "ipo"}, ((1.25 - 5) ** 2 + (1 - 5) ** 2) / 2),
-        # KLc = mean(0.5, 1) = 0.75, KLr = mean(-1, -1) clamped to 0
+        # upstream's paired form 1 - σ(βΔc) + σ(βΔr), Δc = 0.5, 1 and Δr = -1, -1
         ({"loss_type": "kto_pair"},
-         (1 - _sig(0.1 * 0.5) + 1 - _sig(0.1 * 1) + 1 - _sig(0.1 * (0.75 + 1)) + 1 - _sig(0.1 * (0.75 + 1))) / 4),
-        # the reference is ignored: h = πc - πr = 1, 3
+         ((1 - _sig(0.1 * 0.5) + _sig(0.1 * -1)) + (1 - _sig(0.1 * 1) + _sig(0.1 * -1))) / 2),
+        # no reference given: zeros, so h = πc - πr = 1, 3
         ({"reference_free": True}, (_nls(0.1) + _nls(0.3)) / 2),
         # plus 0.5 * chosen NLL = 0.5 * (2 + 1) / 4 labelled chosen tokens
         ({"sft_weight": 0.5}, (_nls(0.15) + _nls(0.2)) / 2 + 0.5 * 0.75),
@@ -61,12 +61,27 @@ def _call(loss: DPOLoss, logps: torch.Tensor = LOGPS, **kw):
     ids=["sigmoid", "label_smoothing", "hinge", "ipo", "kto_pair", "reference_free", "sft_weight"],
 )
 def test_loss_values_by_hand(kwargs, expected):
-    out, _ = _call(DPOLoss(beta=BETA, **kwargs), ref_logps=REF_SEQ)
+    ref = {} if kwargs.get("reference_free") else {"ref_logps": REF_SEQ}
+    out, _ = _call(DPOLoss(beta=BETA, **kwargs), **ref)
     assert out["num_tokens"] == 0
     assert out["loss"].item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_reference_from_ref_outputs_token_logps_even_when_padded_wider():
+def test_reference_priority_is_upstreams():
+    """ref_chosen/ref_rejected first, then ref_logps, then ref_outputs; reference_free only when none is given."""
+    expected = (_nls(0.15) + _nls(0.2)) / 2
+    split = {"ref_chosen_logps": REF_SEQ[0::2], "ref_rejected_logps": REF_SEQ[1::2]}
+    assert _call(DPOLoss(), **split)[0]["loss"].item() == pytest.approx(expected, rel=1e-6)
+    wrong = torch.zeros(4)
+    assert _call(DPOLoss(), **split, ref_logps=wrong)[0]["loss"].item() == pytest.approx(expected, rel=1e-6)
+    assert _call(DPOLoss(), ref_logps=REF_SEQ, ref_outputs={"logps": wrong[:, None]})[0]["loss"].item() == (
+        pytest.approx(expected, rel=1e-6))
+    assert _call(DPOLoss(reference_free=True), ref_logps=REF_SEQ)[0]["loss"].item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="reference logps have 2 positions but the batch has 3"):
+        _call(DPOLoss(), ref_logps=torch.zeros(4, 2))
+
+
+def test_reference_from_ref_outputs_token_logps_truncated_when_padded_wider():
     ref_tokens = torch.tensor([[0.0, -1.5, -1], [0, -2, 0], [0, -1, -1], [0, -1, -2]])  # row sums = REF_SEQ
     expected = _call(DPOLoss(), ref_logps=REF_SEQ)[0]["loss"]
     same = _call(DPOLoss(), ref_outputs={"logps": ref_tokens})[0]["loss"]
@@ -102,6 +117,8 @@ def test_no_reference_gives_zero_loss_that_still_backpropagates(caplog):
 def test_odd_batch_raises_and_says_what_to_do():
     with pytest.raises(BatchSizeError, match=r"even number of rows .* got 3.*2 \* data world size"):
         DPOLoss()({"labels": LABELS[:3]}, {"logps": LOGPS[:3]}, ref_logps=REF_SEQ[:3])
+    with pytest.raises(AssertionError):  # upstream asserts; the error is both
+        DPOLoss()({"labels": LABELS[:3]}, {"logps": LOGPS[:3]}, ref_logps=REF_SEQ[:3])
     with pytest.raises(BatchSizeError, match="reference has 2 rows but the batch has 4"):
         _call(DPOLoss(), ref_logps=REF_SEQ[:2])
 
@@ -127,32 +144,61 @@ def test_set_loss_finds_it_by_name(tiny_model_dir):
 
 
 def test_metric_values():
-    metric = DPOMetric()
-    _, outputs = _call(DPOLoss(beta=BETA), ref_logps=REF_SEQ)
-    metric.accumulate({"labels": LABELS}, outputs)
-    # a second batch: one pair whose chosen reward is below the rejected one
-    second = {"chosen_rewards": torch.tensor([-0.2]), "rejected_rewards": torch.tensor([0.1]),
-              "chosen_logps": torch.tensor([-6.0]), "rejected_logps": torch.tensor([-5.0])}
-    metric.accumulate(None, {"dpo_stats": second})
-    metric.accumulate(None, {"logps": LOGPS})  # no stats (another loss): skipped
+    """Upstream's DPOMetric: from outputs['logps'] and the forward's ref_outputs, with its own beta."""
+    metric = DPOMetric(beta=BETA)
+    metric.accumulate({"labels": LABELS}, {"logps": LOGPS}, ref_outputs={"logps": REF_SEQ})
+    # a second batch: one pair whose chosen reward is below the rejected one (sums -6, -5; reference -5, -6)
+    labels2 = torch.ones(2, 2, dtype=torch.long)
+    logps2 = torch.tensor([[-3.0, -3], [-2, -3]])
+    metric.accumulate({"labels": labels2}, {"logps": logps2}, ref_outputs={"logps": torch.tensor([[-3.0, -2], [-3, -3]])})
     values = metric.calculate()
-    # rewards β(π - r): chosen 0.05, 0.1, -0.2; rejected -0.1, -0.1, 0.1
+    # rewards β(S - S_ref): chosen 0.05, 0.1, -0.1; rejected -0.1, -0.1, 0.1
     assert values == {
-        "rewards/chosen": "-0.01666667",
-        "rewards/rejected": "-0.03333333",
-        "rewards/accuracies": "0.6666667",
-        "rewards/margins": "0.01666667",  # (-0.05 + 0.1) / 3
-        "logps/chosen": "-3",  # (-2 - 1 - 6) / 3
-        "logps/rejected": "-4",  # (-3 - 4 - 5) / 3
+        "logps/chosen": "-3.00",  # (-2 - 1 - 6) / 3
+        "logps/rejected": "-4.00",  # (-3 - 4 - 5) / 3
+        "logps/ref_chosen": "-3.17",  # (-2.5 - 2 - 5) / 3
+        "logps/ref_rejected": "-3.67",  # (-2 - 3 - 6) / 3
+        "rewards/chosen": "0.0167",
+        "rewards/rejected": "-0.0333",
+        "rewards/margins": "0.0500",
+        "rewards/accuracies": "66.7%",
     }
     assert metric.calculate() == {}  # calculate() resets
 
 
+def test_metric_list_logps_padded_with_minus_200():
+    metric = DPOMetric(beta=BETA)
+    rows = [[0.0, -1, -1], [0, -3], [0, -0.5, -0.5], [0, -2, -2]]  # row 1 shorter: padded with -200
+    metric.accumulate({"labels": LABELS}, {"logps": rows})
+    assert metric.calculate() == {"logps/chosen": "-1.50", "logps/rejected": "-3.50"}
+
+
 def test_metric_without_reference_reports_logps_only():
     metric = DPOMetric()
-    _, outputs = _call(DPOLoss())
-    metric.accumulate(None, outputs)
-    assert metric.calculate() == {"logps/chosen": "-1.5", "logps/rejected": "-3.5"}
+    metric.accumulate({"labels": LABELS}, {"logps": LOGPS})
+    assert metric.calculate() == {"logps/chosen": "-1.50", "logps/rejected": "-3.50"}
+    metric.accumulate(None, None)  # nothing to read
+    assert metric.calculate() == {}
+
+
+def test_model_add_metric_passes_keywords_and_optimizer_group_is_upstreams_name(tiny_model_dir):
+    from twinkle.metric import Metric
+    from twinkle.model import TransformersModel
+
+    class Probe(Metric):
+        def __init__(self, device_mesh=None, process_group=None, beta=None):
+            self.beta = beta
+            super().__init__(device_mesh, process_group)
+
+        def reset(self):
+            pass
+
+    model = TransformersModel(model_id=str(tiny_model_dir))
+    model.add_metric(Probe, is_training=True, beta=0.3)
+    model.add_metric(DPOMetric, is_training=True, beta=0.5)
+    assert model.optimizer_group is model.optimizer_groups
+    metrics = model.optimizer_group[""].train_metrics
+    assert metrics[-2].beta == 0.3 and metrics[-1].beta == 0.5
 
 
 # ---------------------------------------------------------------------------------------------- data parallelism
@@ -207,6 +253,10 @@ def _run_example(tmp_path: Path, nproc: int = 1) -> tuple[list[dict], Path]:
     return [ast.literal_eval(line.split(": ", 1)[1]) for line in lines], out
 
 
+def _pct(value: str) -> float:
+    return float(value.rstrip("%"))
+
+
 @pytest.fixture(scope="module")
 def single_run(assets_dir, tmp_path_factory):
     return _run_example(tmp_path_factory.mktemp("dpo"))
@@ -217,8 +267,8 @@ def test_example_dpo_learns_and_saves_the_adapter(single_run):
     records, out = single_run
     first, last = records[0], records[-1]
     assert float(last["rewards/margins"]) > float(first["rewards/margins"]) + 0.2, records
-    assert float(last["rewards/accuracies"]) > float(first["rewards/accuracies"]), records
-    assert float(last["rewards/accuracies"]) >= 0.75, records
+    assert _pct(last["rewards/accuracies"]) > _pct(first["rewards/accuracies"]), records
+    assert _pct(last["rewards/accuracies"]) >= 75, records
     assert float(last["loss"]) < float(first["loss"]), records
     checkpoint = out / "last-checkpoint"
     assert (checkpoint / "adapter_model.safetensors").stat().st_size > 0

@@ -116,8 +116,10 @@ def test_batch_encode_rows_columns_and_nested_columns(chat, template):
     columns = template.batch_encode({"messages": [r["messages"] for r in rows]})
     assert [list(x) for x in columns["labels"]] == [list(f["labels"]) for f in singles]
     nested = template.batch_encode({"positive": rows, "negative": rows[::-1], "score": [1, 2]})
-    assert set(nested) == {"positive", "negative"}
+    # upstream: each nested item is its trajectory updated with the features; other columns pass through
+    assert set(nested) == {"positive", "negative", "score"} and nested["score"] == [1, 2]
     assert list(nested["negative"][0]["input_ids"]) == list(singles[1]["input_ids"])
+    assert nested["negative"][0]["messages"] == rows[1]["messages"]
     with pytest.raises(TemplateError, match="messages"):
         template.batch_encode({"query": ["hi"]})
 

@@ -15,7 +15,15 @@ from pathlib import Path
 from twinkle.assets._self_cognition import self_cognition_rows
 from twinkle.assets._tiny_model import CHATML_TEMPLATE, make_tiny_model
 
-__all__ = ["CHATML_TEMPLATE", "make_tiny_model", "self_cognition_path", "self_cognition_rows", "tiny_model_path"]
+__all__ = [
+    "CHATML_TEMPLATE",
+    "make_tiny_model",
+    "preference_pairs_path",
+    "preference_rows",
+    "self_cognition_path",
+    "self_cognition_rows",
+    "tiny_model_path",
+]
 
 
 def _cache_root() -> Path:
@@ -30,6 +38,35 @@ def self_cognition_path(directory: str | Path | None = None) -> Path:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text("".join(json.dumps(row) + "\n" for row in self_cognition_rows()))
         os.replace(tmp, path)  # atomic: concurrent ranks never see a half-written file
+    return path
+
+
+def preference_rows() -> list[dict[str, str]]:
+    """Preference pairs in the columns of upstream's DPO dataset (``shareAI-Llama3-DPO-zh-en-emoji``: ``prompt``,
+    ``answer_zh`` the preferred answer, ``answer_en`` the other), built from the self-cognition rows: the preferred
+    answer names "twinkle LLM" by "ModelScope community" and ends with an emoji, the other names ChatGPT by OpenAI.
+    80 rows, so ``EmojiDPOProcessor()`` with its defaults reads them as upstream's script does."""
+    def fill(text: str, name: str, author: str) -> str:
+        return text.replace("{{NAME}}", name).replace("{{AUTHOR}}", author)
+
+    return [
+        {
+            "prompt": row["query"],
+            "answer_zh": fill(row["response"], "twinkle LLM", "ModelScope community") + " 😊",
+            "answer_en": fill(row["response"], "ChatGPT", "OpenAI"),
+        }
+        for row in self_cognition_rows()
+    ]
+
+
+def preference_pairs_path(directory: str | Path | None = None) -> Path:
+    """Write ``preference_rows()`` as jsonl (once) and return the file's path."""
+    path = Path(directory or _cache_root()) / "preference_pairs.jsonl"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in preference_rows()))
+        os.replace(tmp, path)
     return path
 
 

@@ -18,6 +18,7 @@ class InputFeature(TypedDict, total=False):
     labels: Any
     completion_mask: Any
     length: int
+    routed_experts: Any
 
 
 class ModelOutput(TypedDict, total=False):
@@ -28,3 +29,11 @@ class ModelOutput(TypedDict, total=False):
     logps: Any
     num_tokens: int
     embeddings: Any
+    routed_experts: Any
+
+
+class LossOutput(TypedDict, total=False):
+    """What a loss returns: ``loss`` and ``num_tokens`` (0: already a mean)."""
+
+    loss: Any
+    num_tokens: Any

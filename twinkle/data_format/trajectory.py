@@ -13,6 +13,23 @@ class Message(TypedDict, total=False):
     content: str | list[dict[str, Any]]
     tool_calls: list[dict[str, Any]]
     reasoning_content: str
+    type: str
+    tool_call_id: str
+
+
+class ToolCall(TypedDict, total=False):
+    """``{id, type: 'function', function: {name, arguments}}``; templates want ``arguments`` as a dict."""
+
+    id: str
+    type: str
+    function: dict[str, Any]
+
+
+class Tool(TypedDict, total=False):
+    """``{type: 'function', function: {name, description, parameters}}``."""
+
+    type: str
+    function: dict[str, Any]
 
 
 class Trajectory(TypedDict, total=False):
@@ -27,6 +44,8 @@ class Trajectory(TypedDict, total=False):
     user_data: list[tuple[str, str]]
     images: list[Any]
     videos: list[Any]
+    audios: list[Any]
+    prompt: Any
 
 
 def get_user_data(trajectory: Trajectory | dict, key: str, default: Any = None) -> Any:
@@ -43,3 +62,24 @@ def set_user_data(trajectory: Trajectory | dict, key: str, value: Any) -> Trajec
     pairs.append((key, json.dumps(value)))
     trajectory["user_data"] = pairs
     return trajectory
+
+
+def pack_value(value: Any) -> str:
+    """``json.dumps(value, ensure_ascii=False)``, with ``str()`` for what JSON cannot encode (upstream's helper)."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def user_data_get(items: Any, key: str, default: Any = None) -> Any:
+    """Upstream's reader: the first ``(key, value)`` pair's value; a str is JSON-decoded when it can be."""
+    if not isinstance(items, list):
+        return default
+    for item in items:
+        if isinstance(item, (list, tuple)) and len(item) == 2 and item[0] == key:
+            value = item[1]
+            if not isinstance(value, str):
+                return value
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                return value
+    return default

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from twinkle.dataloader.samplers import DeviceMeshBatchSampler, epoch_order
-from twinkle.errors import BatchSizeError, ConfigError, DataError
+from twinkle.errors import BatchSizeError, ConfigError, DataError, NoLengthError
 from twinkle.infra import _state, remote_class, remote_function
 from twinkle.utils.device_mesh import DeviceMesh
 from twinkle.utils.logger import get_logger
@@ -181,6 +181,19 @@ class DataLoader:
         self._consumed = int(consumed_train_samples)
 
     @remote_function(execute="first")
+    def resume_from_checkpoint(self, consumed_train_samples: int) -> None:
+        """Upstream's name for ``skip_consumed_samples``: pass what ``model.resume_from_checkpoint`` returned
+        (``['consumed_train_samples']``). Only warns for a stream or ``n <= 0``."""
+        if self._iterable or consumed_train_samples <= 0:
+            logger.warning(
+                "resume_from_checkpoint(%s): nothing to skip%s", consumed_train_samples,
+                " (a stream is not skipped)" if self._iterable else "",
+            )
+            if self._iterable or consumed_train_samples < 0:
+                return
+        self._consumed = int(consumed_train_samples)
+
+    @remote_function(execute="first")
     def get_state(self) -> dict[str, int]:
         """``{'consumed_train_samples': n}``: global samples handed out so far, for ``skip_consumed_samples``."""
         return {"consumed_train_samples": self._consumed}
@@ -190,7 +203,7 @@ class DataLoader:
     def __len__(self) -> int:
         """The number of global batches in one epoch."""
         if self._iterable:
-            raise TypeError("a DataLoader over an iterable dataset has no length")
+            raise NoLengthError("a DataLoader over an iterable dataset has no length; iterate it instead")
         full, rest = divmod(len(self.dataset), self.batch_size)
         return full + (1 if rest and rest >= self.min_batch_size else 0)
 

@@ -189,6 +189,15 @@ class Dataset(torch.utils.data.Dataset):
         one_to_one = template.truncation_strategy not in ("split", "delete")
 
         def op(ds: Any) -> Any:
+            if self._is_nested(ds):
+                # preference rows: encode positive/negative separately, one sample each; no row is dropped
+                if not one_to_one:
+                    raise ConfigError(
+                        f"encode() of nested (positive/negative) rows cannot use truncation_strategy="
+                        f"{template.truncation_strategy!r}: it breaks the one-to-one pairing; use 'raise', 'left' "
+                        f"or 'right'"
+                    )
+                return ds.map(lambda b: template.batch_encode(dict(b), add_generation_prompt), **kw)
             if one_to_one:
                 # one output row per input row: the other columns stay where they are, unrewritten
                 encoded = ds.map(lambda b: template.encode_columns(b, add_generation_prompt)[0], **kw)
@@ -201,6 +210,20 @@ class Dataset(torch.utils.data.Dataset):
             return ds.map(lambda b: encode_batch(template, b, add_generation_prompt), remove_columns=columns, **kw)
 
         self._apply(None, op)
+
+    @staticmethod
+    def _is_nested(ds: Any) -> bool:
+        """Rows without ``messages`` whose columns hold trajectories (``positive``/``negative``)."""
+        from twinkle.template.base import nested_trajectory_columns
+
+        names = list(ds.column_names or [])
+        if "messages" in names:
+            return False
+        try:
+            first = next(iter(ds.take(1))) if hasattr(ds, "take") else ds[0]
+        except (StopIteration, IndexError):
+            return False
+        return bool(nested_trajectory_columns({k: [v] for k, v in first.items()}))
 
     def _require_template(self) -> Template:
         if self.template is None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from twinkle.dataset.base import Dataset
 from twinkle.dataset.meta import DatasetMeta
+from twinkle.errors import NoLengthError
 from twinkle.infra import remote_class
 
 
@@ -23,7 +24,7 @@ class IterableDataset(Dataset):
         super().__init__(dataset_meta, **load_kw)
 
     def __len__(self) -> int:
-        raise TypeError(f"{type(self).__name__} is a stream and has no length")
+        raise NoLengthError(f"{type(self).__name__} is a stream and has no length; iterate it instead")
 
     def __getitem__(self, index: int) -> Any:
-        raise TypeError(f"{type(self).__name__} is a stream; iterate it instead of indexing")
+        raise NoLengthError(f"{type(self).__name__} is a stream; iterate it instead of indexing")

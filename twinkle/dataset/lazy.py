@@ -14,6 +14,19 @@ from twinkle.preprocessor import DataFilter, Preprocessor
 
 
 def _call_on_row(fn: Callable, row: dict[str, Any], replace: bool) -> dict[str, Any] | None:
+    preprocess = getattr(fn, "preprocess", None)
+    if preprocess is not None:
+        # upstream prefers a preprocessor's per-row method: no column round trip per fetched row
+        try:
+            result = preprocess(dict(row))
+        except NotImplementedError:
+            result = NotImplemented
+        if result is not NotImplemented:
+            if isinstance(result, list):
+                result = result[0] if result else None
+            if not result:
+                return None
+            return result if replace else {**row, **result}
     out = fn({k: [v] for k, v in row.items()})
     if not out:
         return None
@@ -30,7 +43,13 @@ class LazyDataset(Dataset):
     ``mix_dataset(interleave=True)`` is round-robin with wrap-around: row ``i`` comes from source ``i % n``, and the
     length is ``n * (longest source)``; ``interleave=False`` concatenates. A row that a preprocessor drops comes
     back as ``None`` (the DataLoader replaces it with another sample).
+
+    Upstream's state attributes: ``do_encode`` and ``do_check`` (bools), ``encode_kwargs`` and
+    ``add_generation_prompt``, set by ``encode()`` / ``check()``.
     """
+
+    do_encode: bool = False
+    do_check: bool = False
 
     def __init__(self, dataset_meta: DatasetMeta | None = None, **load_kw: Any) -> None:
         self._ops: dict[str, list[tuple[Callable, bool]]] = {}
@@ -62,9 +81,28 @@ class LazyDataset(Dataset):
 
     @remote_function(execute="first")
     def encode(self, add_generation_prompt: bool = False, batch_size: int = 1000, **_: Any) -> None:
-        """Encode each row when it is fetched (``batch_size`` is the eager dataset's; unused here)."""
-        self._require_template()
+        """Encode each row when it is fetched (``batch_size`` is the eager dataset's; unused here).
+
+        Raises:
+            AssertionError: no template is set, or its truncation is ``'split'`` (one row would become several),
+                as upstream.
+        """
+        assert self.template is not None, "LazyDataset.encode() needs a template: call set_template(...) first"
+        assert self.template.truncation_strategy != "split", (
+            "LazyDataset.encode() cannot use truncation_strategy='split' (one row would become several); "
+            "use 'left', 'right', 'delete' or 'raise'"
+        )
         self._encode = {"add_generation_prompt": add_generation_prompt}
+        self.do_encode = True
+        self.add_generation_prompt = add_generation_prompt
+        self.encode_kwargs = dict(_)
+
+    @remote_function(execute="first")
+    def check(self, max_problems: int = 10, **kwargs: Any) -> bool:
+        """Record a check of each row at fetch time (a row failing it comes back as ``None``, which the
+        DataLoader replaces), as upstream; nothing is read now."""
+        self.do_check = True
+        return True
 
     @remote_function(execute="first")
     def filter(self, func: Callable | DataFilter, dataset_meta: DatasetMeta | None = None, **hf_kw: Any) -> None:
@@ -131,6 +169,8 @@ class LazyDataset(Dataset):
         row = self._source_row(key, j)
         for fn, replace in self._global_ops:
             row = _call_on_row(fn, row, replace) if row is not None else None
+        if row is not None and self.do_check and self._row_problem(row):
+            return None
         if row is None or not encode or self._encode is None:
             return row
         assert self.template is not None

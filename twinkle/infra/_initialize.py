@@ -42,7 +42,7 @@ def _init_process_group(device_type: str) -> None:
     if backend == "nccl":
         import torch
 
-        torch.cuda.set_device(Platform.get_local_rank())
+        torch.cuda.set_device(max(Platform.get_local_rank(), 0))
     dist.init_process_group(backend=backend)
     logger.debug("initialised torch.distributed (%s), rank %d of %d", backend, dist.get_rank(), dist.get_world_size())
 

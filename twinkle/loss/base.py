@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Loss", "selective_log_softmax"]
+__all__ = ["Loss", "get_entropies", "get_logps", "selective_log_softmax"]
 
 
 def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -62,3 +62,35 @@ class Loss:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
+
+
+def get_logps(inputs: dict[str, Any], outputs: dict[str, Any], ignore_index: int = -100) -> torch.Tensor:
+    """``outputs['logps']`` ``[B, T]``; when absent, log-softmax over the last ``T`` logits gathered at the labels
+    (ignored labels read as 0), as upstream."""
+    logps = outputs.get("logps")
+    if logps is not None:
+        return logps
+    logits = outputs.get("logits")
+    if logits is None:
+        raise KeyError("the loss needs outputs['logps'] or outputs['logits'] (the model provides them with labels)")
+    labels = inputs["labels"]
+    logits = logits[:, -labels.shape[1]:]
+    return selective_log_softmax(logits, labels.to(logits.device), ignore_index)
+
+
+def get_entropies(outputs: dict[str, Any]) -> torch.Tensor | None:
+    """Per-token entropies: upstream's key ``entropies`` (ours also wrote ``entropy``)."""
+    value = outputs.get("entropies")
+    return outputs.get("entropy") if value is None else value
+
+
+def pair_check(rows: int, name: str) -> None:
+    """Preference losses take interleaved ``[c1, r1, c2, r2, ...]`` rows; an odd count is an error."""
+    if rows % 2:
+        from twinkle.errors import PairedBatchError
+
+        raise PairedBatchError(
+            f"{name} needs an even number of rows (chosen, rejected, chosen, rejected, ...), got {rows}. Build "
+            f"batches from whole pairs; with data parallelism make the global batch a multiple of 2 * data world "
+            f"size and do not shuffle rows (each rank gets a contiguous slice)"
+        )

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from twinkle.errors import BatchSizeError, ConfigError
-from twinkle.loss.base import Loss
+from twinkle.loss.base import Loss, get_logps, pair_check
 from twinkle.utils.logger import get_logger
 
 __all__ = ["DPO_STATS_KEY", "DPOLoss"]
@@ -48,25 +48,24 @@ class DPOLoss(Loss):
     * ``'ipo'``: ``(h - 1/(2β))²`` with **length-averaged** log-probabilities. This follows the IPO paper and TRL
       (``logits - 1/(2·beta)`` on per-token means), not the literal ``(z - 1/(2β))²`` of our contract summary,
       which would scale the target by β².
-    * ``'kto_pair'`` (TRL's paired KTO): with batch KL estimates ``KLc = mean(πc - rc).clamp(min=0)`` and
-      ``KLr = mean(πr - rr).clamp(min=0)`` (kept in the graph, as TRL does), the mean over all ``2N``
-      terms ``1 - σ(β(πc - rc - KLr))`` and ``1 - σ(β(KLc - (πr - rr)))``.
+    * ``'kto_pair'`` (upstream's paired form): ``1 - σ(β(πc - rc)) + σ(β(πr - rr))``.
 
     The result is the mean over pairs, plus ``sft_weight`` times the chosen rows' token-mean negative
     log-likelihood (TRL's ``rpo_alpha``).
 
-    Reference log-probabilities come from ``ref_outputs['logps']`` (what ``model.forward_only(inputs=batch,
-    disable_lora=True)`` returns) or ``ref_logps=``: token log-probabilities ``[batch, seq]`` (0 where unlabelled,
-    as the model returns them; a different width, e.g. padded by a Ray gather, is summed row-wise) or sequence
-    log-probabilities ``[batch]``. With no reference and ``reference_free=False`` the loss is 0 (still part of the
-    graph, so ``backward`` works) and a warning says how to pass one; ``reference_free=True`` uses ``rc = rr = 0``.
+    Reference log-probabilities, first found wins (upstream's order): ``ref_chosen_logps`` + ``ref_rejected_logps``
+    (sequence sums ``[N]`` each); ``ref_logps`` (token log-probabilities ``[batch, seq]``, 0 where unlabelled; a
+    longer ``seq`` is truncated, a shorter one raises; sequence sums ``[batch]`` are accepted too);
+    ``ref_outputs['logps']`` (what ``model.forward_only(inputs=batch, disable_lora=True)`` returns, same forms);
+    zeros when ``reference_free``. With none of these the loss is 0 (still part of the graph, so ``backward``
+    works) and a warning says how to pass one.
 
     Args:
         beta: the inverse temperature β (> 0); larger keeps the policy closer to the reference.
         label_smoothing: ε in [0, 0.5): the assumed rate of flipped preference labels (``'sigmoid'`` only; other
             types raise rather than ignore it, where TRL only warns).
         loss_type: ``'sigmoid'``, ``'hinge'``, ``'ipo'`` or ``'kto_pair'``.
-        reference_free: compare against a uniform reference (``rc = rr = 0``) and ignore any reference given.
+        reference_free: compare against a uniform reference (``rc = rr = 0``) when no reference is given.
         sft_weight: weight of the chosen rows' NLL added to the loss (0: pure DPO).
         ignore_index: the label value of unlabelled tokens.
 
@@ -107,7 +106,18 @@ class DPOLoss(Loss):
 
     # ------------------------------------------------------------------ helpers
 
-    def _reference(self, kwargs: dict[str, Any]) -> Any:
+    def _reference(self, kwargs: dict[str, Any], mask: torch.Tensor) -> torch.Tensor | None:
+        """Reference sequence log-probabilities ``[2N]`` in upstream's priority order, or None."""
+        chosen, rejected = kwargs.get("ref_chosen_logps"), kwargs.get("ref_rejected_logps")
+        if chosen is not None and rejected is not None:
+            c = torch.as_tensor(chosen).to(device=mask.device, dtype=torch.float32).reshape(-1)
+            r = torch.as_tensor(rejected).to(device=mask.device, dtype=torch.float32).reshape(-1)
+            if c.shape[0] * 2 != mask.shape[0] or r.shape != c.shape:
+                raise BatchSizeError(
+                    f"DPOLoss: ref_chosen_logps/ref_rejected_logps have {c.shape[0]}/{r.shape[0]} values for "
+                    f"{mask.shape[0] // 2} pairs; pass one sequence log-probability per pair in each"
+                )
+            return torch.stack((c, r), dim=1).reshape(-1)
         ref = kwargs.get("ref_logps")
         if ref is None:
             ref_outputs = kwargs.get("ref_outputs")
@@ -118,7 +128,9 @@ class DPOLoss(Loss):
                         "DPOLoss: ref_outputs has no 'logps'; pass the result of "
                         "model.forward_only(inputs=batch, disable_lora=True) as ref_outputs="
                     )
-        return ref
+        if ref is None:
+            return None
+        return self._ref_sequence_logps(ref, mask)
 
     def _ref_sequence_logps(self, ref: Any, mask: torch.Tensor) -> torch.Tensor:
         ref = torch.as_tensor(ref).to(device=mask.device, dtype=torch.float32)
@@ -129,10 +141,13 @@ class DPOLoss(Loss):
             )
         if ref.dim() == 1:
             return ref
-        if ref.shape == mask.shape:
-            return (ref * mask).sum(-1)
-        # another width (a gather padded it): the model's logps are 0 where unlabelled, so a row sum is exact
-        return ref.sum(-1)
+        if ref.shape[1] < mask.shape[1]:
+            raise ValueError(
+                f"DPOLoss: the reference logps have {ref.shape[1]} positions but the batch has {mask.shape[1]}; "
+                f"compute them with forward_only on the same (padded) batch"
+            )
+        # a longer reference (padded wider) is truncated to the batch's width, as upstream
+        return (ref[:, : mask.shape[1]] * mask).sum(-1)
 
     def _no_reference(self, logps: torch.Tensor, policy: torch.Tensor, outputs: dict[str, Any]) -> dict[str, Any]:
         if not self._warned_no_ref:
@@ -153,23 +168,15 @@ class DPOLoss(Loss):
         Keyword args: ``ref_outputs`` (a dict with ``logps``) or ``ref_logps``; other keys are ignored.
         """
         labels = inputs["labels"]
-        logps = outputs.get("logps")
-        if logps is None:
-            raise KeyError("DPOLoss needs outputs['logps'] (the model computes them when labels are given)")
-        rows = labels.shape[0]
-        if rows % 2:
-            raise BatchSizeError(
-                f"DPOLoss needs an even number of rows (chosen, rejected, chosen, rejected, ...), got {rows}. "
-                f"Build batches from whole pairs; with data parallelism make the global batch a multiple of "
-                f"2 * data world size and do not shuffle rows (each rank gets a contiguous slice)"
-            )
+        logps = get_logps(inputs, outputs, self.ignore_index)
+        pair_check(labels.shape[0], "DPOLoss")
         mask = (labels != self.ignore_index).to(device=logps.device, dtype=torch.float32)
         lengths = mask.sum(-1).clamp(min=1)
         policy = (logps.float() * mask).sum(-1)
-        ref = None if self.reference_free else self._reference(kwargs)
+        ref = self._reference(kwargs, mask)
         if ref is None and not self.reference_free:
             return self._no_reference(logps, policy, outputs)
-        ref_seq = torch.zeros_like(policy) if ref is None else self._ref_sequence_logps(ref, mask).detach()
+        ref_seq = torch.zeros_like(policy) if ref is None else ref.detach()
 
         if self.loss_type == "ipo":
             policy_used, ref_used = policy / lengths, ref_seq / lengths
@@ -187,13 +194,8 @@ class DPOLoss(Loss):
             losses = torch.relu(1 - beta * h)
         elif self.loss_type == "ipo":
             losses = (h - 1 / (2 * beta)) ** 2
-        else:  # kto_pair
-            chosen_kl = chosen_ratio.mean().clamp(min=0)
-            rejected_kl = rejected_ratio.mean().clamp(min=0)
-            losses = torch.cat(
-                (1 - torch.sigmoid(beta * (chosen_ratio - rejected_kl)),
-                 1 - torch.sigmoid(beta * (chosen_kl - rejected_ratio)))
-            )
+        else:  # kto_pair, upstream's paired form
+            losses = 1 - torch.sigmoid(beta * chosen_ratio) + torch.sigmoid(beta * rejected_ratio)
         loss = losses.mean()
         if self.sft_weight:
             chosen_mask = mask[0::2]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from twinkle.loss.base import Loss
+from twinkle.loss.base import Loss, get_entropies, get_logps
 
 __all__ = ["GRPOLoss", "scatter_to_mask"]
 
@@ -100,7 +100,7 @@ class GRPOLoss(Loss):
             when set larger).
         beta: weight of the k3 KL term against ``ref_logps``; 0 disables it (and needs no reference).
         entropy_coef: weight of the entropy bonus; > 0 sets ``require_entropy`` so the model computes
-            ``outputs['entropy']``.
+            ``outputs['entropies']``.
         ignore_index: label value that carries no loss.
 
     Keyword arguments of the call (they reach it from ``model.forward_backward(inputs=..., advantages=...,
@@ -117,7 +117,7 @@ class GRPOLoss(Loss):
     Raises:
         ValueError: ``beta != 0`` without reference log-probabilities, or a keyword with a shape that does not
             fit the batch (the message lists the accepted shapes).
-        KeyError: ``entropy_coef > 0`` but ``outputs`` has no ``entropy``.
+        KeyError: ``entropy_coef > 0`` but ``outputs`` has no ``entropies``.
     """
 
     def __init__(
@@ -136,6 +136,7 @@ class GRPOLoss(Loss):
         self.entropy_coef = entropy_coef
         self.ignore_index = ignore_index
         self.require_entropy = entropy_coef > 0
+        self.require_logits = False
 
     def __call__(
         self,
@@ -149,7 +150,7 @@ class GRPOLoss(Loss):
     ) -> dict[str, Any]:
         logps = outputs.get("logps")
         if logps is None:
-            raise KeyError("GRPOLoss needs outputs['logps'] (log-probability of each label) from the model forward")
+            logps = get_logps(inputs, outputs, self.ignore_index)
         labels = inputs["labels"].to(logps.device)
         mask = (labels != self.ignore_index).to(torch.float32)
         if advantages is None:
@@ -159,9 +160,7 @@ class GRPOLoss(Loss):
         logps = logps.float()
         old = logps.detach() if old_logps is None else scatter_to_mask(old_logps, mask, "old_logps")
         log_ratio = (logps - old).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-        ratio = torch.exp(log_ratio)
-        clipped = ratio.clamp(1.0 - self.epsilon, 1.0 + self.epsilon_high)
-        per_token = -torch.min(ratio * adv, clipped * adv)
+        per_token, ratio = self._policy_loss(logps, log_ratio, adv, mask)
 
         ref_kl = None
         if self.beta != 0:
@@ -169,27 +168,38 @@ class GRPOLoss(Loss):
                 ref_logps = ref_outputs.get("logps")
             if ref_logps is None:
                 raise ValueError(
-                    f"GRPOLoss(beta={self.beta}) needs the reference model's log-probabilities: pass ref_logps=... "
-                    "(e.g. ref_model.forward_only(inputs=batch)['logps']) or set beta=0"
+                    f"{type(self).__name__}(beta={self.beta}) needs the reference model's log-probabilities: pass "
+                    "ref_logps=... (e.g. ref_model.forward_only(inputs=batch)['logps']) or set beta=0"
                 )
             ref = scatter_to_mask(ref_logps, mask, "ref_logps")
             delta = (ref - logps).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
             ref_kl = torch.exp(delta) - delta - 1.0
             per_token = per_token + self.beta * ref_kl
 
-        entropy = outputs.get("entropy")
+        entropy = get_entropies(outputs)
         if self.entropy_coef > 0:
             if entropy is None:
                 raise KeyError(
-                    "GRPOLoss(entropy_coef>0) needs outputs['entropy']; the model computes it when the loss's "
-                    "require_entropy is True (set by entropy_coef > 0)"
+                    f"{type(self).__name__}(entropy_coef>0) needs outputs['entropies']; the model computes them when "
+                    "the loss's require_entropy is True (set by entropy_coef > 0)"
                 )
             per_token = per_token - self.entropy_coef * entropy.float()
 
-        tokens_per_seq = mask.sum(-1)
-        loss = ((per_token * mask).sum(-1) / tokens_per_seq.clamp(min=1.0)).mean()
+        loss = self._aggregate(per_token, mask, kwargs)
         outputs["grpo_stats"] = self._stats(log_ratio, ratio, adv, mask, ref_kl, entropy)
         return {"loss": loss, "num_tokens": 0}
+
+    # the two hooks the variants (GSPO, SAPO, CISPO, BNPO, Dr. GRPO) override
+
+    def _policy_loss(self, logps, log_ratio, adv, mask):
+        """Per-token policy loss ``[B, T]`` and the ratio used (for the clip statistics)."""
+        ratio = torch.exp(log_ratio)
+        clipped = ratio.clamp(1.0 - self.epsilon, 1.0 + self.epsilon_high)
+        return -torch.min(ratio * adv, clipped * adv), ratio
+
+    def _aggregate(self, per_token, mask, kwargs) -> torch.Tensor:
+        """GRPO: the mean over sequences of each sequence's token mean."""
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
 
     @torch.no_grad()
     def _stats(self, log_ratio, ratio, adv, mask, ref_kl, entropy) -> dict[str, torch.Tensor]:

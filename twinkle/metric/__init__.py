@@ -5,7 +5,20 @@ from twinkle.metric._completion_reward import CompletionRewardMetric
 from twinkle.metric._dpo import DPOMetric
 from twinkle.metric._grpo import GRPOMetric
 from twinkle.metric._loss import LossMetric
+from twinkle.metric._policy import CISPOMetric, EmbeddingMetric, GSPOMetric, PolicyMetric
 from twinkle.metric._train import TrainMetric
 from twinkle.metric.base import Metric
 
-__all__ = ["Accuracy", "CompletionRewardMetric", "DPOMetric", "GRPOMetric", "LossMetric", "Metric", "TrainMetric"]
+__all__ = [
+    "Accuracy",
+    "CISPOMetric",
+    "CompletionRewardMetric",
+    "DPOMetric",
+    "EmbeddingMetric",
+    "GRPOMetric",
+    "GSPOMetric",
+    "LossMetric",
+    "Metric",
+    "PolicyMetric",
+    "TrainMetric",
+]

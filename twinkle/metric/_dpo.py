@@ -4,59 +4,107 @@ from typing import Any
 
 import torch
 
-from twinkle.metric.base import Metric, fmt
+from twinkle.metric.base import Metric
 
-_STATS_KEY = "dpo_stats"  # twinkle.loss.dpo.DPO_STATS_KEY; not imported so metrics never import losses
+__all__ = ["DPOMetric"]
+
+_PAD = -200.0  # upstream pads list-form logps with -200
+
+
+def _as_tensor(logps: Any) -> torch.Tensor:
+    if isinstance(logps, torch.Tensor):
+        return logps.detach().float()
+    rows = [torch.as_tensor(r, dtype=torch.float32).reshape(-1) for r in logps]
+    width = max(r.numel() for r in rows)
+    out = torch.full((len(rows), width), _PAD)
+    for i, r in enumerate(rows):
+        out[i, : r.numel()] = r
+    return out
 
 
 class DPOMetric(Metric):
-    """Preference-training numbers as TRL's ``DPOTrainer`` logs them, averaged over the pairs seen since the last
-    report, on all ranks:
+    """Preference-training numbers from the policy's (and the reference's) log-probabilities, as upstream.
 
-    ``rewards/chosen``, ``rewards/rejected`` (mean of ``β·(policy - reference)`` sequence log-probabilities),
-    ``rewards/accuracies`` (share of pairs whose chosen reward is strictly above the rejected one, so 0 before
-    any training, when both rewards are 0), ``rewards/margins`` (mean chosen minus rejected reward),
-    ``logps/chosen``, ``logps/rejected`` (mean policy sequence log-probabilities).
+    Reads ``outputs['logps']`` (a ``[B, T]`` tensor, or rows padded with -200) on interleaved chosen/rejected
+    rows; ``S = sum(m * logp)`` per row with ``m = labels != ignore_index``. With the reference
+    (``ref_outputs['logps']`` passed to ``forward_backward``, or ``ref_logps=``), ``reward = beta * (S - S_ref)``.
 
-    It reads the per-pair numbers ``DPOLoss`` stores in ``outputs['dpo_stats']``; batches without them (another
-    loss) are skipped. A ``DPOLoss`` call without a reference stores log-probabilities only, so only ``logps/*``
-    are reported then. Add it with ``model.add_metric('DPOMetric', is_training=True)``.
+    Keys, means over the pairs since the last report, over all ranks: ``logps/chosen``, ``logps/rejected``
+    (``%.2f``); with a reference also ``logps/ref_chosen``, ``logps/ref_rejected``, ``rewards/chosen``,
+    ``rewards/rejected``, ``rewards/margins`` (``%.4f``) and ``rewards/accuracies``, the percentage of pairs with a
+    positive margin (``'%.1f%'``). No data: ``{}``.
+
+    Args:
+        ignore_index: the label value of unlabelled tokens.
+        beta: the reward scale; use the loss's ``beta``: ``model.add_metric(DPOMetric, beta=0.1)``.
     """
 
-    _KEYS = ("chosen_rewards", "rejected_rewards", "chosen_logps", "rejected_logps")
+    _KEYS = ("chosen", "rejected", "ref_chosen", "ref_rejected", "pol_chosen", "pol_rejected", "correct", "pairs",
+             "ref_pairs")
+
+    def __init__(self, device_mesh: Any = None, process_group: Any = None, ignore_index: int = -100,
+                 beta: float = 0.1, **kwargs: Any) -> None:
+        self.ignore_index = ignore_index
+        self.beta = float(beta)
+        super().__init__(device_mesh, process_group)
 
     def reset(self) -> None:
         self._sums: dict[str, Any] = {k: 0.0 for k in self._KEYS}
-        self._correct: Any = 0.0
-        self._pairs = 0.0
-        self._reward_pairs = 0.0
+
+    def _sequence(self, logps: Any, labels: torch.Tensor) -> torch.Tensor:
+        t = _as_tensor(logps)
+        if t.dim() == 1:  # already sequence sums
+            return t.to(labels.device)
+        width = min(t.shape[1], labels.shape[1])
+        t = t[:, :width].to(labels.device)
+        mask = (labels[:, :width] != self.ignore_index) & (t != _PAD)
+        return (t * mask).sum(-1)
 
     @torch.no_grad()
     def accumulate(self, inputs: Any, outputs: Any, **kwargs: Any) -> None:
-        stats = outputs.get(_STATS_KEY) if isinstance(outputs, dict) else None
-        if not stats:
+        if not isinstance(outputs, dict) or outputs.get("logps") is None or not isinstance(inputs, dict):
             return
-        pairs = int(stats["chosen_logps"].shape[0])
-        self._pairs += pairs
-        # device tensors, summed lazily and read once in calculate(): no host sync before the backward pass
-        for key in self._KEYS:
-            if stats.get(key) is not None:
-                self._sums[key] = self._sums[key] + stats[key].float().sum()
-        if stats.get("chosen_rewards") is not None:
-            self._reward_pairs += pairs
-            self._correct = self._correct + (stats["chosen_rewards"] > stats["rejected_rewards"]).float().sum()
+        labels = inputs.get("labels")
+        if labels is None or labels.shape[0] % 2:
+            return
+        policy = self._sequence(outputs["logps"], labels)
+        s = self._sums
+        s["chosen"] = s["chosen"] + policy[0::2].sum()
+        s["rejected"] = s["rejected"] + policy[1::2].sum()
+        s["pairs"] += labels.shape[0] // 2
+        ref_outputs = kwargs.get("ref_outputs")
+        ref = kwargs.get("ref_logps")
+        if ref is None and isinstance(ref_outputs, dict):
+            ref = ref_outputs.get("logps")
+        if ref is None:
+            return
+        ref_seq = self._sequence(ref, labels)
+        margins = self.beta * ((policy[0::2] - ref_seq[0::2]) - (policy[1::2] - ref_seq[1::2]))
+        s["ref_chosen"] = s["ref_chosen"] + ref_seq[0::2].sum()
+        s["ref_rejected"] = s["ref_rejected"] + ref_seq[1::2].sum()
+        s["pol_chosen"] = s["pol_chosen"] + policy[0::2].sum()
+        s["pol_rejected"] = s["pol_rejected"] + policy[1::2].sum()
+        s["correct"] = s["correct"] + (margins > 0).float().sum()
+        s["ref_pairs"] += labels.shape[0] // 2
 
     def calculate(self) -> dict[str, str]:
-        values = [float(self._sums[k]) for k in self._KEYS] + [float(self._correct), self._pairs, self._reward_pairs]
-        chosen_r, rejected_r, chosen_lp, rejected_lp, correct, pairs, reward_pairs = self._all_reduce_sum(values)
+        sums = self._all_reduce_sum([float(self._sums[k]) for k in self._KEYS])
+        values = dict(zip(self._KEYS, sums, strict=True))
         self.reset()
         out: dict[str, str] = {}
-        if reward_pairs > 0:
-            out["rewards/chosen"] = fmt(chosen_r / reward_pairs)
-            out["rewards/rejected"] = fmt(rejected_r / reward_pairs)
-            out["rewards/accuracies"] = fmt(correct / reward_pairs)
-            out["rewards/margins"] = fmt((chosen_r - rejected_r) / reward_pairs)
+        pairs, ref_pairs = values["pairs"], values["ref_pairs"]
         if pairs > 0:
-            out["logps/chosen"] = fmt(chosen_lp / pairs)
-            out["logps/rejected"] = fmt(rejected_lp / pairs)
+            out["logps/chosen"] = f"{values['chosen'] / pairs:.2f}"
+            out["logps/rejected"] = f"{values['rejected'] / pairs:.2f}"
+        if ref_pairs > 0:
+            # rewards over the batches that had a reference (pol_* are the policy sums of those batches only)
+            ref_c, ref_r = values["ref_chosen"] / ref_pairs, values["ref_rejected"] / ref_pairs
+            pol_c, pol_r = values["pol_chosen"] / ref_pairs, values["pol_rejected"] / ref_pairs
+            chosen_reward, rejected_reward = self.beta * (pol_c - ref_c), self.beta * (pol_r - ref_r)
+            out["logps/ref_chosen"] = f"{ref_c:.2f}"
+            out["logps/ref_rejected"] = f"{ref_r:.2f}"
+            out["rewards/chosen"] = f"{chosen_reward:.4f}"
+            out["rewards/rejected"] = f"{rejected_reward:.4f}"
+            out["rewards/margins"] = f"{chosen_reward - rejected_reward:.4f}"
+            out["rewards/accuracies"] = f"{100.0 * values['correct'] / ref_pairs:.1f}%"
         return out

@@ -25,7 +25,7 @@ class Metric:
             when ``torch.distributed`` is initialised, else no reduction.
     """
 
-    def __init__(self, device_mesh: Any = None, process_group: Any = None) -> None:
+    def __init__(self, device_mesh: Any = None, process_group: Any = None, **kwargs: Any) -> None:
         self.device_mesh = device_mesh
         self.process_group = process_group
         self.reset()
@@ -33,8 +33,9 @@ class Metric:
     def accumulate(self, inputs: Any, outputs: Any, **kwargs: Any) -> None:
         raise NotImplementedError
 
-    def calculate(self) -> dict[str, str]:
-        """Return the metric values as strings, reduced across ranks, and reset the accumulators."""
+    def calculate(self) -> dict[str, Any]:
+        """Return the metric values (strings; upstream's policy metrics give floats), reduced across ranks, and
+        reset the accumulators."""
         raise NotImplementedError
 
     def reset(self) -> None:

@@ -1,5 +1,7 @@
-"""Model patches, applied with ``model.apply_patch(PatchClass | instance | 'Name', **kw)``."""
+"""Model patches, applied with ``model.apply_patch(PatchClass | instance | 'Name', **kw)`` or
+``apply_patch(module, patch)`` / ``with apply_context(module, patch): ...``."""
 
-from twinkle.patch.base import Patch
+from twinkle.patch.base import Patch, apply_context, apply_patch
+from twinkle.patch.no_split_modules import NoSplitModulesPatch
 
-__all__ = ["Patch"]
+__all__ = ["NoSplitModulesPatch", "Patch", "apply_context", "apply_patch"]

@@ -6,8 +6,40 @@ from typing import Any
 
 from twinkle.template.base import TRUNCATION_STRATEGIES, Template
 from twinkle.template.qwen import Qwen3_5Template
+from twinkle.template.tools import (
+    ClineParser,
+    HermesQwenParser,
+    ReActParser,
+    ToolCallParser,
+    ToolCallRegistry,
+    VCPParser,
+)
 
-__all__ = ["TRUNCATION_STRATEGIES", "Qwen3_5Template", "Template", "get_template"]
+__all__ = [
+    "TRUNCATION_STRATEGIES",
+    "ClineParser",
+    "HermesQwenParser",
+    "Qwen3_5Template",
+    "ReActParser",
+    "Template",
+    "ToolCallParser",
+    "ToolCallRegistry",
+    "VCPParser",
+    "get_template",
+]
+
+_NOT_BUILT = {
+    "DeepseekV4Template": "the DeepSeek-V4 template (its own encoder and DSML tool-call blocks) is not built in "
+    "Twinkle Commons; use Template or Qwen3_5Template",
+}
+
+
+def __getattr__(name: str):
+    if name in _NOT_BUILT:
+        from twinkle.errors import NotBuiltError
+
+        raise NotBuiltError(f"twinkle.template.{name}: {_NOT_BUILT[name]}")
+    raise AttributeError(f"module 'twinkle.template' has no attribute {name!r}")
 
 
 def get_template(template: str | type[Template] | Template, **kwargs: Any) -> Template:

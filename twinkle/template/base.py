@@ -28,6 +28,14 @@ TRUNCATION_STRATEGIES = ("raise", "left", "right", "split", "delete")
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
 
 
+def nested_trajectory_columns(columns: dict[str, Any]) -> list[str]:
+    """The columns whose first value is a dict holding ``messages`` (``positive``/``negative`` of DPO rows)."""
+    return [
+        k for k, v in columns.items()
+        if isinstance(v, list) and v and isinstance(v[0], dict) and "messages" in v[0]
+    ]
+
+
 def _empty_feature() -> InputFeature:
     empty = np.zeros(0, dtype=np.int64)
     return InputFeature(
@@ -305,12 +313,25 @@ class Template:
         if "messages" in inputs:
             features, _ = self.encode_columns(inputs, add_generation_prompt)
             return features
-        nested = {k: v for k, v in inputs.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+        nested = nested_trajectory_columns(inputs)
         if not nested:
             raise TemplateError(
                 f"batch_encode found no 'messages' column and no nested trajectory columns in {sorted(inputs)}"
             )
-        return {k: self.batch_encode(rows, add_generation_prompt) for k, rows in nested.items()}
+        # upstream: each nested item becomes the trajectory updated with its features (messages stay); other
+        # columns pass through unchanged
+        out = dict(inputs)
+        for key in nested:
+            rows = inputs[key]
+            encoded = self.encode_many(rows, add_generation_prompt)
+            if any(len(features) != 1 for features in encoded):
+                raise TemplateError(
+                    f"nested column {key!r}: truncation_strategy={self.truncation_strategy!r} turned a trajectory "
+                    f"into {max(len(f) for f in encoded)} samples; preference pairs need one sample per trajectory, "
+                    f"so use 'raise', 'left' or 'right'"
+                )
+            out[key] = [{**row, **features[0]} for row, features in zip(rows, encoded, strict=True)]
+        return out
 
     def encode_columns(self, columns: dict[str, list], add_generation_prompt: bool = False):
         """Encode a batch given as columns; returns (feature columns, index of the source row of each output)."""
@@ -325,6 +346,22 @@ class Template:
                     out[key].append(cast(dict[str, Any], feature)[key])
                 index.append(i)
         return out, index
+
+    # ------------------------------------------------------------------ tool calls
+
+    def parse_tool_call(self, text: str) -> list[dict[str, Any]]:
+        """The tool calls in generated ``text``, by the first registered parser that detects them (``[]`` if none)."""
+        from twinkle.template.tools import ToolCallRegistry
+
+        parser = ToolCallRegistry.detect_first(text)
+        return parser.parse(text) if parser is not None else []
+
+    def clean_tool_call(self, text: str) -> str:
+        """``text`` with that parser's tool-call markup removed (else just right-stripped)."""
+        from twinkle.template.tools import ToolCallRegistry
+
+        parser = ToolCallRegistry.detect_first(text)
+        return parser.clean(text) if parser is not None else text.rstrip()
 
     # ------------------------------------------------------------------ generation helpers
 

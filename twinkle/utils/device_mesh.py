@@ -14,7 +14,6 @@ rank, except that Ulysses sequence parallelism folds ``ulysses_size`` fsdp ranks
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,14 +74,12 @@ class DeviceGroup:
 
 
 def _current_rank() -> int:
-    try:
-        import torch.distributed as dist
+    """``Platform.get_rank()``: the launcher's ``RANK``, -1 when unset. As upstream, the one source of the rank:
+    ``torch.distributed`` is read only to create process groups (a group over a subset of ranks has its own
+    numbering, which must not leak into the mesh coordinates)."""
+    from twinkle.utils.platform import Platform
 
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank()
-    except Exception:  # noqa: BLE001 - torch.distributed may be absent on some builds
-        pass
-    return int(os.environ.get("RANK", "0"))
+    return Platform.get_rank()
 
 
 @dataclass(eq=False, repr=False)
@@ -154,6 +151,8 @@ class DeviceMesh:
 
         ``world_size`` larger than the product of the sizes grows dp to fill it (it must divide evenly).
         """
+        if dp_size is None:
+            raise ConfigError("dp_size=None: give dp_size an int (1 when only other dimensions are used)")
         sizes = {"fsdp": fsdp_size, "pp": pp_size, "dp": dp_size, "cp": cp_size, "tp": tp_size}
         for name, size in sizes.items():
             if size is not None and (not isinstance(size, int) or size < 1):
@@ -263,16 +262,43 @@ class DeviceMesh:
         """How many distinct data shards the mesh consumes: dp * fsdp // ulysses."""
         return self._size_or_one("dp") * self._size_or_one("fsdp") // self._ulysses
 
-    def get_data_rank(self, rank: int | None = None) -> int | None:
+    def get_data_rank(self, rank: int | None = None) -> int:
+        """The data shard of ``rank``; 0 for a rank outside the mesh (RANK unset included), as upstream, so a
+        single process reads rank 0's share."""
         coord = self.get_coord(rank)
         if coord is None:
-            return None
+            return 0
         return (coord.get("dp", 0) * self._size_or_one("fsdp") + coord.get("fsdp", 0)) // self._ulysses
 
     @property
-    def data_rank(self) -> int | None:
-        """This rank's data shard: (dp_rank * fsdp_world_size + fsdp_rank) // ulysses; ``None`` off the mesh."""
+    def data_rank(self) -> int:
+        """This rank's data shard: (dp_rank * fsdp_world_size + fsdp_rank) // ulysses; 0 off the mesh."""
         return self.get_data_rank()
+
+    # ------------------------------------------------------------------ tp / pp helpers (upstream names)
+
+    def get_tp_ranks(self) -> list[int]:
+        """The ranks of this rank's tensor-parallel group; ``[]`` off the mesh, ``[rank]`` with no tp dimension."""
+        if not self.has_dim("tp"):
+            return [self.rank]
+        return self.get_dim_group_ranks("tp")
+
+    def is_tp_last_rank(self) -> bool:
+        if not self.has_dim("tp"):
+            return True
+        tp_rank = self.tp_rank
+        return tp_rank is not None and tp_rank == self.tp_world_size - 1
+
+    def is_pp_first_rank(self) -> bool:
+        if self.get_coord() is None:
+            return False
+        return self.pp_rank in (None, 0)
+
+    def is_pp_last_rank(self) -> bool:
+        if self.get_coord() is None:
+            return False
+        pp_rank = self.pp_rank
+        return pp_rank is None or pp_rank == self.pp_world_size - 1
 
     def get_slice(self, total: int, rank: int | None = None) -> slice:
         """The part of ``total`` items that data rank ``rank`` (default: this one) gets.
@@ -282,8 +308,6 @@ class DeviceMesh:
         n = self.data_world_size
         if rank is None:
             rank = self.data_rank
-            if rank is None:
-                raise ConfigError(f"rank {self.rank} is not in this mesh of {self.world_size}; pass rank= explicitly")
         if not 0 <= rank < n:
             raise ConfigError(f"data rank {rank} is outside 0..{n - 1}")
         base, extra = divmod(total, n)
@@ -300,7 +324,6 @@ class DeviceMesh:
             if coord.get("pp", last_pp) != last_pp or coord.get("tp", 0) != 0 or coord.get("cp", 0) != 0:
                 continue
             data_rank = self.get_data_rank(int(rank))
-            assert data_rank is not None
             chosen.setdefault(data_rank, int(rank))
         return [chosen[k] for k in sorted(chosen)]
 

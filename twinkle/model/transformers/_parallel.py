@@ -26,11 +26,6 @@ def check_mesh(mesh: Any) -> None:
             f"TransformersModel trains with dp and fsdp meshes only; this mesh uses {', '.join(used)} "
             f"({mesh!r}). Use DeviceMesh.from_sizes(dp_size=..., fsdp_size=...), or MegatronModel for tp/pp/cp/ep"
         )
-    if (mesh.ulysses_size or 1) > 1:
-        raise UnsupportedParallelismError(
-            "TransformersModel does not implement Ulysses sequence parallelism (ulysses_size > 1); "
-            "drop it from the mesh"
-        )
 
 
 def needs_wrap(mesh: Any) -> bool:

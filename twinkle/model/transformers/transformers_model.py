@@ -77,6 +77,21 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _check_task(task: str | None) -> None:
+    """Upstream's ``task=``: ``'causal_lm'`` (the default) runs here; the other two are not built yet."""
+    if task in (None, "causal_lm"):
+        return
+    if task in ("embedding", "fused_lm_ce"):
+        from twinkle.errors import NotBuiltError
+
+        raise NotBuiltError(
+            f"forward(task={task!r}) is not built in Twinkle Commons (upstream: "
+            f"{'last-token L2-normalised embeddings' if task == 'embedding' else 'the fused lm-head cross entropy'}); "
+            f"use task='causal_lm'"
+        )
+    raise ConfigError(f"task must be 'causal_lm', 'fused_lm_ce' or 'embedding', got {task!r}")
+
+
 def _lookup(name: str, modules: list[Any], base: type, kind: str) -> type:
     for module in modules:
         cls = getattr(module, name, None)
@@ -105,7 +120,8 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
         config: a ``PretrainedConfig``; with no ``model_id`` the model is built from it with random weights.
         device_mesh: the data-parallel layout (dp and/or fsdp); injected from ``twinkle.initialize`` when omitted.
         mixed_precision: ``'bf16'``, ``'fp16'`` or ``'no'``; autocast on CUDA, float32 on the CPU.
-        strategy: ``'accelerate'`` (DDP over dp; FSDP2 when the mesh has fsdp) or ``'native_fsdp'`` (FSDP2).
+        strategy: ``'accelerate'`` (DDP over dp; FSDP2 when the mesh has fsdp) or ``'native_fsdp'`` (FSDP2 over
+            all ranks as one axis); ``model.strategy`` holds the object (``twinkle.model.transformers.strategy``).
         ddp_config: keyword arguments of ``DistributedDataParallel``.
         fsdp_config: keyword arguments of ``fully_shard`` (``reshard_after_forward``, ``mp_policy``, ...).
         grad_scaler_config: keyword arguments of ``torch.amp.GradScaler`` (fp16 only).
@@ -120,7 +136,8 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
 
     Raises:
         ModelNotFoundError: ``model_id`` cannot be resolved to a folder.
-        UnsupportedParallelismError: the mesh uses tp/pp/cp/ep or Ulysses.
+        UnsupportedParallelismError: the mesh uses tp/pp/cp/ep. ``ulysses_size > 1`` runs Ulysses sequence
+            parallelism (``_ulysses.py``).
     """
 
     def __init__(
@@ -130,7 +147,7 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
         config: Any = None,
         device_mesh: DeviceMesh | None = None,
         mixed_precision: str | None = "bf16",
-        strategy: str = "accelerate",
+        strategy: Any = "accelerate",
         ddp_config: dict[str, Any] | None = None,
         fsdp_config: dict[str, Any] | None = None,
         grad_scaler_config: dict[str, Any] | None = None,
@@ -139,8 +156,9 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
         labelled_logits_only: bool = True,
         **hf_kw: Any,
     ) -> None:
-        if strategy not in ("accelerate", "native_fsdp"):
-            raise ConfigError(f"strategy must be 'accelerate' or 'native_fsdp', got {strategy!r}")
+        from twinkle.model.transformers.strategy import get_strategy
+
+        strategy = get_strategy(strategy, ddp_config, fsdp_config)  # ConfigError on an unknown name
         if mixed_precision not in _PRECISIONS:
             raise ConfigError(f"mixed_precision must be 'bf16', 'fp16' or 'no', got {mixed_precision!r}")
         if model_id is None and config is None:
@@ -183,6 +201,7 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
         self._wrapped: torch.nn.Module | None = None
         self._param_cache: dict[Any, list[tuple[str, torch.nn.Parameter]]] = {}
         self.optimizer_groups: dict[str, OptimizerGroup] = {"": self._new_group("", 1)}
+        self.optimizer_group = self.optimizer_groups  # upstream's name; the same dict object
         self.active_group = ""
 
     # ------------------------------------------------------------------ setup helpers
@@ -230,9 +249,18 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
         if group.adapter_name:
             self.active_group = group.adapter_name
 
+    @property
+    def _ulysses(self) -> bool:
+        return self.device_mesh is not None and (self.device_mesh.ulysses_size or 1) > 1
+
     def _module(self) -> torch.nn.Module:
         """The module to call: the DDP wrapper, the FSDP2-sharded model, or the plain model."""
         if self._wrapped is None:
+            if self._ulysses and _parallel.needs_wrap(self.device_mesh):
+                from twinkle.model.transformers import _ulysses
+
+                _ulysses.build_group(self.device_mesh)
+                _ulysses.register(self.model)
             if _parallel.needs_wrap(self.device_mesh):
                 if _parallel.uses_fsdp(self.device_mesh, self.strategy):
                     if self.scaler is not None:
@@ -451,7 +479,11 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
         group = self._group(adapter_name)
         for training, bucket in ((True, group.train_metrics), (False, group.eval_metrics)):
             if is_training is None or is_training == training:
-                bucket.append(metric_cls(self.device_mesh, **kw) if isinstance(metric_cls, type) else metric_cls)
+                # upstream builds cls(device_mesh=, process_group=, **kw): DPOMetric(beta=...) and friends
+                bucket.append(
+                    metric_cls(device_mesh=self.device_mesh, process_group=None, **kw)
+                    if isinstance(metric_cls, type) else metric_cls
+                )
 
     # ------------------------------------------------------------------ inputs
 
@@ -480,6 +512,11 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
                 if value.dim() == 1 and key in ("input_ids", "attention_mask", "position_ids", "labels"):
                     value = value.unsqueeze(0)
             out[key] = value
+        if self._ulysses and _parallel.needs_wrap(self.device_mesh):
+            from twinkle.model.transformers import _ulysses
+
+            self._module()  # the sequence-parallel group exists before the first shard
+            out = _ulysses.shard_batch(out)
         return out
 
     def _run(self, module: torch.nn.Module, batch: dict[str, Any], temperature: float, loss: Any) -> dict[str, Any]:
@@ -498,6 +535,7 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
         if getattr(loss, "require_entropy", False):
             logp_all = torch.log_softmax(logits.float(), dim=-1)
             outputs["entropy"] = -(logp_all.exp() * logp_all).sum(-1)
+            outputs["entropies"] = outputs["entropy"]  # upstream's key
         return outputs
 
     def _pack(self, batch: dict[str, Any], group: OptimizerGroup, training: bool, return_logits: bool):
@@ -548,6 +586,7 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
         when ``return_logits`` or the loss needs them (on a packed batch only with ``return_logits``: the loss then
         saw logits of the labelled positions alone).
         """
+        _check_task(kwargs.get("task"))
         group = self._group(adapter_name)
         self._activate(group)
         module = self._module()
@@ -572,6 +611,7 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
         """Evaluation forward without gradients; ``disable_lora=True`` runs the base model (a DPO reference)."""
         import contextlib
 
+        _check_task(kwargs.get("task"))
         group = self._group(adapter_name)
         self._activate(group)
         module = self._module()
@@ -605,7 +645,9 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
         tokens = 0 if tokens is None else tokens
         metrics = group.train_metrics if training else group.eval_metrics
         for metric in metrics:
-            metric.accumulate(batch, outputs, loss=loss.detach(), num_tokens=tokens)
+            # the forward's extra keywords (ref_outputs, old_logps, advantages, ...) reach the metrics, as upstream
+            extra = {k: v for k, v in kwargs.items() if k not in ("loss", "num_tokens")}
+            metric.accumulate(batch, outputs, loss=loss.detach(), num_tokens=tokens, **extra)
         if training:
             group.pending_loss, group.pending_loss_tokens = loss, tokens
             rows = batch.get("num_rows")  # a packed batch is one row holding num_rows samples
@@ -644,7 +686,7 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
 
         ``loss`` is a detached 0-dim tensor (the local loss value), so the call never waits for the GPU.
         """
-        fwd_keys = ("temperature", "return_logits")
+        fwd_keys = ("temperature", "return_logits", "task")
         fwd_kw = {k: kwargs.pop(k) for k in fwd_keys if k in kwargs}
         outputs = self.forward(inputs=inputs, adapter_name=adapter_name, **fwd_kw)
         loss = self._calculate_loss(self._group(adapter_name), **kwargs)
@@ -665,8 +707,11 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
                              torch.tensor(float(group.pending_samples), dtype=torch.float64, device=self.device)])
             dist.all_reduce(t)
             counts = t.tolist()
-            # DDP and FSDP2 average gradients over the data ranks; undo that to get the global sum
-            world = self.device_mesh.data_world_size if self.device_mesh is not None else dist.get_world_size()
+            # DDP and FSDP2 average gradients over the data ranks (times the Ulysses group, whose ranks hold
+            # slices of the same rows); undo that to get the global sum
+            sp = (self.device_mesh.ulysses_size or 1) if self.device_mesh is not None else 1
+            world = self.device_mesh.data_world_size * sp if self.device_mesh is not None else dist.get_world_size()
+            counts[1] /= sp  # every rank of a Ulysses group counted the same rows
         else:
             counts = [float(group.pending_tokens), float(group.pending_samples)]
         tokens, samples = counts
@@ -1069,6 +1114,23 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
             "consumed_train_samples": group.consumed_train_samples,
             "gradient_accumulation_steps": group.gradient_accumulation_steps,
         }
+
+    @remote_function(dispatch="all", execute="first")
+    def upload_to_hub(self, checkpoint_dir: str, hub_model_id: str, hub_token: str | None = None,
+                      async_upload: bool = True, **kwargs: Any) -> Any:
+        """Push a saved checkpoint folder to ModelScope (``ms://`` or bare id) or Hugging Face (``hf://``).
+
+        Needs the network and a token; with ``async_upload`` returns a future (``HubOperation.wait_for``).
+        """
+        from twinkle.hub.hub import HubOperation
+
+        if async_upload:
+            return HubOperation.async_push_to_hub(hub_model_id, checkpoint_dir, token=hub_token)
+        return HubOperation.push_to_hub(hub_model_id, checkpoint_dir, token=hub_token)
+
+    def _lazy_wrap_model(self) -> torch.nn.Module:
+        """Wrap the model for the mesh now (DDP / FSDP2) instead of at the first forward; returns the wrapper."""
+        return self._module()
 
     @remote_function(dispatch="all", collect="first")
     def get_train_configs(self, adapter_name: str | None = None, **kwargs: Any) -> str:

@@ -1,4 +1,9 @@
-"""Built-in preprocessors for common public datasets."""
+"""Text (LLM) preprocessors for common public datasets; upstream's ``twinkle.preprocessor.llm``.
+
+``user_data`` values are stored JSON-encoded (``(key, json)`` pairs, so any value survives Arrow storage);
+upstream stores raw values. Readers decode either way: ``get_user_data`` and upstream's ``user_data_get``
+(JSON-decode, else the raw string) give the same value back.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,15 @@ import re
 from typing import Any
 
 from twinkle.preprocessor.base import Preprocessor
+
+__all__ = [
+    "AlpacaProcessor",
+    "CompetitionMathGRPOProcessor",
+    "CompetitionMathProcessor",
+    "CountdownProcessor",
+    "GSM8KProcessor",
+    "SelfCognitionProcessor",
+]
 
 
 def _user_data(**values: Any) -> list[tuple[str, str]]:
@@ -58,12 +72,22 @@ _GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 class GSM8KProcessor(Preprocessor):
     """GSM8K rows (``question``, ``answer`` ending in ``#### N``) -> a prompt for RL, with ``ground_truth`` N.
 
-    The reply is left for the model to generate; ``user_data`` carries ``ground_truth`` for the reward.
+    The reply is left for the model to generate (unless ``add_assistant``); ``user_data`` carries
+    ``ground_truth`` (the number after ``####``, commas removed) for the reward.
+
+    Args:
+        system: the system prompt; default asks for step-by-step reasoning and a boxed answer.
+        add_assistant: also append the dataset's worked answer as the assistant turn (for SFT on GSM8K).
     """
 
     system = (
         "You are a helpful math assistant. Reason step by step, then give the final answer as \\boxed{answer}."
     )
+
+    def __init__(self, system: str | None = None, add_assistant: bool = False) -> None:
+        if system is not None:
+            self.system = system
+        self.add_assistant = add_assistant
 
     @staticmethod
     def extract_ground_truth(answer: str) -> str:
@@ -71,8 +95,11 @@ class GSM8KProcessor(Preprocessor):
         return (match.group(1) if match else (answer or "")).replace(",", "").strip()
 
     def preprocess(self, row: dict[str, Any]) -> dict[str, Any]:
+        messages = [{"role": "system", "content": self.system}, {"role": "user", "content": row["question"]}]
+        if self.add_assistant:
+            messages.append({"role": "assistant", "content": row["answer"]})
         return {
-            "messages": [{"role": "system", "content": self.system}, {"role": "user", "content": row["question"]}],
+            "messages": messages,
             "user_data": _user_data(ground_truth=self.extract_ground_truth(row["answer"])),
         }
 
@@ -98,4 +125,33 @@ class CompetitionMathGRPOProcessor(Preprocessor):
         return {
             "messages": [{"role": "system", "content": self.system}, {"role": "user", "content": row["problem"]}],
             "user_data": _user_data(solution=row["solution"]),
+        }
+
+
+class CountdownProcessor(Preprocessor):
+    """Countdown rows (``nums`` and the target in ``response``, else ``target``, else 0) -> a prompt asking for an
+    equation over the numbers that equals the target, reasoning in ``<think>`` and the equation in ``<answer>``.
+
+    ``user_data`` holds ``[{'target': t, 'nums': nums}]`` (upstream's shape: a dict, not key/value pairs).
+    """
+
+    system = (
+        "You are a helpful assistant. You first think about the reasoning process in the mind and then provide "
+        "the user with the answer."
+    )
+
+    def preprocess(self, row: dict[str, Any]) -> dict[str, Any]:
+        nums = list(row.get("nums") or [])
+        target = row.get("response")
+        if target is None:
+            target = row.get("target", 0)
+        prompt = (
+            f"Using the numbers {nums}, create an equation that equals {target}. You can use basic arithmetic "
+            f"operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> "
+            f"tags. And return the final equation in <answer> </answer> tags, for example "
+            f"<answer> (1 + 2) / 3 </answer>."
+        )
+        return {
+            "messages": [{"role": "system", "content": self.system}, {"role": "user", "content": prompt}],
+            "user_data": [{"target": target, "nums": nums}],
         }

@@ -1,0 +1,1 @@
+"""Protocol clients of upstream's twinkle_agentic (not built)."""

@@ -1,0 +1,5 @@
+"""Not built in Twinkle Commons: importing this raises NotBuiltError naming the feature."""
+
+from twinkle_agentic import not_built
+
+not_built("twinkle_agentic.protocol.openai", "the OpenAI-compatible API client")
