@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 from typing import Any
@@ -44,7 +45,18 @@ def _init_process_group(device_type: str) -> None:
 
         torch.cuda.set_device(max(Platform.get_local_rank(), 0))
     dist.init_process_group(backend=backend)
+    # The group this call made is released before interpreter teardown: left to the destructors, gloo's threads
+    # can outlive their process group and abort the rank at exit ("terminate called without an active exception")
+    # after the script itself succeeded.
+    atexit.register(_destroy_process_group)
     logger.debug("initialised torch.distributed (%s), rank %d of %d", backend, dist.get_rank(), dist.get_world_size())
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def initialize(
