@@ -21,7 +21,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import random
 import time
 import warnings
 from collections.abc import Mapping
@@ -44,7 +43,7 @@ from twinkle.errors import (
 from twinkle.infra import remote_class, remote_function
 from twinkle.loss import CrossEntropyLoss, Loss, selective_log_softmax
 from twinkle.metric import Accuracy, LossMetric, Metric, TrainMetric
-from twinkle.model._checkpoint import atomic_dir, default_output_dir
+from twinkle.model._checkpoint import atomic_dir, default_output_dir, get_rng_state, load_state_file, set_rng_state
 from twinkle.model._hub import resolve_model_dir
 from twinkle.model._loading import load_causal_lm, pick_device
 from twinkle.model.base import TwinkleModel
@@ -993,13 +992,7 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
                 "adapter_name": group.adapter_name,
             }
             (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
-            rng = {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            }
-            torch.save(rng, tmp / "rng_state.pt")
+            torch.save(get_rng_state(), tmp / "rng_state.pt")  # tensors and plain values: weights_only loads it
 
     @remote_function(dispatch="all")
     def load(self, name: str, load_optimizer: bool = False, adapter_name: str | None = None, **kwargs: Any) -> None:
@@ -1038,7 +1031,7 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
             path = folder / "optimizer.pt"
             if not path.exists():
                 raise CheckpointError(f"{folder} has no optimizer.pt; save it with save(..., save_optimizer=True)")
-            optim_state = torch.load(path, map_location="cpu", weights_only=False)
+            optim_state = load_state_file(path)  # never unpickles code
             if self._is_fsdp():
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -1048,9 +1041,9 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
             else:
                 group.optimizer.load_state_dict(optim_state)
             if group.lr_scheduler is not None and (folder / "scheduler.pt").exists():
-                group.lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+                group.lr_scheduler.load_state_dict(load_state_file(folder / "scheduler.pt"))
             if self.scaler is not None and (folder / "scaler.pt").exists():
-                self.scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=False))
+                self.scaler.load_state_dict(load_state_file(folder / "scaler.pt"))
 
     @staticmethod
     def _read_adapter(folder: Path) -> dict[str, torch.Tensor]:
@@ -1061,7 +1054,7 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
             return load_file(str(path))
         legacy = folder / "adapter_model.bin"
         if legacy.exists():
-            return torch.load(legacy, map_location="cpu", weights_only=True)
+            return load_state_file(legacy)
         raise CheckpointError(f"{folder} has no adapter_model.safetensors; pass a folder save() wrote for an adapter")
 
     def _load_into_model(self, state: dict[str, torch.Tensor]) -> None:
@@ -1103,12 +1096,7 @@ class TransformersModel(TwinkleModel, CheckpointEngineMixin):
         group.done = {op: group.cur_step for op in ("clip", "step", "zero_grad", "lr_step")}
         rng_path = folder / "rng_state.pt"
         if rng_path.exists():
-            rng = torch.load(rng_path, weights_only=False)
-            random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
-            torch.set_rng_state(rng["torch"])
-            if rng.get("cuda") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+            set_rng_state(load_state_file(rng_path), str(rng_path))
         return {
             "cur_step": group.cur_step,
             "consumed_train_samples": group.consumed_train_samples,
