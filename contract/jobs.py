@@ -17,6 +17,11 @@ class DeviceGroupRequest(BaseModel):
 
 class JobRequest(BaseModel):
     device_groups: list[DeviceGroupRequest] = Field(min_length=1, max_length=64)
+    allow_unsandboxed: bool = Field(
+        default=False,
+        description="the owner accepts a worker without a sandbox (isolation 'none', a trusted pool); by default "
+        "a job runs only on workers that isolate it (bwrap or a container runtime)",
+    )
 
 
 class InspectResponse(BaseModel):

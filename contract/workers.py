@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
+
+Isolation = Literal["bwrap", "container", "none"]
 
 
 class OfferedGroup(BaseModel):
@@ -19,6 +23,12 @@ class RegisterWorkerRequest(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     hostname: str = Field(default="", max_length=255)
     device_groups: list[OfferedGroup] = Field(min_length=1, max_length=64)
+    isolation: Isolation = Field(
+        default="none",
+        description="how the worker isolates each job: 'bwrap' (bubblewrap sandbox), 'container' (a container "
+        "runtime such as gVisor or Kata does it), or 'none' (a trusted pool; jobs must opt in). A worker that sends "
+        "nothing counts as 'none'.",
+    )
 
 
 class RegisterWorkerResponse(BaseModel):
@@ -49,6 +59,7 @@ class Worker(BaseModel):
     owner: str | None
     state: str
     device_groups: list[OfferedGroup]
+    isolation: Isolation = Field(description="bwrap, container or none, as the worker declared it")
     registered_at: dt.datetime
     last_heartbeat_at: dt.datetime
     running_jobs: int

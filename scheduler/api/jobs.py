@@ -51,6 +51,11 @@ _UPLOAD_DOC = {
                             "type": "string",
                             "description": 'JSON {"device_groups": [{name, ranks, device_type, min_memory_gb}]}',
                         },
+                        "allow_unsandboxed": {
+                            "type": "string",
+                            "enum": ["true", "false"],
+                            "description": "run on a worker without a sandbox too (isolation 'none'); default false",
+                        },
                     },
                 }
             }
@@ -170,14 +175,18 @@ async def inspect_script(request: Request, user: CurrentUser, rt: RuntimeDep) ->
 @router.post(routes.JOBS, status_code=201, response_model=Job, openapi_extra=_UPLOAD_DOC)
 async def create_job(request: Request, user: CurrentUser, rt: RuntimeDep, session: SessionDep) -> Job:
     """Submit a job: multipart ``file`` (.py or .zip), optional ``entrypoint``, ``name`` and ``request`` (JSON
-    overriding the DeviceGroups read from the script).
+    overriding the DeviceGroups read from the script), and ``allow_unsandboxed`` (``true`` lets the job run on a
+    worker that declared isolation ``none``; by default jobs run only on sandboxed workers).
 
     Every problem is reported at once (422); an oversize bundle is 413, a truncated upload 400; nothing is
     stored on any error. A request no registered worker could run is accepted and held with a
     ``pending_reason``, since a matching donor may join later.
     """
     filename, data, fields = await read_upload(request, rt.settings.max_bundle_bytes)
-    sub = jobs_service.prepare(filename, data, fields.get("entrypoint"), fields.get("name"), fields.get("request"))
+    sub = jobs_service.prepare(
+        filename, data, fields.get("entrypoint"), fields.get("name"), fields.get("request"),
+        fields.get("allow_unsandboxed"),
+    )
     job = await run_in_threadpool(jobs_service.create_job, session, rt.storage, user, sub)
     positions = await run_in_threadpool(jobs_service.queue_positions, session, [job])
     job = await run_in_threadpool(jobs_service.get_job, session, user, job.id)

@@ -26,11 +26,13 @@ def register(
     body: RegisterWorkerRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep
 ) -> RegisterWorkerResponse:
     """Register the DeviceGroups this worker offers (worker token). Each offered group runs one job at a time.
-    Registering again under the same name means the worker restarted: its unfinished jobs are requeued."""
+    Registering again under the same name means the worker restarted: its unfinished jobs are requeued.
+    ``isolation`` declares how it sandboxes jobs (default ``none``): jobs run only on sandboxed workers unless their
+    owner opts out."""
     s = rt.settings
     reg = workers_service.register(
         session, token, name=body.name, hostname=body.hostname, device_groups=body.device_groups,
-        lease_s=s.lease_s, max_attempts=s.max_attempts,
+        lease_s=s.lease_s, max_attempts=s.max_attempts, isolation=body.isolation,
     )
     events.requeued(rt.db, rt.redis, rt.storage, reg.requeued)
     return RegisterWorkerResponse(
@@ -54,7 +56,7 @@ def heartbeat(
 
 @router.get(routes.WORKERS, response_model=WorkerList)
 def list_workers(_user: CurrentUser, session: SessionDep) -> WorkerList:
-    """Donors and pools: offered DeviceGroups, state, last heartbeat, jobs run and GPU-hours given."""
+    """Donors and pools: offered DeviceGroups, isolation, state, last heartbeat, jobs run and GPU-hours given."""
     return WorkerList(
         items=[
             Worker(
@@ -64,6 +66,7 @@ def list_workers(_user: CurrentUser, session: SessionDep) -> WorkerList:
                 owner=i.worker.owner,
                 state=i.worker.state,
                 device_groups=[OfferedGroup.model_validate(g) for g in i.worker.device_groups],
+                isolation=i.worker.isolation or "none",
                 registered_at=i.worker.registered_at,
                 last_heartbeat_at=i.worker.last_heartbeat_at,
                 running_jobs=i.running_jobs,

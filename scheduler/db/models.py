@@ -102,6 +102,9 @@ class WorkerModel(Base):
     owner: Mapped[str | None] = mapped_column(sa.String(128))
     state: Mapped[str] = mapped_column(sa.String(16), index=True)
     device_groups: Mapped[list[Any]]
+    # How the worker isolates jobs: "bwrap", "container" or "none" (what it declared at its last registration;
+    # workers older than the declaration send nothing and count as "none").
+    isolation: Mapped[str] = mapped_column(sa.String(16), default="none", server_default="none")
     registered_at: Mapped[dt.datetime]
     last_heartbeat_at: Mapped[dt.datetime]
     lease_expires_at: Mapped[dt.datetime] = mapped_column(index=True)

@@ -62,7 +62,10 @@ def _chunks(seq: list, n: int = CHUNK) -> Iterator[list]:
 
 def plan_round(session: Session, now: dt.datetime) -> tuple[matching.Plan, dict[str, tuple]]:
     workers_rows = session.execute(
-        sa.select(WorkerModel.id, WorkerModel.device_groups, WorkerModel.state, WorkerModel.lease_expires_at)
+        sa.select(
+            WorkerModel.id, WorkerModel.device_groups, WorkerModel.state, WorkerModel.lease_expires_at,
+            WorkerModel.isolation,
+        )
     ).all()
     busy: dict[str, set[int]] = {}
     for wid, slots in session.execute(
@@ -77,8 +80,9 @@ def plan_round(session: Session, now: dt.datetime) -> tuple[matching.Plan, dict[
             tuple(matching.Offer.from_dict(g) for g in groups),
             live=state == WorkerState.LIVE and lease > now,
             busy=frozenset(busy.get(wid, ())),
+            sandboxed=matching.is_sandboxed(isolation),
         )
-        for wid, groups, state, lease in workers_rows
+        for wid, groups, state, lease, isolation in workers_rows
     ]
     rows = session.execute(
         sa.select(
@@ -96,7 +100,7 @@ def plan_round(session: Session, now: dt.datetime) -> tuple[matching.Plan, dict[
         needs = needs_cache.get(key)
         if needs is None:
             needs = needs_cache[key] = matching.needs_from_request(request)
-        queued.append(matching.QueuedJob(jid, uid, needs))
+        queued.append(matching.QueuedJob(jid, uid, needs, bool(request.get("allow_unsandboxed"))))
         info[jid] = (attempt, reason, queued_at)
     users = list({q.user_id for q in queued})
     priority: dict[str, tuple] = {}

@@ -70,10 +70,36 @@ def parse_request(raw: str | None, problems: list[tuple[str, str]]) -> dict[str,
         return None
 
 
-def prepare(filename: str, data: bytes, entrypoint: str | None, name: str | None, request: str | None) -> Submission:
-    """Validate a submission completely before anything is stored; raises ``InvalidRequest`` with every problem."""
+FLAG_VALUES = {"true": True, "1": True, "on": True, "yes": True, "false": False, "0": False, "off": False, "no": False}
+
+
+def parse_flag(raw: str | None, field: str, problems: list[tuple[str, str]]) -> bool:
+    """A form checkbox or flag: true/1/on/yes or false/0/off/no (absent or empty: false)."""
+    if raw is None or not raw.strip():
+        return False
+    value = FLAG_VALUES.get(raw.strip().lower())
+    if value is None:
+        problems.append((field, f"{field} must be true or false, not {raw[:40]!r}"))
+        return False
+    return value
+
+
+def prepare(
+    filename: str,
+    data: bytes,
+    entrypoint: str | None,
+    name: str | None,
+    request: str | None,
+    allow_unsandboxed: str | None = None,
+) -> Submission:
+    """Validate a submission completely before anything is stored; raises ``InvalidRequest`` with every problem.
+
+    ``allow_unsandboxed`` (a form field) opts the job out of the sandbox requirement, as does
+    ``allow_unsandboxed: true`` inside ``request``.
+    """
     problems: list[tuple[str, str]] = []
     override = parse_request(request, problems)
+    opt_out = parse_flag(allow_unsandboxed, "allow_unsandboxed", problems)
     bundle, bundle_problems = read_bundle(filename, data, entrypoint or None)
     problems.extend(bundle_problems)
     inspection = None
@@ -87,30 +113,36 @@ def prepare(filename: str, data: bytes, entrypoint: str | None, name: str | None
     if override is not None:
         inspection.warnings = [w for w in inspection.warnings if "DeviceGroup" not in w and "nproc" not in w]
     job_name = (name or "").strip() or PurePosixPath(filename).stem or "job"
+    job_request = dict(override or inspection.request())
+    job_request["allow_unsandboxed"] = bool(opt_out or job_request.get("allow_unsandboxed"))
     return Submission(
         job_id=new_id(),
         bundle_zip=bundle.zip_bytes,
         entrypoint=bundle.entrypoint,
         inspection=inspection,
-        request=override or inspection.request(),
+        request=job_request,
         name=job_name[:255],
     )
 
 
 def worker_views(session: Session, *, live_only: bool = False) -> list[matching.WorkerView]:
-    q = sa.select(WorkerModel.id, WorkerModel.device_groups, WorkerModel.state)
+    q = sa.select(WorkerModel.id, WorkerModel.device_groups, WorkerModel.state, WorkerModel.isolation)
     if live_only:
         q = q.where(WorkerModel.state == WorkerState.LIVE)
     return [
-        matching.WorkerView(wid, tuple(matching.Offer.from_dict(g) for g in groups), live=state == WorkerState.LIVE)
-        for wid, groups, state in session.execute(q)
+        matching.WorkerView(
+            wid, tuple(matching.Offer.from_dict(g) for g in groups), live=state == WorkerState.LIVE,
+            sandboxed=matching.is_sandboxed(isolation),
+        )
+        for wid, groups, state, isolation in session.execute(q)
     ]
 
 
 def create_job(session: Session, storage: Storage, user: UserModel, sub: Submission) -> JobModel:
     """Store the bundle, then commit the row; on a failed commit the bundle is removed again."""
     catalog = matching.ShapeCatalog(worker_views(session))
-    reason = catalog.hold_reason(matching.needs_from_request(sub.request)) or "waiting for the dispatcher"
+    needs = matching.needs_from_request(sub.request)
+    reason = catalog.hold_reason(needs, bool(sub.request.get("allow_unsandboxed"))) or "waiting for the dispatcher"
     session.rollback()  # end the read transaction: no storage call inside a DB transaction
     key = bundle_key(user.id, sub.job_id)
     size = storage.put_bytes(key, sub.bundle_zip)

@@ -5,6 +5,10 @@ one or more DeviceGroups; it fits a worker when every requested group fits a *di
 same device family (``cuda``/``GPU`` -> gpu, ``cpu``/``CPU`` -> cpu, ``npu``; ``any`` fits every family),
 at least as many ranks, at least ``min_memory_gb`` per device.
 
+Isolation: a worker declares how it isolates jobs (``bwrap``, ``container`` or ``none``). A job runs only on a
+sandboxed worker (anything but ``none``) unless its owner opted out (``allow_unsandboxed`` in its request); a job
+held for that reason says so and names the opt-out.
+
 Order (``plan``): users take turns (round robin, the user whose oldest queued job is oldest goes first);
 within a user jobs go strictly first in, first out, except that a job no live worker could ever run is held
 (with its reason) and does not block the user's later jobs. Among free slots the smallest that fits wins
@@ -126,14 +130,23 @@ def fit_groups(
     return tuple(chosen[i] for i in range(len(needs)))
 
 
+ISOLATIONS = ("bwrap", "container", "none")
+
+
+def is_sandboxed(isolation: str | None) -> bool:
+    """A worker that declared no isolation (one older than the declaration) counts as ``none``."""
+    return (isolation or "none") != "none"
+
+
 @dataclass
 class WorkerView:
-    """A worker as the matcher sees it: its offers and which slots are busy."""
+    """A worker as the matcher sees it: its offers, which slots are busy, whether it runs jobs in a sandbox."""
 
     worker_id: str
     offers: tuple[Offer, ...]
     live: bool = True
     busy: frozenset[int] = frozenset()
+    sandboxed: bool = True
 
 
 @dataclass
@@ -141,6 +154,7 @@ class QueuedJob:
     job_id: str
     user_id: str
     needs: tuple[Need, ...]
+    allow_unsandboxed: bool = False  # the owner accepts a worker without a sandbox (a trusted pool)
 
 
 @dataclass
@@ -160,38 +174,50 @@ class ShapeCatalog:
     """What the registered workers could run if idle; answers "could this ever fit?" with a reason."""
 
     def __init__(self, workers: Iterable[WorkerView]) -> None:
-        self._shapes: dict[tuple[Offer, ...], list[int]] = defaultdict(lambda: [0, 0])  # shape -> [live, offline]
+        # (shape, sandboxed) -> [live, offline]
+        self._shapes: dict[tuple[tuple[Offer, ...], bool], list[int]] = defaultdict(lambda: [0, 0])
         for w in workers:
             shape = tuple(sorted(w.offers, key=lambda o: (o.family, o.ranks, o.memory_gb or 0.0)))
-            self._shapes[shape][0 if w.live else 1] += 1
-        self._cache: dict[tuple[Need, ...], tuple[int, int]] = {}
+            self._shapes[(shape, w.sandboxed)][0 if w.live else 1] += 1
+        self._cache: dict[tuple[tuple[Need, ...], bool], tuple[int, int]] = {}
 
-    def counts(self, needs: tuple[Need, ...]) -> tuple[int, int]:
-        """(live workers, offline workers) whose whole offer could run ``needs``."""
-        hit = self._cache.get(needs)
+    def counts(self, needs: tuple[Need, ...], allow_unsandboxed: bool = False) -> tuple[int, int]:
+        """(live workers, offline workers) whose whole offer could run ``needs`` (sandboxed ones only, unless
+        ``allow_unsandboxed``)."""
+        hit = self._cache.get((needs, allow_unsandboxed))
         if hit is None:
             live = offline = 0
-            for shape, (n_live, n_off) in self._shapes.items():
-                if fit_groups(shape, needs) is not None:
+            for (shape, sandboxed), (n_live, n_off) in self._shapes.items():
+                if (sandboxed or allow_unsandboxed) and fit_groups(shape, needs) is not None:
                     live += n_live
                     offline += n_off
-            hit = self._cache[needs] = (live, offline)
+            hit = self._cache[(needs, allow_unsandboxed)] = (live, offline)
         return hit
 
-    def hold_reason(self, needs: tuple[Need, ...]) -> str | None:
+    def hold_reason(self, needs: tuple[Need, ...], allow_unsandboxed: bool = False) -> str | None:
         """Why no live worker could ever run ``needs``; ``None`` when one could."""
-        live, offline = self.counts(needs)
+        live, offline = self.counts(needs, allow_unsandboxed)
         if live:
             return None
         wanted = needs[0].describe() if len(needs) == 1 else "; ".join(n.describe() for n in needs)
+        if not allow_unsandboxed:
+            bare_live, bare_offline = (a - b for a, b in zip(self.counts(needs, True), (live, offline)))
+            if bare_live or (bare_offline and not offline):
+                state = "live" if bare_live else "offline"
+                return (
+                    f"held: no sandboxed worker offers {wanted}; {bare_live or bare_offline} {state} worker(s) "
+                    f"without a sandbox (isolation 'none') could run it. Jobs run only in a sandbox unless their "
+                    f"owner opts out: resubmit with --allow-unsandboxed (web UI: 'allow a worker without a "
+                    f"sandbox'; API: allow_unsandboxed=true) if you trust that pool"
+                )
         if offline:
             return f"held: only offline workers ({offline}) offer {wanted}; waiting for one to come back"
         if len(needs) == 1:
             return f"held: no registered worker offers {wanted}"
         return f"held: no registered worker offers all of {wanted} as separate device groups"
 
-    def busy_reason(self, needs: tuple[Need, ...]) -> str:
-        live, _ = self.counts(needs)
+    def busy_reason(self, needs: tuple[Need, ...], allow_unsandboxed: bool = False) -> str:
+        live, _ = self.counts(needs, allow_unsandboxed)
         return f"waiting for a free worker: {live} live worker(s) can run it, all busy"
 
 
@@ -201,7 +227,11 @@ class _FreeSlots:
     def __init__(self, workers: Iterable[WorkerView]) -> None:
         self.offers: dict[str, tuple[Offer, ...]] = {}
         self.free: dict[str, set[int]] = {}
-        buckets: dict[str, dict[tuple[int, float], list[tuple[str, int]]]] = defaultdict(lambda: defaultdict(list))
+        self.sandboxed: dict[str, bool] = {}
+        # Buckets are keyed by (family, sandboxed), so a job that needs a sandbox never even looks at the others.
+        buckets: dict[tuple[str, bool], dict[tuple[int, float], list[tuple[str, int]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
         for w in workers:
             if not w.live:
                 continue
@@ -210,17 +240,21 @@ class _FreeSlots:
                 continue
             self.offers[w.worker_id] = w.offers
             self.free[w.worker_id] = free
+            self.sandboxed[w.worker_id] = w.sandboxed
             for i in sorted(free, reverse=True):  # popped from the end: lowest slot first
                 o = w.offers[i]
-                buckets[o.family][(o.ranks, o.memory_gb or 0.0)].append((w.worker_id, i))
+                buckets[(o.family, w.sandboxed)][(o.ranks, o.memory_gb or 0.0)].append((w.worker_id, i))
         self.total = sum(len(s) for s in self.free.values())
-        # family -> sorted shapes, and shape -> stack of (worker, slot); stale entries are skipped lazily.
-        self.shapes = {fam: sorted(b) for fam, b in buckets.items()}
-        self.stacks = {fam: dict(b) for fam, b in buckets.items()}
+        # (family, sandboxed) -> sorted shapes, and shape -> stack of (worker, slot); stale entries are skipped lazily.
+        self.shapes = {key: sorted(b) for key, b in buckets.items()}
+        self.stacks = {key: dict(b) for key, b in buckets.items()}
 
-    def take_single(self, need: Need) -> tuple[str, int] | None:
-        families = list(self.shapes) if need.family == "any" else [need.family]
-        best: tuple[tuple[int, float], str] | None = None
+    def take_single(self, need: Need, allow_unsandboxed: bool = False) -> tuple[str, int] | None:
+        families = [
+            key for key in self.shapes
+            if (need.family == "any" or key[0] == need.family) and (key[1] or allow_unsandboxed)
+        ]
+        best: tuple[tuple[int, float], tuple[str, bool]] | None = None
         for fam in families:
             shapes = self.shapes.get(fam)
             if not shapes:
@@ -240,7 +274,7 @@ class _FreeSlots:
         self._use(wid, (slot,))
         return wid, slot
 
-    def _peek(self, fam: str, shape: tuple[int, float]) -> tuple[str, int] | None:
+    def _peek(self, fam: tuple[str, bool], shape: tuple[int, float]) -> tuple[str, int] | None:
         stack = self.stacks[fam][shape]
         while stack:
             wid, slot = stack[-1]
@@ -249,10 +283,10 @@ class _FreeSlots:
             stack.pop()
         return None
 
-    def take_multi(self, needs: tuple[Need, ...]) -> tuple[str, tuple[int, ...]] | None:
+    def take_multi(self, needs: tuple[Need, ...], allow_unsandboxed: bool = False) -> tuple[str, tuple[int, ...]] | None:
         best: tuple[tuple[Any, ...], str, tuple[int, ...]] | None = None
         for wid, free in self.free.items():
-            if len(free) < len(needs):
+            if len(free) < len(needs) or not (self.sandboxed[wid] or allow_unsandboxed):
                 continue
             slots = fit_groups(self.offers[wid], needs, free)
             if slots is None:
@@ -300,22 +334,22 @@ def plan(
         q = queues[user]
         while q:
             job = q.popleft()
-            hold = catalog.hold_reason(job.needs)
+            hold = catalog.hold_reason(job.needs, job.allow_unsandboxed)
             if hold is not None:
                 result.reasons[job.job_id] = hold
                 continue  # held jobs never block the user's later jobs
             placed: tuple[str, tuple[int, ...]] | None = None
             if pool.total >= len(job.needs):
                 if len(job.needs) == 1:
-                    hit = pool.take_single(job.needs[0])
+                    hit = pool.take_single(job.needs[0], job.allow_unsandboxed)
                     placed = None if hit is None else (hit[0], (hit[1],))
                 else:
-                    placed = pool.take_multi(job.needs)
+                    placed = pool.take_multi(job.needs, job.allow_unsandboxed)
             if placed is None:
-                result.reasons[job.job_id] = catalog.busy_reason(job.needs)
+                result.reasons[job.job_id] = catalog.busy_reason(job.needs, job.allow_unsandboxed)
                 blocked = f"waiting behind job {job.job_id} (each user's jobs start in submission order)"
                 for later in q:
-                    result.reasons[later.job_id] = catalog.hold_reason(later.needs) or blocked
+                    result.reasons[later.job_id] = catalog.hold_reason(later.needs, later.allow_unsandboxed) or blocked
                 q.clear()
                 break
             result.assignments.append(Assignment(job.job_id, placed[0], placed[1]))

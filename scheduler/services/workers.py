@@ -40,11 +40,13 @@ def register(
     device_groups: list[OfferedGroup],
     lease_s: float,
     max_attempts: int,
+    isolation: str = "none",
 ) -> Registration:
     """Register (or re-register) the worker ``name`` of this token.
 
     A worker that registers again has restarted, so whatever it was running is gone: its active jobs are
-    requeued as their next attempt now rather than after the lease runs out.
+    requeued as their next attempt now rather than after the lease runs out. ``isolation`` is what the worker
+    declares now (it may have lost or gained its sandbox since the last time).
     """
     now = utcnow()
     worker = session.scalar(sa.select(WorkerModel).where(WorkerModel.token_id == token.id, WorkerModel.name == name))
@@ -59,6 +61,7 @@ def register(
             owner=token.owner,
             state=WorkerState.LIVE,
             device_groups=groups,
+            isolation=isolation,
             registered_at=now,
             last_heartbeat_at=now,
             lease_expires_at=now + dt.timedelta(seconds=lease_s),
@@ -72,6 +75,7 @@ def register(
         )
         worker.hostname = hostname or name
         worker.device_groups = groups
+        worker.isolation = isolation
         worker.state = WorkerState.LIVE
         worker.registered_at = now
         worker.last_heartbeat_at = now

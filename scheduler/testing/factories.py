@@ -92,8 +92,13 @@ class InProcessWorker:
     Its routes come from ``contract``; its bodies are plain dicts, so that tests can send what a hostile or broken
     worker would."""
 
-    def __init__(self, client: Any, token: str, name: str, device_groups: list[dict]) -> None:
+    def __init__(
+        self, client: Any, token: str, name: str, device_groups: list[dict], isolation: str | None = "bwrap"
+    ) -> None:
+        """``isolation`` is what it declares at registration (``None``: the field is left out, as an old worker
+        does); scheduler tests stand in for a sandboxed worker unless they say otherwise."""
         self.client, self.token, self.name, self.device_groups = client, token, name, device_groups
+        self.isolation = isolation
         self.worker_id: str | None = None
         self.queue: str | None = None
 
@@ -103,7 +108,10 @@ class InProcessWorker:
     def register(self) -> dict:
         r = self.client.post(
             _api(routes.WORKER_REGISTER),
-            json={"name": self.name, "hostname": self.name, "device_groups": self.device_groups},
+            json={
+                "name": self.name, "hostname": self.name, "device_groups": self.device_groups,
+                **({"isolation": self.isolation} if self.isolation is not None else {}),
+            },
             headers=auth(self.token),
         )
         assert r.status_code == 200, r.text

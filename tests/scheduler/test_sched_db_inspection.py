@@ -19,7 +19,40 @@ def test_migration_matches_the_models(scheduler_db_url):
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(ctx, Base.metadata) == []
-        assert ctx.get_current_revision() == "0001"
+        assert ctx.get_current_revision() == _head()
+    engine.dispose()
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    from scheduler.db.session import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def test_workers_registered_before_0002_count_as_unsandboxed(tmp_path):
+    """Upgrading a database that has workers from before the isolation column gives them 'none'."""
+    from scheduler.db import migrate
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate(url, "0001")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO users (id, name, created_at) VALUES ('u1', 'donor', '2026-01-01 00:00:00')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO api_tokens (id, token_hash, kind, created_at) VALUES ('t1', 'h', 'worker', '2026-01-01')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO workers (id, token_id, name, hostname, state, device_groups, registered_at, "
+            "last_heartbeat_at, lease_expires_at, jobs_run, gpu_seconds) VALUES ('w1', 't1', 'old', 'h', 'live', "
+            "'[]', '2026-01-01', '2026-01-01', '2026-01-01', 0, 0.0)"
+        )
+    migrate(url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT isolation FROM workers WHERE id = 'w1'").scalar() == "none"
     engine.dispose()
 
 
