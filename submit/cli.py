@@ -110,6 +110,14 @@ def submit(
     gpu_memory: Annotated[str | None, typer.Option(help="Minimum memory per device, e.g. 24GB")] = None,
     name: Annotated[str | None, typer.Option(help="A name for the job")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream the logs until the job ends")] = False,
+    allow_unsandboxed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsandboxed",
+            help="Let the job run on a worker without a sandbox (isolation 'none', a trusted pool). By default a "
+            "job runs only where the worker isolates it (bwrap or a container runtime)",
+        ),
+    ] = False,
     max_bundle_mb: Annotated[
         float,
         typer.Option(
@@ -126,8 +134,12 @@ def submit(
         bundle = make_bundle(script, max_mb=max_bundle_mb)
         with _client(server, token) as client:
             request = _request_from_flags(client, script, ranks, device_type, gpu_memory)
-            job = client.submit(bundle.data, bundle.entrypoint, name=name or script.stem, request=request)
+            job = client.submit(bundle.data, bundle.entrypoint, name=name or script.stem, request=request,
+                                allow_unsandboxed=allow_unsandboxed)
             job_id = job["id"]
+            if allow_unsandboxed:
+                err.print("note: --allow-unsandboxed: this job may run on a worker that does not isolate it; use it "
+                          "only with a pool you trust", markup=False, soft_wrap=True)
             out.print(f"submitted job [bold]{job_id}[/] ({len(bundle.files)} files, {bundle.size / 1024:.0f} KB)")
             position, reason = job.get("queue_position"), job.get("pending_reason")
             if position is not None:

@@ -178,7 +178,7 @@ class Client:
 
     def submit(
         self, bundle: bytes, entrypoint: str, *, name: str | None = None, request: dict | None = None,
-        filename: str = "bundle.zip",
+        filename: str = "bundle.zip", allow_unsandboxed: bool = False,
     ) -> dict:
         import json
 
@@ -187,6 +187,8 @@ class Client:
             data["name"] = name
         if request:
             data["request"] = json.dumps(request)
+        if allow_unsandboxed:
+            data["allow_unsandboxed"] = "true"
         files = {"file": (filename, bundle, "application/zip")}
         return _parsed(Job, self._request("POST", routes.JOBS, data=data, files=files))
 

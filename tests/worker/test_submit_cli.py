@@ -118,3 +118,25 @@ def test_404_names_the_job(monkeypatch, capsys):
     _fake_server(monkeypatch, 404, {"error": {"code": "not_found", "message": "no job 'abc'"}})
     code, _, err = run_cli(["cancel", "abc"], capsys)
     assert code == 1 and "no job 'abc'" in err and "twinkle-submit list" in err
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_allow_unsandboxed_is_sent_only_when_asked(tmp_path, monkeypatch, capsys, flag):
+    import httpx
+
+    import submit.cli as cli
+    from submit.client import Client
+
+    sent: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.read())
+        return httpx.Response(201, json={"id": "j1", "queue_position": 1, "pending_reason": None})
+
+    monkeypatch.setattr(cli, "_client", lambda server, token: Client("http://api", "t", transport=httpx.MockTransport(handler)))
+    (tmp_path / "train.py").write_text("print(1)")
+    code, _, err = run_cli([str(tmp_path / "train.py"), *(["--allow-unsandboxed"] if flag else [])], capsys)
+    assert code == 0
+    body = sent[-1]
+    assert (b'name="allow_unsandboxed"\r\n\r\ntrue' in body) is flag
+    assert ("does not isolate it" in err) is flag
