@@ -277,3 +277,49 @@ def test_every_form_control_has_a_label(page, stack):
               .map((el) => el.id || el.name)"""
     )
     assert unlabelled == []
+
+
+# ---------------------------------------------------------------- isolation
+
+
+def test_workers_show_their_isolation_and_a_job_can_opt_out_of_the_sandbox(page, stack):
+    """A worker without a sandbox is listed as such; only a job whose owner ticked the box may go there."""
+    name = f"bare-{uuid.uuid4().hex[:6]}"
+    with stack.client(stack.worker_token) as c:
+        r = c.post("/workers/register", json={"name": name, "hostname": name, "isolation": "none",
+                                              "device_groups": [{"ranks": 1, "device_type": "cpu"}]})
+        assert r.status_code == 200, r.text
+    token = _user(stack)
+    sign_in(page, stack, token)
+    page.goto(f"{stack.url}/workers")
+    expect(page.get_by_role("columnheader", name="Isolation")).to_be_visible()
+    row = page.locator("#workers-table tr", has_text=name)
+    expect(row.locator("[data-isolation]")).to_have_attribute("data-isolation", "none")
+    expect(row).to_contain_text("no sandbox")
+
+    page.goto(f"{stack.url}/submit")
+    page.get_by_label("Paste code").check()
+    page.get_by_label("Code", exact=True).fill(SCRIPT)
+    expect(page.locator("#dg-0-name")).to_have_value("actors")
+    box = page.get_by_label("Allow a worker without a sandbox")
+    expect(box).not_to_be_checked()
+    box.check()
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r"/jobs/[^/]+$"))
+    with stack.client(token) as c:
+        job = c.get(f"/jobs/{page.url.rsplit('/', 1)[1]}").json()
+    assert job["request"]["allow_unsandboxed"] is True
+
+
+def test_a_job_is_sandboxed_unless_the_box_is_ticked(page, stack):
+    token = _user(stack)
+    sign_in(page, stack, token)
+    page.goto(f"{stack.url}/submit")
+    page.get_by_label("Paste code").check()
+    page.get_by_label("Code", exact=True).fill(SCRIPT.replace("ranks=2", "ranks=64"))
+    expect(page.locator("#dg-0-ranks")).to_have_value("64")
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r"/jobs/[^/]+$"))
+    with stack.client(token) as c:
+        job = c.get(f"/jobs/{page.url.rsplit('/', 1)[1]}").json()
+    assert job["request"]["allow_unsandboxed"] is False

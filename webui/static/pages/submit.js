@@ -84,6 +84,15 @@ export async function render(root) {
   const groupsError = h('p', { class: 'field-error', id: 'device_groups-error', hidden: true });
   const addGroup = h('button', { type: 'button', class: 'button secondary', id: 'add-group' }, 'Add a device group');
 
+  // ---- isolation: jobs run only on sandboxed workers unless the owner opts out (a trusted pool)
+  const unsandboxedInput = h('input', { type: 'checkbox', id: 'allow_unsandboxed', name: 'allow_unsandboxed', 'aria-describedby': 'allow_unsandboxed-hint' });
+  const unsandboxedField = h(
+    'div',
+    { class: 'isolation-choice', id: 'isolation' },
+    h('div', { class: 'checkbox' }, unsandboxedInput, h('label', { for: 'allow_unsandboxed' }, 'Allow a worker without a sandbox')),
+    h('p', { class: 'hint', id: 'allow_unsandboxed-hint' }, 'By default your job runs only on workers that isolate it (bubblewrap or a container runtime). Tick this to also accept workers of a trusted pool that run jobs unisolated.'),
+  );
+
   const submitButton = h('button', { type: 'submit', class: 'button', id: 'submit-job' }, 'Submit job');
   const form = h(
     'form',
@@ -117,6 +126,7 @@ export async function render(root) {
       groupsList,
       addGroup,
     ),
+    unsandboxedField,
     h('div', { class: 'actions' }, submitButton),
   );
 
@@ -368,6 +378,7 @@ export async function render(root) {
     if (nameInput.value.trim()) body.append('name', nameInput.value.trim());
     if (!entryField.wrapper.hidden && entryInput.value.trim()) body.append('entrypoint', entryInput.value.trim());
     if (groups.length) body.append('request', JSON.stringify({ device_groups: groups }));
+    if (unsandboxedInput.checked) body.append('allow_unsandboxed', 'true');
 
     submitButton.disabled = true;
     replace(submitButton, 'Submitting…');

@@ -1,4 +1,5 @@
-// Workers: donor and pooled machines, the DeviceGroups they offer, state, last heartbeat, jobs run, GPU-hours.
+// Workers: donor and pooled machines, the DeviceGroups they offer, how they isolate jobs, state, last heartbeat,
+// jobs run, GPU-hours.
 
 import { ROUTES, get } from '../api.js';
 import { deviceGroupText } from '../model.js';
@@ -11,6 +12,18 @@ function gpuHoursOf(w) {
   return Number(w.gpu_seconds ?? 0) / 3600;
 }
 
+const ISOLATION_TEXT = {
+  bwrap: ['sandbox (bwrap)', 'Each job runs in a bubblewrap sandbox: own namespaces, no network, only its folder writable.'],
+  container: ['container runtime', 'Each job runs isolated by a container runtime (gVisor, Kata) the operator set up.'],
+  none: ['no sandbox', 'Jobs run unisolated on this worker (a trusted pool); only jobs whose owner opted out are sent here.'],
+};
+
+function isolationCell(w) {
+  const kind = w.isolation || 'none';
+  const [text, title] = ISOLATION_TEXT[kind] || [kind, ''];
+  return h('span', { class: `badge isolation-${kind}`, title, dataset: { isolation: kind } }, text);
+}
+
 function workerRow(w) {
   const groups = w.device_groups || [];
   const gpuHours = gpuHoursOf(w);
@@ -20,6 +33,7 @@ function workerRow(w) {
     h('th', { scope: 'row' }, h('span', { class: 'mono' }, w.name || w.id), w.hostname && w.hostname !== w.name ? h('div', { class: 'muted small' }, w.hostname) : null),
     h('td', {}, w.owner || h('span', { class: 'muted' }, '—')),
     h('td', {}, groups.length ? h('ul', { class: 'plain-list' }, groups.map((g) => h('li', {}, deviceGroupText(g)))) : h('span', { class: 'muted' }, '—')),
+    h('td', {}, isolationCell(w)),
     h('td', {}, stateBadge(w.state), w.running_jobs ? h('div', { class: 'muted small' }, `running ${w.running_jobs} job${w.running_jobs === 1 ? '' : 's'}`) : null),
     h('td', {}, timeEl(w.last_heartbeat_at ?? w.last_heartbeat)),
     h('td', { class: 'num' }, w.jobs_run ?? 0),
@@ -35,7 +49,7 @@ export async function render(root) {
     'table',
     { class: 'table', id: 'workers-table' },
     h('caption', { class: 'visually-hidden' }, 'Donor and pooled workers'),
-    h('thead', {}, h('tr', {}, ['Worker', 'Donated by', 'Device groups', 'State', 'Last heartbeat', 'Jobs run', 'GPU-hours given'].map((t) => h('th', { scope: 'col' }, t)))),
+    h('thead', {}, h('tr', {}, ['Worker', 'Donated by', 'Device groups', 'Isolation', 'State', 'Last heartbeat', 'Jobs run', 'GPU-hours given'].map((t) => h('th', { scope: 'col' }, t)))),
     tbody,
   );
   const empty = h('p', { class: 'empty', hidden: true }, 'No workers have registered yet. Anyone with a GPU can donate it with ', h('code', {}, 'twinkle-worker --server URL --token T'), '.');
