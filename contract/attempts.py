@@ -12,9 +12,11 @@ class ResumeFile(BaseModel):
 
 
 class ResumeFrom(BaseModel):
-    """The checkpoint files (under ``output/``) of the latest earlier attempt that uploaded any."""
+    """The checkpoint to resume from: the folder the platform recorded last for the latest earlier attempt that
+    uploaded one (never chosen by its name), and its files."""
 
     attempt: int
+    checkpoint: str = Field(description="the folder, 'output/<name>'; TWINKLE_RESUME_FROM points at its copy")
     files: list[ResumeFile]
 
 

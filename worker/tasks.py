@@ -202,9 +202,13 @@ class AttemptExecutor:
         if not resume or not resume.get("files"):
             return None
         files = resume["files"]
-        chosen = latest_checkpoint([f["path"] for f in files])
+        # The platform names the checkpoint (the folder it recorded last); a folder's name never decides, so a
+        # made-up "checkpoint-999999" is not picked. Only an API older than that field leaves the choice to us.
+        chosen = resume.get("checkpoint") or latest_checkpoint([f["path"] for f in files])
         if chosen is None:
             return None
+        if PurePosixPath(chosen).parent != PurePosixPath("output") or chosen in ("output/.", "output/.."):
+            raise BundleError(f"resume checkpoint {chosen!r} is not a folder under output/")
         root = dest.resolve()
         for f in files:
             if not f["path"].startswith(chosen + "/"):

@@ -33,20 +33,21 @@ def start(
 ) -> StartResponse:
     """Confirm an assignment before running it. The idempotency check of ``twinkle.run_attempt``: a second
     start of the same attempt, or a start of a stale one, is 409 ``stale_attempt``; do not run then.
-    ``resume_from`` lists the checkpoint files of the latest earlier attempt, with download links."""
+    ``resume_from`` names the checkpoint the platform recorded last for the latest earlier attempt that saved one
+    (``checkpoint``) and lists its files with download links."""
     f = attempts_service.start(session, token, job_id, attempt)
     resume = attempts_service.resume_files(session, f.job)
     session.rollback()
     resume_from = None
     if resume is not None:
         base = rt.settings.public_url or str(request.base_url)
-        n, rows = resume
         resume_from = ResumeFrom(
-            attempt=n,
+            attempt=resume.attempt,
+            checkpoint=resume.checkpoint,
             files=[
                 ResumeFile(path=r.path, size=r.size,
                            url=rt.storage.presigned_url(r.key, expires_s=rt.settings.download_ttl_s, base_url=base))
-                for r in rows
+                for r in resume.files
             ],
         )
     logs_service.system_line(rt.redis, job_id, attempt, f"attempt {attempt} started on worker {f.attempt.worker_id}")

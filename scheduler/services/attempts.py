@@ -84,17 +84,35 @@ def start(session: Session, token: ApiTokenModel, job_id: str, n: int) -> Fenced
     return f
 
 
-def resume_files(session: Session, job: JobModel) -> tuple[int, list[ArtifactModel]] | None:
-    """Checkpoint files of the latest earlier attempt that uploaded anything under ``output/``."""
+@dataclass
+class ResumePoint:
+    attempt: int
+    checkpoint: str  # "output/<folder>"
+    files: list[ArtifactModel]
+
+
+def resume_files(session: Session, job: JobModel) -> ResumePoint | None:
+    """The checkpoint the next attempt resumes from, chosen by the platform, never by a folder's name.
+
+    Candidates are the checkpoint folders (``output/<folder>/...``) whose files the platform recorded for an earlier
+    attempt of this job: every upload passed the fence, so only the worker assigned that attempt could write them,
+    while it held the assignment. The latest such attempt wins, and within it the folder recorded last (the
+    highest artifact row id: the worker uploads each folder as it appears, so the last recorded is the newest
+    save). A name like ``checkpoint-999999`` counts for nothing.
+    """
     rows = session.scalars(
         sa.select(ArtifactModel)
-        .where(ArtifactModel.job_id == job.id, ArtifactModel.attempt < job.attempt, ArtifactModel.path.like("output/%"))
-        .order_by(ArtifactModel.attempt.desc(), ArtifactModel.path)
+        .where(ArtifactModel.job_id == job.id, ArtifactModel.attempt < job.attempt, ArtifactModel.path.like("output/%/%"))
+        .order_by(ArtifactModel.attempt.desc(), ArtifactModel.id.desc())
     ).all()
     if not rows:
         return None
-    latest = rows[0].attempt
-    return latest, [r for r in rows if r.attempt == latest]
+    newest = rows[0]
+    checkpoint = "/".join(newest.path.split("/")[:2])
+    files = sorted(
+        (r for r in rows if r.attempt == newest.attempt and r.path.startswith(checkpoint + "/")), key=lambda r: r.path
+    )
+    return ResumePoint(newest.attempt, checkpoint, files)
 
 
 def add_metrics(session: Session, token: ApiTokenModel, job_id: str, n: int, records: list[MetricIn]) -> int:
