@@ -163,7 +163,7 @@ def test_worker_update_strategy_on_delete_is_valid(render):
 
 def test_join_pool_installs_only_workers(render):
     rendered = render(_values("join-pool"))
-    assert {d["kind"] for d in rendered.docs} == {"DaemonSet", "ConfigMap", "Secret", "ServiceAccount"}
+    assert {d["kind"] for d in rendered.docs} == {"DaemonSet", "ConfigMap", "Secret", "ServiceAccount", "NetworkPolicy"}
     worker_config = rendered.configmap_data("demo-twinkle-worker")
     assert worker_config["TWINKLE_WORKER_SERVER_URL"] == "https://twinkle.example.org"
     secret = rendered.get("Secret", "demo-twinkle")

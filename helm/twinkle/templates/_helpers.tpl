@@ -336,6 +336,15 @@ Cross-field checks the JSON schema cannot phrase helpfully; each names the value
 {{- if and (not .Values.worker.serverUrl) (not .Values.api.enabled) }}
 {{- fail "worker.enabled=true with api.enabled=false needs worker.serverUrl (the platform's API URL, e.g. https://twinkle.example.org)" }}
 {{- end }}
+{{- if and (eq .Values.worker.isolation "container") (not .Values.worker.runtimeClassName) }}
+{{- fail "worker.isolation=container says the pod is the sandbox, so it needs worker.runtimeClassName (a sandboxing runtime: gVisor \"gvisor\"/\"runsc\", Kata \"kata\"); or use worker.isolation=bwrap" }}
+{{- end }}
+{{- if and (eq .Values.worker.isolation "none") (not .Values.worker.trustedPool) }}
+{{- fail "worker.isolation=none runs jobs unisolated: set worker.trustedPool=true to vouch for every job this pool runs (only jobs whose owner opted out are sent to it), or use worker.isolation=bwrap" }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled .Values.worker.serverUrl (not .Values.networkPolicy.worker.extraEgress) }}
+{{- fail "networkPolicy.enabled=true with worker.serverUrl (an API outside this cluster) needs networkPolicy.worker.extraEgress: rules for the API, its broker and S3 endpoint, e.g. [{to: [{ipBlock: {cidr: 203.0.113.10/32}}], ports: [{port: 443, protocol: TCP}]}]; or networkPolicy.enabled=false" }}
+{{- end }}
 {{- range .Values.worker.pools }}
 {{- if not .name }}
 {{- fail "every entry of worker.pools needs a name (it becomes part of the DaemonSet name)" }}
