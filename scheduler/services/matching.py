@@ -201,7 +201,8 @@ class ShapeCatalog:
             return None
         wanted = needs[0].describe() if len(needs) == 1 else "; ".join(n.describe() for n in needs)
         if not allow_unsandboxed:
-            bare_live, bare_offline = (a - b for a, b in zip(self.counts(needs, True), (live, offline)))
+            any_live, any_offline = self.counts(needs, allow_unsandboxed=True)
+            bare_live, bare_offline = any_live - live, any_offline - offline  # workers with isolation 'none'
             if bare_live or (bare_offline and not offline):
                 state = "live" if bare_live else "offline"
                 return (
