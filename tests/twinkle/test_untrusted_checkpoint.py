@@ -109,3 +109,16 @@ def test_resume_in_a_new_process_restores_everything(tiny_model_dir, checkpoint,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "'cur_step': 2" in proc.stdout
+
+
+def test_a_damaged_state_file_is_a_clear_error_not_a_payload_report(tmp_path):
+    torch.save({"a": torch.ones(3)}, tmp_path / "ok.pt")
+    data = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.pt").write_bytes(b"hello world" * 10)
+    for name in ("cut.pt", "junk.pt"):
+        with pytest.raises(CheckpointError, match=r"cannot read .*is the checkpoint complete"):
+            load_state_file(tmp_path / name)
+    torch.save({"x": Payload(tmp_path / "m")}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"GLOBAL posix.system"):
+        load_state_file(tmp_path / "evil.pt")

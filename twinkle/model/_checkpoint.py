@@ -75,14 +75,16 @@ def load_state_file(path: str | os.PathLike[str]) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        lines = [line for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line]
+        if not lines:  # not a forbidden object: a damaged file
+            raise CheckpointError(f"cannot read {str(path)!r} ({exc}); is the checkpoint complete?") from None
         raise CheckpointError(
             f"refusing to load {str(path)!r}: it holds objects other than tensors, numbers, strings and containers, "
-            f"and loading it would run code from whoever wrote it ({first}). Re-save the checkpoint with this "
-            f"version of twinkle, or load it yourself only if you trust its source"
+            f"and loading it would run code from whoever wrote it ({lines[0].strip()[:200]}). Re-save the "
+            f"checkpoint with this version of twinkle, or load it yourself only if you trust its source"
         ) from None
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"cannot read {str(path)!r} ({exc}); is the checkpoint complete?") from exc
+    except Exception as exc:  # noqa: BLE001 - torch reports damaged files as RuntimeError, KeyError, EOFError...
+        raise CheckpointError(f"cannot read {str(path)!r} ({type(exc).__name__}: {exc}); is the checkpoint complete?") from exc
 
 
 def get_rng_state() -> dict[str, Any]:
