@@ -69,7 +69,7 @@ def populate(db: Database, n_workers: int, n_jobs: int, n_users: int = 100) -> N
                 device_groups=[
                     OfferedGroup(name=f"g{k}", ranks=1, device_type="cuda", memory_gb=mem) for k in range(10)
                 ],
-                lease_s=3600, max_attempts=5,
+                lease_s=3600, max_attempts=5, isolation="bwrap",
             )
         users = [dict(id=new_id(), name=f"u{i}", created_at=now) for i in range(n_users)]
         s.execute(sa.insert(UserModel), users)

@@ -112,10 +112,16 @@ class Stack:
                     raise AssertionError(f"job {job_id} still {job.get('state')} after {timeout}s:\n{self.diagnostics()}")
                 time.sleep(0.2)
 
-    def submit_api(self, token: str, script: str, *, name: str = "job", request: dict | None = None) -> dict:
+    def submit_api(
+        self, token: str, script: str, *, name: str = "job", request: dict | None = None,
+        allow_unsandboxed: bool = False,
+    ) -> dict:
+        """Submit through the API; ``allow_unsandboxed`` lets the job run on workers with isolation ``none``."""
         data = {"name": name, "entrypoint": "train.py"}
         if request:
             data["request"] = json.dumps(request)
+        if allow_unsandboxed:
+            data["allow_unsandboxed"] = "true"
         with self.http(token) as c:
             r = c.post("/jobs", data=data, files={"file": ("train.py", script.encode(), "text/x-python")})
             assert r.status_code == 201, r.text
