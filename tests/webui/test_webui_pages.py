@@ -306,6 +306,7 @@ def test_workers_show_their_isolation_and_a_job_can_opt_out_of_the_sandbox(page,
     box.check()
     page.get_by_role("button", name="Submit job").click()
     page.wait_for_url(re.compile(r"/jobs/[^/]+$"))
+    expect(page.locator("dd", has_text="opted out")).to_be_visible()
     with stack.client(token) as c:
         job = c.get(f"/jobs/{page.url.rsplit('/', 1)[1]}").json()
     assert job["request"]["allow_unsandboxed"] is True
@@ -320,6 +321,7 @@ def test_a_job_is_sandboxed_unless_the_box_is_ticked(page, stack):
     expect(page.locator("#dg-0-ranks")).to_have_value("64")
     page.get_by_role("button", name="Submit job").click()
     page.wait_for_url(re.compile(r"/jobs/[^/]+$"))
+    expect(page.locator("dd", has_text="sandboxed workers only")).to_be_visible()
     with stack.client(token) as c:
         job = c.get(f"/jobs/{page.url.rsplit('/', 1)[1]}").json()
     assert job["request"]["allow_unsandboxed"] is False

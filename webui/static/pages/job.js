@@ -130,6 +130,7 @@ export async function render(root, { params }) {
       endedAt(job) ? row('Ended', timeEl(endedAt(job))) : null,
       job.entrypoint ? row('Entrypoint', h('code', {}, job.entrypoint)) : null,
       row('Devices', groups.length ? h('ul', { class: 'plain-list' }, groups.map((g) => h('li', {}, deviceGroupText(g)))) : null),
+      row('Isolation', job.request && job.request.allow_unsandboxed ? 'a sandboxed worker, or one without a sandbox (opted out)' : 'sandboxed workers only'),
     );
     const attempts = job.attempts || [];
     replace(
