@@ -129,9 +129,19 @@ def test_allow_unsandboxed_is_sent_only_when_asked(tmp_path, monkeypatch, capsys
 
     sent: list[bytes] = []
 
+    import datetime as dt
+
+    from contract.jobs import DeviceGroupRequest, Job, JobRequest
+
+    now = dt.datetime.now(dt.UTC)
+    job = Job(id="j1", name="train", user_id="u1", state="queued", entrypoint="train.py",
+              request=JobRequest(device_groups=[DeviceGroupRequest()], allow_unsandboxed=flag), warnings=[],
+              bundle_size=1, attempt=0, worker_id=None, queue_position=1, pending_reason=None, error=None,
+              created_at=now, updated_at=now, started_at=None, ended_at=None, attempts=[])
+
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(request.read())
-        return httpx.Response(201, json={"id": "j1", "queue_position": 1, "pending_reason": None})
+        return httpx.Response(201, json=job.model_dump(mode="json"))
 
     monkeypatch.setattr(cli, "_client", lambda server, token: Client("http://api", "t", transport=httpx.MockTransport(handler)))
     (tmp_path / "train.py").write_text("print(1)")
