@@ -133,9 +133,12 @@ class WorkerClient:
     # ------------------------------------------------------------ worker lifecycle
 
     def register(self, name: str, hostname: str, device_groups: list[dict], isolation: str | None = None) -> dict:
-        body = _body(RegisterWorkerRequest, {"name": name, "hostname": hostname, "device_groups": device_groups})
-        if isolation is not None:  # bwrap, container or none: how this worker sandboxes the jobs it runs
-            body.setdefault("isolation", isolation)  # kept even where the contract model does not list it yet
+        """``isolation``: how this worker sandboxes the jobs it runs (bwrap, container, none); left out, the
+        contract's default (``none``) is sent."""
+        data: dict[str, Any] = {"name": name, "hostname": hostname, "device_groups": device_groups}
+        if isolation is not None:
+            data["isolation"] = isolation  # in the checked body: setting it after _body would not override the default
+        body = _body(RegisterWorkerRequest, data)
         return self._request("POST", routes.WORKER_REGISTER, json=body).json()
 
     def heartbeat(self, worker_id: str, running: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:

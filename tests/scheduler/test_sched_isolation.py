@@ -143,3 +143,21 @@ def test_a_bad_opt_out_value_is_listed_with_the_other_problems(env):
     assert r.status_code == 422
     fields = r.json()["error"]["fields"]
     assert "allow_unsandboxed" in fields and "file" in fields
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "container", "none", None])
+def test_the_real_worker_client_declares_what_it_is_given(env, isolation):
+    """worker.client.WorkerClient against the real API: the declared isolation is what the API stores."""
+    import httpx
+
+    from worker.client import WorkerClient
+
+    scheduler_env, c, user, wtoken = env
+
+    def to_app(request: httpx.Request) -> httpx.Response:  # the client's request, served by the app in process
+        r = c.request(request.method, request.url.raw_path.decode(), content=request.content, headers=request.headers)
+        return httpx.Response(r.status_code, content=r.content, headers={"content-type": r.headers["content-type"]})
+
+    client = WorkerClient("http://testserver", wtoken, transport=httpx.MockTransport(to_app), retries=1)
+    client.register("real", "real", [cpu_group()], isolation=isolation)
+    assert workers_by_name(c, user)["real"]["isolation"] == (isolation or "none")
