@@ -21,7 +21,8 @@ const ISOLATION_TEXT = {
 function isolationCell(w) {
   const kind = w.isolation || 'none';
   const [text, title] = ISOLATION_TEXT[kind] || [kind, ''];
-  return h('span', { class: `badge isolation-${kind}`, title, dataset: { isolation: kind } }, text);
+  // not a .badge: that class means the worker's state (tests and readers look for exactly one per row)
+  return h('span', { class: `isolation isolation-${kind}`, title, dataset: { isolation: kind } }, text);
 }
 
 function workerRow(w) {
