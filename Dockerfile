@@ -39,7 +39,6 @@ COPY scheduler ./scheduler
 COPY worker ./worker
 COPY webui ./webui
 COPY submit ./submit
-COPY contract ./contract
 RUN pip install ".[${EXTRAS}]" \
     && python -c "import twinkle, scheduler, worker, webui, submit"
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import cast
+
 from fastapi import APIRouter
 
 from contract import routes
@@ -8,6 +10,7 @@ from contract.workers import (
     AttemptRef,
     HeartbeatRequest,
     HeartbeatResponse,
+    Isolation,
     OfferedGroup,
     RegisterWorkerRequest,
     RegisterWorkerResponse,
@@ -66,7 +69,8 @@ def list_workers(_user: CurrentUser, session: SessionDep) -> WorkerList:
                 owner=i.worker.owner,
                 state=i.worker.state,
                 device_groups=[OfferedGroup.model_validate(g) for g in i.worker.device_groups],
-                isolation=i.worker.isolation or "none",
+                # the column only ever holds what RegisterWorkerRequest validated (or the migration's "none")
+                isolation=cast(Isolation, i.worker.isolation or "none"),
                 registered_at=i.worker.registered_at,
                 last_heartbeat_at=i.worker.last_heartbeat_at,
                 running_jobs=i.running_jobs,

@@ -102,7 +102,9 @@ def resume_files(session: Session, job: JobModel) -> ResumePoint | None:
     """
     rows = session.scalars(
         sa.select(ArtifactModel)
-        .where(ArtifactModel.job_id == job.id, ArtifactModel.attempt < job.attempt, ArtifactModel.path.like("output/%/%"))
+        .where(
+            ArtifactModel.job_id == job.id, ArtifactModel.attempt < job.attempt, ArtifactModel.path.like("output/%/%")
+        )
         .order_by(ArtifactModel.attempt.desc(), ArtifactModel.id.desc())
     ).all()
     if not rows:

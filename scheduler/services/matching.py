@@ -284,7 +284,9 @@ class _FreeSlots:
             stack.pop()
         return None
 
-    def take_multi(self, needs: tuple[Need, ...], allow_unsandboxed: bool = False) -> tuple[str, tuple[int, ...]] | None:
+    def take_multi(
+        self, needs: tuple[Need, ...], allow_unsandboxed: bool = False
+    ) -> tuple[str, tuple[int, ...]] | None:
         best: tuple[tuple[Any, ...], str, tuple[int, ...]] | None = None
         for wid, free in self.free.items():
             if len(free) < len(needs) or not (self.sandboxed[wid] or allow_unsandboxed):

@@ -73,7 +73,7 @@ def workers_by_name(c, token) -> dict[str, dict]:
 
 
 def test_registration_stores_isolation_and_get_workers_shows_it(env):
-    scheduler_env, c, user, wtoken = env
+    _, c, user, wtoken = env
     InProcessWorker(c, wtoken, "boxed", [cpu_group()], isolation="bwrap").register()
     InProcessWorker(c, wtoken, "pod", [cpu_group()], isolation="container").register()
     InProcessWorker(c, wtoken, "bare", [cpu_group()], isolation="none").register()
@@ -83,7 +83,7 @@ def test_registration_stores_isolation_and_get_workers_shows_it(env):
 
 
 def test_registering_again_updates_the_declared_isolation(env):
-    scheduler_env, c, user, wtoken = env
+    _, c, user, wtoken = env
     w = InProcessWorker(c, wtoken, "box", [cpu_group()], isolation="bwrap")
     w.register()
     w.isolation = "none"  # e.g. restarted where user namespaces are off, with the trusted-pool flag
@@ -92,7 +92,7 @@ def test_registering_again_updates_the_declared_isolation(env):
 
 
 def test_an_unknown_isolation_is_a_4xx_that_lists_the_choices(env):
-    scheduler_env, c, user, wtoken = env
+    _, c, _, wtoken = env
     body = {"name": "w", "hostname": "h", "device_groups": [cpu_group()], "isolation": "chroot"}
     r = c.post("/api/v1/workers/register", json=body, headers=auth(wtoken))
     assert r.status_code == 422
@@ -137,7 +137,7 @@ def test_the_owner_opts_out_per_job(env, how):
 
 
 def test_a_bad_opt_out_value_is_listed_with_the_other_problems(env):
-    scheduler_env, c, user, wtoken = env
+    _, c, user, _ = env
     r = c.post("/api/v1/jobs", files={"file": ("train.py", b"x = (")},
                data={"allow_unsandboxed": "maybe", "request": json.dumps({"device_groups": []})}, headers=auth(user))
     assert r.status_code == 422
@@ -152,7 +152,7 @@ def test_the_real_worker_client_declares_what_it_is_given(env, isolation):
 
     from worker.client import WorkerClient
 
-    scheduler_env, c, user, wtoken = env
+    _, c, user, wtoken = env
 
     def to_app(request: httpx.Request) -> httpx.Response:  # the client's request, served by the app in process
         r = c.request(request.method, request.url.raw_path.decode(), content=request.content, headers=request.headers)

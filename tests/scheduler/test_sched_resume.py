@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.services import dispatch
-from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
+from scheduler.testing import InProcessWorker, create_user, create_worker_token, submit_script
 from scheduler.testing.factories import cpu_group
 from worker.tasks import AttemptExecutor, BundleError
 

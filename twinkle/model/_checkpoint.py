@@ -83,8 +83,10 @@ def load_state_file(path: str | os.PathLike[str]) -> Any:
             f"and loading it would run code from whoever wrote it ({lines[0].strip()[:200]}). Re-save the "
             f"checkpoint with this version of twinkle, or load it yourself only if you trust its source"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - torch reports damaged files as RuntimeError, KeyError, EOFError...
-        raise CheckpointError(f"cannot read {str(path)!r} ({type(exc).__name__}: {exc}); is the checkpoint complete?") from exc
+    except Exception as exc:  # torch reports a damaged file as RuntimeError, KeyError, EOFError, ...
+        raise CheckpointError(
+            f"cannot read {str(path)!r} ({type(exc).__name__}: {exc}); is the checkpoint complete?"
+        ) from exc
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -8,9 +8,8 @@ Workers registered before this column existed declared nothing, so they count as
 they register again.
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0002'
 down_revision = '0001'
