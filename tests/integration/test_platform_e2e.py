@@ -186,8 +186,9 @@ def test_jobs_go_only_to_workers_whose_device_groups_fit(stack: Stack):
 
 
 # The three tests below watch their jobs through files in a host folder (pids, marks), a channel the sandbox
-# closes on purpose; their workers are a trusted pool (isolation none). The sandboxed versions of cancel and
-# "dies with its worker" are tests/worker/test_sandbox_attacks.py and test_sandbox_daemon.py.
+# closes on purpose; their workers are a trusted pool (isolation none), so their jobs opt out of the sandbox
+# (allow_unsandboxed), as only such jobs go there. The sandboxed versions of cancel and "dies with its worker" are
+# tests/worker/test_sandbox_attacks.py and test_sandbox_daemon.py.
 NO_SANDBOX = {"isolation": "none", "trusted_pool": "1"}
 
 
@@ -206,10 +207,11 @@ def test_cancel_running_and_queued_jobs(stack: Stack, tmp_path: Path):
             """
         ),
         name="long",
+        allow_unsandboxed=True,
     )
     stack.wait_job(token, running["id"], states={"running"}, timeout=30)
     pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 15, "the job's pid file"))
-    queued = stack.submit_api(token, "print('never')\n", name="queued")
+    queued = stack.submit_api(token, "print('never')\n", name="queued", allow_unsandboxed=True)
     assert stack.job(token, queued["id"])["state"] == "queued"
 
     result = run_submit(stack, ["cancel", queued["id"]], token)
@@ -255,6 +257,7 @@ def test_killed_worker_job_is_requeued_and_finishes_once(stack: Stack, tmp_path:
             """
         ),
         name="survivor",
+        allow_unsandboxed=True,
     )
     stack.wait_job(token, job["id"], states={"running"}, timeout=30)
     pid1 = int(wait_for(lambda: (marks / "pid-1").exists() and (marks / "pid-1").read_text(), 15, "attempt 1"))
@@ -293,7 +296,7 @@ def test_fifty_jobs_five_users_two_workers(stack: Stack, tmp_path: Path):
         print("ok")
         """
     )
-    jobs = [(tokens[i % 5], stack.submit_api(tokens[i % 5], script, name=f"j{i}")) for i in range(50)]
+    jobs = [(tokens[i % 5], stack.submit_api(tokens[i % 5], script, name=f"j{i}", allow_unsandboxed=True)) for i in range(50)]
     ids = worker_ids(stack, tokens[0])
     used = set()
     for token, job in jobs:

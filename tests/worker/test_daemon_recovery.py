@@ -39,7 +39,8 @@ def alive(pid: int) -> bool:
 
 
 # These jobs report their pid through a file outside their attempt folder, which a sandboxed job cannot write:
-# they run on a trusted-pool worker (isolation none). The sandboxed cases are in test_sandbox_attacks.py.
+# they run on a trusted-pool worker (isolation none) and opt out of the sandbox (only such jobs go there). The
+# sandboxed cases are in test_sandbox_attacks.py.
 NO_SANDBOX = {"isolation": "none", "trusted_pool": "1"}
 
 
@@ -49,7 +50,7 @@ def test_worker_registers_again_after_the_api_lost_its_record_and_takes_a_new_jo
     old_id = worker_id(platform, user, "donor")
     marks = tmp_path / "marks"
     marks.mkdir()
-    running = platform.submit_api(user, textwrap.dedent(
+    running = platform.submit_api(user, allow_unsandboxed=True, script=textwrap.dedent(
         f"""
         import os, time
         open(os.path.join({str(marks)!r}, "pid"), "w").write(str(os.getpid()))
@@ -76,7 +77,7 @@ def test_worker_registers_again_after_the_api_lost_its_record_and_takes_a_new_jo
     wait_for(lambda: not alive(job_pid), 10, "the API to stop the orphaned attempt", platform)
     assert proc.alive(), proc.log()
 
-    job = platform.submit_api(user, "print('on the new identity')\n", name="after")
+    job = platform.submit_api(user, allow_unsandboxed=True, script="print('on the new identity')\n", name="after")
     done = platform.wait_job(user, job["id"], timeout=30)
     assert done["state"] == "succeeded", (done, platform.diagnostics())
     assert [a["worker_id"] for a in done["attempts"]] == [new_id]
@@ -89,7 +90,7 @@ def test_restarted_worker_kills_the_job_group_a_sigkilled_worker_left(platform, 
     first = platform.start_worker("donor", **NO_SANDBOX)
     user = platform.create_user()
     marker = tmp_path / "grandchild.pid"
-    job = platform.submit_api(user, textwrap.dedent(
+    job = platform.submit_api(user, allow_unsandboxed=True, script=textwrap.dedent(
         f"""
         import subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])  # a torchrun rank, say
