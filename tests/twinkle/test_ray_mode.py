@@ -433,6 +433,18 @@ def test_a_group_the_cluster_cannot_hold_fails_at_once_with_the_numbers(ray_mode
     assert "group 'default'" in get_device_placement()
 
 
+def test_a_failed_remote_call_is_told_to_the_notifier_once_and_still_raised(ray_mode, probe, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the notifier's once-per-error claims live in ./.locks
+    told: list[str] = []
+    _state.set_state(notifier=told.append, name="notify-test")
+    for _ in range(2):
+        with pytest.raises(RemoteCallError, match="tell the notifier"):
+            probe.fail("tell the notifier").result()
+    assert len(told) == 1
+    assert "remote call Probe.fail failed" in told[0] and "tell the notifier" in told[0]
+    assert "notify-test" in told[0]
+
+
 def test_an_unread_failure_at_the_end_of_a_script_makes_its_exit_status_1(ray_cluster, tmp_path):
     """A separate driver on this module's cluster: its last (lazy) call fails and nobody reads it."""
     script = tmp_path / "train.py"
@@ -492,3 +504,4 @@ def test_initialize_gives_ray_mode_its_name_as_namespace_and_full_determinism_to
     assert "namespace run-42" in proc.stdout
     assert "driver deterministic True" in proc.stdout
     assert "actor deterministic True" in proc.stdout
+

@@ -83,7 +83,8 @@ def initialize(
         global_device_mesh: the mesh components get when they are not given one; default 1-D dp over the world.
         lazy_collect: Ray mode: return futures from remote calls until their value is needed.
         name: a name for this run (the Ray namespace of a cluster this call connects to or starts).
-        notifier: an object told about exceptions raised in remote calls.
+        notifier: a callable (``twinkle.notifier.Notifier``) told once about each distinct exception a remote call
+            raises on the driver (Ray mode), before it is raised.
 
     Raises:
         ConfigError: unknown mode, Ray mode without groups, or a mesh whose size is not WORLD_SIZE.

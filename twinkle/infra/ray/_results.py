@@ -38,8 +38,20 @@ def get_fail_fast(refs: list[Any], label: str) -> list[Any]:
     """``ray.get`` every ref, but raise as soon as any one fails (its peers may be stuck in a collective).
 
     One blocking wait for all of them in the common case: each wake-up of a waiting driver costs CPU that the
-    workers on the same machine would rather have.
+    workers on the same machine would rather have. A failure is told to ``initialize(notifier=...)``'s notifier
+    (once per distinct error) before it is raised.
     """
+    try:
+        return _get_fail_fast(refs, label)
+    except RemoteCallError as exc:
+        from twinkle.infra import _state
+        from twinkle.notifier import notify_exception
+
+        notify_exception(_state.get_notifier(), f"remote call {label} failed", exc, name=_state.get_name())
+        raise
+
+
+def _get_fail_fast(refs: list[Any], label: str) -> list[Any]:
     import ray
 
     if not refs:
