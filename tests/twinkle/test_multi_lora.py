@@ -143,3 +143,21 @@ def test_batch_over_max_length_is_refused(tiny_model_dir):
     with pytest.raises(InputTooLongError):
         model.forward_only(inputs=rows, adapter_name="a")
     assert model.forward(inputs=make_batch(rows=3, seq=12), adapter_name="a")["logps"].shape == (3, 12)
+
+
+def test_seeded_tenant_trains_like_a_local_transformers_model(tiny_model_dir):
+    cfg = lambda: LoraConfig(r=8, lora_alpha=32, target_modules="all-linear")  # noqa: E731
+    local = TransformersModel(model_id=str(tiny_model_dir), gradient_checkpointing=False)
+    torch.manual_seed(7)
+    local.add_adapter_to_model("default", cfg())
+    local.set_optimizer("AdamW", lr=1e-2)
+    multi = make(tiny_model_dir, max_loras=2, max_r=16)
+    multi.add_adapter_to_model("other", LoraConfig(r=4, target_modules="all-linear"), init_seed=3)
+    multi.add_adapter_to_model("t", cfg(), init_seed=7)  # slot 1, rank 8 of 16
+    multi.set_optimizer("AdamW", lr=1e-2, adapter_name="t")
+    for i in range(3):
+        want = float(local.forward_backward(inputs=make_batch(seed=i))["loss"])
+        local.clip_grad_and_step()
+        got = float(multi.forward_backward(inputs=make_batch(seed=i), adapter_name="t")["loss"])
+        multi.clip_grad_and_step(adapter_name="t")
+        assert got == pytest.approx(want, abs=1e-5)

@@ -160,9 +160,18 @@ class MultiLoraTransformersModel(TransformersModel):
 
     @remote_function(dispatch="all")
     def add_adapter_to_model(
-        self, adapter_name: str, config_or_dir: Any, gradient_accumulation_steps: int = 1, **kwargs: Any
+        self,
+        adapter_name: str,
+        config_or_dir: Any,
+        gradient_accumulation_steps: int = 1,
+        init_seed: int | None = None,
+        **kwargs: Any,
     ) -> None:
         """Give tenant ``adapter_name`` a free slot, configured by its ``LoraConfig`` (rank <= ``max_r``).
+
+        ``init_seed`` (ours): draw the tenant's initial weights as PEFT would for a plain model right after
+        ``torch.manual_seed(init_seed)``, so a tenant starts exactly like ``TransformersModel`` run locally with
+        that seed (the global RNG is left untouched). Without it the tenant starts from the slot's initial weights.
 
         Raises:
             AdapterError: a duplicate name, a config that is not a ``LoraConfig``, or ``r > max_r``.
@@ -191,6 +200,8 @@ class MultiLoraTransformersModel(TransformersModel):
         config.bias, config.init_lora_weights = "none", False
         config.modules_to_save, config.trainable_token_indices = None, None
         self._configure_slot(slot, config)
+        if init_seed is not None:
+            self._seeded_init(slot, config, int(init_seed))
         group = self._new_group(slot, gradient_accumulation_steps)
         self.tenants[adapter_name] = slot
         self.tenant_configs[adapter_name] = config
@@ -208,6 +219,26 @@ class MultiLoraTransformersModel(TransformersModel):
                 layer.scaling[slot] = scale if _targets(name, config.target_modules) else 0.0
                 layer.lora_dropout[slot] = dropout
                 layer.lora_B[slot].weight._twinkle_rank = r  # read by _mask_grads
+
+    def _seeded_init(self, slot: str, config: Any, seed: int) -> None:
+        # PEFT's own update_layer on a scratch adapter name, layer by layer in the order get_peft_model visits
+        # them, makes exactly the draws a plain get_peft_model(model, config) would make after manual_seed(seed)
+        import copy
+
+        scratch_config = copy.deepcopy(config)
+        scratch_config.init_lora_weights = True
+        scratch = "_twinkle_init"
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            for name, layer in self._layers[slot].items():
+                if not _targets(name, config.target_modules):
+                    continue
+                layer.update_layer(scratch, config.r, config.lora_alpha, scratch_config)
+                layer.lora_A[slot].weight[: config.r].copy_(layer.lora_A[scratch].weight)
+                layer.lora_B[slot].weight[:, : config.r].copy_(layer.lora_B[scratch].weight)
+                layer.delete_adapter(scratch)
+        if self.model.active_adapter in self.tenants.values() or self.model.active_adapter == slot:
+            self.model.set_adapter(self.model.active_adapter)  # update_layer re-froze the inactive adapters
 
     @remote_function(dispatch="all")
     def remove_adapter(self, adapter_name: str, **kwargs: Any) -> None:
