@@ -129,6 +129,8 @@ class MultiLoraTransformersModel(TransformersModel):
                 f"adapters: {', '.join(repr(n) for n in self.tenants) or '(none)'}"
             )
         slot = self.tenants.get(adapter_name)
+        if slot is None and adapter_name in self.optimizer_groups:
+            slot = adapter_name  # TransformersModel's own code names the group by its PEFT (slot) name
         if slot is None:
             raise AdapterError(f"Adapter {adapter_name} not found; add it with add_adapter_to_model first")
         return self.optimizer_groups[slot]
