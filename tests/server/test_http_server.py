@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import Tenant, new_token, rows
+from server_helpers import Tenant, new_token, rows
 
 pytestmark = pytest.mark.slow
 
