@@ -69,7 +69,7 @@ def serialize(value: Any) -> Any:
     try:
         from peft import LoraConfig
     except ImportError:  # pragma: no cover - peft is a twinkle dependency
-        LoraConfig = ()  # noqa: N806
+        LoraConfig = ()
     if LoraConfig and isinstance(value, LoraConfig):
         data = {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(value).items()
                 if not k.startswith("_") and isinstance(v, (str, int, float, bool, list, set, dict, type(None)))}

@@ -9,7 +9,7 @@ from twinkle_client.http import request, serialize
 __all__ = ["TorchSampler", "vLLMSampler"]
 
 
-class vLLMSampler:  # noqa: N801 - upstream's name
+class vLLMSampler:
     def __init__(self, model_id: str, **kw: Any) -> None:
         self.model_id = model_id.split("://", 1)[-1]
         self.prefix = f"sampler/{self.model_id}/twinkle"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from server_helpers import free_port, wait_healthy
 
 

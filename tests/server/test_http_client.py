@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from server_helpers import free_port, start_server_process, wait_healthy
 
 pytestmark = pytest.mark.slow
@@ -30,9 +29,9 @@ def load_example(monkeypatch):
 
 def local_losses(example, model_dir: str) -> list[float]:
     """The same loop in local mode: TransformersModel in this process, same seed and data."""
-    import twinkle
     from peft import LoraConfig
 
+    import twinkle
     from twinkle.model import TransformersModel
 
     twinkle.initialize(mode="local")
@@ -111,7 +110,7 @@ def test_client_example_matches_local_mode_and_survives_a_restart(server, tiny_m
     assert err.value.status == 404
 
 
-def LoraConfig_r8():  # noqa: N802
+def LoraConfig_r8():
     from peft import LoraConfig
 
     return LoraConfig(r=8, lora_alpha=32, target_modules="all-linear")
@@ -142,8 +141,11 @@ applications:
     bad = tmp_path / "bad.yaml"
     bad.write_text(good.read_text().replace("max_loras: 4", "max_loras: 4\n      max_lora: 3"))
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "twinkle.server", *a], capture_output=True, text=True,  # noqa: E731
-                                    env=env, timeout=120)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "twinkle.server", *args], capture_output=True, text=True,
+                              env=env, timeout=120, check=False)
+
     ok = run("check-config", "-c", str(good))
     assert ok.returncode == 0 and ok.stdout.strip() == "ok", ok.stderr
     fail = run("check-config", "-c", str(bad))

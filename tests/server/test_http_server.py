@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from server_helpers import Tenant, new_token, rows
 
 pytestmark = pytest.mark.slow

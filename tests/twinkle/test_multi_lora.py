@@ -10,7 +10,6 @@ from twinkle.errors import AdapterError, InputTooLongError, SlotsExhaustedError
 from twinkle.model import MultiLoraTransformersModel, TransformersModel
 
 
-
 def make_batch(seed: int = 0, rows: int = 4, seq: int = 12, vocab: int = 200) -> dict[str, torch.Tensor]:
     """A collated batch (labels rolled left, prompt masked), as in test_model.py."""
     g = torch.Generator().manual_seed(seed)
@@ -82,8 +81,8 @@ def test_rank_r_tenant_is_a_plain_rank_r_lora(tiny_model_dir, tmp_path):
         model.clip_grad_and_step(adapter_name="t")
     state = model.get_state_dict(adapter_name="t")
     assert state and all(("q_proj" in k or "v_proj" in k) for k in state)
-    assert {tuple(v.shape)[0] for k, v in state.items() if "lora_A" in k} == {4}
-    assert {tuple(v.shape)[1] for k, v in state.items() if "lora_B" in k} == {4}
+    assert {v.shape[0] for k, v in state.items() if "lora_A" in k} == {4}
+    assert {v.shape[1] for k, v in state.items() if "lora_B" in k} == {4}
     folder = model.save(name="t", output_dir=str(tmp_path), adapter_name="t")
 
     probe = make_batch(seed=99)
@@ -146,7 +145,7 @@ def test_batch_over_max_length_is_refused(tiny_model_dir):
 
 
 def test_seeded_tenant_trains_like_a_local_transformers_model(tiny_model_dir):
-    cfg = lambda: LoraConfig(r=8, lora_alpha=32, target_modules="all-linear")  # noqa: E731
+    cfg = lambda: LoraConfig(r=8, lora_alpha=32, target_modules="all-linear")
     local = TransformersModel(model_id=str(tiny_model_dir), gradient_checkpointing=False)
     torch.manual_seed(7)
     local.add_adapter_to_model("default", cfg())

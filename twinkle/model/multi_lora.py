@@ -98,7 +98,7 @@ class MultiLoraTransformersModel(TransformersModel):
         self._layers: dict[str, dict[str, Any]] = {s: {} for s in self._slots}
         for name, module in self.model.named_modules():
             if hasattr(module, "lora_A") and hasattr(module, "scaling"):
-                short = name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name
+                short = name.removeprefix(_PEFT_PREFIX)
                 for slot in self._slots:
                     if slot in module.lora_A:
                         self._layers[slot][short] = module
@@ -145,7 +145,7 @@ class MultiLoraTransformersModel(TransformersModel):
 
     @staticmethod
     def _layer_name(param_name: str) -> str:
-        short = param_name[len(_PEFT_PREFIX):] if param_name.startswith(_PEFT_PREFIX) else param_name
+        short = param_name.removeprefix(_PEFT_PREFIX)
         return short.split(".lora_", 1)[0]
 
     def _tenant_of(self, slot: str) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
@@ -114,6 +114,8 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
                                  "does this for you)")
         return Caller(tenant_of(token, salt), x_twinkle_session_id, ASYNC in (prefer or ""))
 
+    CallerDep = Annotated[Caller, Depends(caller)]
+
     async def answer(who: Caller, submitted) -> Any:
         request_id, future = submitted
         if who.respond_async:
@@ -142,7 +144,7 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
         return {"supported_models": [{"model_name": n} for n in server.supported]}
 
     @gw.get("/twinkle/capacity_info")
-    def capacity(who: Caller = Depends(caller)) -> dict[str, int]:
+    def capacity(who: CallerDep) -> dict[str, int]:
         total = {"max_loras": 0, "used_loras": 0, "free_loras": 0}
         for _, service in server.models.values():
             for key, value in service.capacity().items():
@@ -150,19 +152,19 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
         return total
 
     @gw.get("/twinkle/status")
-    def status(who: Caller = Depends(caller)) -> dict[str, Any]:
+    def status(who: CallerDep) -> dict[str, Any]:
         cfg = server.server_args.server_config
         return {"resources": {"counts": {"sessions": server.sessions.count(), "models": len(server.registry.all()),
                                          "futures": server.futures.count()}},
                 "cleanup": {"running": True, "expiration_timeout": cfg.expiration_timeout}}
 
     @gw.post("/twinkle/create_session")
-    def create_session(body: dict[str, Any] | None = Body(None), who: Caller = Depends(caller)) -> dict[str, str]:
+    def create_session(who: CallerDep, body: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, str]:
         session = server.sessions.create(who.tenant, (body or {}).get("metadata"))
         return {"session_id": session.session_id}
 
     @gw.post("/twinkle/session_heartbeat")
-    def heartbeat(body: dict[str, Any] = Body(...), who: Caller = Depends(caller)) -> dict[str, Any]:
+    def heartbeat(body: Annotated[dict[str, Any], Body()], who: CallerDep) -> dict[str, Any]:
         if not server.sessions.touch(str(body.get("session_id", "")), who.tenant):
             raise NotFound("Unknown session: it expired or the server restarted; create a new session and load "
                            "your last checkpoint")
@@ -170,7 +172,7 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
 
     @gw.post("/retrieve_future")
     @gw.post("/twinkle/retrieve_future")
-    async def retrieve_future(body: dict[str, Any] = Body(...), who: Caller = Depends(caller)) -> Any:
+    async def retrieve_future(body: Annotated[dict[str, Any], Body()], who: CallerDep) -> Any:
         request_id = str(body.get("request_id", ""))
         timeout = min(float(body.get("timeout", server.settings.long_poll_timeout)), server.settings.long_poll_timeout)
         record = await asyncio.to_thread(server.futures.wait, request_id, who.tenant, timeout)
@@ -185,31 +187,31 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
                 "queue_state_reason": record["queue_state_reason"]}
 
     @gw.get("/twinkle/training_runs")
-    def training_runs(limit: int = 20, offset: int = 0, who: Caller = Depends(caller)) -> dict[str, Any]:
+    def training_runs(who: CallerDep, limit: int = 20, offset: int = 0) -> dict[str, Any]:
         runs = server.checkpoints.list_runs(who.tenant)
         return {"training_runs": runs[offset:offset + limit],
                 "cursor": {"limit": limit, "offset": offset, "total_count": len(runs)}}
 
     @gw.get("/twinkle/training_runs/{run}")
-    def training_run(run: str, who: Caller = Depends(caller)) -> dict[str, Any]:
+    def training_run(run: str, who: CallerDep) -> dict[str, Any]:
         return server.checkpoints.read_run(who.tenant, run)
 
     @gw.get("/twinkle/training_runs/{run}/checkpoints")
-    def checkpoints(run: str, who: Caller = Depends(caller)) -> dict[str, Any]:
+    def checkpoints(run: str, who: CallerDep) -> dict[str, Any]:
         return {"checkpoints": server.checkpoints.list(who.tenant, run), "cursor": None}
 
     @gw.delete("/twinkle/training_runs/{run}/checkpoints/{ckpt:path}")
-    def delete_checkpoint(run: str, ckpt: str, who: Caller = Depends(caller)) -> dict[str, Any]:
+    def delete_checkpoint(run: str, ckpt: str, who: CallerDep) -> dict[str, Any]:
         server.checkpoints.delete(who.tenant, run, ckpt)
         return {"success": True, "message": f"deleted {ckpt} of {run}"}
 
     @gw.get("/twinkle/checkpoint_path/{run}/{ckpt:path}")
-    def checkpoint_path(run: str, ckpt: str, who: Caller = Depends(caller)) -> dict[str, Any]:
+    def checkpoint_path(run: str, ckpt: str, who: CallerDep) -> dict[str, Any]:
         meta = server.checkpoints.metadata(who.tenant, f"twinkle://{run}/{ckpt}")
         return {"path": meta["twinkle_path"], "twinkle_path": meta["twinkle_path"]}
 
     @gw.post("/twinkle/weights_info")
-    def weights_info(body: dict[str, Any] = Body(...), who: Caller = Depends(caller)) -> dict[str, Any]:
+    def weights_info(body: Annotated[dict[str, Any], Body()], who: CallerDep) -> dict[str, Any]:
         meta = server.checkpoints.metadata(who.tenant, str(body.get("twinkle_path", "")))
         return {"training_run_id": meta["twinkle_path"].split("/")[2], "base_model": meta.get("base_model"),
                 "model_owner": who.tenant, "is_lora": True, "lora_rank": meta.get("lora_rank")}
@@ -226,17 +228,18 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
 
 def _model_router(service: ModelService, caller, answer) -> APIRouter:
     router = APIRouter()
+    CallerDep = Annotated[Caller, Depends(caller)]
 
     @router.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"healthy": True, "detail": f"{service.capacity()['free_loras']} free LoRA slots"}
 
     @router.post("/twinkle/create")
-    def create(who: Caller = Depends(caller)) -> dict[str, str]:
+    def create(who: CallerDep) -> dict[str, str]:
         return {"status": "ok"}
 
     @router.post("/twinkle/{op}")
-    async def call(op: str, body: dict[str, Any] | None = Body(None), who: Caller = Depends(caller)) -> Any:
+    async def call(op: str, who: CallerDep, body: Annotated[dict[str, Any] | None, Body()] = None) -> Any:
         body = dict(body or {})
         short = str(body.pop("adapter_name", "") or "default")  # the clients' default name
         if op == "add_adapter_to_model":
@@ -267,13 +270,14 @@ def _model_router(service: ModelService, caller, answer) -> APIRouter:
 
 def _sampler_router(service: SamplerService, caller, answer) -> APIRouter:
     router = APIRouter()
+    CallerDep = Annotated[Caller, Depends(caller)]
 
     @router.post("/twinkle/create")
-    def create(who: Caller = Depends(caller)) -> dict[str, str]:
+    def create(who: CallerDep) -> dict[str, str]:
         return {"status": "ok"}
 
     @router.post("/twinkle/set_template")
-    async def set_template(body: dict[str, Any] = Body(...), who: Caller = Depends(caller)) -> Any:
+    async def set_template(body: Annotated[dict[str, Any], Body()], who: CallerDep) -> Any:
         body = dict(body)
         body.pop("adapter_name", None)
         template = str(body.pop("template_cls", "Template"))
@@ -281,7 +285,7 @@ def _sampler_router(service: SamplerService, caller, answer) -> APIRouter:
         return result if hasattr(result, "status_code") else {"status": "ok"}
 
     @router.post("/twinkle/sample")
-    async def sample(body: dict[str, Any] = Body(...), who: Caller = Depends(caller)) -> Any:
+    async def sample(body: Annotated[dict[str, Any], Body()], who: CallerDep) -> Any:
         if "inputs" not in body:
             raise UserError(400, "sample needs inputs (InputFeatures with input_ids, or Trajectories)")
         short = str(body.get("adapter_name") or "")

@@ -21,7 +21,7 @@ import torch
 from twinkle.server.checkpoints import CheckpointStore, check_name, safe_name
 from twinkle.server.compute import ComputeQueue
 from twinkle.server.config import ModelArgs, SamplerArgs
-from twinkle.server.errors import LimitError, NotFound, UserError
+from twinkle.server.errors import NotFound, UserError
 from twinkle.server.state import AdapterRecord, FutureStore, Registry, Sessions
 from twinkle.utils.logger import get_logger
 
@@ -156,7 +156,7 @@ class ModelService:
         while not self._stop.wait(interval):
             try:
                 self.sweep()
-            except Exception:  # noqa: BLE001 - the sweeper must survive a bad record
+            except Exception:
                 logger.exception("adapter sweep failed")
 
     def sweep(self) -> list[str]:
