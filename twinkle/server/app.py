@@ -33,6 +33,29 @@ class Caller:
     respond_async: bool
 
 
+def caller(
+    request: Request,
+    twinkle_authorization: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+    x_request_id: Annotated[str | None, Header()] = None,
+    x_twinkle_session_id: Annotated[str | None, Header()] = None,
+    prefer: Annotated[str | None, Header()] = None,
+) -> Caller:
+    raw = twinkle_authorization or authorization or x_api_key or ""
+    token = raw[7:].strip() if raw.lower().startswith("bearer ") else raw.strip()
+    if not token:
+        raise UserError(401, "no API key: send 'Authorization: Bearer <key>' (init_twinkle_client(api_key=...))")
+    if not x_request_id:
+        raise UserError(400, "Missing x-request-id header, send one id per client process (twinkle_client "
+                             "does this for you)")
+    salt = request.app.state.server.settings.token_salt
+    return Caller(tenant_of(token, salt), x_twinkle_session_id, ASYNC in (prefer or ""))
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+
+
 class Server:
     """Everything one server process holds: state, storage, and a service per model/sampler application."""
 
@@ -86,7 +109,6 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
     server = Server(config, settings)
     app = FastAPI(title="twinkle-server", version="0.1.0")
     app.state.server = server
-    salt = server.settings.token_salt
 
     @app.exception_handler(UserError)
     async def _user_error(_: Request, exc: UserError) -> JSONResponse:
@@ -95,26 +117,6 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
     @app.on_event("shutdown")
     def _stop() -> None:
         server.stop()
-
-    def caller(
-        request: Request,
-        twinkle_authorization: str | None = Header(None),
-        authorization: str | None = Header(None),
-        x_api_key: str | None = Header(None),
-        x_request_id: str | None = Header(None),
-        x_twinkle_session_id: str | None = Header(None),
-        prefer: str | None = Header(None),
-    ) -> Caller:
-        raw = twinkle_authorization or authorization or x_api_key or ""
-        token = raw[7:].strip() if raw.lower().startswith("bearer ") else raw.strip()
-        if not token:
-            raise UserError(401, "no API key: send 'Authorization: Bearer <key>' (init_twinkle_client(api_key=...))")
-        if not x_request_id:
-            raise UserError(400, "Missing x-request-id header, send one id per client process (twinkle_client "
-                                 "does this for you)")
-        return Caller(tenant_of(token, salt), x_twinkle_session_id, ASYNC in (prefer or ""))
-
-    CallerDep = Annotated[Caller, Depends(caller)]
 
     async def answer(who: Caller, submitted) -> Any:
         request_id, future = submitted
@@ -220,15 +222,14 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
 
     # ---------------------------------------------------------------- models
     for prefix, service in server.models.values():
-        app.include_router(_model_router(service, caller, answer), prefix=prefix)
+        app.include_router(_model_router(service, answer), prefix=prefix)
     for prefix, service in server.samplers.values():
-        app.include_router(_sampler_router(service, caller, answer), prefix=prefix)
+        app.include_router(_sampler_router(service, answer), prefix=prefix)
     return app
 
 
-def _model_router(service: ModelService, caller, answer) -> APIRouter:
+def _model_router(service: ModelService, answer) -> APIRouter:
     router = APIRouter()
-    CallerDep = Annotated[Caller, Depends(caller)]
 
     @router.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -268,9 +269,8 @@ def _model_router(service: ModelService, caller, answer) -> APIRouter:
     return router
 
 
-def _sampler_router(service: SamplerService, caller, answer) -> APIRouter:
+def _sampler_router(service: SamplerService, answer) -> APIRouter:
     router = APIRouter()
-    CallerDep = Annotated[Caller, Depends(caller)]
 
     @router.post("/twinkle/create")
     def create(who: CallerDep) -> dict[str, str]:
