@@ -264,7 +264,8 @@ def _model_router(service: ModelService, answer) -> APIRouter:
         result = await answer(who, service.call(op, record, body))
         if hasattr(result, "status_code"):
             return result
-        return None if result is None else {"result": result}
+        # already plain JSON types: skip FastAPI's encoder, which walks every float of a logps list
+        return JSONResponse(None if result is None else {"result": result})
 
     return router
 
