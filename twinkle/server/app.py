@@ -7,6 +7,7 @@ docs/architecture.md ("HTTP mode") for why this is one FastAPI process per base 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -92,8 +93,19 @@ class Server:
                     checkpoints=self.checkpoints, model=model))
         self.supported = self.server_args.model_names() or list(self.models)
         self.started = time.time()
+        self._stop = threading.Event()
+        threading.Thread(target=self._cleanup_loop, daemon=True, name="twinkle-cleanup").start()
+
+    def _cleanup_loop(self) -> None:
+        # sessions silent for expiration_timeout go (their adapters follow at the next adapter sweep); futures
+        # not updated for as long go too
+        cfg = self.server_args.server_config
+        while not self._stop.wait(cfg.cleanup_interval):
+            self.sessions.expire(cfg.expiration_timeout)
+            self.futures.expire(cfg.expiration_timeout)
 
     def stop(self) -> None:
+        self._stop.set()
         for _, service in [*self.models.values(), *self.samplers.values()]:
             service.stop()
 
