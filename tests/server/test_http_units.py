@@ -103,3 +103,18 @@ def test_compute_queue_round_robins_over_keys():
     _, after = queue.submit("a", "x", lambda: "still serving")
     assert after.result(timeout=5) == "still serving"
     queue.stop()
+
+
+def test_per_token_model_limit_counts_across_sessions():
+    from twinkle.server.state import AdapterRecord, Registry
+
+    registry = Registry()
+    registry.reserve(AdapterRecord("s1-a", "a", "alice", "s1", "m", 8), per_token_limit=2)
+    registry.reserve(AdapterRecord("s2-a", "a", "alice", "s2", "m", 8), per_token_limit=2)
+    registry.reserve(AdapterRecord("s3-a", "a", "bob", "s3", "m", 8), per_token_limit=2)  # bob has his own count
+    with pytest.raises(UserError) as err:
+        registry.reserve(AdapterRecord("s4-a", "a", "alice", "s4", "m", 8), per_token_limit=2)
+    assert err.value.status == 429 and "Model limit exceeded: 2/2" in err.value.detail
+    registry.release("s1-a")
+    registry.reserve(AdapterRecord("s4-a", "a", "alice", "s4", "m", 8), per_token_limit=2)
+    assert registry.get("s4-a", "bob") is None and registry.get("s4-a", "alice").short == "a"
