@@ -205,7 +205,8 @@ def main() -> None:
         server.wait(timeout=60)
 
     result = {
-        "model": args.preset, "device": args.device, "batch": f"{args.rows}x{args.seq}", "steps": args.steps, "rounds": args.rounds,
+        "model": args.preset, "device": args.device, "batch": f"{args.rows}x{args.seq}", "steps": args.steps,
+        "rounds": args.rounds,
         "rss_mb": {"empty": round(rss_empty), "1_tenant": round(rss_1), "4_tenants": round(rss_4)},
         "rss_note": "the server process after each tenant's first 2 steps (optimizer state allocated)",
         "tokens_per_s": {"1_tenant": round(tps_1, 1), "4_tenants": round(tps_4, 1)},

@@ -66,11 +66,9 @@ def request(method: str, path: str, body: Any = None, timeout: float = 600, **pa
 
 def serialize(value: Any) -> Any:
     """Top-level body values (http.md §9.6): ``LoraConfig`` as a tagged JSON string, arrays as lists."""
-    try:
-        from peft import LoraConfig
-    except ImportError:  # pragma: no cover - peft is a twinkle dependency
-        LoraConfig = ()
-    if LoraConfig and isinstance(value, LoraConfig):
+    from peft import LoraConfig
+
+    if isinstance(value, LoraConfig):
         data = {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(value).items()
                 if not k.startswith("_") and isinstance(v, (str, int, float, bool, list, set, dict, type(None)))}
         data["_TWINKLE_TYPE_"] = "LoraConfig"

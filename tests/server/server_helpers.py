@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -61,11 +62,9 @@ class Tenant:
         if heartbeat:
             def beat():
                 while not self._stop.wait(0.5):
-                    try:
+                    with contextlib.suppress(requests.RequestException):
                         requests.post(f"{self.url}/api/v1/twinkle/session_heartbeat", headers=self.headers(),
                                       json={"session_id": self.session_id}, timeout=10)
-                    except requests.RequestException:
-                        pass
             threading.Thread(target=beat, daemon=True).start()
         return self
 

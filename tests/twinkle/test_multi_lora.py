@@ -145,7 +145,9 @@ def test_batch_over_max_length_is_refused(tiny_model_dir):
 
 
 def test_seeded_tenant_trains_like_a_local_transformers_model(tiny_model_dir):
-    cfg = lambda: LoraConfig(r=8, lora_alpha=32, target_modules="all-linear")
+    def cfg() -> LoraConfig:
+        return LoraConfig(r=8, lora_alpha=32, target_modules="all-linear")
+
     local = TransformersModel(model_id=str(tiny_model_dir), gradient_checkpointing=False)
     torch.manual_seed(7)
     local.add_adapter_to_model("default", cfg())

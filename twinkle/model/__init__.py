@@ -5,9 +5,9 @@
 from typing import Any
 
 from twinkle.model.base import TwinkleModel
+from twinkle.model.multi_lora import MultiLoraTransformersModel
 from twinkle.model.optimizer_group import OptimizerGroup
 from twinkle.model.transformers import TransformersModel
-from twinkle.model.multi_lora import MultiLoraTransformersModel
 
 __all__ = ["MultiLoraTransformersModel", "OptimizerGroup", "TransformersModel", "TwinkleModel"]
 

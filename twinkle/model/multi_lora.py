@@ -106,8 +106,12 @@ class MultiLoraTransformersModel(TransformersModel):
             slot: {n: layer.lora_A[slot].weight.detach().to("cpu", copy=True) for n, layer in layers.items()}
             for slot, layers in self._layers.items()
         }
-        self._initial_scaling = {s: {n: l.scaling[s] for n, l in ls.items()} for s, ls in self._layers.items()}
-        self._initial_dropout = {s: {n: l.lora_dropout[s] for n, l in ls.items()} for s, ls in self._layers.items()}
+        self._initial_scaling = {
+            s: {n: layer.scaling[s] for n, layer in ls.items()} for s, ls in self._layers.items()
+        }
+        self._initial_dropout = {
+            s: {n: layer.lora_dropout[s] for n, layer in ls.items()} for s, ls in self._layers.items()
+        }
         for name, param in self.model.named_parameters():
             if ".lora_" in name:
                 param.requires_grad_(True)
@@ -138,7 +142,8 @@ class MultiLoraTransformersModel(TransformersModel):
     def _collect_trainable(self, group: OptimizerGroup) -> list[tuple[str, torch.nn.Parameter]]:
         # only the layers the tenant targets: the others have scaling 0 and must not be decayed by its optimizer
         params = super()._collect_trainable(group)
-        config = self.tenant_configs.get(self._tenant_of(group.adapter_name))
+        tenant = self._tenant_of(group.adapter_name)
+        config = self.tenant_configs.get(tenant) if tenant is not None else None
         if config is None:
             return params
         return [(n, p) for n, p in params if _targets(self._layer_name(n), config.target_modules)]
@@ -153,6 +158,12 @@ class MultiLoraTransformersModel(TransformersModel):
             if s == slot:
                 return tenant
         return None
+
+    def _config_of(self, slot: str) -> Any:
+        tenant = self._tenant_of(slot)
+        if tenant is None:
+            raise AdapterError(f"slot {slot!r} holds no adapter; add one with add_adapter_to_model")
+        return self.tenant_configs[tenant]
 
     @property
     def free_slots(self) -> int:
@@ -301,8 +312,7 @@ class MultiLoraTransformersModel(TransformersModel):
     def get_state_dict(self, adapter_name: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
         """The tenant's adapter weights as a plain rank-``r`` PEFT state dict (keys without the slot name)."""
         group = self._group(adapter_name)
-        tenant = self._tenant_of(group.adapter_name)
-        config = self.tenant_configs[tenant]
+        config = self._config_of(group.adapter_name)
         state = super().get_state_dict(adapter_name=adapter_name, **kwargs)
         out = {}
         for key, value in state.items():
@@ -317,7 +327,7 @@ class MultiLoraTransformersModel(TransformersModel):
 
     def _write(self, tmp: Path, group: OptimizerGroup, weights: dict, optim_state: Any, save_optimizer: bool) -> None:
         slot_config = self.model.peft_config[group.adapter_name]
-        tenant_config = self.tenant_configs[self._tenant_of(group.adapter_name)]
+        tenant_config = self._config_of(group.adapter_name)
         # the standard PEFT folder of the tenant's own config, loadable by any PEFT model
         self.model.peft_config[group.adapter_name] = tenant_config
         try:
@@ -333,7 +343,10 @@ class MultiLoraTransformersModel(TransformersModel):
                     continue
                 target = own[key]
                 if value.shape != target.shape:
-                    if value.dim() != target.dim() or any(v > t for v, t in zip(value.shape, target.shape)):
+                    fits = value.dim() == target.dim() and all(
+                        v <= t for v, t in zip(value.shape, target.shape, strict=True)
+                    )
+                    if not fits:
                         raise CheckpointError(
                             f"checkpoint tensor {key} has shape {tuple(value.shape)}, which does not fit the slot "
                             f"{tuple(target.shape)}; was it saved with r <= max_r={self.max_r}?"
@@ -353,6 +366,8 @@ def _count_tokens(inputs: Any) -> int | None:
         if isinstance(ids, list):
             return len(ids)
         return None
-    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(r, Mapping) and "input_ids" in r for r in inputs):
+    if isinstance(inputs, (list, tuple)) and inputs and all(
+        isinstance(r, Mapping) and "input_ids" in r for r in inputs
+    ):
         return sum(len(r["input_ids"]) for r in inputs)
     return None

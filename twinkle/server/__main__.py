@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.format == "json":
             print(json.dumps(data, indent=2))
         else:
-            import yaml
+            import yaml  # type: ignore[import-untyped]
 
             print(yaml.safe_dump(data, sort_keys=False), end="")
         return 0

@@ -106,8 +106,10 @@ class Server:
 
     def stop(self) -> None:
         self._stop.set()
-        for _, service in [*self.models.values(), *self.samplers.values()]:
-            service.stop()
+        for _, model in self.models.values():
+            model.stop()
+        for _, sampler in self.samplers.values():
+            sampler.stop()
 
 
 def _model_name(route_prefix: str, fallback: str) -> str:
@@ -130,21 +132,33 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
     def _stop() -> None:
         server.stop()
 
-    async def answer(who: Caller, submitted) -> Any:
-        request_id, future = submitted
-        if who.respond_async:
-            return JSONResponse({"request_id": request_id}, status_code=202)
-        try:
-            return await asyncio.wrap_future(future)
-        except UserError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
-            status = http_status(exc)
-            detail = str(exc) if status < 500 else f"internal error ({type(exc).__name__}: {exc}); " \
-                                                   f"request {request_id}, see the server log"
-            return JSONResponse({"detail": detail}, status_code=status)
+    app.include_router(_gateway_router(server), prefix=server.gateway_prefix)
 
-    # ---------------------------------------------------------------- gateway
+    # ---------------------------------------------------------------- models
+    for prefix, service in server.models.values():
+        app.include_router(_model_router(service, answer), prefix=prefix)
+    for prefix, sampler in server.samplers.values():
+        app.include_router(_sampler_router(sampler, answer), prefix=prefix)
+    return app
+
+
+async def answer(who: Caller, submitted: Any) -> Any:
+    """Wait for a queued call (or hand out its future id under ``Prefer: respond-async``); errors -> status."""
+    request_id, future = submitted
+    if who.respond_async:
+        return JSONResponse({"request_id": request_id}, status_code=202)
+    try:
+        return await asyncio.wrap_future(future)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+        status = http_status(exc)
+        detail = str(exc) if status < 500 else f"internal error ({type(exc).__name__}: {exc}); " \
+                                               f"request {request_id}, see the server log"
+        return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _gateway_router(server: Server) -> APIRouter:
     gw = APIRouter()
 
     @gw.get("/twinkle/healthz")
@@ -200,6 +214,13 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
         return {"type": "try_again", "queue_state": record["queue_state"],
                 "queue_state_reason": record["queue_state_reason"]}
 
+    _add_run_routes(gw, server)
+    return gw
+
+
+def _add_run_routes(gw: APIRouter, server: Server) -> None:
+    """Training runs and checkpoints of the caller's tenant."""
+
     @gw.get("/twinkle/training_runs")
     def training_runs(who: CallerDep, limit: int = 20, offset: int = 0) -> dict[str, Any]:
         runs = server.checkpoints.list_runs(who.tenant)
@@ -230,15 +251,6 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
         return {"training_run_id": meta["twinkle_path"].split("/")[2], "base_model": meta.get("base_model"),
                 "model_owner": who.tenant, "is_lora": True, "lora_rank": meta.get("lora_rank")}
 
-    app.include_router(gw, prefix=server.gateway_prefix)
-
-    # ---------------------------------------------------------------- models
-    for prefix, service in server.models.values():
-        app.include_router(_model_router(service, answer), prefix=prefix)
-    for prefix, service in server.samplers.values():
-        app.include_router(_sampler_router(service, answer), prefix=prefix)
-    return app
-
 
 def _model_router(service: ModelService, answer) -> APIRouter:
     router = APIRouter()
@@ -265,8 +277,9 @@ def _model_router(service: ModelService, answer) -> APIRouter:
             service.remove_adapter(record.name)
             return None
         if op == "save":
-            return await answer(who, service.save(record, body.pop("name", None), bool(body.pop("save_optimizer", False)),
-                                                  bool(body.pop("is_sampler", False)), body))
+            name, save_optimizer = body.pop("name", None), bool(body.pop("save_optimizer", False))
+            return await answer(who, service.save(record, name, save_optimizer, bool(body.pop("is_sampler", False)),
+                                                  body))
         if op in ("load", "resume_from_checkpoint"):
             uri = body.get("name") or body.get("checkpoint_dir") or ""
             result = await answer(who, service.load(record, str(uri), bool(body.get("load_optimizer", False)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
@@ -24,7 +24,7 @@ class ConfigFileError(ValueError):
 
 class HttpOptions(_Strict):
     host: str = "localhost"
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(default=8000, ge=0, le=65535)
 
 
 class Telemetry(_Strict):
@@ -56,7 +56,7 @@ class QueueConfig(_Strict):
 
     rps_limit: float = 100
     tps_limit: int = 16000
-    window_seconds: float = Field(1.0, gt=0)
+    window_seconds: float = Field(default=1.0, gt=0)
     queue_timeout: float = 300
     execution_timeout: float = 120
     enabled: bool = True
@@ -66,14 +66,14 @@ class QueueConfig(_Strict):
 
 
 class AdapterConfig(_Strict):
-    adapter_timeout: float = Field(1800, gt=0)
-    adapter_max_lifetime: float = Field(36000, gt=0)
+    adapter_timeout: float = Field(default=1800, gt=0)
+    adapter_max_lifetime: float = Field(default=36000, gt=0)
 
 
 class ServerConfigArgs(_Strict):
-    expiration_timeout: float = Field(86400, gt=0)
-    cleanup_interval: float = Field(3600, gt=0)
-    per_token_model_limit: int = Field(30, ge=0)
+    expiration_timeout: float = Field(default=86400, gt=0)
+    cleanup_interval: float = Field(default=3600, gt=0)
+    per_token_model_limit: int = Field(default=30, ge=0)
     metrics_update_interval: float = 15
     actor_name: str | None = None
 
@@ -96,8 +96,8 @@ class ModelArgs(_Strict):
     backend: Literal["transformers", "megatron", "mock"]
     adapter_config: AdapterConfig = Field(default_factory=AdapterConfig)
     queue_config: QueueConfig = Field(default_factory=QueueConfig)
-    max_loras: int = Field(5, ge=1)
-    max_length: int | None = Field(None, ge=1)
+    max_loras: int = Field(default=5, ge=1)
+    max_length: int | None = Field(default=None, ge=1)
 
 
 class SamplerArgs(_Strict):
@@ -117,7 +117,9 @@ class ProcessorArgs(_Strict):
     queue_config: QueueConfig | None = None
 
 
-_ARGS = {"server": ServerArgs, "model": ModelArgs, "sampler": SamplerArgs, "processor": ProcessorArgs}
+_ARGS: dict[str, type[BaseModel]] = {
+    "server": ServerArgs, "model": ModelArgs, "sampler": SamplerArgs, "processor": ProcessorArgs,
+}
 
 
 class ApplicationSpec(_Strict):

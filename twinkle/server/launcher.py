@@ -30,6 +30,10 @@ class ServerLauncher:
 def launch_server(config: ServerConfig | None = None, config_path: str | Path | None = None,
                   ray_namespace: str | None = None) -> None:
     """Serve ``config`` (or the YAML at ``config_path``); blocks until the process is asked to stop."""
-    if (config is None) == (config_path is None):
-        raise ValueError("launch_server needs exactly one of config= or config_path=")
-    ServerLauncher(config or ServerConfig.from_yaml(config_path), ray_namespace).launch()
+    if config is None:
+        if config_path is None:
+            raise ValueError("launch_server needs config= or config_path=")
+        config = ServerConfig.from_yaml(config_path)
+    elif config_path is not None:
+        raise ValueError("launch_server takes config= or config_path=, not both")
+    ServerLauncher(config, ray_namespace).launch()

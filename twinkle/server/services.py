@@ -129,7 +129,7 @@ class ModelService:
             raise UserError(400, "save_dir is not supported here: checkpoints go to the server's storage")
         if config.r > self.model.max_r:
             raise UserError(400, f"Too big rank for lora: {config.r}; this server allows r <= {self.model.max_r}")
-        record = AdapterRecord(name, short, tenant, session_id, self.name, config.r)
+        record = AdapterRecord(name, short, tenant, str(session_id), self.name, config.r)
         self.registry.reserve(record, self.per_token_limit)
 
         def task():
@@ -253,11 +253,13 @@ class SamplerService:
             if self.model is None:
                 raise UserError(400, "this sampler serves no training model: pass adapter_uri")
             live = self.model.owned(adapter_name, session_id, tenant)
-        slot = f"{tenant}-{adapter_uri or live.name}" if (folder or live) else ""
+        source = adapter_uri or (live.name if live is not None else "")
+        slot = f"{tenant}-{source}" if source else ""
         slot = slot.replace("/", "_").replace(":", "_")
 
         def task():
             if live is not None:
+                assert self.model is not None  # live adapters exist only with a model
                 state, config = self.model.queue.submit(
                     f"model:{live.name}", tenant,
                     lambda: (self.model.model.get_state_dict(adapter_name=live.name),
