@@ -118,3 +118,27 @@ def test_per_token_model_limit_counts_across_sessions():
     registry.release("s1-a")
     registry.reserve(AdapterRecord("s4-a", "a", "alice", "s4", "m", 8), per_token_limit=2)
     assert registry.get("s4-a", "bob") is None and registry.get("s4-a", "alice").short == "a"
+
+
+def test_admission_limits_size_and_rate_per_tenant_and_zero_disables():
+    from twinkle.server.config import QueueConfig
+    from twinkle.server.limits import Admission, count_input_tokens
+
+    assert count_input_tokens([{"input_ids": [1, 2, 3]}, {"input_ids": [4]}, {"messages": []}]) == 4
+    gate = Admission(QueueConfig(rps_limit=2, tps_limit=10, window_seconds=0.3, max_input_tokens=8))
+    with pytest.raises(UserError) as err:
+        gate.admit("alice", 9)
+    assert err.value.status == 413 and "exceed maximum allowed (8)" in err.value.detail
+    gate.admit("alice", 5)
+    with pytest.raises(UserError, match="TPS limit exceeded") as err:
+        gate.admit("alice", 6)
+    assert err.value.status == 429
+    gate.admit("alice", 1)
+    with pytest.raises(UserError, match="RPS limit exceeded"):
+        gate.admit("alice", 1)
+    gate.admit("bob", 5)  # bob has his own window
+    time.sleep(0.35)
+    gate.admit("alice", 5)  # the window slid
+    free = Admission(QueueConfig(rps_limit=0, tps_limit=0, max_input_tokens=0))
+    for _ in range(50):
+        free.admit("alice", 10_000)

@@ -22,6 +22,7 @@ from twinkle.server.checkpoints import CheckpointStore, check_name, safe_name
 from twinkle.server.compute import ComputeQueue
 from twinkle.server.config import ModelArgs, SamplerArgs
 from twinkle.server.errors import NotFound, UserError
+from twinkle.server.limits import Admission, count_input_tokens
 from twinkle.server.state import AdapterRecord, FutureStore, Registry, Sessions
 from twinkle.utils.logger import get_logger
 
@@ -87,6 +88,7 @@ class ModelService:
             device_mesh=None,
         )
         self.queue = ComputeQueue(f"model:{name}", futures, queue_timeout=args.queue_config.queue_timeout)
+        self.admission = Admission(args.queue_config)
         self.adapter_timeout = args.adapter_config.adapter_timeout
         self.max_lifetime = args.adapter_config.adapter_max_lifetime
         self._sweeper = threading.Thread(target=self._sweep_loop, daemon=True, name=f"twinkle-sweep-{name}")
@@ -179,6 +181,8 @@ class ModelService:
         for key in _SERVER_ONLY_KW:
             kwargs.pop(key, None)
         kwargs = {k: deserialize(v) for k, v in kwargs.items()}
+        if op in ("forward", "forward_only", "forward_backward"):
+            self.admission.admit(record.tenant, count_input_tokens(kwargs.get("inputs")))
         method = getattr(self.model, op)
         self._check_kwargs(op, method, kwargs)
         return self.run(f"model:{record.name}", record.tenant,
