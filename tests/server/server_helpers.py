@@ -112,3 +112,24 @@ def start_server_process(model_dir: str, port: int, save_dir: Path, *extra: str)
 
 def new_token() -> str:
     return f"key-{uuid.uuid4().hex[:8]}"
+
+
+def serve_in_thread(config, settings):
+    """Build the app and serve it with uvicorn in a daemon thread; returns (url, stop)."""
+    import uvicorn
+
+    from twinkle.server import build_app
+
+    app = build_app(config, settings)
+    port = config.http_options.port
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return url, stop

@@ -21,6 +21,7 @@ from twinkle.server.errors import NotFound, UserError, http_status
 from twinkle.server.services import ModelService, SamplerService
 from twinkle.server.settings import ServerSettings
 from twinkle.server.state import FutureStore, Registry, Sessions, tenant_of
+from twinkle.server.tinker import long_poll, tinker_router
 
 __all__ = ["Server", "build_app"]
 
@@ -133,6 +134,7 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
         server.stop()
 
     app.include_router(_gateway_router(server), prefix=server.gateway_prefix)
+    app.include_router(tinker_router(server), prefix=server.gateway_prefix)
 
     # ---------------------------------------------------------------- models
     for prefix, service in server.models.values():
@@ -198,21 +200,9 @@ def _gateway_router(server: Server) -> APIRouter:
                            "your last checkpoint")
         return {}
 
-    @gw.post("/retrieve_future")
     @gw.post("/twinkle/retrieve_future")
-    async def retrieve_future(body: Annotated[dict[str, Any], Body()], who: CallerDep) -> Any:
-        request_id = str(body.get("request_id", ""))
-        timeout = min(float(body.get("timeout", server.settings.long_poll_timeout)), server.settings.long_poll_timeout)
-        record = await asyncio.to_thread(server.futures.wait, request_id, who.tenant, timeout)
-        if record is None:
-            raise NotFound(f"Future {request_id} not found (unknown, another tenant's, or expired)")
-        if record["status"] == "completed":
-            return record["result"]
-        if record["status"] == "failed":
-            return JSONResponse({"error": record["error"], "category": record["category"]},
-                                status_code=record.get("http_status") or 500)
-        return {"type": "try_again", "queue_state": record["queue_state"],
-                "queue_state_reason": record["queue_state_reason"]}
+    async def retrieve_future(who: CallerDep, body: Annotated[dict[str, Any], Body()]) -> Any:
+        return await long_poll(server, who.tenant, body)
 
     _add_run_routes(gw, server)
     return gw

@@ -197,7 +197,9 @@ class ModelService:
         if unknown and op != "forward_backward":
             raise UserError(400, f"{op} takes no argument(s) {unknown}; it takes {sorted(params)}")
 
-    def save(self, record: AdapterRecord, name: str | None, save_optimizer: bool, is_sampler: bool, kwargs):
+    def save(self, record: AdapterRecord, name: str | None, save_optimizer: bool, is_sampler: bool, kwargs,
+             post: Any = None):
+        """Queue a save; ``post`` (optional) turns ``{twinkle_path, checkpoint_dir}`` into another answer."""
         kind = "sampler_weights" if is_sampler else "weights"
         ckpt = safe_name(name)
 
@@ -209,18 +211,19 @@ class ModelService:
                     "base_model": self.name, "lora_rank": record.rank,
                     "user_metadata": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str))},
                 })
-            return {"twinkle_path": meta["twinkle_path"], "checkpoint_dir": meta["twinkle_path"]}
+            result = {"twinkle_path": meta["twinkle_path"], "checkpoint_dir": meta["twinkle_path"]}
+            return post(result) if post is not None else result
 
         return self.run(f"model:{record.name}", record.tenant, task)
 
-    def load(self, record: AdapterRecord, uri: str, load_optimizer: bool, resume: bool = False):
+    def load(self, record: AdapterRecord, uri: str, load_optimizer: bool, resume: bool = False, post: Any = None):
         folder = self.checkpoints.fetch(record.tenant, uri)  # 400/404 here, before queueing
 
         def task():
             if resume:
                 return self.model.resume_from_checkpoint(str(folder), adapter_name=record.name)
             self.model.load(str(folder), load_optimizer=load_optimizer, adapter_name=record.name)
-            return None
+            return post() if post is not None else None
 
         return self.run(f"model:{record.name}", record.tenant, task)
 

@@ -1,0 +1,77 @@
+"""The stock Tinker SDK 0.16.1 from PyPI, unpatched (only base_url and a tml- key), against twinkle-server."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from server_helpers import free_port, serve_in_thread
+
+tinker = pytest.importorskip("tinker", minversion="0.16.1")
+types = tinker.types
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def url(tiny_model_dir, tmp_path_factory):
+    from twinkle.server import ServerConfig
+    from twinkle.server.settings import ServerSettings
+
+    save = tmp_path_factory.mktemp("tinker-ckpt")
+    config = ServerConfig.single_model(str(tiny_model_dir), name="tiny", max_loras=2, port=free_port(),
+                                       sampler=False)
+    url, stop = serve_in_thread(config, ServerSettings(default_save_dir=str(save), cache_dir=str(save / ".c")))
+    yield url
+    stop()
+
+
+def sft_data(n: int = 2, length: int = 17) -> list:
+    rnd = random.Random(0)
+    data = []
+    for _ in range(n):
+        tokens = [rnd.randrange(3, 200) for _ in range(length)]
+        weights = [0.0] * 4 + [1.0] * (length - 5)  # the prompt is not trained on
+        data.append(types.Datum(model_input=types.ModelInput.from_ints(tokens[:-1]),
+                                loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights}))
+    return data
+
+
+def step(client, data, lr: float = 1e-2) -> float:
+    fb = client.forward_backward(data, "cross_entropy")
+    client.optim_step(types.AdamParams(learning_rate=lr)).result()  # sent before the first result is read
+    out = fb.result()
+    return out.metrics["loss:mean"], out
+
+
+def test_sft_loop_with_the_stock_sdk_lowers_the_loss_and_checkpoints_round_trip(url):
+    service = tinker.ServiceClient(base_url=url, api_key="tml-alice")
+    assert [m.model_name for m in service.get_server_capabilities().supported_models] == ["tiny"]
+    client = service.create_lora_training_client(base_model="tiny", rank=8)
+    assert client.get_info().lora_rank == 8
+    data = sft_data()
+    losses = []
+    for _ in range(8):
+        loss, out = step(client, data)
+        losses.append(loss)
+    assert sum(losses[-2:]) < sum(losses[:2])
+    # per-datum outputs: one log-prob per target token; elementwise loss = -logprob * weight
+    first = out.loss_fn_outputs[0]
+    assert len(first["logprobs"].data) == 16
+    assert first["elementwise_loss"].data[:4] == [0.0] * 4 and first["elementwise_loss"].data[5] > 0
+
+    saved = client.save_state("after8").result().path
+    assert saved.startswith("tinker://") and saved.endswith("/weights/after8")
+    next_loss, _ = step(client, data)
+    step(client, data)
+    client.load_state(saved).result()
+    fb = client.forward_backward(data, "cross_entropy").result()
+    assert fb.metrics["loss:mean"] == pytest.approx(next_loss, abs=1e-5)
+
+    # another key cannot load alice's checkpoint, and an unknown loss is a clear error
+    other = tinker.ServiceClient(base_url=url, api_key="tml-mallory").create_lora_training_client(
+        base_model="tiny", rank=4)
+    with pytest.raises(Exception, match="not found"):
+        other.load_state(saved).result()
+    with pytest.raises(Exception, match="not offered yet"):
+        other.forward_backward(data, "importance_sampling").result()
