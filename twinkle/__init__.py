@@ -83,10 +83,8 @@ def init_twinkle_client(base_url: str | None = None, api_key: str | None = None,
     return _init(base_url, api_key, session_heartbeat_interval=session_heartbeat_interval, **kwargs)
 
 
-def init_tinker_client(*args, **kwargs):
-    """Patch the ``tinker`` SDK to talk to a twinkle server. Not available in Twinkle Commons yet."""
-    raise NotImplementedError(
-        "init_tinker_client (the Tinker SDK bridge) is not implemented in Twinkle Commons: twinkle-server does not "
-        "serve the Tinker routes yet; use twinkle_client (init_twinkle_client) against twinkle-server, or the "
-        "twinkle API locally or in Ray mode"
-    )
+def init_tinker_client(base_url: str | None = None, api_key: str | None = None, **kwargs):
+    """A stock ``tinker`` SDK ``ServiceClient`` for a ``twinkle-server``; see ``twinkle_client.tinker``."""
+    from twinkle_client.tinker import init_tinker_client as _init
+
+    return _init(base_url, api_key, **kwargs)

@@ -10,5 +10,6 @@ Datasets and dataloaders stay local (``twinkle.dataset``, ``twinkle.dataloader``
 
 from twinkle_client.client import TwinkleClient, init_twinkle_client
 from twinkle_client.http import TwinkleClientError, get_base_url
+from twinkle_client.tinker import init_tinker_client
 
-__all__ = ["TwinkleClient", "TwinkleClientError", "get_base_url", "init_twinkle_client"]
+__all__ = ["TwinkleClient", "TwinkleClientError", "get_base_url", "init_tinker_client", "init_twinkle_client"]

@@ -19,7 +19,7 @@ def url(tiny_model_dir, tmp_path_factory):
     from twinkle.server.settings import ServerSettings
 
     save = tmp_path_factory.mktemp("tinker-ckpt")
-    config = ServerConfig.single_model(str(tiny_model_dir), name="tiny", max_loras=2, port=free_port(),
+    config = ServerConfig.single_model(str(tiny_model_dir), name="tiny", max_loras=3, port=free_port(),
                                        sampler=False)
     url, stop = serve_in_thread(config, ServerSettings(default_save_dir=str(save), cache_dir=str(save / ".c")))
     yield url
@@ -75,3 +75,12 @@ def test_sft_loop_with_the_stock_sdk_lowers_the_loss_and_checkpoints_round_trip(
         other.load_state(saved).result()
     with pytest.raises(Exception, match="not offered yet"):
         other.forward_backward(data, "importance_sampling").result()
+
+    # init_tinker_client: the same key without tml- is the same tenant, through either client
+    import twinkle
+
+    same = twinkle.init_tinker_client(base_url=url + "/api/v1", api_key="alice")
+    client2 = same.create_lora_training_client(base_model="tiny", rank=8)
+    client2.load_state(saved).result()
+    fb2 = client2.forward_backward(data, "cross_entropy").result()
+    assert fb2.metrics["loss:mean"] == pytest.approx(next_loss, abs=1e-5)

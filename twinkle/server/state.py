@@ -17,7 +17,11 @@ __all__ = ["AdapterRecord", "FutureStore", "Registry", "Session", "Sessions", "t
 
 
 def tenant_of(token: str, salt: str) -> str:
-    """The tenant id: 16 hex chars of a salted HMAC of the token (the token itself is never stored)."""
+    """The tenant id: 16 hex chars of a salted HMAC of the token (the token itself is never stored).
+
+    A leading ``tml-`` is dropped first: the Tinker SDK requires it, so ``tml-K`` and ``K`` are one tenant.
+    """
+    token = token.removeprefix("tml-")
     return hmac.new(salt.encode(), token.encode(), hashlib.sha256).hexdigest()[:16]
 
 
