@@ -19,8 +19,7 @@ def url(tiny_model_dir, tmp_path_factory):
     from twinkle.server.settings import ServerSettings
 
     save = tmp_path_factory.mktemp("tinker-ckpt")
-    config = ServerConfig.single_model(str(tiny_model_dir), name="tiny", max_loras=3, port=free_port(),
-                                       sampler=False)
+    config = ServerConfig.single_model(str(tiny_model_dir), name="tiny", max_loras=3, port=free_port())
     url, stop = serve_in_thread(config, ServerSettings(default_save_dir=str(save), cache_dir=str(save / ".c")))
     yield url
     stop()
@@ -67,6 +66,19 @@ def test_sft_loop_with_the_stock_sdk_lowers_the_loss_and_checkpoints_round_trip(
     client.load_state(saved).result()
     fb = client.forward_backward(data, "cross_entropy").result()
     assert fb.metrics["loss:mean"] == pytest.approx(next_loss, abs=1e-5)
+
+    # sampling from the trained weights: greedy, so both samples agree; one log-prob per sampled token
+    sampler = client.save_weights_and_get_sampling_client(name="for-sampling")
+    prompt = types.ModelInput.from_ints([5, 6, 7, 8])
+    result = sampler.sample(prompt=prompt, num_samples=2,
+                            sampling_params=types.SamplingParams(max_tokens=4, temperature=0.0)).result()
+    assert len(result.sequences) == 2 and result.sequences[0].tokens == result.sequences[1].tokens
+    assert len(result.sequences[0].tokens) == len(result.sequences[0].logprobs) <= 4
+    named = client.save_weights_for_sampler("named").result().path
+    assert named.startswith("tinker://") and "/sampler_weights/named" in named
+    again = service.create_sampling_client(model_path=named).sample(
+        prompt=prompt, num_samples=1, sampling_params=types.SamplingParams(max_tokens=4, temperature=0.0)).result()
+    assert again.sequences[0].tokens == result.sequences[0].tokens
 
     # another key cannot load alice's checkpoint, and an unknown loss is a clear error
     other = tinker.ServiceClient(base_url=url, api_key="tml-mallory").create_lora_training_client(

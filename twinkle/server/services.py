@@ -253,7 +253,7 @@ class SamplerService:
         self.queue = ComputeQueue(f"sampler:{name}", futures, queue_timeout=args.queue_config.queue_timeout)
 
     def sample(self, tenant: str, session_id: str | None, inputs: Any, sampling_params: Any, adapter_name: str,
-               adapter_uri: str | None):
+               adapter_uri: str | None, post: Any = None):
         folder = self.checkpoints.fetch(tenant, adapter_uri) if adapter_uri else None
         live = None
         if adapter_name and folder is None:
@@ -275,7 +275,8 @@ class SamplerService:
                 self.sampler.receive_weights(state, adapter_name=slot, peft_config=config)
             responses = self.sampler.sample(inputs, sampling_params, adapter_name=slot,
                                             adapter_path=str(folder) if folder else None)
-            return {"samples": to_jsonable(responses)}
+            result = {"samples": to_jsonable(responses)}
+            return post(result) if post is not None else result
 
         return self.queue.submit(f"token:{tenant}", tenant, task, model_id=self.name)
 

@@ -217,6 +217,76 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
                                  post=lambda: {"path": path, "type": "load_weights"})
         return future(submitted, model_id)
 
+    sampling_sessions: dict[str, dict[str, Any]] = {}  # sampling_<hex> -> {tenant, base_model, model_path}
+
+    def open_sampling_session(tenant: str, base_model: str | None, model_path: str | None) -> str:
+        if model_path:
+            meta = server.checkpoints.metadata(tenant, to_twinkle_uri(model_path))  # 404 unless the caller's
+            base_model = base_model or meta.get("base_model")
+        if not base_model or base_model not in server.samplers:
+            raise UserError(400, f"base_model is required but could not be resolved (got {base_model!r}; sampled "
+                                 f"models: {sorted(server.samplers)})")
+        sampling_id = f"sampling_{uuid.uuid4().hex}"
+        sampling_sessions[sampling_id] = {"tenant": tenant, "base_model": base_model,
+                                          "model_path": to_twinkle_uri(model_path) if model_path else None}
+        return sampling_id
+
+    @router.post("/create_sampling_session")
+    def create_sampling_session(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        if server.sessions.get(str(body.get("session_id", "")), tenant) is None:
+            raise NotFound("Unknown session")
+        sampling_id = open_sampling_session(tenant, body.get("base_model"), body.get("model_path"))
+        return {"sampling_session_id": sampling_id, "type": "create_sampling_session"}
+
+    @router.post("/save_weights_for_sampler")
+    def save_weights_for_sampler(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        model_id = str(body.get("model_id", ""))
+        service, record = model_of(model_id, tenant)
+        ephemeral = body.get("sampling_session_seq_id") is not None
+
+        def answer(saved: dict[str, Any]) -> dict[str, Any]:
+            if ephemeral:  # the SDK's save_weights_and_get_sampling_client: a session, no path
+                sampling_id = open_sampling_session(tenant, record.base_model, saved["twinkle_path"])
+                return {"path": None, "sampling_session_id": sampling_id, "type": "save_weights_for_sampler"}
+            return {"path": to_tinker_uri(saved["twinkle_path"]), "type": "save_weights_for_sampler"}
+
+        return future(service.save(record, body.get("path"), False, True, {}, post=answer), model_id)
+
+    @router.post("/asample")
+    def asample(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        session = sampling_sessions.get(str(body.get("sampling_session_id") or ""))
+        if body.get("sampling_session_id") and (session is None or session["tenant"] != tenant):
+            raise NotFound("Unknown sampling session")
+        base = body.get("base_model") or (session or {}).get("base_model")
+        model_path = body.get("model_path") or (session or {}).get("model_path")
+        if not base and model_path:
+            base = server.checkpoints.metadata(tenant, to_twinkle_uri(model_path)).get("base_model")
+        if not base or base not in server.samplers:
+            raise UserError(400, "base_model is required but could not be resolved")
+        sampler = server.samplers[base][1]
+        try:
+            prompt = [int(t) for chunk in body["prompt"]["chunks"] for t in chunk["tokens"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(400, f"bad prompt: needs chunks[].tokens ({exc})") from exc
+        given = body.get("sampling_params") or {}
+        stop = given.get("stop")
+        params = {
+            "max_tokens": given.get("max_tokens") or 256, "temperature": float(given.get("temperature", 1.0)),
+            "top_k": int(given.get("top_k", -1)), "top_p": float(given.get("top_p", 1.0)),
+            "seed": given.get("seed"), "num_samples": int(body.get("num_samples", 1)), "logprobs": 0,
+            "stop": [stop] if isinstance(stop, str) else [s for s in (stop or []) if isinstance(s, str)],
+        }
+
+        def answer(result: dict[str, Any]) -> dict[str, Any]:
+            sequences = [{"stop_reason": "stop" if seq["stop_reason"] == "stop" else "length",
+                          "tokens": seq["tokens"], "logprobs": [step[0][1] for step in seq["logprobs"] or []]}
+                         for seq in result["samples"][0]["sequences"]]
+            return {"sequences": sequences, "type": "sample"}
+
+        submitted = sampler.sample(tenant, None, [{"input_ids": prompt}], params, "",
+                                   to_twinkle_uri(model_path) if model_path else None, post=answer)
+        return future(submitted)
+
     @router.post("/retrieve_future")
     async def retrieve_future(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> Any:
         return await long_poll(server, tenant, body)
