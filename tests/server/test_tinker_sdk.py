@@ -19,7 +19,7 @@ def url(tiny_model_dir, tmp_path_factory):
     from twinkle.server.settings import ServerSettings
 
     save = tmp_path_factory.mktemp("tinker-ckpt")
-    config = ServerConfig.single_model(str(tiny_model_dir), name="tiny", max_loras=3, port=free_port())
+    config = ServerConfig.single_model(str(tiny_model_dir), name="tiny", max_loras=4, port=free_port())
     url, stop = serve_in_thread(config, ServerSettings(default_save_dir=str(save), cache_dir=str(save / ".c")))
     yield url
     stop()
@@ -86,7 +86,7 @@ def test_sft_loop_with_the_stock_sdk_lowers_the_loss_and_checkpoints_round_trip(
     with pytest.raises(Exception, match="not found"):
         other.load_state(saved).result()
     with pytest.raises(Exception, match="not offered yet"):
-        other.forward_backward(data, "importance_sampling").result()
+        other.forward_backward(data, "ppo").result()
 
     # init_tinker_client: the same key without tml- is the same tenant, through either client
     import twinkle
@@ -96,3 +96,32 @@ def test_sft_loop_with_the_stock_sdk_lowers_the_loss_and_checkpoints_round_trip(
     client2.load_state(saved).result()
     fb2 = client2.forward_backward(data, "cross_entropy").result()
     assert fb2.metrics["loss:mean"] == pytest.approx(next_loss, abs=1e-5)
+
+
+def test_importance_sampling_moves_log_probs_in_the_direction_of_the_advantages(url):
+    client = tinker.ServiceClient(base_url=url, api_key="tml-rl").create_lora_training_client(
+        base_model="tiny", rank=8)
+    rnd = random.Random(1)
+    tokens = [[rnd.randrange(3, 200) for _ in range(13)] for _ in range(2)]
+
+    def datum(toks, sign, old):
+        n = len(toks) - 1
+        inputs = {"target_tokens": toks[1:], "weights": [0.0] * 3 + [1.0] * (n - 3),
+                  "advantages": [0.0] * 3 + [sign] * (n - 3)}
+        if old is not None:  # the sampling policy's log-probs; without them the call is on-policy (ratio 1)
+            inputs["logprobs"] = old
+        return types.Datum(model_input=types.ModelInput.from_ints(toks[:-1]), loss_fn_inputs=inputs)
+
+    mean_lp = []
+    old = [None, None]
+    for _ in range(4):
+        data = [datum(tokens[0], 1.0, old[0]), datum(tokens[1], -1.0, old[1])]
+        out = client.forward_backward(data, "importance_sampling", {"epsilon": 0.2}).result()
+        client.optim_step(types.AdamParams(learning_rate=1e-2)).result()
+        lps = [o["logprobs"].data for o in out.loss_fn_outputs]
+        old = lps  # on-policy next round: the sampling policy is the current one
+        mean_lp.append([sum(lp[3:]) / len(lp[3:]) for lp in lps])
+        assert out.loss_fn_output_type == "ImportanceSamplingLossReturn"
+    assert mean_lp[-1][0] > mean_lp[0][0]  # positive advantage: more likely
+    assert mean_lp[-1][1] < mean_lp[0][1]  # negative advantage: less likely
+

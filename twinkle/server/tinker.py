@@ -71,6 +71,32 @@ def datum_to_row(datum: dict[str, Any]) -> tuple[dict[str, Any], list[float]]:
     return {"input_ids": ids, "labels": labels}, weights
 
 
+def rl_inputs(data: list[dict[str, Any]], pairs: list[tuple[dict[str, Any], list[float]]]) -> dict[str, Any]:
+    """``advantages`` and ``logprobs`` (-> ``old_logps``) of each Datum as ``[batch, seq]`` tensors aligned with
+    the labels, zero-padded on the right as the batch is."""
+    import torch
+
+    width = max(len(row["input_ids"]) for row, _ in pairs)
+
+    def padded(name: str) -> Any:
+        rows = []
+        for datum, (row, _) in zip(data, pairs, strict=True):
+            values = (datum.get("loss_fn_inputs") or {}).get(name)
+            if values is None:
+                return None
+            values = [float(v) for v in values["data"]]
+            if len(values) != len(row["input_ids"]):
+                raise UserError(400, f"bad Datum: {name} has {len(values)} values for {len(row['input_ids'])} tokens")
+            rows.append(values + [0.0] * (width - len(values)))
+        return torch.tensor(rows)
+
+    advantages = padded("advantages")
+    if advantages is None:
+        raise UserError(400, "importance_sampling needs loss_fn_inputs.advantages in every Datum")
+    old = padded("logprobs")
+    return {"advantages": advantages, **({"old_logps": old} if old is not None else {})}
+
+
 def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closure per SDK route
     router = APIRouter()
 
@@ -149,8 +175,10 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
         service, _ = model_of(model_id, tenant)
         fb = body.get("forward_backward_input") or {}
         loss_fn = fb.get("loss_fn")
-        if loss_fn != "cross_entropy":
-            raise UserError(400, f"loss_fn {loss_fn!r} is not offered yet; use 'cross_entropy'")
+        if loss_fn not in ("cross_entropy", "importance_sampling"):
+            raise UserError(400, f"loss_fn {loss_fn!r} is not offered yet; use 'cross_entropy' or "
+                                 f"'importance_sampling'")
+        config = {k: float(v) for k, v in (fb.get("loss_fn_config") or {}).items()}
         data = fb.get("data") or []
         if not data:
             raise UserError(400, "forward_backward needs at least one Datum")
@@ -158,8 +186,16 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
         rows = [row for row, _ in pairs]
         service.admission.admit(tenant, sum(len(r["input_ids"]) for r in rows))
 
+        rl = rl_inputs(data, pairs) if loss_fn == "importance_sampling" else {}
+
         def task() -> dict[str, Any]:
-            out = service.model.forward_backward(inputs=rows, adapter_name=model_id)
+            # the loss is chosen per call, as the SDK does: clipped GRPO for importance_sampling (http.md §10.4)
+            if loss_fn == "importance_sampling":
+                service.model.set_loss("GRPOLoss", adapter_name=model_id, epsilon=config.get("epsilon", 0.2),
+                                       beta=config.get("beta", 0.0))
+            else:
+                service.model.set_loss("CrossEntropyLoss", adapter_name=model_id, reduction="sum")
+            out = service.model.forward_backward(inputs=rows, adapter_name=model_id, **rl)
             logps = out["logps"].detach().float().cpu()
             outputs, tokens = [], 0.0
             for i, (row, weights) in enumerate(pairs):
@@ -171,8 +207,10 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
                     "elementwise_loss": {"data": [-x * w for x, w in zip(lp, weights, strict=True)],
                                          "dtype": "float32", "shape": [n]},
                 })
-            mean = float(out["loss"]) / max(1.0, tokens)
-            return {"loss_fn_output_type": "CrossEntropyLossReturn", "loss_fn_outputs": outputs,
+            # cross entropy is summed over tokens here; GRPO's loss is already a mean
+            mean = float(out["loss"]) / max(1.0, tokens) if not rl else float(out["loss"])
+            kind = "ImportanceSamplingLossReturn" if rl else "CrossEntropyLossReturn"
+            return {"loss_fn_output_type": kind, "loss_fn_outputs": outputs,
                     # loss:avg is upstream's key, which the SDK's chunk merger drops (no 'avg' reduction);
                     # ours adds loss:mean (the same number) and loss:sum, which it keeps
                     "metrics": {"loss:avg": mean, "loss:mean": mean, "loss:sum": float(out["loss"])}}
