@@ -81,7 +81,8 @@ def test_client_example_matches_local_mode_and_survives_a_restart(server, tiny_m
     remote, uri = example.train(max_steps=STEPS)
     local = local_losses(example, str(tiny_model_dir))
     assert len(remote) == len(local) == 2 * STEPS
-    assert remote == pytest.approx(local, abs=1e-5)
+    # sum-reduced losses: compare relatively (1e-6 of the sum is far below 1e-5 of the per-token mean)
+    assert remote == pytest.approx(local, rel=1e-6)
     assert uri.startswith("twinkle://") and uri.endswith("/weights/last-checkpoint")
     assert client.list_checkpoints(uri.split("/")[2])[-1]["twinkle_path"] == uri
     probe = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, 6, 7, 8, 9, -100]}]

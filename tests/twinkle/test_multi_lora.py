@@ -161,4 +161,6 @@ def test_seeded_tenant_trains_like_a_local_transformers_model(tiny_model_dir):
         local.clip_grad_and_step()
         got = float(multi.forward_backward(inputs=make_batch(seed=i), adapter_name="t")["loss"])
         multi.clip_grad_and_step(adapter_name="t")
-        assert got == pytest.approx(want, abs=1e-5)
+        # sum-reduced losses (~170 here): the slot's zero ranks change the float summation order, so compare
+        # relatively; 1e-6 of the sum is well under 1e-5 of the per-token mean (~6)
+        assert got == pytest.approx(want, rel=1e-6)
