@@ -7,6 +7,7 @@ docs/architecture.md ("HTTP mode") for why this is one FastAPI process per base 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -242,6 +243,19 @@ def _add_run_routes(gw: APIRouter, server: Server) -> None:
                 "model_owner": who.tenant, "is_lora": True, "lora_rank": meta.get("lora_rank")}
 
 
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise UserError(400, f"the body is not JSON ({exc}); send a JSON object") from exc
+    if not isinstance(body, dict):
+        raise UserError(400, "the body must be a JSON object of keyword arguments")
+    return body
+
+
 def _model_router(service: ModelService, answer) -> APIRouter:
     router = APIRouter()
 
@@ -254,8 +268,9 @@ def _model_router(service: ModelService, answer) -> APIRouter:
         return {"status": "ok"}
 
     @router.post("/twinkle/{op}")
-    async def call(op: str, who: CallerDep, body: Annotated[dict[str, Any] | None, Body()] = None) -> Any:
-        body = dict(body or {})
+    async def call(op: str, who: CallerDep, request: Request) -> Any:
+        # the raw JSON, not a validated Body(): pydantic would walk every token id of every batch
+        body = await _json_object(request)
         short = str(body.pop("adapter_name", "") or "default")  # the clients' default name
         if op == "add_adapter_to_model":
             if "config" not in body:
