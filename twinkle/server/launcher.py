@@ -18,11 +18,11 @@ class ServerLauncher:
         self.ray_namespace = ray_namespace  # accepted for upstream's signature; this server does not use Ray
 
     def launch(self) -> None:
+        import sys
+
         import uvicorn
 
         from twinkle.server.app import build_app
-
-        import sys
 
         # the event loop and the compute worker hand the GIL back and forth on every call; a shorter switch interval
         # than the default 5 ms lets the loop answer a finished call sooner (bench/multitenant.py: client/in-process
