@@ -67,6 +67,14 @@ def test_sft_loop_with_the_stock_sdk_lowers_the_loss_and_checkpoints_round_trip(
     fb = client.forward_backward(data, "cross_entropy").result()
     assert fb.metrics["loss:mean"] == pytest.approx(next_loss, abs=1e-5)
 
+    # the REST client lists the run's checkpoints, and only the caller's runs
+    rest = service.create_rest_client()
+    run_id = saved.split("/")[2]
+    listed = rest.list_checkpoints(run_id).result().checkpoints
+    assert [c.tinker_path for c in listed] == [saved] and listed[0].checkpoint_type == "training"
+    assert run_id in [r.training_run_id for r in rest.list_training_runs().result().training_runs]
+    assert rest.get_training_run(run_id).result().lora_rank == 8
+
     # sampling from the trained weights: greedy, so both samples agree; one log-prob per sampled token
     sampler = client.save_weights_and_get_sampling_client(name="for-sampling")
     prompt = types.ModelInput.from_ints([5, 6, 7, 8])
@@ -85,6 +93,10 @@ def test_sft_loop_with_the_stock_sdk_lowers_the_loss_and_checkpoints_round_trip(
         base_model="tiny", rank=4)
     with pytest.raises(Exception, match="not found"):
         other.load_state(saved).result()
+    mallory_rest = tinker.ServiceClient(base_url=url, api_key="tml-mallory").create_rest_client()
+    assert run_id not in [r.training_run_id for r in mallory_rest.list_training_runs().result().training_runs]
+    with pytest.raises(Exception):  # noqa: B017 - the SDK raises its NotFoundError
+        mallory_rest.list_checkpoints(run_id).result()
     with pytest.raises(Exception, match="not offered yet"):
         other.forward_backward(data, "ppo").result()
 

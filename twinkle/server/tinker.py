@@ -97,6 +97,26 @@ def rl_inputs(data: list[dict[str, Any]], pairs: list[tuple[dict[str, Any], list
     return {"advantages": advantages, **({"old_logps": old} if old is not None else {})}
 
 
+def tinker_checkpoint(meta: dict[str, Any]) -> dict[str, Any]:
+    """A stored checkpoint record in the SDK's ``Checkpoint`` shape (``tinker_path``)."""
+    return {"checkpoint_id": meta["checkpoint_id"], "checkpoint_type": meta["checkpoint_type"], "time": meta["time"],
+            "tinker_path": to_tinker_uri(meta["twinkle_path"]), "size_bytes": meta.get("size_bytes"),
+            "public": bool(meta.get("public", False))}
+
+
+def tinker_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A stored run record in the SDK's ``TrainingRun`` shape."""
+    last, last_sampler = run.get("last_checkpoint"), run.get("last_sampler_checkpoint")
+    return {
+        "training_run_id": run["training_run_id"], "base_model": run.get("base_model", ""),
+        "model_owner": run.get("model_owner", ""), "is_lora": True, "corrupted": bool(run.get("corrupted")),
+        "lora_rank": run.get("lora_rank"), "last_request_time": run.get("last_request_time", 0),
+        "last_checkpoint": tinker_checkpoint(last) if last else None,
+        "last_sampler_checkpoint": tinker_checkpoint(last_sampler) if last_sampler else None,
+        "user_metadata": {str(k): str(v) for k, v in (run.get("user_metadata") or {}).items()},
+    }
+
+
 def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closure per SDK route
     router = APIRouter()
 
@@ -324,6 +344,20 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
         submitted = sampler.sample(tenant, None, [{"input_ids": prompt}], params, "",
                                    to_twinkle_uri(model_path) if model_path else None, post=answer)
         return future(submitted)
+
+    @router.get("/training_runs")
+    def training_runs(tenant: TenantDep, limit: int = 20, offset: int = 0) -> dict[str, Any]:
+        runs = server.checkpoints.list_runs(tenant)
+        return {"training_runs": [tinker_run(r) for r in runs[offset:offset + limit]],
+                "cursor": {"limit": limit, "offset": offset, "total_count": len(runs)}}
+
+    @router.get("/training_runs/{run}")
+    def training_run(run: str, tenant: TenantDep) -> dict[str, Any]:
+        return tinker_run(server.checkpoints.read_run(tenant, run))
+
+    @router.get("/training_runs/{run}/checkpoints")
+    def checkpoints(run: str, tenant: TenantDep) -> dict[str, Any]:
+        return {"checkpoints": [tinker_checkpoint(c) for c in server.checkpoints.list(tenant, run)], "cursor": None}
 
     @router.post("/retrieve_future")
     async def retrieve_future(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> Any:
