@@ -128,6 +128,7 @@ class NotBuiltError(TwinkleError, NotImplementedError):
 class PairedBatchError(BatchSizeError, AssertionError):
     """An odd number of rows for a pairwise loss (upstream asserts; ``except AssertionError`` catches this)."""
 
+
 # ---- multi-tenant models (twinkle.model.multi_lora)
 
 
