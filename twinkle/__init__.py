@@ -75,17 +75,16 @@ def __getattr__(name: str):
     return value
 
 
-def init_twinkle_client(base_url: str | None = None, api_key: str | None = None, session_heartbeat_interval: int = 10):
-    """Connect to a twinkle HTTP training server. Not available in Twinkle Commons yet."""
-    raise NotImplementedError(
-        "twinkle's HTTP client mode (init_twinkle_client) is not implemented in Twinkle Commons; run the script "
-        "locally (python / torchrun), in Ray mode, or submit it to the platform with twinkle-submit"
-    )
+def init_twinkle_client(base_url: str | None = None, api_key: str | None = None, session_heartbeat_interval: int = 10,
+                        **kwargs):
+    """Connect to a ``twinkle-server`` (HTTP mode); the same as ``twinkle_client.init_twinkle_client``."""
+    from twinkle_client import init_twinkle_client as _init
+
+    return _init(base_url, api_key, session_heartbeat_interval=session_heartbeat_interval, **kwargs)
 
 
-def init_tinker_client(*args, **kwargs):
-    """Patch the ``tinker`` SDK to talk to a twinkle server. Not available in Twinkle Commons yet."""
-    raise NotImplementedError(
-        "init_tinker_client (the Tinker SDK bridge) is not implemented in Twinkle Commons; use the twinkle API "
-        "directly, locally or in Ray mode"
-    )
+def init_tinker_client(base_url: str | None = None, api_key: str | None = None, **kwargs):
+    """A stock ``tinker`` SDK ``ServiceClient`` for a ``twinkle-server``; see ``twinkle_client.tinker``."""
+    from twinkle_client.tinker import init_tinker_client as _init
+
+    return _init(base_url, api_key, **kwargs)

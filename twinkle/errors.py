@@ -127,3 +127,17 @@ class NotBuiltError(TwinkleError, NotImplementedError):
 
 class PairedBatchError(BatchSizeError, AssertionError):
     """An odd number of rows for a pairwise loss (upstream asserts; ``except AssertionError`` catches this)."""
+
+
+# ---- multi-tenant models (twinkle.model.multi_lora)
+
+
+class SlotsExhaustedError(TwinkleError, RuntimeError):
+    """Every LoRA slot of a ``MultiLoraTransformersModel`` is taken; the message names ``max_loras``."""
+
+
+class InputTooLongError(ConfigError):
+    """A batch with more tokens than the model's ``max_length``; the message names the limit."""
+
+
+__all__ += ["InputTooLongError", "SlotsExhaustedError"]

@@ -1,13 +1,15 @@
-"""Trainable models: ``TransformersModel`` (Hugging Face causal LMs, LoRA or full fine-tuning), and lazily the
-Megatron backend (``MegatronModel``, ``MegatronStrategy``, ``MultiLoraMegatronModel``: CUDA only)."""
+"""Trainable models: ``TransformersModel`` (Hugging Face causal LMs, LoRA or full fine-tuning),
+``MultiLoraTransformersModel`` (many tenants' adapters on one base), and lazily the Megatron backend
+(``MegatronModel``, ``MegatronStrategy``, ``MultiLoraMegatronModel``: CUDA only)."""
 
 from typing import Any
 
 from twinkle.model.base import TwinkleModel
+from twinkle.model.multi_lora import MultiLoraTransformersModel
 from twinkle.model.optimizer_group import OptimizerGroup
 from twinkle.model.transformers import TransformersModel
 
-__all__ = ["OptimizerGroup", "TransformersModel", "TwinkleModel"]
+__all__ = ["MultiLoraTransformersModel", "OptimizerGroup", "TransformersModel", "TwinkleModel"]
 
 
 _MEGATRON = ("MegatronModel", "MegatronStrategy", "MultiLoraMegatronModel")

@@ -1,0 +1,95 @@
+"""The client's connection: base URL, key, session, request id, and one ``request`` helper (http.md §9.1, §9.7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+import requests
+
+__all__ = ["TwinkleClientError", "get_base_url", "request", "serialize", "state"]
+
+
+class TwinkleClientError(requests.HTTPError):
+    """A non-2xx answer; the message carries the server's ``detail`` and ``.status`` its HTTP status."""
+
+    def __init__(self, status: int, detail: str, response: Any = None) -> None:
+        super().__init__(f"Request failed with status {status}: {detail}", response=response)
+        self.status = status
+        self.detail = detail
+
+
+class _State:
+    def __init__(self) -> None:
+        self.base_url = os.environ.get("TWINKLE_SERVER_URL", "http://127.0.0.1:8000")
+        self.api_key = os.environ.get("TWINKLE_SERVER_TOKEN", "EMPTY_TOKEN")
+        self.session_id: str | None = None
+        self.request_id = f"{time.strftime('%Y%m%d_%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.http = requests.Session()
+        self.lock = threading.Lock()
+
+
+state = _State()
+
+
+def get_base_url() -> str:
+    url = state.base_url.rstrip("/")
+    return url if url.endswith("/api/v1") else url + "/api/v1"
+
+
+def headers() -> dict[str, str]:
+    out = {"Authorization": f"Bearer {state.api_key}", "Twinkle-Authorization": f"Bearer {state.api_key}",
+           "x-request-id": state.request_id}
+    if state.session_id:
+        out["X-Twinkle-Session-Id"] = state.session_id
+    return out
+
+
+def request(method: str, path: str, body: Any = None, timeout: float = 600, **params: Any) -> Any:
+    """One call to ``<base>/api/v1/<path>``; returns the decoded JSON, raises ``TwinkleClientError`` otherwise."""
+    url = path if path.startswith("http") else f"{get_base_url()}/{path.lstrip('/')}"
+    response = state.http.request(method, url, json=body, headers=headers(), timeout=timeout, params=params or None)
+    if response.status_code == 410:
+        raise StopIteration
+    if not response.ok:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise TwinkleClientError(response.status_code, str(detail), response)
+    return response.json() if response.content else None
+
+
+def serialize(value: Any) -> Any:
+    """Top-level body values (http.md §9.6): ``LoraConfig`` as a tagged JSON string, arrays as lists."""
+    from peft import LoraConfig
+
+    if isinstance(value, LoraConfig):
+        data = {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(value).items()
+                if not k.startswith("_") and isinstance(v, (str, int, float, bool, list, set, dict, type(None)))}
+        data["_TWINKLE_TYPE_"] = "LoraConfig"
+        return json.dumps(data)
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "detach") and hasattr(value, "tolist"):  # a torch tensor
+        return value.detach().cpu().tolist()
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy
+        return value.tolist()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    raise TypeError(f"Unsupported object {type(value).__name__}: send classes by name (e.g. 'AdamW') and data "
+                    f"as lists/dicts")
