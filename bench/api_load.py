@@ -28,7 +28,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,7 +56,7 @@ def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 # ---------------------------------------------------------------- the server
@@ -116,7 +115,7 @@ def start_api(tmp: Path, database_url: str, redis_url: str, **extra: str) -> Ser
     log_path = tmp / "api.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "scheduler.cli", "serve", "--log-level", "warning"],
-        env=env, cwd=tmp, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+        env=env, cwd=tmp, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the child owns it
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -310,11 +309,11 @@ def run_phase(server: Server, tokens: list[str], worker: tuple[str, str], client
             samples += [Sample(*row) for row in rows]
             clients_cpu += client_cpu
             got += 1
-        except queue_mod.Empty:
+        except queue_mod.Empty as exc:
             dead = [p for p in workers if p.exitcode not in (None, 0)]
             if dead or time.monotonic() > deadline:
                 stop.set()
-                raise RuntimeError(f"client processes failed (exit codes {[p.exitcode for p in workers]})")
+                raise RuntimeError(f"client processes failed (exit codes {[p.exitcode for p in workers]})") from exc
     wall = time.time() - start_at
     cpu = server.cpu_s() - cpu0
     for p in workers:
@@ -331,7 +330,8 @@ def stored_names(database_url: str, prefix: str) -> list[str]:
     engine = sa.create_engine(database_url)
     try:
         with engine.connect() as conn:
-            return [n for (n,) in conn.execute(sa.text("select name from jobs where name like :p"), {"p": prefix + "%"})]
+            rows = conn.execute(sa.text("select name from jobs where name like :p"), {"p": prefix + "%"})
+            return [n for (n,) in rows]
     finally:
         engine.dispose()
 

@@ -91,7 +91,8 @@ class Proc:
 
     def start(self, cwd: Path) -> None:
         self.popen = subprocess.Popen(
-            self.args, env=self.env, cwd=cwd, stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
+            self.args, env=self.env, cwd=cwd, stdout=open(self.log, "a"),  # noqa: SIM115 - the child owns it
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         if self.port:
@@ -210,8 +211,8 @@ class Platform:
             p.stop()
 
 
-def call(fn, *args, tries: int = 120, **kwargs):  # noqa: ANN001, ANN201 - the harness's own calls ride out outages too
-    for i in range(tries):
+def call(fn, *args, tries: int = 120, **kwargs):
+    for _ in range(tries):
         try:
             r = fn(*args, **kwargs)
             if r.status_code < 500:

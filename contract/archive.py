@@ -71,9 +71,8 @@ def _file_type(info: zipfile.ZipInfo) -> int:
 
 def check_members(infos: Iterable[zipfile.ZipInfo], limits: ArchiveLimits = DEFAULT_LIMITS) -> int:
     """Refuse the archive from its central directory; returns the declared total uncompressed size."""
-    total = compressed = count = 0
-    for info in infos:
-        count += 1
+    total = compressed = 0
+    for count, info in enumerate(infos, 1):
         if count > limits.max_files:
             raise ArchiveRejected("max_files", f"the bundle has more than {limits.max_files} entries")
         name = info.filename
@@ -91,7 +90,8 @@ def check_members(infos: Iterable[zipfile.ZipInfo], limits: ArchiveLimits = DEFA
                 f"{_mb(limits.max_file_bytes)} (fetch large data at run time instead)",
                 name,
             )
-        if info.file_size > RATIO_FLOOR_BYTES and info.file_size > limits.max_compression_ratio * max(info.compress_size, 1):
+        inflates = info.file_size > limits.max_compression_ratio * max(info.compress_size, 1)
+        if info.file_size > RATIO_FLOOR_BYTES and inflates:
             raise ArchiveRejected(
                 "max_compression_ratio",
                 f"bundle entry {name!r} inflates {info.file_size / max(info.compress_size, 1):.0f}x "
@@ -133,7 +133,9 @@ def _open(source: str | Path | IO[bytes]) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(source)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        raise ArchiveRejected("bad_zip", f"the bundle is not a valid zip archive ({exc}); re-create it with `zip -r`") from exc
+        raise ArchiveRejected(
+            "bad_zip", f"the bundle is not a valid zip archive ({exc}); re-create it with `zip -r`"
+        ) from exc
 
 
 def scan(source: str | Path | IO[bytes], limits: ArchiveLimits = DEFAULT_LIMITS) -> list[str]:
@@ -147,14 +149,17 @@ def scan(source: str | Path | IO[bytes], limits: ArchiveLimits = DEFAULT_LIMITS)
             for info in infos:
                 if not info.is_dir():
                     left -= _copy_member(zf, info, None, left, limits)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, ValueError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError,
+                ValueError) as exc:
             if isinstance(exc, ArchiveRejected):
                 raise
             raise ArchiveRejected("bad_zip", f"the bundle could not be inflated ({exc})") from exc
         return [i.filename for i in infos]
 
 
-def extract(source: str | Path, dest: Path, limits: ArchiveLimits = DEFAULT_LIMITS, *, reserve_bytes: int = 256 << 20) -> int:
+def extract(
+    source: str | Path, dest: Path, limits: ArchiveLimits = DEFAULT_LIMITS, *, reserve_bytes: int = 256 << 20
+) -> int:
     """Unpack into ``dest`` under the same rules, and only if the declared size fits on the disk with
     ``reserve_bytes`` to spare. Links and special files are never created. Returns the bytes written."""
     root = dest.resolve()
@@ -172,7 +177,9 @@ def extract(source: str | Path, dest: Path, limits: ArchiveLimits = DEFAULT_LIMI
             for info in infos:
                 target = (root / info.filename).resolve()
                 if not target.is_relative_to(root):
-                    raise ArchiveRejected("unsafe_path", f"bundle entry {info.filename!r} points outside the job folder")
+                    raise ArchiveRejected(
+                        "unsafe_path", f"bundle entry {info.filename!r} points outside the job folder"
+                    )
                 if info.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue

@@ -5,7 +5,6 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-
 # The limits of a job's resource request. The explicit ``request`` field and the static script reader both
 # validate through ``JobRequest``, so a script can never store what the request field would refuse.
 MAX_GROUP_NAME = 128

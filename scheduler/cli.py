@@ -40,7 +40,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port (default TWINKLE_SCHEDULER_PORT)")] = None,
     log_level: str = "info",
     workers: Annotated[
-        Optional[int], typer.Option(help="API processes sharing the port (default TWINKLE_SCHEDULER_API_WORKERS)")
+        int | None, typer.Option(help="API processes sharing the port (default TWINKLE_SCHEDULER_API_WORKERS)")
     ] = None,
 ) -> None:
     """Run the HTTP API (migrates the database first)."""

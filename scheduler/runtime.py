@@ -16,14 +16,11 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy.orm import Session
-
 import redis
 
 from scheduler.db.session import Database, migrate
 from scheduler.settings import Settings
 from scheduler.storage import Storage, make_storage
-
 
 T = TypeVar("T")
 Lane = Literal["user", "worker"]

@@ -67,7 +67,7 @@ class Outbox:
         self._finish_reply: dict | None = None
         self._closed = False
         self._load()
-        self._journal = open(folder / JOURNAL, "a", encoding="utf-8")
+        self._journal = open(folder / JOURNAL, "a", encoding="utf-8")  # noqa: SIM115 - open until close()
         self._thread: threading.Thread | None = None
         if start:
             self.start()
@@ -200,7 +200,7 @@ class Outbox:
             except WorkerAPIError as exc:  # refused for good (bad input, auth): retrying cannot help
                 log.error("job %s attempt %s: the API refused %s entry %d: %s",
                           self.job_id, self.attempt, entry["kind"], entry["seq"], exc)
-            except Exception:  # noqa: BLE001 - the sender must outlive any surprise; try again later
+            except Exception:
                 log.exception("job %s attempt %s: sending %s entry %d failed", self.job_id, self.attempt,
                               entry["kind"], entry["seq"])
                 time.sleep(delay)

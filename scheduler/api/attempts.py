@@ -57,8 +57,8 @@ async def start(job_id: str, attempt: int, request: Request, token: CurrentWorke
         )
     try:
         await rt.run(
-            logs_service.system_line, rt.redis, job_id, attempt, f"attempt {attempt} started on worker {f.attempt.worker_id}",
-            lane="worker",
+            logs_service.system_line, rt.redis, job_id, attempt,
+            f"attempt {attempt} started on worker {f.attempt.worker_id}", lane="worker",
         )
     except redis.RedisError as exc:  # the attempt is started (committed); a missing note must not undo that
         log.warning("could not note the start of job %s attempt %s in its log: %s", job_id, attempt, exc)
@@ -92,7 +92,9 @@ async def post_logs(job_id: str, attempt: int, body: LogsRequest, token: Current
 
 
 @router.post(routes.ATTEMPT_METRICS, response_model=Accepted)
-async def post_metrics(job_id: str, attempt: int, body: MetricsRequest, token: CurrentWorker, rt: RuntimeDep) -> Accepted:
+async def post_metrics(
+    job_id: str, attempt: int, body: MetricsRequest, token: CurrentWorker, rt: RuntimeDep
+) -> Accepted:
     """Record training metrics (fenced): ``{step, ts, metrics}`` per record; a record the attempt already
     reported (same step and ts) is not stored again, so retries are safe."""
     n = await rt.in_session(attempts_service.add_metrics, token, job_id, attempt, body.records, lane="worker")
@@ -126,7 +128,9 @@ async def put_artifact(
 
 
 @router.post(routes.ATTEMPT_FINISH, response_model=FinishResponse)
-async def finish(job_id: str, attempt: int, body: FinishRequest, token: CurrentWorker, rt: RuntimeDep) -> FinishResponse:
+async def finish(
+    job_id: str, attempt: int, body: FinishRequest, token: CurrentWorker, rt: RuntimeDep
+) -> FinishResponse:
     """Report the attempt's end state (succeeded, failed or cancelled). Send logs and artifacts first: writes
     after ``finish`` are refused as stale. A finish sent again after a lost answer gets the same answer.
 

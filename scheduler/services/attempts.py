@@ -228,12 +228,12 @@ def finish(session: Session, token: ApiTokenModel, job_id: str, n: int, body: Fi
     job, attempt = f.job, f.attempt
     state = _end_state(job, body)
     # Conditional: of two finishes of one attempt racing (a retry and its slow original) only one applies.
-    res = session.execute(
+    res = cast(sa.CursorResult[Any], session.execute(
         sa.update(AttemptModel)
         .where(AttemptModel.id == attempt.id, AttemptModel.state.in_((AttemptState.ASSIGNED, AttemptState.RUNNING)))
         .values(state=state, ended_at=now, exit_code=body.exit_code, error=body.error)
         .execution_options(synchronize_session="fetch")
-    )
+    ))
     if res.rowcount != 1:
         session.rollback()
         raise StaleAttempt(f"attempt {n} of job {job_id} ended already", fields={})

@@ -62,7 +62,7 @@ def logs_persisted(db: Database, r: redis.Redis, job_id: str, attempt: int, job_
                 .values(logs_persisted=True)
             )
             s.commit()
-    except Exception:  # noqa: BLE001 - the stored log is complete either way; readers fall back to Redis
+    except Exception:
         log.exception("flagging the stored log of job %s attempt %s failed", job_id, attempt)
     job_ended(r, job_id, job_state)
 

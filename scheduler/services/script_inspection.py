@@ -72,8 +72,8 @@ def _arg(call: ast.Call, pos: int, kw: str) -> ast.AST | None:
     return None
 
 
-def inspect_source(source: str, filename: str = "train.py") -> Inspection:
-    """Parse ``source`` and read its resource request.
+def parse_script(source: str, filename: str = "train.py") -> ast.Module:
+    """Parse ``source`` within the reader's bounds.
 
     Raises ``InvalidRequest`` on a syntax error, a source over ``MAX_SCRIPT_BYTES`` or nesting deeper than the
     parser's stack (CPython raises ``MemoryError`` or ``RecursionError`` there, which must not become a 500).
@@ -87,7 +87,7 @@ def inspect_source(source: str, filename: str = "train.py") -> Inspection:
             fields={"file": f"source at most {MAX_SCRIPT_BYTES} bytes"},
         )
     try:
-        tree = ast.parse(source, filename=filename)
+        return ast.parse(source, filename=filename)
     except SyntaxError as exc:
         raise InvalidRequest(
             f"{filename} is not valid Python: {exc.msg} at line {exc.lineno}",
@@ -101,6 +101,10 @@ def inspect_source(source: str, filename: str = "train.py") -> Inspection:
             fields={"file": "expressions nested too deeply"},
         ) from exc
 
+
+def inspect_source(source: str, filename: str = "train.py") -> Inspection:
+    """Parse ``source`` (``parse_script``: raises ``InvalidRequest``) and read its resource request."""
+    tree = parse_script(source, filename)
     groups: list[dict[str, Any]] = []
     warnings: list[str] = []
     nproc: int | None = None

@@ -3,7 +3,6 @@ leases while jobs run requeues nothing and loses nothing; a Redis outage loses n
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import textwrap

@@ -4,7 +4,6 @@ size and nesting bounds, zip bundles are held to the archive rules, and nothing 
 from __future__ import annotations
 
 import io
-import json
 import stat
 import zipfile
 
