@@ -8,6 +8,7 @@ the standard library only: no FastAPI, SQLAlchemy, Celery or torch, so a worker 
 - :mod:`contract.errors`: :class:`~contract.errors.ErrorCode`, the error envelope, the client exception tree and
   :func:`~contract.errors.error_from_body`
 - :mod:`contract.tasks`: the Celery task and queue names, and the settings both sides of the broker share
+- :mod:`contract.archive`: the limits on job bundles (zip) and their checker, applied at submit and at unpack
 - :mod:`contract.users`, :mod:`contract.jobs`, :mod:`contract.workers`, :mod:`contract.attempts`: the pydantic
   models of every request and response body
 """

@@ -34,8 +34,15 @@ class LogLine(BaseModel):
     text: str = Field(max_length=65536)
 
 
+BATCH_DOC = (
+    "the sender's sequence number for this batch within the attempt; a batch sent again under the same number "
+    "(a retry after a lost answer) is applied once"
+)
+
+
 class LogsRequest(BaseModel):
     lines: list[LogLine] = Field(max_length=10_000)
+    batch: int | None = Field(default=None, ge=0, description=BATCH_DOC)
 
 
 class Accepted(BaseModel):
@@ -50,6 +57,7 @@ class MetricIn(BaseModel):
 
 class MetricsRequest(BaseModel):
     records: list[MetricIn] = Field(max_length=10_000)
+    batch: int | None = Field(default=None, ge=0, description=BATCH_DOC)
 
 
 class FinishRequest(BaseModel):

@@ -54,8 +54,14 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     INVALID_REQUEST = "invalid_request"
     NOT_PYTHON = "not_python"
+    SCRIPT_TOO_LARGE = "script_too_large"
+    SCRIPT_TOO_COMPLEX = "script_too_complex"
+    ARCHIVE_REJECTED = "archive_rejected"
     # 5xx, and client-side
     SERVICE_UNAVAILABLE = "service_unavailable"
+    REDIS_UNAVAILABLE = "redis_unavailable"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    DATABASE_BUSY = "database_busy"
     HTTP_ERROR = "http_error"
     UNREACHABLE = "unreachable"
 

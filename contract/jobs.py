@@ -5,23 +5,45 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+# The limits of a job's resource request. The explicit ``request`` field and the static script reader both
+# validate through ``JobRequest``, so a script can never store what the request field would refuse.
+MAX_GROUP_NAME = 128
+MAX_RANKS = 4096
+MAX_DEVICE_TYPE = 32
+MAX_GROUPS = 64
+MAX_MEMORY_GB = 1_048_576.0  # 1 PiB per rank: far above any device, finite so a job can be matched at all
+
 
 class DeviceGroupRequest(BaseModel):
     """One DeviceGroup a job needs. ``device_type``: cuda/GPU, cpu/CPU, npu, or ``any``."""
 
-    name: str = Field(default="default", min_length=1, max_length=128)
-    ranks: int = Field(default=1, ge=1, le=4096)
-    device_type: str = Field(default="any", min_length=1, max_length=32)
-    min_memory_gb: float = Field(default=0.0, ge=0)
+    name: str = Field(default="default", min_length=1, max_length=MAX_GROUP_NAME)
+    ranks: int = Field(default=1, ge=1, le=MAX_RANKS)
+    device_type: str = Field(default="any", min_length=1, max_length=MAX_DEVICE_TYPE)
+    min_memory_gb: float = Field(default=0.0, ge=0, le=MAX_MEMORY_GB, allow_inf_nan=False)
 
 
 class JobRequest(BaseModel):
-    device_groups: list[DeviceGroupRequest] = Field(min_length=1, max_length=64)
+    device_groups: list[DeviceGroupRequest] = Field(min_length=1, max_length=MAX_GROUPS)
     allow_unsandboxed: bool = Field(
         default=False,
         description="the owner accepts a worker without a sandbox (isolation 'none', a trusted pool); by default "
         "a job runs only on workers that isolate it (bwrap or a container runtime)",
     )
+
+
+class StoredDeviceGroup(BaseModel):
+    """A DeviceGroup as stored; read without the submit limits, so an old or odd row never fails a listing."""
+
+    name: str
+    ranks: int
+    device_type: str
+    min_memory_gb: float
+
+
+class StoredRequest(BaseModel):
+    device_groups: list[StoredDeviceGroup]
+    allow_unsandboxed: bool = False
 
 
 class InspectResponse(BaseModel):
@@ -47,7 +69,7 @@ class Job(BaseModel):
     user_id: str
     state: str = Field(description="queued, assigned, running, cancelling, succeeded, failed or cancelled")
     entrypoint: str
-    request: JobRequest
+    request: StoredRequest
     warnings: list[str]
     bundle_size: int
     attempt: int = Field(description="number of the live (or last) attempt; 0 before the first")

@@ -39,14 +39,31 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default TWINKLE_SCHEDULER_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default TWINKLE_SCHEDULER_PORT)")] = None,
     log_level: str = "info",
+    workers: Annotated[
+        int | None, typer.Option(help="API processes sharing the port (default TWINKLE_SCHEDULER_API_WORKERS)")
+    ] = None,
 ) -> None:
     """Run the HTTP API (migrates the database first)."""
+    import os
+
     import uvicorn
 
     from scheduler.main import create_app
 
     _logging(log_level)
     s = _settings()
+    n = workers or s.api_workers
+    if n > 1:  # uvicorn forks processes that each build the app; migrate once here, not in every process
+        if s.run_migrations:
+            from scheduler.db import migrate
+
+            migrate(s.database_url)
+        os.environ["TWINKLE_SCHEDULER_RUN_MIGRATIONS"] = "false"
+        uvicorn.run(
+            "scheduler.main:create_app", factory=True, workers=n, host=host or s.host, port=port or s.port,
+            log_level=log_level, proxy_headers=True,
+        )
+        return
     uvicorn.run(create_app(s), host=host or s.host, port=port or s.port, log_level=log_level, proxy_headers=True)
 
 

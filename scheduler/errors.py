@@ -12,6 +12,8 @@ Every error body is ``{"error": {"code": ..., "message": ..., "fields": {...}}}`
   - ``LengthRequired`` (411)
   - ``PayloadTooLarge`` (413): a bundle over ``MAX_BUNDLE_MB``
   - ``InvalidRequest`` (422): the submission is wrong; ``fields`` lists every problem at once
+  - ``ServiceUnavailable`` (503, with ``Retry-After``): Redis or the database is unreachable or saturated for
+    now; nothing was changed, send the same request again later
 """
 
 from __future__ import annotations
@@ -80,3 +82,12 @@ class PayloadTooLarge(SchedulerError):
 class InvalidRequest(SchedulerError):
     status = 422
     code = ErrorCode.INVALID_REQUEST
+
+
+class ServiceUnavailable(SchedulerError):
+    status = 503
+    code = ErrorCode.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, *, retry_after_s: int = 2, code: ErrorCode | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s

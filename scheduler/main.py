@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.errors import ErrorCode, error_body
 from contract.routes import API_PREFIX
-from scheduler.errors import SchedulerError
+from scheduler.errors import SchedulerError, ServiceUnavailable
 from scheduler.observability import app_registry
 from scheduler.runtime import Runtime
 from scheduler.settings import Settings, get_settings
@@ -25,10 +25,42 @@ def _error(status: int, code: ErrorCode, message: str, fields: dict[str, Any] | 
     return JSONResponse(error_body(code, message, fields), status_code=status)
 
 
+def _unavailable(what: str, code: ErrorCode, exc: Exception, retry_after_s: int = 2) -> JSONResponse:
+    log.warning("%s unavailable: %s: %s", what, exc.__class__.__name__, str(exc)[:200])
+    err = ServiceUnavailable(
+        f"{what} is unavailable right now ({exc.__class__.__name__}); nothing was changed, send the request "
+        f"again in {retry_after_s}s",
+        retry_after_s=retry_after_s,
+        code=code,
+    )
+    return JSONResponse(err.to_dict(), status_code=503, headers={"Retry-After": str(retry_after_s)})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    import redis
+    import sqlalchemy.exc as sa_exc
+
     @app.exception_handler(SchedulerError)
     async def _scheduler_error(_req: Request, exc: SchedulerError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ServiceUnavailable) else None
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+    # Outages and saturation are retryable, not server bugs: 503 + Retry-After, which the worker and the CLI
+    # retry with backoff. (A pool that stays exhausted for DB_POOL_TIMEOUT_S lands here too.)
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    @app.exception_handler(redis.exceptions.BusyLoadingError)
+    async def _redis_down(_req: Request, exc: Exception) -> JSONResponse:
+        return _unavailable("Redis (live logs)", ErrorCode.REDIS_UNAVAILABLE, exc)
+
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _pool_exhausted(_req: Request, exc: Exception) -> JSONResponse:
+        return _unavailable("the database connection pool", ErrorCode.DATABASE_BUSY, exc, retry_after_s=1)
+
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.InterfaceError)
+    async def _db_down(_req: Request, exc: Exception) -> JSONResponse:
+        return _unavailable("the database", ErrorCode.DATABASE_UNAVAILABLE, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
@@ -54,6 +86,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        import anyio.to_thread
+
+        # Sync routes and streamed bodies share this limit; keep it within the pool (see Settings).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = rt.settings.api_threads
         yield
         if runtime is None:
             rt.close()

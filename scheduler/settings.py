@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.archive import ArchiveLimits
+
 DEFAULT_SECRET = "changethis"
 
 
@@ -28,6 +30,20 @@ class Settings(BaseSettings):
         broker_public_url: the Redis URL handed to workers at registration (unset: ``redis_url``).
         storage_dir: the local storage folder, used unless ``s3_bucket`` is set.
         max_bundle_mb: largest accepted script bundle.
+        max_unpacked_mb / max_bundle_files / max_bundle_file_mb / max_compression_ratio: what a zip bundle may
+            inflate to (``contract.archive``); refused at submit with a 422 naming the rule.
+        db_pool_size / db_max_overflow / db_pool_timeout_s: the API's connection pool for user requests. Keep
+            ``db_pool_size + db_max_overflow`` at or above ``api_threads``: a thread then never waits for a
+            connection, and a request that still cannot get one in time is answered 503 with Retry-After.
+        api_threads: threads that run the API's blocking work (SQLAlchemy, storage) for user requests.
+        worker_lane_threads / worker_lane_pool: a separate thread limit and connection pool for worker calls
+            (heartbeats, attempt writes), so no user load can delay a heartbeat into a lost lease.
+        api_workers: processes of ``twinkle-scheduler serve`` (uvicorn workers) sharing the port; each has
+            its own pools, so the database must allow ``api_workers * (db_pool_size + db_max_overflow +
+            worker_lane_pool)`` connections.
+        auth_cache_s: how long the API remembers a checked token (0: look it up on every request).
+        api_url: where the dispatcher probes the API (``/readyz``) before it lets a lease expire; unset:
+            ``http://HOST:PORT``.
         heartbeat_interval_s / lease_s: a worker that has not heartbeated for ``lease_s`` is lost.
         start_deadline_s: an assignment not confirmed by ``start`` within this is dispatched again.
         dispatch_interval_s: pause between matcher/reaper rounds of ``twinkle-scheduler dispatch``.
@@ -53,6 +69,19 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     max_bundle_mb: float = Field(default=100.0, gt=0)
+    max_unpacked_mb: float = Field(default=1024.0, gt=0)
+    max_bundle_files: int = Field(default=10_000, ge=1)
+    max_bundle_file_mb: float = Field(default=512.0, gt=0)
+    max_compression_ratio: float = Field(default=100.0, ge=1)
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_s: float = Field(default=10.0, gt=0)
+    api_threads: int = Field(default=20, ge=1)
+    worker_lane_threads: int = Field(default=4, ge=1)
+    worker_lane_pool: int = Field(default=4, ge=1)
+    api_url: str | None = None
+    auth_cache_s: float = Field(default=5.0, ge=0)
+    api_workers: int = Field(default=1, ge=1)
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     lease_s: float = Field(default=60.0, gt=0)
     start_deadline_s: float = Field(default=120.0, gt=0)
@@ -85,6 +114,20 @@ class Settings(BaseSettings):
     @property
     def max_bundle_bytes(self) -> int:
         return int(self.max_bundle_mb * 1024 * 1024)
+
+    @property
+    def archive_limits(self) -> ArchiveLimits:
+        return ArchiveLimits(
+            max_files=self.max_bundle_files,
+            max_file_bytes=int(self.max_bundle_file_mb * 1024 * 1024),
+            max_total_bytes=int(self.max_unpacked_mb * 1024 * 1024),
+            max_compression_ratio=self.max_compression_ratio,
+        )
+
+    @property
+    def effective_api_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return (self.api_url or f"http://{host}:{self.port}").rstrip("/")
 
 
 @lru_cache

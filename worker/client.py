@@ -124,6 +124,9 @@ class WorkerClient:
                     if response.is_error:
                         raise error_from_response(response)
                     return response
+                retry_after = response.headers.get("retry-after", "")
+                if retry_after.isdigit():  # the API knows how long its Redis or database needs
+                    delay = max(delay, min(float(retry_after), 30.0))
                 log.warning("%s %s answered %s; retrying in %.1fs", method, url, response.status_code, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -168,13 +171,14 @@ class WorkerClient:
         with httpx.stream("GET", absolute, timeout=self._http.timeout) as response:
             return _save_response(response, dest)
 
-    def post_logs(self, job_id: str, attempt: int, lines: list[dict]) -> None:
+    def post_logs(self, job_id: str, attempt: int, lines: list[dict], batch: int | None = None) -> None:
+        """``batch``: the sender's sequence number; the API applies a batch once however often it is sent."""
         url = routes.path(routes.ATTEMPT_LOGS, job_id=job_id, attempt=attempt)
-        self._request("POST", url, json=_body(LogsRequest, {"lines": lines}))
+        self._request("POST", url, json=_body(LogsRequest, {"lines": lines, "batch": batch}))
 
-    def post_metrics(self, job_id: str, attempt: int, records: list[dict]) -> None:
+    def post_metrics(self, job_id: str, attempt: int, records: list[dict], batch: int | None = None) -> None:
         url = routes.path(routes.ATTEMPT_METRICS, job_id=job_id, attempt=attempt)
-        self._request("POST", url, json=_body(MetricsRequest, {"records": records}))
+        self._request("POST", url, json=_body(MetricsRequest, {"records": records, "batch": batch}))
 
     def put_artifact(self, job_id: str, attempt: int, path: str, file: Path) -> None:
         size = file.stat().st_size

@@ -199,6 +199,7 @@ class WorkerDaemon:
         self.settings.work_dir.mkdir(parents=True, exist_ok=True)
         self.ledger.kill_leftovers(grace_s=self.settings.kill_grace_s)
         self.prepare_assets()
+        self.executor.deliver_leftovers()  # reports a killed predecessor left on disk go first (worker.outbox)
         self.register()
         self.start_health_server()
         threading.Thread(target=self._heartbeat_loop, daemon=True, name="worker-heartbeat").start()

@@ -15,9 +15,11 @@ from pathlib import Path, PurePosixPath
 
 from celery import Celery
 
+from contract.archive import DEFAULT_LIMITS, ArchiveLimits, ArchiveRejected, extract
 from contract.tasks import CELERY_SHARED_CONFIG, TASK_RUN_ATTEMPT
 from worker.client import Conflict, NotFound, StaleAttempt, WorkerAPIError, WorkerClient
 from worker.leftovers import ProcessGroupLedger
+from worker.outbox import Outbox, deliver_leftovers
 from worker.runner import JobRunner, JobSpec, RunResult, StaleAttemptSignal
 from worker.sandbox import Sandbox
 from worker.settings import WorkerSettings
@@ -32,24 +34,19 @@ class BundleError(Exception):
     """The bundle cannot be unpacked safely (bad zip, a path escaping the folder)."""
 
 
-def unpack_bundle(bundle: Path, dest: Path, entrypoint: str) -> None:
-    """Unpack a zip bundle into ``dest``; a bare script (a ``.py`` upload) is written as the entrypoint."""
+def unpack_bundle(bundle: Path, dest: Path, entrypoint: str, limits: ArchiveLimits = DEFAULT_LIMITS) -> None:
+    """Unpack a zip bundle into ``dest`` under the API's bundle rules (``contract.archive``: sizes, file count,
+    compression ratio, no links or special files, and only if it fits on the disk); a bare script (a ``.py``
+    upload) is written as the entrypoint."""
     dest.mkdir(parents=True, exist_ok=True)
     if not zipfile.is_zipfile(bundle):
         target = dest / PurePosixPath(entrypoint).name
         shutil.copyfile(bundle, target)
         return
-    root = dest.resolve()
-    with zipfile.ZipFile(bundle) as zf:
-        for info in zf.infolist():
-            name = PurePosixPath(info.filename)
-            target = (root / name).resolve()
-            if name.is_absolute() or ".." in name.parts or not target.is_relative_to(root):
-                raise BundleError(f"bundle entry {info.filename!r} points outside the job folder")
-            # the high bits of external_attr carry the Unix mode; a symlink there is never followed or made
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise BundleError(f"bundle entry {info.filename!r} is a symbolic link")
-        zf.extractall(root)
+    try:
+        extract(bundle, dest, limits)
+    except ArchiveRejected as exc:
+        raise BundleError(f"the bundle breaks the rule {exc.rule}: {exc.message}") from exc
 
 
 def latest_checkpoint(paths: list[str]) -> str | None:
@@ -67,25 +64,20 @@ def latest_checkpoint(paths: list[str]) -> str | None:
 
 
 class ClientSink:
-    """Sends the runner's output to the API; a 409 ``stale_attempt`` stops the job."""
+    """Sends the runner's output to the API through the attempt's disk outbox (``worker.outbox``): a put never
+    blocks on the API and survives its outages; a 409 ``stale_attempt`` stops the job."""
 
-    def __init__(self, client: WorkerClient, job_id: str, attempt: int):
-        self.client, self.job_id, self.attempt = client, job_id, attempt
-
-    def _call(self, fn, *args) -> None:
-        try:
-            fn(self.job_id, self.attempt, *args)
-        except StaleAttempt as exc:
-            raise StaleAttemptSignal(str(exc)) from exc
+    def __init__(self, outbox: Outbox):
+        self.outbox = outbox
 
     def send_logs(self, lines: list[dict]) -> None:
-        self._call(self.client.post_logs, lines)
+        self.outbox.put_logs(lines)
 
     def send_metrics(self, records: list[dict]) -> None:
-        self._call(self.client.post_metrics, records)
+        self.outbox.put_metrics(records)
 
     def send_artifact(self, path: str, file: Path) -> None:
-        self._call(self.client.put_artifact, path, file)
+        self.outbox.put_artifact(path, file)
 
 
 class AttemptExecutor:
@@ -144,15 +136,26 @@ class AttemptExecutor:
             log.info("not running job %s attempt %s: %s", job_id, attempt, exc)
             return None
         folder = self.settings.work_dir.resolve() / "jobs" / job_id / str(attempt)
+        outbox = Outbox(self.client, job_id, attempt, self.outbox_root / f"{job_id}-{attempt}")
         try:
-            return self._run_started(job_id, attempt, started, folder)
+            return self._run_started(job_id, attempt, started, folder, outbox)
         finally:
             with self._lock:
                 self._running.pop(key, None)
-            if not self.settings.keep_job_dirs:
+            drained = outbox.pending == 0
+            outbox.close(remove=drained)  # an undelivered outbox stays for deliver_leftovers after a restart
+            if not self.settings.keep_job_dirs and drained:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def _run_started(self, job_id: str, attempt: int, started: dict, folder: Path) -> RunResult | None:
+    @property
+    def outbox_root(self) -> Path:
+        return self.settings.work_dir.resolve() / "outbox"
+
+    def deliver_leftovers(self, timeout_s: float | None = None) -> int:
+        """Deliver the reports an earlier run of the daemon left on disk (call before registering again)."""
+        return deliver_leftovers(self.client, self.outbox_root, timeout_s=timeout_s)
+
+    def _run_started(self, job_id: str, attempt: int, started: dict, folder: Path, outbox: Outbox) -> RunResult | None:
         entrypoint = started.get("entrypoint") or "train.py"
         if folder.exists():  # a fresh folder: never mix files of an earlier run of this attempt
             shutil.rmtree(folder)
@@ -164,7 +167,7 @@ class AttemptExecutor:
             cuda_visible_devices=self.cuda_visible_devices,
             assets_dir=self.settings.assets_dir,
         )
-        sink = ClientSink(self.client, job_id, attempt)
+        sink = ClientSink(outbox)
         runner = JobRunner(
             spec,
             sink,
@@ -190,12 +193,12 @@ class AttemptExecutor:
             log.warning("job %s attempt %s went stale before it ran", job_id, attempt)
             return RunResult("stale", None)
         except (BundleError, zipfile.BadZipFile, WorkerAPIError, OSError) as exc:
-            return self._finish(job_id, attempt, RunResult("failed", None, f"could not fetch the bundle: {exc}"))
+            return self._finish(outbox, RunResult("failed", None, f"could not fetch the bundle: {exc}"))
         result = runner.run()
         if result.state in ("stale", "abandoned"):
             log.warning("job %s attempt %s ended %s; not reporting it", job_id, attempt, result.state)
             return result
-        return self._finish(job_id, attempt, result)
+        return self._finish(outbox, result)
 
     def _fetch_resume(self, resume: dict | None, dest: Path) -> Path | None:
         """Download the latest checkpoint folder of an earlier attempt; the job gets it as TWINKLE_RESUME_FROM."""
@@ -220,11 +223,19 @@ class AttemptExecutor:
         log.info("resuming from %s of attempt %s", chosen, resume.get("attempt"))
         return root / chosen
 
-    def _finish(self, job_id: str, attempt: int, result: RunResult) -> RunResult:
+    def _finish(self, outbox: Outbox, result: RunResult) -> RunResult:
+        """Queue the end behind every log line and checkpoint, and wait until the API has it all: through an
+        outage of any length the job stays "running" here (and in our heartbeats) until it is delivered."""
+        job_id, attempt = outbox.job_id, outbox.attempt
         try:
-            self.client.finish(job_id, attempt, result.state, result.exit_code, result.error)
-        except (StaleAttempt, NotFound) as exc:  # another attempt owns the job, or the API forgot it
-            log.warning("job %s attempt %s finished but the report was refused: %s", job_id, attempt, exc)
+            outbox.put_finish(result.state, result.exit_code, result.error)
+        except StaleAttemptSignal:
+            outbox_stale = True
+        else:
+            outbox.wait_drained()
+            outbox_stale = outbox.stale or outbox.finish_reply is None
+        if outbox_stale:  # another attempt owns the job, or the API forgot it
+            log.warning("job %s attempt %s finished but the report was refused", job_id, attempt)
             return RunResult("stale", result.exit_code, result.error)
         log.info("job %s attempt %s %s (exit code %s)", job_id, attempt, result.state, result.exit_code)
         return result

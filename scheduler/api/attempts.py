@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from typing import Annotated
+import logging
+from typing import Annotated, Any
 
+import redis
 from fastapi import APIRouter, Header, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from contract import routes
 from contract.attempts import (
@@ -18,26 +20,30 @@ from contract.attempts import (
     ResumeFrom,
     StartResponse,
 )
-from scheduler.api.deps import CurrentWorker, RuntimeDep, SessionDep
+from scheduler.api.deps import CurrentWorker, RuntimeDep
 from scheduler.db import AttemptState
+from scheduler.errors import StaleAttempt
 from scheduler.services import attempts as attempts_service
 from scheduler.services import events
 from scheduler.services import logs as logs_service
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["attempts"])
 
 
 @router.post(routes.ATTEMPT_START, response_model=StartResponse)
-def start(
-    job_id: str, attempt: int, request: Request, token: CurrentWorker, session: SessionDep, rt: RuntimeDep
-) -> StartResponse:
+async def start(job_id: str, attempt: int, request: Request, token: CurrentWorker, rt: RuntimeDep) -> StartResponse:
     """Confirm an assignment before running it. The idempotency check of ``twinkle.run_attempt``: a second
     start of the same attempt, or a start of a stale one, is 409 ``stale_attempt``; do not run then.
     ``resume_from`` names the checkpoint the platform recorded last for the latest earlier attempt that saved one
     (``checkpoint``) and lists its files with download links."""
-    f = attempts_service.start(session, token, job_id, attempt)
-    resume = attempts_service.resume_files(session, f.job)
-    session.rollback()
+
+    def work(session: Session) -> tuple[Any, Any]:
+        f = attempts_service.start(session, token, job_id, attempt)
+        return f, attempts_service.resume_files(session, f.job)
+
+    f, resume = await rt.in_session(work, lane="worker")
     resume_from = None
     if resume is not None:
         base = rt.settings.public_url or str(request.base_url)
@@ -50,18 +56,25 @@ def start(
                 for r in resume.files
             ],
         )
-    logs_service.system_line(rt.redis, job_id, attempt, f"attempt {attempt} started on worker {f.attempt.worker_id}")
+    try:
+        await rt.run(
+            logs_service.system_line, rt.redis, job_id, attempt,
+            f"attempt {attempt} started on worker {f.attempt.worker_id}", lane="worker",
+        )
+    except redis.RedisError as exc:  # the attempt is started (committed); a missing note must not undo that
+        log.warning("could not note the start of job %s attempt %s in its log: %s", job_id, attempt, exc)
     return StartResponse(
         job_id=job_id, attempt=attempt, entrypoint=f.job.entrypoint, user_id=f.job.user_id, resume_from=resume_from
     )
 
 
 @router.get(routes.ATTEMPT_BUNDLE, response_class=StreamingResponse)
-def bundle(job_id: str, attempt: int, token: CurrentWorker, session: SessionDep, rt: RuntimeDep) -> StreamingResponse:
+async def bundle(job_id: str, attempt: int, token: CurrentWorker, rt: RuntimeDep) -> StreamingResponse:
     """The job's bundle (a zip with the entrypoint at its top level)."""
-    f = attempts_service.fence(session, token, job_id, attempt, (AttemptState.ASSIGNED, AttemptState.RUNNING))
+    f = await rt.in_session(
+        attempts_service.fence, token, job_id, attempt, (AttemptState.ASSIGNED, AttemptState.RUNNING), lane="worker"
+    )
     key = f.job.bundle_key
-    session.rollback()
     return StreamingResponse(
         rt.storage.iter_bytes(key),
         media_type="application/zip",
@@ -70,22 +83,23 @@ def bundle(job_id: str, attempt: int, token: CurrentWorker, session: SessionDep,
 
 
 @router.post(routes.ATTEMPT_LOGS, response_model=Accepted)
-def post_logs(
-    job_id: str, attempt: int, body: LogsRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep
-) -> Accepted:
-    """Append log lines (fenced); they go to the job's Redis stream for live readers."""
-    attempts_service.fence(session, token, job_id, attempt, attempts_service.WRITABLE)
-    session.rollback()
-    n = logs_service.append(rt.redis, job_id, attempt, [line.model_dump() for line in body.lines])
-    return Accepted(accepted=n)
+async def post_logs(job_id: str, attempt: int, body: LogsRequest, token: CurrentWorker, rt: RuntimeDep) -> Accepted:
+    """Append log lines (fenced); they go to the job's Redis stream for live readers. With ``batch`` a retried
+    post is applied once (``accepted`` is then 0). While Redis is down: 503 with ``Retry-After``; send again."""
+    await rt.in_session(attempts_service.fence, token, job_id, attempt, attempts_service.WRITABLE, lane="worker")
+    lines = [line.model_dump() for line in body.lines]
+    n = await rt.run(logs_service.append, rt.redis, job_id, attempt, lines, body.batch, lane="worker")
+    return Accepted(accepted=max(n, 0))
 
 
 @router.post(routes.ATTEMPT_METRICS, response_model=Accepted)
-def post_metrics(
-    job_id: str, attempt: int, body: MetricsRequest, token: CurrentWorker, session: SessionDep
+async def post_metrics(
+    job_id: str, attempt: int, body: MetricsRequest, token: CurrentWorker, rt: RuntimeDep
 ) -> Accepted:
-    """Record training metrics (fenced): ``{step, ts, metrics}`` per record."""
-    return Accepted(accepted=attempts_service.add_metrics(session, token, job_id, attempt, body.records))
+    """Record training metrics (fenced): ``{step, ts, metrics}`` per record; a record the attempt already
+    reported (same step and ts) is not stored again, so retries are safe."""
+    n = await rt.in_session(attempts_service.add_metrics, token, job_id, attempt, body.records, lane="worker")
+    return Accepted(accepted=n)
 
 
 @router.put(routes.ATTEMPT_ARTIFACT, response_model=ArtifactStored, status_code=201)
@@ -95,20 +109,19 @@ async def put_artifact(
     path: str,
     request: Request,
     token: CurrentWorker,
-    session: SessionDep,
     rt: RuntimeDep,
     content_length: Annotated[int | None, Header()] = None,
 ) -> ArtifactStored:
     """Upload one file of the attempt (raw body) to ``users/{user}/jobs/{job}/attempts/{n}/{path}``.
     ``Content-Length`` must match the body, else 400 and nothing is kept."""
     attempts_service.check_artifact_path(path)
-    await run_in_threadpool(attempts_service.fence, session, token, job_id, attempt, attempts_service.WRITABLE)
-    await run_in_threadpool(session.rollback)
+    await rt.in_session(attempts_service.fence, token, job_id, attempt, attempts_service.WRITABLE, lane="worker")
     body = await attempts_service.spool_body(request.stream(), content_length)
     assert content_length is not None  # spool_body refuses a body without one (411)
     try:
-        row = await run_in_threadpool(
-            attempts_service.store_artifact, session, rt.storage, token, job_id, attempt, path, body, content_length
+        row = await rt.in_session(
+            attempts_service.store_artifact, rt.storage, token, job_id, attempt, path, body, content_length,
+            lane="worker",
         )
     finally:
         body.close()
@@ -116,15 +129,24 @@ async def put_artifact(
 
 
 @router.post(routes.ATTEMPT_FINISH, response_model=FinishResponse)
-def finish(
-    job_id: str, attempt: int, body: FinishRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep
+async def finish(
+    job_id: str, attempt: int, body: FinishRequest, token: CurrentWorker, rt: RuntimeDep
 ) -> FinishResponse:
     """Report the attempt's end state (succeeded, failed or cancelled). Send logs and artifacts first: writes
-    after ``finish`` are refused as stale. The attempt's log is then persisted to storage."""
-    f = attempts_service.finish(session, token, job_id, attempt, body)
-    job_state, user_id = f.job.state, f.job.user_id
-    msg = f"attempt {attempt} {job_state}" + (f" (exit code {body.exit_code})" if body.exit_code is not None else "")
-    events.attempt_ended(
-        rt.db, rt.redis, rt.storage, user_id=user_id, job_id=job_id, attempt=attempt, job_state=job_state, message=msg
-    )
+    after ``finish`` are refused as stale. A finish sent again after a lost answer gets the same answer.
+
+    The attempt's log is persisted to storage *before* the end is committed: while Redis is down the answer
+    is 503 with ``Retry-After`` and nothing changes, so a finished job's stored log always holds every line."""
+    plan = await rt.in_session(attempts_service.plan_finish, token, job_id, attempt, body, lane="worker")
+    if plan.done:
+        return FinishResponse(job_id=job_id, attempt=attempt, state=plan.state)
+    msg = f"attempt {attempt} {plan.state}" + (f" (exit code {body.exit_code})" if body.exit_code is not None else "")
+    await rt.run(events.persist_logs, rt.redis, rt.storage, plan.user_id, job_id, attempt, msg, lane="worker")
+    try:
+        f = await rt.in_session(attempts_service.finish, token, job_id, attempt, body, lane="worker")
+    except StaleAttempt:  # a concurrent retry of this finish won the race: answer as it did
+        plan = await rt.in_session(attempts_service.plan_finish, token, job_id, attempt, body, lane="worker")
+        return FinishResponse(job_id=job_id, attempt=attempt, state=plan.state)
+    job_state = f.job.state
+    await rt.run(events.logs_persisted, rt.worker_db, rt.redis, job_id, attempt, job_state, lane="worker")
     return FinishResponse(job_id=job_id, attempt=attempt, state=job_state)

@@ -1,69 +1,141 @@
-"""Request dependencies as ``Annotated`` aliases: the runtime, a DB session, and who is calling."""
+"""Request dependencies as ``Annotated`` aliases: the runtime, a DB session, and who is calling.
+
+Authentication opens its own short session in a thread of the caller's lane (``Runtime.in_session``) and
+closes it before the route runs, so the connection is never held while the request body uploads or while the
+route waits for a thread. Worker routes authenticate in the worker lane (``CurrentWorker``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from scheduler.db import ApiTokenModel, UserModel
 from scheduler.errors import Unauthorized
-from scheduler.runtime import Runtime
+from scheduler.runtime import Lane, Runtime
 from scheduler.services import users as users_service
 from scheduler.services.users import SESSION_COOKIE, Principal
 
 
-def get_runtime(request: Request) -> Runtime:
+# Dependencies that do no I/O are ``async def``: a sync one would cost a trip through the thread pool.
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_session(rt: RuntimeDep) -> Iterator[Session]:
-    with rt.db.session() as session:
+async def get_session(rt: RuntimeDep) -> AsyncIterator[Session]:
+    """A session for the few low-traffic sync routes. Creating one connects nothing; the route's first query
+    checks a connection out. Closing goes to a thread only while a transaction is still open."""
+    session = rt.db.sessionmaker()
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_principal(request: Request, session: SessionDep, rt: RuntimeDep) -> Principal:
+def _credentials(request: Request) -> tuple[str, str]:
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-        return users_service.authenticate(session, token.strip(), rt.settings.admin_token)
+        return "token", token.strip()
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
-        token_id = users_service.unsign_session(rt.settings.secret_key, cookie)
-        return users_service.principal_from_token_id(session, token_id)
+        return "cookie", cookie
     raise Unauthorized(
         "no credentials: send 'Authorization: Bearer <token>' (twinkle-submit reads ~/.config/twinkle/config.toml)"
     )
 
 
+class AuthCache:
+    """Known tokens for ``ttl_s`` seconds, so a busy client costs no database round trip per request.
+
+    Keyed by the token's SHA-256 (the raw token is never kept); only successful look-ups are cached, and at
+    most ``max_entries`` (a flood of made-up tokens cannot grow it). Tokens cannot be revoked today; when they
+    can, ``AUTH_CACHE_S`` bounds how long a revoked one still works (0 turns the cache off)."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000):
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, key: str) -> Principal | None:
+        hit = self._entries.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: str, p: Principal) -> None:
+        if self.ttl_s <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + self.ttl_s, p)
+
+
+def _auth_cache(rt: Runtime) -> AuthCache:
+    cache = rt.__dict__.get("_auth_cache")
+    if cache is None:
+        cache = rt.__dict__["_auth_cache"] = AuthCache(rt.settings.auth_cache_s)
+    return cache
+
+
+async def _principal(request: Request, rt: Runtime, lane: Lane) -> Principal:
+    kind, value = _credentials(request)
+    s = rt.settings
+    cache = _auth_cache(rt)
+    key = f"{kind}:{users_service.hash_token(value)}"
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    if kind == "token":
+        p = await rt.in_session(users_service.authenticate, value, s.admin_token, lane=lane)
+    else:
+        token_id = users_service.unsign_session(s.secret_key, value)
+        p = await rt.in_session(users_service.principal_from_token_id, token_id, lane=lane)
+    cache.put(key, p)
+    return p
+
+
+async def get_principal(request: Request, rt: RuntimeDep) -> Principal:
+    return await _principal(request, rt, "user")
+
+
+async def get_worker_principal(request: Request, rt: RuntimeDep) -> Principal:
+    return await _principal(request, rt, "worker")
+
+
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_current_user(p: PrincipalDep) -> UserModel:
+async def get_current_user(p: PrincipalDep) -> UserModel:
     return users_service.require_user(p)
 
 
 CurrentUser = Annotated[UserModel, Depends(get_current_user)]
 
 
-def get_current_worker(p: PrincipalDep) -> ApiTokenModel:
+async def get_current_worker(p: Annotated[Principal, Depends(get_worker_principal)]) -> ApiTokenModel:
     return users_service.require_worker(p)
 
 
 CurrentWorker = Annotated[ApiTokenModel, Depends(get_current_worker)]
 
 
-def get_admin(p: PrincipalDep) -> None:
+async def get_admin(p: PrincipalDep) -> None:
     users_service.require_admin(p)
 
 

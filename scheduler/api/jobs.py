@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
@@ -20,8 +22,9 @@ from contract.jobs import (
     JobRequest,
     MetricRecord,
     MetricsResponse,
+    StoredRequest,
 )
-from scheduler.api.deps import CurrentUser, RuntimeDep, SessionDep
+from scheduler.api.deps import CurrentUser, RuntimeDep
 from scheduler.db import TERMINAL_JOB_STATES, JobModel
 from scheduler.errors import BadRequest, InvalidRequest, PayloadTooLarge
 from scheduler.services import artifacts as artifacts_service
@@ -29,7 +32,7 @@ from scheduler.services import events
 from scheduler.services import jobs as jobs_service
 from scheduler.services import logs as logs_service
 from scheduler.services import metrics as metrics_service
-from scheduler.services.script_inspection import inspect_source, read_bundle
+from scheduler.services.script_inspection import read_bundle
 
 router = APIRouter(tags=["jobs"])
 
@@ -64,15 +67,29 @@ _UPLOAD_DOC = {
 }
 
 
+def stored_request(raw: Any) -> tuple[StoredRequest, list[str]]:
+    """The job's stored request for display; a row that does not parse shows no groups and a warning instead
+    of failing the whole listing."""
+    try:
+        req = StoredRequest.model_validate(raw)
+        for g in req.device_groups:
+            if not math.isfinite(g.min_memory_gb):
+                raise ValueError("min_memory_gb is not finite")
+        return req, []
+    except (ValidationError, ValueError, TypeError):
+        return StoredRequest(device_groups=[]), ["the stored resource request could not be read; cancel and resubmit"]
+
+
 def job_model_to_job(job: JobModel, position: int | None = None) -> Job:
+    request, request_warnings = stored_request(job.request)
     return Job(
         id=job.id,
         name=job.name,
         user_id=job.user_id,
         state=job.state,
         entrypoint=job.entrypoint,
-        request=JobRequest.model_validate(job.request),
-        warnings=list(job.warnings or []),
+        request=request,
+        warnings=[str(w) for w in (job.warnings or [])] + request_warnings,
         bundle_size=job.bundle_size,
         attempt=job.attempt,
         worker_id=job.worker_id,
@@ -163,17 +180,21 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[str, bytes, dic
 async def inspect_script(request: Request, user: CurrentUser, rt: RuntimeDep) -> InspectResponse:
     """Read a script's DeviceGroups statically (the script is parsed, never run); nothing is stored."""
     filename, data, fields = await read_upload(request, rt.settings.max_bundle_bytes)
-    bundle, problems = read_bundle(filename, data, fields.get("entrypoint") or None)
-    if bundle is None:
+    return await rt.run(_inspect, filename, data, fields.get("entrypoint") or None, rt.settings.archive_limits)
+
+
+def _inspect(filename: str, data: bytes, entrypoint: str | None, limits: Any) -> InspectResponse:
+    bundle, problems = read_bundle(filename, data, entrypoint, limits)
+    found = None if bundle is None else jobs_service.inspect_bundle_source(bundle.source, bundle.entrypoint, problems)
+    if bundle is None or found is None:
         raise jobs_service._problems_error(problems)
-    found = inspect_source(bundle.source, bundle.entrypoint)
     return InspectResponse(
         request=JobRequest.model_validate(found.request()), warnings=found.warnings, entrypoint=bundle.entrypoint
     )
 
 
 @router.post(routes.JOBS, status_code=201, response_model=Job, openapi_extra=_UPLOAD_DOC)
-async def create_job(request: Request, user: CurrentUser, rt: RuntimeDep, session: SessionDep) -> Job:
+async def create_job(request: Request, user: CurrentUser, rt: RuntimeDep) -> Job:
     """Submit a job: multipart ``file`` (.py or .zip), optional ``entrypoint``, ``name`` and ``request`` (JSON
     overriding the DeviceGroups read from the script), and ``allow_unsandboxed`` (``true`` lets the job run on a
     worker that declared isolation ``none``; by default jobs run only on sandboxed workers).
@@ -183,20 +204,24 @@ async def create_job(request: Request, user: CurrentUser, rt: RuntimeDep, sessio
     ``pending_reason``, since a matching donor may join later.
     """
     filename, data, fields = await read_upload(request, rt.settings.max_bundle_bytes)
-    sub = jobs_service.prepare(
-        filename, data, fields.get("entrypoint"), fields.get("name"), fields.get("request"),
-        fields.get("allow_unsandboxed"),
+    sub = await rt.run(
+        jobs_service.prepare, filename, data, fields.get("entrypoint"), fields.get("name"), fields.get("request"),
+        fields.get("allow_unsandboxed"), rt.settings.archive_limits,
     )
-    job = await run_in_threadpool(jobs_service.create_job, session, rt.storage, user, sub)
-    positions = await run_in_threadpool(jobs_service.queue_positions, session, [job])
-    job = await run_in_threadpool(jobs_service.get_job, session, user, job.id)
+    return await rt.in_session(_create, rt.storage, user, sub)
+
+
+def _create(session: Session, storage: Any, user: Any, sub: jobs_service.Submission) -> Job:
+    job = jobs_service.create_job(session, storage, user, sub)
+    positions = jobs_service.queue_positions(session, [job])
+    job = jobs_service.get_job(session, user, job.id)
     return job_model_to_job(job, positions.get(job.id))
 
 
 @router.get(routes.JOBS, response_model=JobList)
-def list_jobs(
+async def list_jobs(
     user: CurrentUser,
-    session: SessionDep,
+    rt: RuntimeDep,
     state: Annotated[str | None, Query(description="filter, e.g. queued or running,assigned")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -208,50 +233,60 @@ def list_jobs(
     weighs fair share (running jobs, last served), held jobs and free slot shapes, so the real order can
     differ. Positions for the whole page come from two database queries, whatever its size.
     """
-    items, total = jobs_service.list_jobs(session, user, state, limit, offset)
-    positions = jobs_service.queue_positions(session, items)
-    return JobList(items=[job_model_to_job(j, positions.get(j.id)) for j in items], total=total)
+
+    def work(session: Session) -> JobList:
+        items, total = jobs_service.list_jobs(session, user, state, limit, offset)
+        positions = jobs_service.queue_positions(session, items)
+        return JobList(items=[job_model_to_job(j, positions.get(j.id)) for j in items], total=total)
+
+    return await rt.in_session(work)
 
 
 @router.get(routes.JOB, response_model=Job)
-def get_job(job_id: str, user: CurrentUser, session: SessionDep) -> Job:
+async def get_job(job_id: str, user: CurrentUser, rt: RuntimeDep) -> Job:
     """One job with its attempts; while queued, ``queue_position`` (an estimate, see ``GET /jobs``) and
     ``pending_reason`` say why it waits."""
-    job = jobs_service.get_job(session, user, job_id)
-    return job_model_to_job(job, jobs_service.queue_positions(session, [job]).get(job.id))
+
+    def work(session: Session) -> Job:
+        job = jobs_service.get_job(session, user, job_id)
+        return job_model_to_job(job, jobs_service.queue_positions(session, [job]).get(job.id))
+
+    return await rt.in_session(work)
 
 
 @router.post(routes.JOB_CANCEL, response_model=Job)
-def cancel_job(job_id: str, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> Job:
+async def cancel_job(job_id: str, user: CurrentUser, rt: RuntimeDep) -> Job:
     """Cancel: a queued (or not yet started) job at once; a running job becomes ``cancelling`` and its worker
     stops it when its next heartbeat answers ``cancel``."""
-    res = jobs_service.cancel_job(session, user, job_id)
-    if res.ended:
-        events.job_ended(rt.redis, job_id, res.job.state)
-    return job_model_to_job(res.job)
+
+    def work(session: Session) -> tuple[Job, bool]:
+        res = jobs_service.cancel_job(session, user, job_id)
+        return job_model_to_job(res.job), res.ended
+
+    job, ended = await rt.in_session(work)
+    if ended:
+        await rt.run(events.job_ended, rt.redis, job_id, job.state)
+    return job
 
 
 @router.get(routes.JOB_LOGS, response_class=PlainTextResponse)
-def job_logs(job_id: str, user: CurrentUser, session: SessionDep, rt: RuntimeDep) -> PlainTextResponse:
+async def job_logs(job_id: str, user: CurrentUser, rt: RuntimeDep) -> PlainTextResponse:
     """All attempts' logs as plain text (finished attempts from storage, live ones from Redis)."""
-    job = jobs_service.get_job(session, user, job_id)
+    job = await rt.in_session(jobs_service.get_job, user, job_id)
     attempts = [(a.n, a.logs_persisted) for a in job.attempts]
-    session.rollback()
-    return PlainTextResponse(logs_service.full_text(rt.redis, rt.storage, job.user_id, job.id, attempts))
+    return PlainTextResponse(await rt.run(logs_service.full_text, rt.redis, rt.storage, job.user_id, job.id, attempts))
 
 
 @router.get(routes.JOB_LOGS_STREAM, response_class=StreamingResponse)
 async def stream_logs(
     job_id: str,
     user: CurrentUser,
-    session: SessionDep,
     rt: RuntimeDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Live logs as server-sent events: one event per line (``id`` = Redis stream id, honours
     ``Last-Event-ID``), closing with ``event: end`` once the job has ended."""
-    job = await run_in_threadpool(jobs_service.get_job, session, user, job_id)
-    await run_in_threadpool(session.rollback)
+    job = await rt.in_session(jobs_service.get_job, user, job_id)
 
     def _ended() -> bool:
         with rt.db.session() as s:
@@ -259,14 +294,14 @@ async def stream_logs(
             return state in {x.value for x in TERMINAL_JOB_STATES}
 
     async def is_ended() -> bool:
-        return await run_in_threadpool(_ended)
+        return await rt.run(_ended)
 
     backlog = None
     if not last_event_id and job.state in {x.value for x in TERMINAL_JOB_STATES}:
-        exists = await run_in_threadpool(rt.redis.exists, logs_service.stream_key(job_id))
+        exists = await rt.run(rt.redis.exists, logs_service.stream_key(job_id))
         if not exists:  # Redis forgot the stream; replay the persisted logs
             attempts = [(a.n, a.logs_persisted) for a in job.attempts]
-            text = await run_in_threadpool(logs_service.full_text, rt.redis, rt.storage, job.user_id, job_id, attempts)
+            text = await rt.run(logs_service.full_text, rt.redis, rt.storage, job.user_id, job_id, attempts)
             backlog = text.splitlines()
     return StreamingResponse(
         logs_service.sse_stream(rt.redis_url, job_id, last_event_id, is_ended, backlog),
@@ -276,23 +311,28 @@ async def stream_logs(
 
 
 @router.get(routes.JOB_METRICS, response_model=MetricsResponse)
-def job_metrics(job_id: str, user: CurrentUser, session: SessionDep) -> MetricsResponse:
+async def job_metrics(job_id: str, user: CurrentUser, rt: RuntimeDep) -> MetricsResponse:
     """Training metrics the job reported (``model.calculate_metric``), every attempt, in step order."""
-    job = jobs_service.get_job(session, user, job_id)
-    rows = metrics_service.list_metrics(session, job.id)
-    return MetricsResponse(
-        records=[MetricRecord(attempt=r.attempt, step=r.step, ts=r.ts, metrics=r.metrics) for r in rows]
-    )
+
+    def work(session: Session) -> MetricsResponse:
+        job = jobs_service.get_job(session, user, job_id)
+        rows = metrics_service.list_metrics(session, job.id)
+        return MetricsResponse(
+            records=[MetricRecord(attempt=r.attempt, step=r.step, ts=r.ts, metrics=r.metrics) for r in rows]
+        )
+
+    return await rt.in_session(work)
 
 
 @router.get(routes.JOB_ARTIFACTS, response_model=ArtifactList)
-def job_artifacts(
-    job_id: str, request: Request, user: CurrentUser, session: SessionDep, rt: RuntimeDep
-) -> ArtifactList:
+async def job_artifacts(job_id: str, request: Request, user: CurrentUser, rt: RuntimeDep) -> ArtifactList:
     """Files the job uploaded (checkpoints under ``output/``), each with a presigned, short-lived link."""
-    job = jobs_service.get_job(session, user, job_id)
-    rows = artifacts_service.list_artifacts(session, job.id)
-    session.rollback()
+
+    def work(session: Session) -> list[Any]:
+        job = jobs_service.get_job(session, user, job_id)
+        return list(artifacts_service.list_artifacts(session, job.id))
+
+    rows = await rt.in_session(work)
     base = rt.settings.public_url or str(request.base_url)
     items: list[Any] = [
         Artifact(

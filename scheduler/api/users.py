@@ -32,7 +32,7 @@ def create_user(body: CreateUserRequest, _admin: AdminDep, session: SessionDep) 
 
 
 @router.get(routes.USERS_ME, response_model=User)
-def me(user: CurrentUser) -> User:
+async def me(user: CurrentUser) -> User:
     """The user the token (or session cookie) belongs to."""
     return user_model_to_user(user)
 

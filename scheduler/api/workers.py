@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import cast
 
 from fastapi import APIRouter
+from sqlalchemy.orm import Session
 
 from contract import routes
 from contract.tasks import worker_queue
@@ -25,19 +26,21 @@ router = APIRouter(tags=["workers"])
 
 
 @router.post(routes.WORKER_REGISTER, response_model=RegisterWorkerResponse)
-def register(
-    body: RegisterWorkerRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep
-) -> RegisterWorkerResponse:
+async def register(body: RegisterWorkerRequest, token: CurrentWorker, rt: RuntimeDep) -> RegisterWorkerResponse:
     """Register the DeviceGroups this worker offers (worker token). Each offered group runs one job at a time.
     Registering again under the same name means the worker restarted: its unfinished jobs are requeued.
     ``isolation`` declares how it sandboxes jobs (default ``none``): jobs run only on sandboxed workers unless their
     owner opts out."""
     s = rt.settings
-    reg = workers_service.register(
-        session, token, name=body.name, hostname=body.hostname, device_groups=body.device_groups,
-        lease_s=s.lease_s, max_attempts=s.max_attempts, isolation=body.isolation,
-    )
-    events.requeued(rt.db, rt.redis, rt.storage, reg.requeued)
+
+    def work(session: Session) -> workers_service.Registration:
+        return workers_service.register(
+            session, token, name=body.name, hostname=body.hostname, device_groups=body.device_groups,
+            lease_s=s.lease_s, max_attempts=s.max_attempts, isolation=body.isolation,
+        )
+
+    reg = await rt.in_session(work, lane="worker")
+    await rt.run(events.requeued, rt.worker_db, rt.redis, rt.storage, reg.requeued, lane="worker")
     return RegisterWorkerResponse(
         worker_id=reg.worker.id,
         queue=worker_queue(reg.worker.id),
@@ -48,12 +51,14 @@ def register(
 
 
 @router.post(routes.WORKER_HEARTBEAT, response_model=HeartbeatResponse)
-def heartbeat(
-    worker_id: str, body: HeartbeatRequest, token: CurrentWorker, session: SessionDep, rt: RuntimeDep
+async def heartbeat(
+    worker_id: str, body: HeartbeatRequest, token: CurrentWorker, rt: RuntimeDep
 ) -> HeartbeatResponse:
     """Renew the worker's lease; the answer lists attempts to stop (cancelled jobs, or stale attempts the
-    worker still runs after being presumed lost)."""
-    cancel = workers_service.heartbeat(session, token, worker_id, body.running, rt.settings.lease_s)
+    worker still runs after being presumed lost). Served in the worker lane: user load never delays it."""
+    cancel = await rt.in_session(
+        workers_service.heartbeat, token, worker_id, body.running, rt.settings.lease_s, lane="worker"
+    )
     return HeartbeatResponse(cancel=[AttemptRef(job_id=c.job_id, attempt=c.attempt) for c in cancel])
 
 

@@ -118,14 +118,29 @@ def resume_files(session: Session, job: JobModel) -> ResumePoint | None:
 
 
 def add_metrics(session: Session, token: ApiTokenModel, job_id: str, n: int, records: list[MetricIn]) -> int:
+    """Insert the records the attempt has not reported yet: a record is ``(step, ts)`` within its attempt, so
+    a batch the worker sends again (its answer was lost in an outage) adds nothing twice."""
     fence(session, token, job_id, n, WRITABLE)
+    seen = set()
     if records:
-        session.execute(
-            sa.insert(MetricModel),
-            [dict(job_id=job_id, attempt=n, step=r.step, ts=r.ts, metrics=r.metrics) for r in records],
-        )
+        seen = {
+            (step, ts)
+            for step, ts in session.execute(
+                sa.select(MetricModel.step, MetricModel.ts).where(
+                    MetricModel.job_id == job_id, MetricModel.attempt == n,
+                    MetricModel.step.in_({r.step for r in records}),
+                )
+            )
+        }
+    fresh = []
+    for r in records:
+        if (r.step, r.ts) not in seen:
+            seen.add((r.step, r.ts))
+            fresh.append(dict(job_id=job_id, attempt=n, step=r.step, ts=r.ts, metrics=r.metrics))
+    if fresh:
+        session.execute(sa.insert(MetricModel), fresh)
     session.commit()
-    return len(records)
+    return len(fresh)
 
 
 def check_artifact_path(path: str) -> str:
@@ -197,17 +212,51 @@ def store_artifact(
     return row
 
 
+@dataclass
+class FinishPlan:
+    """What ``finish`` will do, read before the attempt's logs are persisted (outside any transaction)."""
+
+    user_id: str
+    state: str  # the attempt's (and job's) end state
+    done: bool  # this finish was applied already (a retry whose first answer was lost)
+
+
+def _end_state(job: JobModel, body: FinishRequest) -> str:
+    if job.state == JobState.CANCELLING and body.state == "failed":
+        return "cancelled"  # the worker killed it on our request; the non-zero exit is expected
+    return body.state
+
+
+def plan_finish(session: Session, token: ApiTokenModel, job_id: str, n: int, body: FinishRequest) -> FinishPlan:
+    """Fence the finish. A repeat of a finish already applied (same attempt, same end state) is not stale:
+    the worker retried after an outage swallowed the answer, and gets the same answer again."""
+    try:
+        f = fence(session, token, job_id, n, (AttemptState.ASSIGNED, AttemptState.RUNNING))
+    except StaleAttempt:
+        job = session.get(JobModel, job_id)
+        attempt = session.scalar(sa.select(AttemptModel).where(AttemptModel.job_id == job_id, AttemptModel.n == n))
+        states = {body.state, "cancelled"} if body.state == "failed" else {body.state}
+        if job is not None and attempt is not None and job.attempt == n and attempt.state in states:
+            return FinishPlan(job.user_id, attempt.state, done=True)
+        raise
+    return FinishPlan(f.job.user_id, _end_state(f.job, body), done=False)
+
+
 def finish(session: Session, token: ApiTokenModel, job_id: str, n: int, body: FinishRequest) -> Fenced:
     f = fence(session, token, job_id, n, (AttemptState.ASSIGNED, AttemptState.RUNNING))
     now = utcnow()
     job, attempt = f.job, f.attempt
-    state = body.state
-    if job.state == JobState.CANCELLING and state == "failed":
-        state = "cancelled"  # the worker killed it on our request; the non-zero exit is expected
-    attempt.state = state
-    attempt.ended_at = now
-    attempt.exit_code = body.exit_code
-    attempt.error = body.error
+    state = _end_state(job, body)
+    # Conditional: of two finishes of one attempt racing (a retry and its slow original) only one applies.
+    res = cast(sa.CursorResult[Any], session.execute(
+        sa.update(AttemptModel)
+        .where(AttemptModel.id == attempt.id, AttemptModel.state.in_((AttemptState.ASSIGNED, AttemptState.RUNNING)))
+        .values(state=state, ended_at=now, exit_code=body.exit_code, error=body.error)
+        .execution_options(synchronize_session="fetch")
+    ))
+    if res.rowcount != 1:
+        session.rollback()
+        raise StaleAttempt(f"attempt {n} of job {job_id} ended already", fields={})
     worker = session.get(WorkerModel, attempt.worker_id) if attempt.worker_id else None
     if worker is not None:
         worker.gpu_seconds += gpu_seconds_of(attempt, job, worker, now)

@@ -31,6 +31,7 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.services import matching
+from scheduler.services.liveness import LeaseGate, latest_heartbeat
 from scheduler.services.requeue import Requeued, requeue_active_jobs, requeue_jobs
 
 log = logging.getLogger(__name__)
@@ -246,12 +247,25 @@ class ReapResult:
     requeued: list[Requeued] = field(default_factory=list)
 
 
-def reap(db: Database, *, start_deadline_s: float, max_attempts: int) -> ReapResult:
-    """Mark workers whose lease expired as lost and requeue their jobs; requeue assignments nobody started."""
+def reap(
+    db: Database, *, start_deadline_s: float, max_attempts: int, gate: LeaseGate | None = None
+) -> ReapResult:
+    """Mark workers whose lease expired as lost and requeue their jobs; requeue assignments nobody started.
+
+    With a ``gate`` (the dispatcher always passes one), leases expire only while it has seen heartbeats
+    possible for a full lease (``scheduler.services.liveness``): an API or database outage never requeues."""
     result = ReapResult()
     now = utcnow()
     with db.session() as session:
-        lost = list(
+        expire = True
+        if gate is not None:
+            try:
+                gate.observe(latest_heartbeat(session), now)
+            except Exception:
+                gate.reset()
+                raise
+            expire = gate.may_expire()
+        lost = [] if not expire else list(
             session.scalars(
                 sa.select(WorkerModel.id).where(
                     WorkerModel.state == WorkerState.LIVE, WorkerModel.lease_expires_at < now

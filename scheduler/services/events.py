@@ -44,6 +44,29 @@ def attempt_ended(
     job_ended(r, job_id, job_state)
 
 
+def persist_logs(r: redis.Redis, storage: Storage, user_id: str, job_id: str, attempt: int, message: str) -> int:
+    """Before a finish is committed: note the end in the live log and copy the attempt's lines to storage.
+    Raises while Redis or storage is down, so the finish is refused (503) and retried instead of committed
+    with a log that misses lines."""
+    logs.append(r, job_id, attempt, [{"stream": "system", "text": message}], batch="end")  # once, even if retried
+    return logs.persist(r, storage, user_id, job_id, attempt)
+
+
+def logs_persisted(db: Database, r: redis.Redis, job_id: str, attempt: int, job_state: str) -> None:
+    """After a finish is committed: flag the stored log as complete and close live readers."""
+    try:
+        with db.session() as s:
+            s.execute(
+                sa.update(AttemptModel)
+                .where(AttemptModel.job_id == job_id, AttemptModel.n == attempt)
+                .values(logs_persisted=True)
+            )
+            s.commit()
+    except Exception:
+        log.exception("flagging the stored log of job %s attempt %s failed", job_id, attempt)
+    job_ended(r, job_id, job_state)
+
+
 def job_ended(r: redis.Redis, job_id: str, job_state: str) -> None:
     if job_state not in {s.value for s in TERMINAL_JOB_STATES}:
         return

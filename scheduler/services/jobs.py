@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, selectinload
 
+from contract.archive import DEFAULT_LIMITS, ArchiveLimits
 from contract.errors import ErrorCode
 from contract.jobs import JobRequest
 from scheduler.db import (
@@ -30,7 +31,7 @@ from scheduler.db import (
 )
 from scheduler.errors import Conflict, InvalidRequest, NotFound
 from scheduler.services import matching
-from scheduler.services.script_inspection import Inspection, inspect_source, read_bundle
+from scheduler.services.script_inspection import ARCHIVE_RULE, Inspection, inspect_source, read_bundle
 from scheduler.storage import Storage, bundle_key
 
 
@@ -49,8 +50,22 @@ def _problems_error(problems: list[tuple[str, str]]) -> InvalidRequest:
     for key, msg in problems:
         fields[key] = f"{fields[key]}; {msg}" if key in fields else msg
     code = ErrorCode.NOT_PYTHON if any("not valid Python" in m for _, m in problems) else ErrorCode.INVALID_REQUEST
+    if any(m.startswith(ARCHIVE_RULE) for _, m in problems):
+        code = ErrorCode.ARCHIVE_REJECTED
     summary = " | ".join(m for _, m in problems)
     return InvalidRequest(f"the job was not accepted: {summary}", code=code, fields=fields)
+
+
+def check_request(data: Any, field: str, problems: list[tuple[str, str]], source: str = "") -> dict[str, Any] | None:
+    """Validate a resource request against ``JobRequest``, the one set of limits for both the explicit
+    ``request`` field and what the script reader found; each violation becomes a problem under ``field``."""
+    try:
+        return JobRequest.model_validate(data).model_dump()
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in (field, *err["loc"]))
+            problems.append((loc, f"{source}{err['msg']}"))
+        return None
 
 
 def parse_request(raw: str | None, problems: list[tuple[str, str]]) -> dict[str, Any] | None:
@@ -58,16 +73,25 @@ def parse_request(raw: str | None, problems: list[tuple[str, str]]) -> dict[str,
         return None
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        problems.append(("request", f"request is not JSON: {exc.msg} at char {exc.pos}"))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        where = f": {exc.msg} at char {exc.pos}" if isinstance(exc, json.JSONDecodeError) else " (nested too deeply)"
+        problems.append(("request", f"request is not JSON{where}"))
         return None
+    return check_request(data, "request", problems)
+
+
+def inspect_bundle_source(source: str, entrypoint: str, problems: list[tuple[str, str]]) -> Inspection | None:
+    """Read the script's request and hold it to the same limits as an explicit request."""
     try:
-        return JobRequest.model_validate(data).model_dump()
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in ("request", *err["loc"]))
-            problems.append((loc, err["msg"]))
+        inspection = inspect_source(source, entrypoint)
+    except InvalidRequest as exc:
+        problems.append(("file", exc.message))
         return None
+    found = check_request(inspection.request(), "file.device_groups", problems, f"{entrypoint} declares: ")
+    if found is None:
+        return None
+    inspection.device_groups = found["device_groups"]
+    return inspection
 
 
 FLAG_VALUES = {"true": True, "1": True, "on": True, "yes": True, "false": False, "0": False, "off": False, "no": False}
@@ -91,23 +115,27 @@ def prepare(
     name: str | None,
     request: str | None,
     allow_unsandboxed: str | None = None,
+    limits: ArchiveLimits = DEFAULT_LIMITS,
 ) -> Submission:
     """Validate a submission completely before anything is stored; raises ``InvalidRequest`` with every problem.
 
     ``allow_unsandboxed`` (a form field) opts the job out of the sandbox requirement, as does
-    ``allow_unsandboxed: true`` inside ``request``.
-    """
+    ``allow_unsandboxed: true`` inside ``request``. CPU-bound (a zip is inflated once to check it, the script is
+    parsed): run it in a worker thread."""
     problems: list[tuple[str, str]] = []
     override = parse_request(request, problems)
     opt_out = parse_flag(allow_unsandboxed, "allow_unsandboxed", problems)
-    bundle, bundle_problems = read_bundle(filename, data, entrypoint or None)
+    bundle, bundle_problems = read_bundle(filename, data, entrypoint or None, limits)
     problems.extend(bundle_problems)
     inspection = None
     if bundle is not None:
-        try:
-            inspection = inspect_source(bundle.source, bundle.entrypoint)
-        except InvalidRequest as exc:
-            problems.append(("file", exc.message))
+        if override is None:
+            inspection = inspect_bundle_source(bundle.source, bundle.entrypoint, problems)
+        else:  # the override replaces the script's groups, so only the script's syntax must hold
+            try:
+                inspection = inspect_source(bundle.source, bundle.entrypoint)
+            except InvalidRequest as exc:
+                problems.append(("file", exc.message))
     if problems or bundle is None or inspection is None:
         raise _problems_error(problems or [("file", "the upload could not be read")])
     if override is not None:

@@ -21,8 +21,36 @@ def stream_key(job_id: str) -> str:
     return f"twinkle:logs:{job_id}"
 
 
-def append(r: redis.Redis, job_id: str, attempt: int, lines: Iterable[Mapping[str, Any]]) -> int:
-    """XADD each line; call only after the attempt's fence check."""
+def batches_key(job_id: str) -> str:
+    return f"twinkle:logs:{job_id}:batches"
+
+
+# Appends a batch once: the batch id goes into a set first, and a batch already there is not added again.
+# One script, so the check and the XADDs are atomic (a retry racing its lost original cannot double it).
+_APPEND_ONCE = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return -1 end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+local n = 0
+for i = 4, #ARGV, 4 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'attempt', ARGV[i], 'stream', ARGV[i + 1],
+             'text', ARGV[i + 2], 'ts', ARGV[i + 3])
+  n = n + 1
+end
+return n
+"""
+
+
+def append(
+    r: redis.Redis, job_id: str, attempt: int, lines: Iterable[Mapping[str, Any]], batch: int | str | None = None
+) -> int:
+    """XADD each line; call only after the attempt's fence check. With ``batch`` (the worker's sequence
+    number), a batch already appended is skipped (returns -1): log posts are retried safely."""
+    if batch is not None:
+        args: list[Any] = [f"{attempt}:{batch}", MAXLEN, END_TTL_S]
+        for line in lines:
+            args += [str(attempt), str(line.get("stream") or "stdout"), str(line.get("text", "")),
+                     str(line.get("ts") or time.time())]
+        return int(r.eval(_APPEND_ONCE, 2, stream_key(job_id), batches_key(job_id), *args))
     pipe = r.pipeline(transaction=False)
     n = 0
     for line in lines:

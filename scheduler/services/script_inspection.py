@@ -14,8 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from contract.archive import DEFAULT_LIMITS, ArchiveLimits, ArchiveRejected, scan
 from contract.errors import ErrorCode
 from scheduler.errors import InvalidRequest
+
+# Bounds on what the reader accepts, so a hostile script costs a 422 and not the API's memory or stack.
+MAX_SCRIPT_BYTES = 2 * 1024 * 1024  # the entrypoint's source; data belongs in files next to it, not in code
+MAX_WARNINGS = 50
+MAX_ENTRYPOINT = 512  # the jobs.entrypoint column
+ARCHIVE_RULE = "the zip breaks the bundle rule"
 
 DEFAULT_GROUP = {"name": "default", "ranks": 1, "device_type": "any", "min_memory_gb": 0.0}
 KNOWN_DEVICE_TYPES = {"cuda", "gpu", "npu", "cpu", "any"}
@@ -42,7 +49,10 @@ class Bundle:
 
 
 def _literal(node: ast.AST) -> Any:
-    return ast.literal_eval(node)
+    try:
+        return ast.literal_eval(node)
+    except (RecursionError, MemoryError) as exc:  # e.g. thousands of nested unary minus signs
+        raise ValueError("literal nested too deeply") from exc
 
 
 def _call_name(func: ast.AST) -> str | None:
@@ -62,17 +72,39 @@ def _arg(call: ast.Call, pos: int, kw: str) -> ast.AST | None:
     return None
 
 
-def inspect_source(source: str, filename: str = "train.py") -> Inspection:
-    """Parse ``source`` and read its resource request. Raises ``InvalidRequest`` on a syntax error."""
+def parse_script(source: str, filename: str = "train.py") -> ast.Module:
+    """Parse ``source`` within the reader's bounds.
+
+    Raises ``InvalidRequest`` on a syntax error, a source over ``MAX_SCRIPT_BYTES`` or nesting deeper than the
+    parser's stack (CPython raises ``MemoryError`` or ``RecursionError`` there, which must not become a 500).
+    """
+    size = len(source.encode("utf-8", "surrogatepass"))
+    if size > MAX_SCRIPT_BYTES:
+        raise InvalidRequest(
+            f"{filename} is {size / 1024 / 1024:.1f} MB of source; a script may be at most "
+            f"{MAX_SCRIPT_BYTES // 1024 // 1024} MB (put data in files of the bundle, not in code)",
+            code=ErrorCode.SCRIPT_TOO_LARGE,
+            fields={"file": f"source at most {MAX_SCRIPT_BYTES} bytes"},
+        )
     try:
-        tree = ast.parse(source, filename=filename)
+        return ast.parse(source, filename=filename)
     except SyntaxError as exc:
         raise InvalidRequest(
             f"{filename} is not valid Python: {exc.msg} at line {exc.lineno}",
             code=ErrorCode.NOT_PYTHON,
             fields={"file": f"line {exc.lineno}: {exc.msg}"},
         ) from exc
+    except (MemoryError, RecursionError) as exc:
+        raise InvalidRequest(
+            f"{filename} nests expressions too deeply for the script reader; flatten the nesting",
+            code=ErrorCode.SCRIPT_TOO_COMPLEX,
+            fields={"file": "expressions nested too deeply"},
+        ) from exc
 
+
+def inspect_source(source: str, filename: str = "train.py") -> Inspection:
+    """Parse ``source`` (``parse_script``: raises ``InvalidRequest``) and read its resource request."""
+    tree = parse_script(source, filename)
     groups: list[dict[str, Any]] = []
     warnings: list[str] = []
     nproc: int | None = None
@@ -97,6 +129,8 @@ def inspect_source(source: str, filename: str = "train.py") -> Inspection:
                 except (ValueError, TypeError, SyntaxError):
                     mode = None
 
+    if len(warnings) > MAX_WARNINGS:
+        warnings[MAX_WARNINGS:] = [f"... and {len(warnings) - MAX_WARNINGS} more warnings"]
     if not groups:
         groups = [dict(DEFAULT_GROUP)]
         warnings.append(
@@ -173,17 +207,23 @@ def _zip_single(filename: str, source: bytes) -> bytes:
     return buf.getvalue()
 
 
-def _safe_member(name: str) -> bool:
-    p = PurePosixPath(name)
-    return not (name.startswith("/") or "\\" in name or ".." in p.parts or (p.parts and p.parts[0].endswith(":")))
+def read_bundle(
+    filename: str, data: bytes, entrypoint: str | None, limits: ArchiveLimits = DEFAULT_LIMITS
+) -> tuple[Bundle | None, list[tuple[str, str]]]:
+    """Validate an upload and turn it into a zip bundle. Returns (bundle, problems as (field, message)).
 
-
-def read_bundle(filename: str, data: bytes, entrypoint: str | None) -> tuple[Bundle | None, list[tuple[str, str]]]:
-    """Validate an upload and turn it into a zip bundle. Returns (bundle, problems as (field, message))."""
+    A zip is checked against ``limits`` (``contract.archive``, the rules the worker unpacks by) and inflated
+    once, chunk by chunk, to prove it: CPU-bound, so callers run this in a worker thread.
+    """
     problems: list[tuple[str, str]] = []
     lower = filename.lower()
+    if entrypoint is not None and len(entrypoint) > MAX_ENTRYPOINT:
+        problems.append(("entrypoint", f"entrypoint is {len(entrypoint)} characters; at most {MAX_ENTRYPOINT}"))
+        return None, problems
     if lower.endswith(".py"):
         name = PurePosixPath(filename.replace("\\", "/")).name
+        if len(name) > MAX_ENTRYPOINT:
+            problems.append(("file", f"the file name is {len(name)} characters; at most {MAX_ENTRYPOINT}"))
         if entrypoint and entrypoint != name:
             problems.append(("entrypoint", f"entrypoint {entrypoint!r} differs from the uploaded file {name!r}"))
         try:
@@ -196,27 +236,30 @@ def read_bundle(filename: str, data: bytes, entrypoint: str | None) -> tuple[Bun
         return Bundle(_zip_single(name, data), name, source), problems
     if lower.endswith(".zip"):
         try:
-            zf = zipfile.ZipFile(io.BytesIO(data))
-            names = zf.namelist()
-        except zipfile.BadZipFile as exc:
-            problems.append(("file", f"{filename} is not a valid zip archive ({exc}); re-create it with `zip -r`"))
-            return None, problems
-        unsafe = [n for n in names if not _safe_member(n)]
-        if unsafe:
-            problems.append(("file", f"zip entries escape the bundle folder: {', '.join(unsafe[:5])}"))
+            names = scan(io.BytesIO(data), limits)
+            rejected = False
+        except ArchiveRejected as exc:
+            problems.append(("file", f"{ARCHIVE_RULE} {exc.rule}: {exc.message}"))
+            rejected = True
+            try:  # report a missing entrypoint too, when the directory is readable: every problem at once
+                with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                    names = zf.namelist()
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+                return None, problems
         entry = entrypoint or "train.py"
         if entry not in names:
             py_files = sorted(n for n in names if n.endswith(".py"))
             hint = f"; it holds {', '.join(py_files[:10])}" if py_files else "; it holds no .py file"
             problems.append(("entrypoint", f"the zip has no {entry!r} at its top level{hint}; pass entrypoint="))
-        if problems:
+        if rejected or problems:
             return None, problems
-        raw = zf.read(entry)
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            raw = zf.read(entry)  # within the limits: scan() inflated every member already
         try:
             source = raw.decode("utf-8")
         except UnicodeDecodeError:
             problems.append(("entrypoint", f"{entry} in the zip is not UTF-8 text"))
             return None, problems
         return Bundle(data, entry, source), problems
-    problems.append(("file", f"{filename!r} is neither a .py script nor a .zip bundle"))
+    problems.append(("file", f"{filename[:200]!r} is neither a .py script nor a .zip bundle"))
     return None, problems

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from scheduler.runtime import Runtime
 from scheduler.services import dispatch, events
+from scheduler.services.liveness import LeaseGate, api_probe
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,10 @@ class Periodic:
 def scheduled_tasks(rt: Runtime) -> list[Periodic]:
     """Every periodic job of the scheduler and its interval, in one place."""
     s = rt.settings
+    gate = LeaseGate(s.lease_s, s.heartbeat_interval_s, api_probe(s.effective_api_url))
 
     def reap() -> object:
-        res = dispatch.reap(rt.db, start_deadline_s=s.start_deadline_s, max_attempts=s.max_attempts)
+        res = dispatch.reap(rt.db, start_deadline_s=s.start_deadline_s, max_attempts=s.max_attempts, gate=gate)
         events.requeued(rt.db, rt.redis, rt.storage, res.requeued)
         for item in res.requeued:
             log.info("job %s: %s", item.job_id, item.message)

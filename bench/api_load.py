@@ -1,0 +1,420 @@
+"""The API under 1,000 concurrent clients: submissions and listings at once, heartbeats measured beside them.
+
+Starts the real API (``python -m scheduler.cli serve``, one uvicorn process) on a fresh SQLite or PostgreSQL
+database, makes ``--users`` users and one registered worker, then runs two phases on the same server:
+
+- **baseline**: 30 concurrent clients (the most the API survived before this work: issue 14),
+- **load**: ``--clients`` concurrent clients (default 1,000),
+
+each client an ``httpx.AsyncClient`` with its own connection, doing ``--rounds`` x (``POST /jobs`` with a name
+unique to that submission, then ``GET /jobs?limit=20``), spread over ``--procs`` client processes so the
+clients themselves are not the bottleneck. A separate prober process heartbeats the worker and reads
+``/healthz`` every 0.25 s throughout.
+
+Prints, per phase: submissions/s, p50/p99 submit and list latency, server errors (5xx), time-outs, and the
+heartbeat and healthz max/p99 latency; then the ratio load/baseline of submissions/s. Afterwards it checks the
+database: every submission answered 201 is stored exactly once (by its unique name) and none of the others is.
+
+Exit status 1 if any 5xx, time-out, lost or duplicated job, or late heartbeat (one slower than
+``LEASE_S - HEARTBEAT_INTERVAL_S``, the slack a lease has) was seen.
+
+    python bench/api_load.py [--db sqlite|postgres] [--clients 1000] [--rounds 1] [--procs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = b"from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\nprint('hi')\n"
+HEARTBEAT_INTERVAL_S = 1.0
+LEASE_S = 6.0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+# ---------------------------------------------------------------- the server
+
+
+@dataclass
+class Server:
+    url: str
+    admin: str
+    database_url: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def cpu_s(self) -> float:
+        """CPU seconds the API (all its processes) has used so far, from /proc (Linux)."""
+        clk = os.sysconf("SC_CLK_TCK")
+
+        def of(pid: int) -> tuple[float, int]:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / clk, int(fields[1])
+
+        total = of(self.proc.pid)[0]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    cpu, ppid = of(int(entry.name))
+                except (OSError, IndexError, ValueError):
+                    continue
+                if ppid == self.proc.pid:
+                    total += cpu
+        return total
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_api(tmp: Path, database_url: str, redis_url: str, **extra: str) -> Server:
+    port, admin = free_port(), "admin-" + secrets.token_hex(8)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWINKLE_", "REDIS_URL"))}
+    env.update(
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        TWINKLE_SCHEDULER_DATABASE_URL=database_url,
+        TWINKLE_SCHEDULER_REDIS_URL=redis_url,
+        TWINKLE_SCHEDULER_ADMIN_TOKEN=admin,
+        TWINKLE_SCHEDULER_STORAGE_DIR=str(tmp / "storage"),
+        TWINKLE_SCHEDULER_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_INTERVAL_S),
+        TWINKLE_SCHEDULER_LEASE_S=str(LEASE_S),
+        TWINKLE_SCHEDULER_HOST="127.0.0.1",
+        TWINKLE_SCHEDULER_PORT=str(port),
+    )
+    env.update({f"TWINKLE_SCHEDULER_{k.upper()}": str(v) for k, v in extra.items()})
+    log_path = tmp / "api.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scheduler.cli", "serve", "--log-level", "warning"],
+        env=env, cwd=tmp, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the child owns it
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the API exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return Server(url, admin, database_url, proc, log_path)
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the API did not come up in 60 s")
+
+
+def make_users(server: Server, n: int) -> list[str]:
+    with httpx.Client(base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {server.admin}"}) as c:
+        tokens = []
+        for i in range(n):
+            r = c.post("/users", json={"name": f"load-{i}-{uuid.uuid4().hex[:6]}"})
+            r.raise_for_status()
+            tokens.append(r.json()["token"])
+        return tokens
+
+
+def make_worker(server: Server) -> tuple[str, str]:
+    with httpx.Client(base_url=server.url + "/api/v1", timeout=30) as c:
+        r = c.post("/worker-tokens", json={"owner": "bench"}, headers={"Authorization": f"Bearer {server.admin}"})
+        r.raise_for_status()
+        token = r.json()["token"]
+        r = c.post(
+            "/workers/register",
+            json={"name": "prober", "hostname": "prober",
+                  "device_groups": [{"name": "g", "ranks": 1, "device_type": "npu", "device_model": None,
+                                     "memory_gb": None}]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        r.raise_for_status()
+        return token, r.json()["worker_id"]
+
+
+# ---------------------------------------------------------------- the prober (own process)
+
+
+def _prober(url: str, token: str, worker_id: str, stop: mp.Event, out: mp.Queue) -> None:
+    beats: list[float] = []
+    health: list[float] = []
+    failures = 0
+    with httpx.Client(timeout=LEASE_S * 2) as c:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                r = c.post(f"{url}/api/v1/workers/{worker_id}/heartbeat", json={"running": []},
+                           headers={"Authorization": f"Bearer {token}"})
+                failures += r.status_code != 200
+            except httpx.HTTPError:
+                failures += 1
+            beats.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            try:
+                failures += httpx.get(f"{url}/healthz", timeout=LEASE_S * 2).status_code != 200
+            except httpx.HTTPError:
+                failures += 1
+            health.append(time.perf_counter() - t0)
+            stop.wait(0.25)
+    out.put({"beats": beats, "health": health, "failures": failures})
+
+
+# ---------------------------------------------------------------- the clients (several processes)
+
+
+@dataclass
+class Sample:
+    kind: str
+    status: int  # 0: time-out or connection error
+    latency: float
+    name: str = ""
+
+
+async def _client(url: str, token: str, names: list[str], start_at: float, timeout: float) -> list[Sample]:
+    out: list[Sample] = []
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
+                                 timeout=timeout, limits=limits) as c:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        for name in names:
+            t0 = time.perf_counter()
+            try:
+                r = await c.post("/jobs", data={"name": name}, files={"file": ("train.py", SCRIPT)})
+                status = r.status_code
+            except httpx.HTTPError:
+                status = 0
+            out.append(Sample("submit", status, time.perf_counter() - t0, name))
+            t0 = time.perf_counter()
+            try:
+                status = (await c.get("/jobs", params={"limit": 20})).status_code
+            except httpx.HTTPError:
+                status = 0
+            out.append(Sample("list", status, time.perf_counter() - t0))
+    return out
+
+
+def _client_proc(url: str, tokens: list[str], plan: list[list[str]], start_at: float, timeout: float,
+                 out: mp.Queue) -> None:
+    async def main() -> list[Sample]:
+        results = await asyncio.gather(
+            *(_client(url, tokens[i % len(tokens)], names, start_at, timeout) for i, names in enumerate(plan))
+        )
+        return [s for r in results for s in r]
+
+    samples = asyncio.run(main())
+    t = os.times()
+    out.put(([(s.kind, s.status, s.latency, s.name) for s in samples], t.user + t.system))
+
+
+@dataclass
+class PhaseResult:
+    clients: int
+    wall_s: float
+    samples: list[Sample] = field(default_factory=list)
+    beats: list[float] = field(default_factory=list)
+    health: list[float] = field(default_factory=list)
+    probe_failures: int = 0
+    server_cpu_s: float = 0.0
+    clients_cpu_s: float = 0.0
+
+    def of(self, kind: str) -> list[Sample]:
+        return [s for s in self.samples if s.kind == kind]
+
+    @property
+    def accepted(self) -> list[str]:
+        return [s.name for s in self.of("submit") if s.status == 201]
+
+    @property
+    def server_errors(self) -> int:
+        return sum(1 for s in self.samples if s.status >= 500)
+
+    @property
+    def timeouts(self) -> int:
+        return sum(1 for s in self.samples if s.status == 0)
+
+    @property
+    def submits_per_s(self) -> float:
+        return len(self.accepted) / self.wall_s if self.wall_s else 0.0
+
+    def summary(self) -> str:
+        sub = [s.latency for s in self.of("submit") if s.status == 201]
+        lst = [s.latency for s in self.of("list") if s.status == 200]
+        other = sorted({s.status for s in self.samples if s.status not in (200, 201)})
+        return (
+            f"{self.clients:5d} clients: {len(self.accepted)} accepted in {self.wall_s:.1f} s = "
+            f"{self.submits_per_s:.0f} submissions/s; submit p50 {pct(sub, 50):.2f} s p99 {pct(sub, 99):.2f} s; "
+            f"list p50 {pct(lst, 50):.2f} s p99 {pct(lst, 99):.2f} s; 5xx {self.server_errors}, "
+            f"time-outs {self.timeouts}, other statuses {other or 'none'}; heartbeat p99 {pct(self.beats, 99):.3f} s "
+            f"max {max(self.beats, default=0):.3f} s ({len(self.beats)} beats, {self.probe_failures} failed); "
+            f"healthz max {max(self.health, default=0):.3f} s; API CPU {self.server_cpu_s:.1f} s = "
+            f"{1000 * self.server_cpu_s / max(len(self.samples), 1):.1f} ms per request; clients' CPU "
+            f"{self.clients_cpu_s:.1f} s"
+        )
+
+
+def run_phase(server: Server, tokens: list[str], worker: tuple[str, str], clients: int, rounds: int = 1,
+              procs: int = 2, timeout: float = 120.0, tag: str = "") -> PhaseResult:
+    """``clients`` concurrent clients, ``rounds`` submit+list each, in ``procs`` processes; heartbeats probed."""
+    ctx = mp.get_context("spawn")
+    tag = tag or uuid.uuid4().hex[:6]
+    plans: list[list[list[str]]] = [[] for _ in range(procs)]
+    for i in range(clients):
+        plans[i % procs].append([f"{tag}-c{i}-r{r}" for r in range(rounds)])
+    out: mp.Queue = ctx.Queue()
+    probe_out: mp.Queue = ctx.Queue()
+    stop = ctx.Event()
+    prober = ctx.Process(target=_prober, args=(server.url, worker[0], worker[1], stop, probe_out), daemon=True)
+    prober.start()
+    start_at = time.time() + 2.0 + 0.002 * clients  # every client connected and waiting before the gun
+    cpu0 = server.cpu_s()
+    workers = [
+        ctx.Process(target=_client_proc, args=(server.url, tokens, plan, start_at, timeout, out), daemon=True)
+        for plan in plans if plan
+    ]
+    for p in workers:
+        p.start()
+    samples: list[Sample] = []
+    import queue as queue_mod
+
+    deadline = time.monotonic() + timeout * rounds * 2 + 60
+    got, clients_cpu = 0, 0.0
+    while got < len(workers):
+        try:
+            rows, client_cpu = out.get(timeout=1.0)
+            samples += [Sample(*row) for row in rows]
+            clients_cpu += client_cpu
+            got += 1
+        except queue_mod.Empty as exc:
+            dead = [p for p in workers if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                stop.set()
+                raise RuntimeError(f"client processes failed (exit codes {[p.exitcode for p in workers]})") from exc
+    wall = time.time() - start_at
+    cpu = server.cpu_s() - cpu0
+    for p in workers:
+        p.join()
+    stop.set()
+    probe = probe_out.get()
+    prober.join()
+    return PhaseResult(clients, wall, samples, probe["beats"], probe["health"], probe["failures"], cpu, clients_cpu)
+
+
+def stored_names(database_url: str, prefix: str) -> list[str]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("select name from jobs where name like :p"), {"p": prefix + "%"})
+            return [n for (n,) in rows]
+    finally:
+        engine.dispose()
+
+
+def check_exactly_once(database_url: str, phase: PhaseResult, tag: str) -> list[str]:
+    """Problems: a 201 whose job is not stored, a job stored twice, a job stored that was not answered 201."""
+    stored = stored_names(database_url, tag + "-")
+    problems = []
+    dup = {n for n in stored if stored.count(n) > 1}
+    if dup:
+        problems.append(f"{len(dup)} jobs stored twice")
+    missing = set(phase.accepted) - set(stored)
+    if missing:
+        problems.append(f"{len(missing)} accepted jobs not stored")
+    extra = set(stored) - set(phase.accepted)
+    # a submission that timed out on the client may still have been stored: that is the client's doubt, not a dup
+    timed_out = {s.name for s in phase.of("submit") if s.status == 0}
+    if extra - timed_out:
+        problems.append(f"{len(extra - timed_out)} jobs stored although refused")
+    return problems
+
+
+# ---------------------------------------------------------------- databases
+
+
+def make_database(kind: str, tmp: Path) -> tuple[str, object]:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / 'twinkle.db'}", None
+    import sqlalchemy as sa
+
+    base = os.environ.get("TWINKLE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    name = f"twinkle_load_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return sa.make_url(base).set(database=name).render_as_string(hide_password=False), drop
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--baseline-clients", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--users", type=int, default=20)
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--api-workers", type=int, default=1, help="uvicorn processes of the API")
+    ap.add_argument("--redis", default=os.environ.get("TWINKLE_TEST_REDIS_URL", "redis://127.0.0.1:6379") + "/14")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="api-load-") as d:
+        tmp = Path(d)
+        db_url, drop = make_database(args.db, tmp)
+        server = start_api(tmp, db_url, args.redis, api_workers=args.api_workers)
+        try:
+            tokens = make_users(server, args.users)
+            worker = make_worker(server)
+            print(f"API on {server.url} ({args.api_workers} process(es)), {args.db}, {os.cpu_count()} CPUs "
+                  f"(shared; load average {os.getloadavg()[0]:.1f}), {args.users} users, {args.procs} client processes")
+            base = run_phase(server, tokens, worker, args.baseline_clients, args.rounds, args.procs, tag="base")
+            print("baseline", base.summary())
+            load = run_phase(server, tokens, worker, args.clients, args.rounds, args.procs, tag="load")
+            print("load    ", load.summary())
+            problems = check_exactly_once(db_url, base, "base") + check_exactly_once(db_url, load, "load")
+            slack = LEASE_S - HEARTBEAT_INTERVAL_S
+            late = [b for b in base.beats + load.beats if b > slack]
+            print(f"ratio: {load.submits_per_s / base.submits_per_s:.2f}x the baseline's submissions/s at "
+                  f"{args.clients} vs {args.baseline_clients} clients (goal: >= 300/s on PostgreSQL, p99 < 2 s)")
+            print(f"exactly once: {'yes' if not problems else '; '.join(problems)}; late heartbeats (> {slack:g} s): "
+                  f"{len(late)}")
+            bad = problems or late or load.server_errors or base.server_errors or load.timeouts or base.timeouts
+            return 1 if bad else 0
+        finally:
+            server.stop()
+            if drop:
+                drop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
