@@ -34,6 +34,8 @@ RUN case "$TORCH_VARIANT" in \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY twinkle ./twinkle
+COPY twinkle_client ./twinkle_client
+COPY twinkle_agentic ./twinkle_agentic
 COPY contract ./contract
 COPY scheduler ./scheduler
 COPY worker ./worker

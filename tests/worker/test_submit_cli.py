@@ -131,11 +131,12 @@ def test_allow_unsandboxed_is_sent_only_when_asked(tmp_path, monkeypatch, capsys
 
     import datetime as dt
 
-    from contract.jobs import DeviceGroupRequest, Job, JobRequest
+    from contract.jobs import Job, StoredDeviceGroup, StoredRequest
 
     now = dt.datetime.now(dt.UTC)
     job = Job(id="j1", name="train", user_id="u1", state="queued", entrypoint="train.py",
-              request=JobRequest(device_groups=[DeviceGroupRequest()], allow_unsandboxed=flag), warnings=[],
+              request=StoredRequest(device_groups=[StoredDeviceGroup(name="default", ranks=1, device_type="any", min_memory_gb=0)],
+                                    allow_unsandboxed=flag), warnings=[],
               bundle_size=1, attempt=0, worker_id=None, queue_position=1, pending_reason=None, error=None,
               created_at=now, updated_at=now, started_at=None, ended_at=None, attempts=[])
 
