@@ -14,6 +14,10 @@ MAX_GROUPS = 64
 MAX_MEMORY_GB = 1_048_576.0  # 1 PiB per rank: far above any device, finite so a job can be matched at all
 
 
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+"""Job states that never change again; a client following a job stops at one of these."""
+
+
 class DeviceGroupRequest(BaseModel):
     """One DeviceGroup a job needs. ``device_type``: cuda/GPU, cpu/CPU, npu, or ``any``."""
 

@@ -27,8 +27,6 @@ from rich.panel import Panel
 
 from scheduler.settings import Settings
 
-ENDED = {"succeeded", "failed", "cancelled"}
-
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:

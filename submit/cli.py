@@ -32,7 +32,6 @@ ServerOpt = Annotated[str | None, typer.Option("--server", help="API URL (or TWI
 TokenOpt = Annotated[
     str | None, typer.Option("--token", help="API token (or TWINKLE_TOKEN, or ~/.config/twinkle/config.toml)")
 ]
-ENDED = {"succeeded", "failed", "cancelled"}
 COMMANDS = {"submit", "list", "status", "logs", "cancel", "download", "inspect"}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections import defaultdict
+import math
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, cast
@@ -15,9 +15,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from contract.archive import DEFAULT_LIMITS, ArchiveLimits
 from contract.errors import ErrorCode
-from contract.jobs import JobRequest
+from contract.jobs import Attempt, InspectResponse, Job, JobList, JobRequest, StoredRequest
 from scheduler.db import (
-    ACTIVE_JOB_STATES,
     TERMINAL_JOB_STATES,
     AttemptModel,
     AttemptState,
@@ -336,12 +335,90 @@ def cancel_job(session: Session, user: UserModel, job_id: str) -> CancelResult:
     raise Conflict(f"job {job_id} kept changing; try again", code=ErrorCode.BUSY)
 
 
-def job_counts_by_state(session: Session) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for state, n in session.execute(sa.select(JobModel.state, sa.func.count()).group_by(JobModel.state)):
-        counts[state] = n
-    return dict(counts)
+# ---------------------------------------------------------------- the job as the API shows it (contract models)
 
 
-def active_states() -> tuple[str, ...]:
-    return tuple(s.value for s in ACTIVE_JOB_STATES)
+def stored_request(raw: Any) -> tuple[StoredRequest, list[str]]:
+    """The job's stored request for display; a row that does not parse shows no groups and a warning instead
+    of failing the whole listing."""
+    try:
+        req = StoredRequest.model_validate(raw)
+        for g in req.device_groups:
+            if not math.isfinite(g.min_memory_gb):
+                raise ValueError("min_memory_gb is not finite")
+        return req, []
+    except (ValidationError, ValueError, TypeError):
+        return StoredRequest(device_groups=[]), ["the stored resource request could not be read; cancel and resubmit"]
+
+
+def job_model_to_job(job: JobModel, position: int | None = None) -> Job:
+    request, request_warnings = stored_request(job.request)
+    return Job(
+        id=job.id,
+        name=job.name,
+        user_id=job.user_id,
+        state=job.state,
+        entrypoint=job.entrypoint,
+        request=request,
+        warnings=[str(w) for w in (job.warnings or [])] + request_warnings,
+        bundle_size=job.bundle_size,
+        attempt=job.attempt,
+        worker_id=job.worker_id,
+        queue_position=position,
+        pending_reason=job.pending_reason if job.state == "queued" else None,
+        error=job.error,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        ended_at=job.ended_at,
+        attempts=[
+            Attempt(
+                n=a.n, worker_id=a.worker_id, state=a.state, assigned_at=a.assigned_at, started_at=a.started_at,
+                ended_at=a.ended_at, exit_code=a.exit_code, error=a.error,
+            )
+            for a in job.attempts
+        ],
+    )
+
+
+def inspect_upload(filename: str, data: bytes, entrypoint: str | None, limits: ArchiveLimits) -> InspectResponse:
+    """The DeviceGroups a script declares, read statically (never run); raises ``InvalidRequest`` with every problem."""
+    bundle, problems = read_bundle(filename, data, entrypoint, limits)
+    found = None if bundle is None else inspect_bundle_source(bundle.source, bundle.entrypoint, problems)
+    if bundle is None or found is None:
+        raise _problems_error(problems)
+    return InspectResponse(
+        request=JobRequest.model_validate(found.request()), warnings=found.warnings, entrypoint=bundle.entrypoint
+    )
+
+
+def submit(session: Session, storage: Storage, user: UserModel, sub: Submission) -> Job:
+    """Store a prepared submission and answer with the job as the API shows it."""
+    job = create_job(session, storage, user, sub)
+    positions = queue_positions(session, [job])
+    job = get_job(session, user, job.id)
+    return job_model_to_job(job, positions.get(job.id))
+
+
+def job_view(session: Session, user: UserModel, job_id: str) -> Job:
+    """One job with its queue position (while queued)."""
+    job = get_job(session, user, job_id)
+    return job_model_to_job(job, queue_positions(session, [job]).get(job.id))
+
+
+def job_page(session: Session, user: UserModel, state: str | None, limit: int, offset: int) -> JobList:
+    """A page of the user's jobs, newest first, with queue positions from two queries."""
+    items, total = list_jobs(session, user, state, limit, offset)
+    positions = queue_positions(session, items)
+    return JobList(items=[job_model_to_job(j, positions.get(j.id)) for j in items], total=total)
+
+
+def cancel_job_view(session: Session, user: UserModel, job_id: str) -> tuple[Job, bool]:
+    """Cancel; returns the job as shown and whether it ended at once (a running job is ``cancelling`` first)."""
+    res = cancel_job(session, user, job_id)
+    return job_model_to_job(res.job), res.ended
+
+
+def has_ended(session: Session, job_id: str) -> bool:
+    job = session.get(JobModel, job_id)
+    return job is None or job.state in {x.value for x in TERMINAL_JOB_STATES}

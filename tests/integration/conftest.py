@@ -20,11 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contract.jobs import TERMINAL_STATES
 from tests.conftest import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-ENDED = {"succeeded", "failed", "cancelled"}
+ENDED = TERMINAL_STATES
 
 if shutil.which("twinkle-scheduler", path=str(BIN)) is None and not (BIN / "twinkle-scheduler").exists():
     pytest.skip("twinkle-scheduler is not installed", allow_module_level=True)

@@ -71,11 +71,6 @@ def _is_rank0() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def _check_task(task: str | None) -> None:
     """Upstream's ``task=``: ``'causal_lm'`` (the default) runs here; the other two are not built yet."""
     if task in (None, "causal_lm"):
