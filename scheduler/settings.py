@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.archive import ArchiveLimits
@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("TWINKLE_SCHEDULER_REDIS_URL", "REDIS_URL", "redis_url")
     )
-    secret_key: str = DEFAULT_SECRET
-    admin_token: str | None = None
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET)
+    admin_token: SecretStr | None = None
     public_url: str | None = None
     broker_public_url: str | None = None
     storage_dir: Path = Path("./.twinkle/storage")
@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     s3_bucket: str | None = None
     s3_region: str | None = None
     s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
+    s3_secret_access_key: SecretStr | None = None
     max_bundle_mb: float = Field(default=100.0, gt=0)
     max_unpacked_mb: float = Field(default=1024.0, gt=0)
     max_bundle_files: int = Field(default=10_000, ge=1)
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.environment != "development" and self.secret_key == DEFAULT_SECRET:
+        if self.environment != "development" and self.secret_key.get_secret_value() == DEFAULT_SECRET:
             raise ValueError(
                 "TWINKLE_SCHEDULER_SECRET_KEY is 'changethis'; set a long random value "
                 "(python -c 'import secrets; print(secrets.token_urlsafe(32))') outside development"

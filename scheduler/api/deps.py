@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
 from scheduler.db import ApiTokenModel, UserModel
@@ -28,6 +29,11 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+
+def _plain(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
 
 
 async def get_session(rt: RuntimeDep) -> AsyncIterator[Session]:
@@ -102,9 +108,9 @@ async def _principal(request: Request, rt: Runtime, lane: Lane) -> Principal:
     if hit is not None:
         return hit
     if kind == "token":
-        p = await rt.in_session(users_service.authenticate, value, s.admin_token, lane=lane)
+        p = await rt.in_session(users_service.authenticate, value, _plain(s.admin_token), lane=lane)
     else:
-        token_id = users_service.unsign_session(s.secret_key, value)
+        token_id = users_service.unsign_session(s.secret_key.get_secret_value(), value)
         p = await rt.in_session(users_service.principal_from_token_id, token_id, lane=lane)
     cache.put(key, p)
     return p

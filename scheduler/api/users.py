@@ -62,7 +62,7 @@ def create_session(body: SessionRequest, response: Response, rt: RuntimeDep, ses
     assert p.token is not None
     response.set_cookie(
         users_service.SESSION_COOKIE,
-        users_service.sign_session(rt.settings.secret_key, p.token.id),
+        users_service.sign_session(rt.settings.secret_key.get_secret_value(), p.token.id),
         max_age=users_service.SESSION_MAX_AGE_S,
         httponly=True,
         samesite="lax",

@@ -16,9 +16,11 @@ def make_storage(settings: Settings) -> Storage:
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
             access_key_id=settings.s3_access_key_id,
-            secret_access_key=settings.s3_secret_access_key,
+            secret_access_key=(
+                settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
+            ),
         )
-    return LocalStorage(settings.storage_dir, settings.secret_key)
+    return LocalStorage(settings.storage_dir, settings.secret_key.get_secret_value())
 
 
 def job_prefix(user_id: str, job_id: str) -> str:

@@ -240,7 +240,7 @@ def test_chart_settings_are_fields_the_processes_read(render, monkeypatch):
             assert settings.database_url == "postgresql://twinkle:standin@demo-twinkle-postgresql:5432/twinkle"
             assert settings.redis_url == "redis://:standin@demo-twinkle-redis:6379/0"
             assert settings.s3_bucket == "twinkle-checkpoints"
-            assert settings.secret_key == "standin"
+            assert settings.secret_key.get_secret_value() == "standin"
         else:
             assert settings.server_url == "http://demo-twinkle-api:8000"
             assert settings.token_value() == "twk_w_standin"

@@ -88,3 +88,16 @@ def test_worker_tokens_and_health(scheduler_env):
     assert "twinkle_dispatch_latency_seconds_bucket" in metrics
     missing = c.get("/api/v1/nope")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_settings_keep_their_secrets_out_of_reprs_and_logs(tmp_path):
+    from scheduler.settings import Settings
+
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'x.db'}", secret_key="s3cr3t-signing-key", admin_token="adm1n-t0ken",
+        s3_secret_access_key="aws-s3cr3t",
+    )
+    shown = repr(settings) + str(settings.model_dump())
+    for secret in ("s3cr3t-signing-key", "adm1n-t0ken", "aws-s3cr3t"):
+        assert secret not in shown
+    assert settings.secret_key.get_secret_value() == "s3cr3t-signing-key"
