@@ -30,7 +30,7 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import BadRequest, Forbidden, InvalidRequest, LengthRequired, NotFound, StaleAttempt
-from scheduler.services.workers import gpu_seconds_of
+from scheduler.services.usage import gpu_seconds_of
 from scheduler.storage import Storage, attempt_key
 
 WRITABLE = (AttemptState.RUNNING,)

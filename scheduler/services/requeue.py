@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler.db import ACTIVE_JOB_STATES, AttemptModel, AttemptState, JobModel, JobState, WorkerModel, utcnow
+from scheduler.services.usage import gpu_seconds_of
 
 
 @dataclass
@@ -30,8 +31,6 @@ def requeue_jobs(
     out: list[Requeued] = []
     workers = {w.id: w for w in session.scalars(sa.select(WorkerModel).where(
         WorkerModel.id.in_({j.worker_id for j in jobs if j.worker_id}))).all()}
-    from scheduler.services.workers import gpu_seconds_of
-
     for job in jobs:
         attempt = session.scalar(
             sa.select(AttemptModel).where(AttemptModel.job_id == job.id, AttemptModel.n == job.attempt)

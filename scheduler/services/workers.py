@@ -13,7 +13,6 @@ from contract.workers import AttemptRef, OfferedGroup
 from scheduler.db import (
     ACTIVE_JOB_STATES,
     ApiTokenModel,
-    AttemptModel,
     JobModel,
     JobState,
     WorkerModel,
@@ -148,16 +147,3 @@ def list_workers(session: Session) -> list[WorkerInfo]:
     )
     workers = session.scalars(sa.select(WorkerModel).order_by(WorkerModel.registered_at)).all()
     return [WorkerInfo(w, int(running.get(w.id, 0))) for w in workers]
-
-
-def gpu_seconds_of(attempt: AttemptModel, job: JobModel, worker: WorkerModel | None, end: dt.datetime) -> float:
-    """Device-seconds of GPU slots an attempt held (CPU slots do not count as GPU-hours)."""
-    if attempt.started_at is None or worker is None or not job.slots:
-        return 0.0
-    ranks = 0
-    for idx in job.slots:
-        if 0 <= idx < len(worker.device_groups):
-            g = worker.device_groups[idx]
-            if str(g.get("device_type", "")).lower() in ("cuda", "gpu", "npu"):
-                ranks += int(g.get("ranks", 0))
-    return max(0.0, (end - attempt.started_at).total_seconds()) * ranks
