@@ -26,6 +26,9 @@ import torch
 
 from twinkle.errors import CheckpointError
 
+TRAINER_STATE = "trainer_state.json"
+"""The step counters of a checkpoint saved with ``save_optimizer=True`` (JSON)."""
+
 __all__ = ["atomic_dir", "default_output_dir", "get_rng_state", "load_state_file", "set_rng_state"]
 
 
