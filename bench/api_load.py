@@ -38,18 +38,14 @@ from pathlib import Path
 
 import httpx
 
+from scheduler.testing.net import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = b"from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\nprint('hi')\n"
 HEARTBEAT_INTERVAL_S = 1.0
 LEASE_S = 6.0
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], p: float) -> float:

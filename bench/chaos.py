@@ -37,15 +37,13 @@ from pathlib import Path
 
 import httpx
 
+from scheduler.testing.net import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 LINES = 20
 LEASE_S = 3.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 60) -> None:

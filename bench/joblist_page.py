@@ -25,7 +25,6 @@ import datetime as dt
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,14 +34,12 @@ from pathlib import Path
 
 import httpx
 
+from scheduler.testing.net import free_port
+
 BIN = Path(sys.executable).parent
 PAGE_SIZE = 25  # webui/static/pages/jobs.js PAGE_SIZE
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_redis(home: Path) -> tuple[str, object]:

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from scheduler.testing.net import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 1.15
 
@@ -241,7 +243,7 @@ def main() -> None:
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TWINKLE_MODE", "RAY_ADDRESS"):
         env.pop(var, None)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(_free_port()), me, "--role", "local", *knobs]
+                str(free_port()), me, "--role", "local", *knobs]
     ray_cmd = [sys.executable, me, "--role", "ray", *knobs]
 
     with tempfile.TemporaryDirectory(prefix="twinkle-ray-bench-") as tmp:
@@ -303,10 +305,6 @@ def _report(args: argparse.Namespace, rows: list[dict]) -> None:
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

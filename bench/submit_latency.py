@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from scheduler.testing.net import free_port
+
 BIN = Path(sys.executable).parent
 SCRIPT = """import time
 t = time.time()
@@ -37,10 +38,6 @@ print("ran")
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str):

@@ -7,32 +7,17 @@ Services are real processes. Where the machine's own service is not running, Red
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from scheduler.testing.net import free_port, wait_for_port
+
+__all__ = ["free_port", "wait_for_port"]
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
 # Tests that start heavy machinery (a Ray cluster, Chromium, the whole platform) are slow by definition, so that

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,11 +13,7 @@ from pathlib import Path
 
 import requests
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from scheduler.testing.net import free_port as free_port  # re-exported for the tests of this folder
 
 
 def wait_healthy(url: str, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:

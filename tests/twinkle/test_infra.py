@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import twinkle
+from scheduler.testing.net import free_port
 from twinkle import DeviceGroup, DeviceMesh, remote_class, remote_function
 from twinkle.errors import ConfigError
 from twinkle.infra import _state
@@ -180,7 +181,7 @@ def test_torchrun_initializes_torch_distributed_and_ranks_get_their_slices(tmp_p
                                   twinkle.is_master(), batches]))
         os.write(1, (line + "\\n").encode())  # a single write to a pipe is atomic
     """))
-    port = _free_port()
+    port = free_port()
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
          "--master_port", str(port), str(script)],
@@ -194,9 +195,3 @@ def test_torchrun_initializes_torch_distributed_and_ranks_get_their_slices(tmp_p
     ]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

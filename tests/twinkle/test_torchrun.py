@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.testing.net import free_port
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "self_cognition.py"
 pytestmark = pytest.mark.slow
 
@@ -33,16 +35,10 @@ def run_example(tmp_path: Path, tag: str, nproc: int = 1, **env: str) -> list[fl
         cmd = [sys.executable, str(EXAMPLE)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(_free_port()), str(EXAMPLE)]
+               str(free_port()), str(EXAMPLE)]
     proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads(line)["metrics"]["loss"] for line in metrics.read_text().splitlines()]
-
-
-def _free_port() -> int:
-    from tests.conftest import free_port
-
-    return free_port()
 
 
 @pytest.fixture(scope="module")

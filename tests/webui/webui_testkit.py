@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
+
+from scheduler.testing.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("TWINKLE_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -23,27 +24,11 @@ MAX_BUNDLE_MB = 1.0
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tool(name: str) -> str:
     path = BIN / name
     return str(path) if path.exists() else (shutil.which(name) or name)
-
-
-def _missing_stack_parts() -> list[str]:
-    missing = []
-    for module in ("scheduler.main", "scheduler.cli"):
-        try:
-            __import__(module)
-        except Exception as exc:  # noqa: BLE001 - any import failure means the stack cannot start
-            missing.append(f"{module} ({exc.__class__.__name__}: {exc})")
-    return missing
 
 
 # ---------------------------------------------------------------- processes
@@ -205,9 +190,6 @@ def start_stack(home: Path, redis_url: str, *, s3: dict | None = None, dispatche
     ``s3`` (endpoint_url, bucket, region, access_key_id, secret_access_key) puts checkpoints in an S3 bucket,
     so download links are presigned S3 URLs; without it they are the API's signed local links.
     """
-    missing = _missing_stack_parts()
-    if missing:
-        pytest.skip("the scheduler API is not importable yet: " + "; ".join(missing))
     port = free_port()
     admin = "twk_admin_" + secrets.token_urlsafe(16)
     env = base_env()
