@@ -32,13 +32,7 @@ def attempt_ended(
         if message:
             logs.system_line(r, job_id, attempt, message)
         logs.persist(r, storage, user_id, job_id, attempt)
-        with db.session() as s:
-            s.execute(
-                sa.update(AttemptModel)
-                .where(AttemptModel.job_id == job_id, AttemptModel.n == attempt)
-                .values(logs_persisted=True)
-            )
-            s.commit()
+        _flag_logs_persisted(db, job_id, attempt)
     except Exception:  # see docstring
         log.exception("persisting logs of job %s attempt %s failed", job_id, attempt)
     job_ended(r, job_id, job_state)
@@ -55,13 +49,7 @@ def persist_logs(r: redis.Redis, storage: Storage, user_id: str, job_id: str, at
 def logs_persisted(db: Database, r: redis.Redis, job_id: str, attempt: int, job_state: str) -> None:
     """After a finish is committed: flag the stored log as complete and close live readers."""
     try:
-        with db.session() as s:
-            s.execute(
-                sa.update(AttemptModel)
-                .where(AttemptModel.job_id == job_id, AttemptModel.n == attempt)
-                .values(logs_persisted=True)
-            )
-            s.commit()
+        _flag_logs_persisted(db, job_id, attempt)
     except Exception:
         log.exception("flagging the stored log of job %s attempt %s failed", job_id, attempt)
     job_ended(r, job_id, job_state)
@@ -82,3 +70,13 @@ def requeued(db: Database, r: redis.Redis, storage: Storage, items: list[Requeue
             db, r, storage, user_id=item.user_id, job_id=item.job_id, attempt=item.attempt,
             job_state=item.job_state, message=item.message,
         )
+
+
+def _flag_logs_persisted(db: Database, job_id: str, attempt: int) -> None:
+    with db.session() as s:
+        s.execute(
+            sa.update(AttemptModel)
+            .where(AttemptModel.job_id == job_id, AttemptModel.n == attempt)
+            .values(logs_persisted=True)
+        )
+        s.commit()

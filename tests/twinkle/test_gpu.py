@@ -8,23 +8,10 @@ import pytest
 import torch
 from peft import LoraConfig
 
+from tests.twinkle.test_model import make_batch
 from twinkle.model import TransformersModel
 
 pytestmark = pytest.mark.gpu
-
-
-def make_batch(rows: int = 4, seq: int = 32, vocab: int = 200) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, vocab, (rows, seq), generator=g)
-    labels = ids.roll(-1, dims=1)
-    labels[:, :4] = -100
-    labels[:, -1] = -100
-    return {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "position_ids": torch.arange(seq).expand(rows, seq).clone(),
-        "labels": labels,
-    }
 
 
 def test_lora_training_on_cuda_in_bf16_lowers_the_loss_on_a_repeated_batch(tiny_model_dir):
@@ -35,7 +22,7 @@ def test_lora_training_on_cuda_in_bf16_lowers_the_loss_on_a_repeated_batch(tiny_
     first = next(p for name, p in model.model.named_parameters() if "lora_B" in name)
     assert first.device.type == "cuda"
     before = first.detach().clone()
-    batch = make_batch()
+    batch = make_batch(seq=32)
     losses = []
     for _ in range(8):
         losses.append(float(model.forward_backward(inputs=batch)["loss"]))
