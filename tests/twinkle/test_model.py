@@ -208,6 +208,32 @@ def test_save_defaults_to_twinkle_output_dir_and_keeps_optimizer_state(model, tm
     assert model.save(interval=3) is None  # 2 optimizer steps: not a multiple of 3
 
 
+def test_resume_only_model_loads_the_weights_and_leaves_optimizer_and_counters_fresh(model, tiny_model_dir, tmp_path):
+    model.add_adapter_to_model("default", lora(), gradient_accumulation_steps=1)
+    model.set_optimizer("AdamW", lr=1e-2)
+    for i in range(3):
+        model.forward_backward(inputs=make_batch(i))
+        model.clip_grad_and_step()
+    path = model.save("ckpt", output_dir=str(tmp_path), save_optimizer=True)
+    trained = lora_params(model)
+
+    torch.manual_seed(1)
+    fresh = TransformersModel(model_id=str(tiny_model_dir), gradient_checkpointing=False)
+    fresh.add_adapter_to_model("default", lora(), gradient_accumulation_steps=1)
+    fresh.set_optimizer("AdamW", lr=1e-2)
+    saved = fresh.resume_from_checkpoint(path, resume_only_model=True)
+    assert saved == {"cur_step": 3, "consumed_train_samples": 12, "gradient_accumulation_steps": 1}
+    assert all(torch.equal(trained[k], v) for k, v in lora_params(fresh).items())
+    group = fresh._group(None)
+    assert group.cur_step == 0 and not group.optimizer.state  # nothing of the saved optimizer came back
+
+    again = TransformersModel(model_id=str(tiny_model_dir), gradient_checkpointing=False)
+    again.add_adapter_to_model("default", lora(), gradient_accumulation_steps=1)
+    again.set_optimizer("AdamW", lr=1e-2)
+    again.resume_from_checkpoint(path)
+    assert again._group(None).cur_step == 3 and again._group(None).optimizer.state
+
+
 def test_two_adapters_have_their_own_groups(model):
     model.add_adapter_to_model("a", lora(), gradient_accumulation_steps=1)
     model.add_adapter_to_model("b", lora(), gradient_accumulation_steps=2)

@@ -228,11 +228,16 @@ class CheckpointingMixin:
                     own[key].copy_(value.to(own[key].dtype))
 
     @remote_function(dispatch="all", collect="first")
-    def resume_from_checkpoint(self, checkpoint_dir: str, adapter_name: str | None = None, **kwargs: Any):
+    def resume_from_checkpoint(
+        self, checkpoint_dir: str, adapter_name: str | None = None, *, resume_only_model: bool = False, **kwargs: Any
+    ):
         """Restore weights, optimizer, scheduler, RNG and step counters from ``save(..., save_optimizer=True)``.
 
+        With ``resume_only_model`` only the weights are loaded (a fresh optimizer and schedule, this process's RNG
+        and step counters); the saved counters are still returned.
+
         Returns:
-            ``{'cur_step', 'consumed_train_samples', 'gradient_accumulation_steps'}``; pass
+            ``{'cur_step', 'consumed_train_samples', 'gradient_accumulation_steps'}`` as saved; pass
             ``consumed_train_samples`` to ``DataLoader.skip_consumed_samples``.
         """
         group = self._group(adapter_name)
@@ -241,20 +246,24 @@ class CheckpointingMixin:
             raise CheckpointError(
                 f"{folder} has no {TRAINER_STATE}; resume needs a checkpoint saved with save(..., save_optimizer=True)"
             )
-        self.load(str(folder), load_optimizer=True, adapter_name=adapter_name)
         state = json.loads((folder / TRAINER_STATE).read_text())
-        group.cur_step = int(state["cur_step"])
-        group.gradient_accumulation_steps = int(
-            state.get("gradient_accumulation_steps", group.gradient_accumulation_steps)
-        )
-        group.consumed_train_samples = int(state.get("consumed_train_samples", 0))
+        saved = {
+            "cur_step": int(state["cur_step"]),
+            "consumed_train_samples": int(state.get("consumed_train_samples", 0)),
+            "gradient_accumulation_steps": int(
+                state.get("gradient_accumulation_steps", group.gradient_accumulation_steps)
+            ),
+        }
+        if resume_only_model:
+            self.load(str(folder), load_optimizer=False, adapter_name=adapter_name)
+            return saved
+        self.load(str(folder), load_optimizer=True, adapter_name=adapter_name)
+        group.cur_step = saved["cur_step"]
+        group.gradient_accumulation_steps = saved["gradient_accumulation_steps"]
+        group.consumed_train_samples = saved["consumed_train_samples"]
         group.grads_finalized_at = group.cur_step
         group.done = {op: group.cur_step for op in ("clip", "step", "zero_grad", "lr_step")}
         rng_path = folder / "rng_state.pt"
         if rng_path.exists():
             set_rng_state(load_state_file(rng_path), str(rng_path))
-        return {
-            "cur_step": group.cur_step,
-            "consumed_train_samples": group.consumed_train_samples,
-            "gradient_accumulation_steps": group.gradient_accumulation_steps,
-        }
+        return saved
