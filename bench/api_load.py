@@ -98,6 +98,7 @@ def start_api(tmp: Path, database_url: str, redis_url: str, **extra: str) -> Ser
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWINKLE_", "REDIS_URL"))}
     env.update(
         PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        TWINKLE_SCHEDULER_SECRET_KEY=secrets.token_urlsafe(32),
         TWINKLE_SCHEDULER_DATABASE_URL=database_url,
         TWINKLE_SCHEDULER_REDIS_URL=redis_url,
         TWINKLE_SCHEDULER_ADMIN_TOKEN=admin,

@@ -148,6 +148,7 @@ class Platform:
         base["PYTHONUNBUFFERED"] = "1"
         sched = dict(base)
         sched.update(
+            TWINKLE_SCHEDULER_SECRET_KEY=secrets.token_urlsafe(32),
             TWINKLE_SCHEDULER_DATABASE_URL=database_url,
             TWINKLE_SCHEDULER_REDIS_URL=redis_url,
             TWINKLE_SCHEDULER_BROKER_PUBLIC_URL=redis_url,

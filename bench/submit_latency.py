@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -83,6 +84,7 @@ class Platform:
         self.admin = "admin-" + uuid.uuid4().hex
         env = clean_env()
         env.update(
+            TWINKLE_SCHEDULER_SECRET_KEY=secrets.token_urlsafe(32),
             TWINKLE_SCHEDULER_DATABASE_URL=f"sqlite:///{tmp / 'twinkle.db'}",
             TWINKLE_SCHEDULER_REDIS_URL=redis_url,
             TWINKLE_SCHEDULER_ADMIN_TOKEN=self.admin,

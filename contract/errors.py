@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     WRONG_TOKEN_KIND = "wrong_token_kind"
     ADMIN_REQUIRED = "admin_required"
+    CROSS_ORIGIN = "cross_origin"
+    METRICS_TOKEN_REQUIRED = "metrics_token_required"
     NOT_YOUR_ATTEMPT = "not_your_attempt"
     # 404 / 405
     NOT_FOUND = "not_found"

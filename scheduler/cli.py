@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from scheduler.settings import Settings
+from scheduler.settings import DEFAULT_SECRET, Settings
 
 app = typer.Typer(
     add_completion=False,
@@ -52,6 +52,16 @@ def serve(
 
     _logging(log_level)
     s = _settings()
+    chosen_development = "environment" in s.model_fields_set and s.environment == "development"
+    if s.secret_key.get_secret_value() == DEFAULT_SECRET and not chosen_development:
+        # the default would let anyone who reads the source forge sessions and download links
+        console.print(
+            "[red]TWINKLE_SCHEDULER_SECRET_KEY is not set[/red]: the API would sign sessions and download links with "
+            "the public default. Set it (python -c 'import secrets; print(secrets.token_urlsafe(32))'), or set "
+            "TWINKLE_SCHEDULER_ENVIRONMENT=development for a throwaway local server (`twinkle-scheduler up` makes "
+            "a secret for you)."
+        )
+        raise typer.Exit(2)
     n = workers or s.api_workers
     if n > 1:  # uvicorn forks processes that each build the app; migrate once here, not in every process
         if s.run_migrations:

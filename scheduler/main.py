@@ -77,6 +77,27 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, code, str(exc.detail))
 
 
+class NoSniff:
+    """Every answer says ``X-Content-Type-Options: nosniff``, so a browser never reads a log or an artifact as a
+    page. Plain ASGI (not BaseHTTPMiddleware), so streamed answers (logs, SSE, downloads) stay streamed."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-content-type-options"]
+                message = {**message, "headers": [*headers, (b"x-content-type-options", b"nosniff")]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the API. ``runtime`` (DB, storage, Redis) is made from ``settings`` when not given; the database
     is migrated to the latest schema first unless ``RUN_MIGRATIONS`` is off."""
@@ -103,6 +124,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.runtime = rt
     app.state.metrics_registry = app_registry(rt.db)
     install_error_handlers(app)
+    app.add_middleware(NoSniff)
     for module in (users, jobs, workers, attempts, downloads):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
             except under ``up``, which starts an embedded Redis instead.
         secret_key: signs session cookies and local download links; refused as ``changethis`` in production.
         admin_token: bootstraps users and worker tokens over HTTP (``POST /users``, ``POST /worker-tokens``).
+        metrics_token: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_token>`` (Prometheus'
+            ``authorization`` setting); unset, it is open, as a scrape target inside a cluster usually is.
         public_url: base URL that local-storage download links use; unset: the URL of the request.
         broker_public_url: the Redis URL handed to workers at registration (unset: ``redis_url``).
         storage_dir: the local storage folder, used unless ``s3_bucket`` is set.
@@ -60,6 +62,7 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET)
     admin_token: SecretStr | None = None
+    metrics_token: SecretStr | None = None
     public_url: str | None = None
     broker_public_url: str | None = None
     storage_dir: Path = Path("./.twinkle/storage")

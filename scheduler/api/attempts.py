@@ -20,7 +20,7 @@ from contract.attempts import (
     ResumeFrom,
     StartResponse,
 )
-from scheduler.api.deps import CurrentWorker, RuntimeDep
+from scheduler.api.deps import AttemptPath, CurrentWorker, JobIdPath, RuntimeDep
 from scheduler.db import AttemptState
 from scheduler.errors import StaleAttempt
 from scheduler.services import attempts as attempts_service
@@ -33,7 +33,9 @@ router = APIRouter(tags=["attempts"])
 
 
 @router.post(routes.ATTEMPT_START, response_model=StartResponse)
-async def start(job_id: str, attempt: int, request: Request, token: CurrentWorker, rt: RuntimeDep) -> StartResponse:
+async def start(
+    job_id: JobIdPath, attempt: AttemptPath, request: Request, token: CurrentWorker, rt: RuntimeDep
+) -> StartResponse:
     """Confirm an assignment before running it. The idempotency check of ``twinkle.run_attempt``: a second
     start of the same attempt, or a start of a stale one, is 409 ``stale_attempt``; do not run then.
     ``resume_from`` names the checkpoint the platform recorded last for the latest earlier attempt that saved one
@@ -69,7 +71,7 @@ async def start(job_id: str, attempt: int, request: Request, token: CurrentWorke
 
 
 @router.get(routes.ATTEMPT_BUNDLE, response_class=StreamingResponse)
-async def bundle(job_id: str, attempt: int, token: CurrentWorker, rt: RuntimeDep) -> StreamingResponse:
+async def bundle(job_id: JobIdPath, attempt: AttemptPath, token: CurrentWorker, rt: RuntimeDep) -> StreamingResponse:
     """The job's bundle (a zip with the entrypoint at its top level)."""
     f = await rt.in_session(
         attempts_service.fence, token, job_id, attempt, (AttemptState.ASSIGNED, AttemptState.RUNNING), lane="worker"
@@ -83,7 +85,9 @@ async def bundle(job_id: str, attempt: int, token: CurrentWorker, rt: RuntimeDep
 
 
 @router.post(routes.ATTEMPT_LOGS, response_model=Accepted)
-async def post_logs(job_id: str, attempt: int, body: LogsRequest, token: CurrentWorker, rt: RuntimeDep) -> Accepted:
+async def post_logs(
+    job_id: JobIdPath, attempt: AttemptPath, body: LogsRequest, token: CurrentWorker, rt: RuntimeDep
+) -> Accepted:
     """Append log lines (fenced); they go to the job's Redis stream for live readers. With ``batch`` a retried
     post is applied once (``accepted`` is then 0). While Redis is down: 503 with ``Retry-After``; send again."""
     await rt.in_session(attempts_service.fence, token, job_id, attempt, attempts_service.WRITABLE, lane="worker")
@@ -94,7 +98,7 @@ async def post_logs(job_id: str, attempt: int, body: LogsRequest, token: Current
 
 @router.post(routes.ATTEMPT_METRICS, response_model=Accepted)
 async def post_metrics(
-    job_id: str, attempt: int, body: MetricsRequest, token: CurrentWorker, rt: RuntimeDep
+    job_id: JobIdPath, attempt: AttemptPath, body: MetricsRequest, token: CurrentWorker, rt: RuntimeDep
 ) -> Accepted:
     """Record training metrics (fenced): ``{step, ts, metrics}`` per record; a record the attempt already
     reported (same step and ts) is not stored again, so retries are safe."""
@@ -104,8 +108,8 @@ async def post_metrics(
 
 @router.put(routes.ATTEMPT_ARTIFACT, response_model=ArtifactStored, status_code=201)
 async def put_artifact(
-    job_id: str,
-    attempt: int,
+    job_id: JobIdPath,
+    attempt: AttemptPath,
     path: str,
     request: Request,
     token: CurrentWorker,
@@ -130,7 +134,7 @@ async def put_artifact(
 
 @router.post(routes.ATTEMPT_FINISH, response_model=FinishResponse)
 async def finish(
-    job_id: str, attempt: int, body: FinishRequest, token: CurrentWorker, rt: RuntimeDep
+    job_id: JobIdPath, attempt: AttemptPath, body: FinishRequest, token: CurrentWorker, rt: RuntimeDep
 ) -> FinishResponse:
     """Report the attempt's end state (succeeded, failed or cancelled). Send logs and artifacts first: writes
     after ``finish`` are refused as stale. A finish sent again after a lost answer gets the same answer.

@@ -10,14 +10,16 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
+from contract.errors import ErrorCode
 from scheduler.db import ApiTokenModel, UserModel
-from scheduler.errors import Unauthorized
+from scheduler.errors import Forbidden, Unauthorized
 from scheduler.runtime import Lane, Runtime
 from scheduler.services import users as users_service
 from scheduler.services.users import SESSION_COOKIE, Principal
@@ -50,6 +52,34 @@ async def get_session(rt: RuntimeDep) -> AsyncIterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+# Ids in paths: any printable text up to 128 characters (unknown ones are 404), never control characters, which
+# PostgreSQL refuses in a query parameter (a NUL would otherwise be a 500).
+_ID = r"^[^\x00-\x1f\x7f]{1,128}$"
+JobIdPath = Annotated[str, Path(pattern=_ID, description="a job id")]
+WorkerIdPath = Annotated[str, Path(pattern=_ID, description="a worker id")]
+AttemptPath = Annotated[int, Path(ge=1, le=1_000_000, description="the attempt number, 1-based")]
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _check_same_origin(request: Request, public_url: str | None) -> None:
+    """A request authenticated by the session cookie that changes something must come from our own pages: its
+    ``Origin`` (or ``Referer``) names this server. Browsers always send one on such requests; a page of another
+    site riding on the cookie (CSRF) cannot make it ours."""
+    if request.method in _SAFE_METHODS:
+        return
+    source = request.headers.get("origin") or request.headers.get("referer") or ""
+    parsed = urlsplit(source)
+    ours = {request.headers.get("host", "")}
+    if public_url:
+        ours.add(urlsplit(public_url).netloc)
+    if not parsed.scheme or parsed.netloc not in ours:
+        raise Forbidden(
+            "a cookie-authenticated request that changes something must come from this server's own pages "
+            "(its Origin header did not match); scripts should send 'Authorization: Bearer <token>' instead",
+            code=ErrorCode.CROSS_ORIGIN,
+        )
 
 
 def _credentials(request: Request) -> tuple[str, str]:
@@ -102,6 +132,8 @@ def _auth_cache(rt: Runtime) -> AuthCache:
 async def _principal(request: Request, rt: Runtime, lane: Lane) -> Principal:
     kind, value = _credentials(request)
     s = rt.settings
+    if kind == "cookie":
+        _check_same_origin(request, s.public_url)
     cache = _auth_cache(rt)
     key = f"{kind}:{users_service.hash_token(value)}"
     hit = cache.get(key)

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import hmac
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from contract import routes
+from contract.errors import ErrorCode
 from scheduler.api.deps import RuntimeDep
+from scheduler.errors import Unauthorized
 from scheduler.runtime import Runtime
 
 router = APIRouter(tags=["health"])
@@ -43,6 +47,15 @@ async def readyz(rt: RuntimeDep) -> JSONResponse:
 
 @router.get(routes.METRICS)
 def metrics(request: Request) -> Response:
-    """Prometheus metrics: jobs by state, queue depth, live workers, dispatch latency."""
+    """Prometheus metrics: jobs by state, queue depth, live workers, dispatch latency. With ``METRICS_TOKEN`` set,
+    only ``Authorization: Bearer <METRICS_TOKEN>`` reads them."""
+    expected = request.app.state.runtime.settings.metrics_token
+    if expected is not None:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+            raise Unauthorized(
+                "GET /metrics needs 'Authorization: Bearer <TWINKLE_SCHEDULER_METRICS_TOKEN>'",
+                code=ErrorCode.METRICS_TOKEN_REQUIRED,
+            )
     body = generate_latest(request.app.state.metrics_registry) + generate_latest(REGISTRY)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -14,7 +14,7 @@ from contract.jobs import (
     JobList,
     MetricsResponse,
 )
-from scheduler.api.deps import CurrentUser, RuntimeDep
+from scheduler.api.deps import CurrentUser, JobIdPath, RuntimeDep
 from scheduler.db import TERMINAL_JOB_STATES
 from scheduler.services import artifacts as artifacts_service
 from scheduler.services import events
@@ -88,7 +88,7 @@ async def list_jobs(
     rt: RuntimeDep,
     state: Annotated[str | None, Query(description="filter, e.g. queued or running,assigned")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> JobList:
     """The caller's jobs, newest first.
 
@@ -101,14 +101,14 @@ async def list_jobs(
 
 
 @router.get(routes.JOB, response_model=Job)
-async def get_job(job_id: str, user: CurrentUser, rt: RuntimeDep) -> Job:
+async def get_job(job_id: JobIdPath, user: CurrentUser, rt: RuntimeDep) -> Job:
     """One job with its attempts; while queued, ``queue_position`` (an estimate, see ``GET /jobs``) and
     ``pending_reason`` say why it waits."""
     return await rt.in_session(jobs_service.job_view, user, job_id)
 
 
 @router.post(routes.JOB_CANCEL, response_model=Job)
-async def cancel_job(job_id: str, user: CurrentUser, rt: RuntimeDep) -> Job:
+async def cancel_job(job_id: JobIdPath, user: CurrentUser, rt: RuntimeDep) -> Job:
     """Cancel: a queued (or not yet started) job at once; a running job becomes ``cancelling`` and its worker
     stops it when its next heartbeat answers ``cancel``."""
     job, ended = await rt.in_session(jobs_service.cancel_job_view, user, job_id)
@@ -118,7 +118,7 @@ async def cancel_job(job_id: str, user: CurrentUser, rt: RuntimeDep) -> Job:
 
 
 @router.get(routes.JOB_LOGS, response_class=PlainTextResponse)
-async def job_logs(job_id: str, user: CurrentUser, rt: RuntimeDep) -> PlainTextResponse:
+async def job_logs(job_id: JobIdPath, user: CurrentUser, rt: RuntimeDep) -> PlainTextResponse:
     """All attempts' logs as plain text (finished attempts from storage, live ones from Redis)."""
     job = await rt.in_session(jobs_service.get_job, user, job_id)
     attempts = [(a.n, a.logs_persisted) for a in job.attempts]
@@ -127,7 +127,7 @@ async def job_logs(job_id: str, user: CurrentUser, rt: RuntimeDep) -> PlainTextR
 
 @router.get(routes.JOB_LOGS_STREAM, response_class=StreamingResponse)
 async def stream_logs(
-    job_id: str,
+    job_id: JobIdPath,
     user: CurrentUser,
     rt: RuntimeDep,
     last_event_id: Annotated[str | None, Header()] = None,
@@ -154,13 +154,13 @@ async def stream_logs(
 
 
 @router.get(routes.JOB_METRICS, response_model=MetricsResponse)
-async def job_metrics(job_id: str, user: CurrentUser, rt: RuntimeDep) -> MetricsResponse:
+async def job_metrics(job_id: JobIdPath, user: CurrentUser, rt: RuntimeDep) -> MetricsResponse:
     """Training metrics the job reported (``model.calculate_metric``), every attempt, in step order."""
     return await rt.in_session(metrics_service.job_metrics, user, job_id)
 
 
 @router.get(routes.JOB_ARTIFACTS, response_model=ArtifactList)
-async def job_artifacts(job_id: str, request: Request, user: CurrentUser, rt: RuntimeDep) -> ArtifactList:
+async def job_artifacts(job_id: JobIdPath, request: Request, user: CurrentUser, rt: RuntimeDep) -> ArtifactList:
     """Files the job uploaded (checkpoints under ``output/``), each with a presigned, short-lived link."""
     rows = await rt.in_session(artifacts_service.job_artifacts, user, job_id)
     base = rt.settings.public_url or str(request.base_url)

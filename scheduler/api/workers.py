@@ -18,7 +18,7 @@ from contract.workers import (
     Worker,
     WorkerList,
 )
-from scheduler.api.deps import CurrentUser, CurrentWorker, RuntimeDep, SessionDep
+from scheduler.api.deps import CurrentUser, CurrentWorker, RuntimeDep, SessionDep, WorkerIdPath
 from scheduler.services import events
 from scheduler.services import workers as workers_service
 
@@ -52,7 +52,7 @@ async def register(body: RegisterWorkerRequest, token: CurrentWorker, rt: Runtim
 
 @router.post(routes.WORKER_HEARTBEAT, response_model=HeartbeatResponse)
 async def heartbeat(
-    worker_id: str, body: HeartbeatRequest, token: CurrentWorker, rt: RuntimeDep
+    worker_id: WorkerIdPath, body: HeartbeatRequest, token: CurrentWorker, rt: RuntimeDep
 ) -> HeartbeatResponse:
     """Renew the worker's lease; the answer lists attempts to stop (cancelled jobs, or stale attempts the
     worker still runs after being presumed lost). Served in the worker lane: user load never delays it."""

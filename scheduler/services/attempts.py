@@ -149,12 +149,14 @@ def check_artifact_path(path: str) -> str:
         not path
         or path.startswith("/")
         or "\\" in path
+        or any(ord(c) < 32 or c == "\x7f" for c in path)
         or any(part in ("", ".", "..") for part in path.split("/"))
         or len(path) > 1024
         or (p.parts and p.parts[0].endswith(":"))
     ):
         raise InvalidRequest(
-            f"artifact path {path!r} must be relative, without '..', '.', empty segments or backslashes",
+            f"artifact path {path!r} must be relative, without '..', '.', empty segments, backslashes or control "
+            "characters",
             code=ErrorCode.BAD_PATH,
             fields={"path": "relative path without .. expected"},
         )
