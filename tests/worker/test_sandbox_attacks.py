@@ -7,7 +7,6 @@ test can fail, and that it is the sandbox that stops it.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,8 +20,9 @@ import pytest
 from tests.worker.test_runner import ListSink
 from worker.runner import JobRunner, JobSpec
 from worker.sandbox import BwrapSandbox, Limits, NoSandbox
+from worker.sandbox.bwrap import find_bwrap
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (scripts/setup.sh)")
+pytestmark = pytest.mark.skipif(find_bwrap() is None, reason="bubblewrap is not installed (scripts/setup.sh)")
 
 MARK = "31337.25"  # a sleep length no other program uses: found in a host /proc scan, it is one of ours
 

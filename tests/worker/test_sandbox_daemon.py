@@ -14,10 +14,11 @@ import pytest
 
 from tests.worker.test_daemon_recovery import wait_for
 from tests.worker.test_sandbox_attacks import host_pids_with
+from worker.sandbox.bwrap import find_bwrap
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (scripts/setup.sh)"),
+    pytest.mark.skipif(find_bwrap() is None, reason="bubblewrap is not installed (scripts/setup.sh)"),
 ]
 MARK = "31337.75"
 

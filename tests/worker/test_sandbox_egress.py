@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 
@@ -11,9 +10,10 @@ import pytest
 
 from tests.worker.test_sandbox_attacks import run_job
 from worker.sandbox import BwrapSandbox
+from worker.sandbox.bwrap import find_bwrap
 from worker.sandbox.egress import EgressProxy, host_allowed
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+pytestmark = pytest.mark.skipif(find_bwrap() is None, reason="bubblewrap is not installed")
 
 PROBE = """
     import socket, os

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from worker.sandbox import LaunchRequest, Limits, bwrap_argv, format_bytes, gpu_device_nodes
+from worker.sandbox.bwrap import find_bwrap
 from worker.sandbox.limits import CgroupV2, folder_usage
 from worker.settings import WorkerSettings, read_token_file
 
@@ -216,11 +217,10 @@ def test_the_worker_refuses_to_start_without_user_namespaces_and_says_what_to_do
 
 
 def test_doctor_prints_the_isolation_found():
-    import shutil
     import subprocess
     import sys
 
-    if shutil.which("bwrap") is None:
+    if find_bwrap() is None:
         pytest.skip("bubblewrap is not installed")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWINKLE_WORKER_")}
     r = subprocess.run([sys.executable, "-m", "worker.main", "doctor"], env=env, capture_output=True, text=True,
