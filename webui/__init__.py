@@ -34,7 +34,6 @@ _CSP = (
 _SHELL_HEADERS = {
     "Content-Security-Policy": _CSP,
     "Cache-Control": "no-cache",
-    "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
 
@@ -56,12 +55,11 @@ class _ImmutableStatic(StaticFiles):
         response = await super().get_response(path, scope)
         if response.status_code == 200:
             response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
-            response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
 
 def mount(app: FastAPI) -> None:
-    """Add the web UI's pages and static assets to the API app.
+    """Add the web UI's pages and static assets to the API app (whose middleware adds ``nosniff`` to every answer).
 
     Call it after the API routers are included; the UI's routes never shadow ``/api/v1``, ``/healthz``,
     ``/readyz`` or ``/metrics``.

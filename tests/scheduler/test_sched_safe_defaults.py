@@ -28,7 +28,12 @@ def test_every_answer_says_nosniff(scheduler_env):
         c.get("/api/v1/jobs/nope", headers=auth(token)),  # an error
         c.get("/healthz"),
         c.get("/metrics"),
+        c.get("/"),  # the web UI's shell
     ]
+    shell = answers[-1].text
+    asset = shell[shell.index("/ui/"):].split('"')[0]
+    answers.append(c.get(asset))  # a static asset
+    assert answers[-1].status_code == 200, asset
     for r in answers:
         assert r.headers.get("x-content-type-options") == "nosniff", (r.request.url, r.headers)
 
