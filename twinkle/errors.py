@@ -26,6 +26,9 @@ Components of other packages append their own classes at the end of this file.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import NoReturn
+
 __all__ = [
     "BatchSizeError",
     "ConfigError",
@@ -141,3 +144,15 @@ class InputTooLongError(ConfigError):
 
 
 __all__ += ["InputTooLongError", "SlotsExhaustedError"]
+
+
+def not_built_attributes(module: str, messages: Mapping[str, str]) -> Callable[[str], NoReturn]:
+    """A module ``__getattr__`` for the upstream names a module leaves out: reading one raises ``NotBuiltError``
+    with its message (what is missing, what to use instead); any other unknown name is a plain AttributeError."""
+
+    def __getattr__(name: str) -> NoReturn:
+        if name in messages:
+            raise NotBuiltError(messages[name])
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

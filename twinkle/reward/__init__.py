@@ -1,6 +1,7 @@
 """Rewards for RL: each is called as ``reward(trajectories) -> list[float]`` (see ``base.py`` for what a
 trajectory must carry)."""
 
+from twinkle.errors import not_built_attributes
 from twinkle.reward._format import FormatReward
 from twinkle.reward._gsm8k import GSM8KAccuracyReward, GSM8KFormatReward
 from twinkle.reward._math import MathReward, math_equal
@@ -18,18 +19,14 @@ __all__ = [
 ]
 
 
-_NOT_BUILT = {
-    "MultiModalAccuracyReward": "the multimodal accuracy reward (math_verify and <answer> matching)",
-    "OlympiadBenchAccuracyReward": "the OlympiadBench rewards (boxed-answer normalisation and scoring)",
-    "OlympiadBenchFormatReward": "the OlympiadBench rewards (boxed-answer normalisation and scoring)",
-    "OlympiadBenchQualityReward": "the OlympiadBench rewards (boxed-answer normalisation and scoring)",
-}
-
-
-def __getattr__(name: str):
-    if name in _NOT_BUILT:
-        from twinkle.errors import NotBuiltError
-
-        raise NotBuiltError(f"twinkle.reward.{name}: {_NOT_BUILT[name]} is not built in Twinkle Commons; use "
-                            f"MathReward / GSM8KAccuracyReward or your own Reward subclass")
-    raise AttributeError(f"module 'twinkle.reward' has no attribute {name!r}")
+_OLYMPIAD = "the OlympiadBench rewards (boxed-answer normalisation and scoring)"
+__getattr__ = not_built_attributes("twinkle.reward", {
+    name: f"twinkle.reward.{name}: {feature} is not built in Twinkle Commons; use MathReward / GSM8KAccuracyReward "
+    f"or your own Reward subclass"
+    for name, feature in {
+        "MultiModalAccuracyReward": "the multimodal accuracy reward (math_verify and <answer> matching)",
+        "OlympiadBenchAccuracyReward": _OLYMPIAD,
+        "OlympiadBenchFormatReward": _OLYMPIAD,
+        "OlympiadBenchQualityReward": _OLYMPIAD,
+    }.items()
+})

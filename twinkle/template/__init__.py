@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twinkle.errors import not_built_attributes
 from twinkle.template.base import TRUNCATION_STRATEGIES, Template
 from twinkle.template.qwen import Qwen3_5Template
 from twinkle.template.tools import (
@@ -28,18 +29,10 @@ __all__ = [
     "get_template",
 ]
 
-_NOT_BUILT = {
-    "DeepseekV4Template": "the DeepSeek-V4 template (its own encoder and DSML tool-call blocks) is not built in "
-    "Twinkle Commons; use Template or Qwen3_5Template",
-}
-
-
-def __getattr__(name: str):
-    if name in _NOT_BUILT:
-        from twinkle.errors import NotBuiltError
-
-        raise NotBuiltError(f"twinkle.template.{name}: {_NOT_BUILT[name]}")
-    raise AttributeError(f"module 'twinkle.template' has no attribute {name!r}")
+__getattr__ = not_built_attributes("twinkle.template", {
+    "DeepseekV4Template": "twinkle.template.DeepseekV4Template: the DeepSeek-V4 template (its own encoder and DSML "
+    "tool-call blocks) is not built in Twinkle Commons; use Template or Qwen3_5Template",
+})
 
 
 def get_template(template: str | type[Template] | Template, **kwargs: Any) -> Template:

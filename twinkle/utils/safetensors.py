@@ -6,16 +6,13 @@ directly); the names raise NotBuiltError naming the feature.
 
 from __future__ import annotations
 
-_NOT_BUILT = {
-    "SafetensorLazyLoader": "lazy per-tensor loading of a safetensors folder",
-    "StreamingSafetensorSaver": "streaming, sharded safetensors writing on the save rank",
-}
+from twinkle.errors import not_built_attributes
 
-
-def __getattr__(name: str):
-    if name in _NOT_BUILT:
-        from twinkle.errors import NotBuiltError
-
-        raise NotBuiltError(f"twinkle.utils.safetensors.{name}: {_NOT_BUILT[name]} is not built in Twinkle Commons; "
-                            f"use safetensors.torch.load_file / save_file")
-    raise AttributeError(f"module 'twinkle.utils.safetensors' has no attribute {name!r}")
+__getattr__ = not_built_attributes("twinkle.utils.safetensors", {
+    name: f"twinkle.utils.safetensors.{name}: {feature} is not built in Twinkle Commons; "
+    f"use safetensors.torch.load_file / save_file"
+    for name, feature in {
+        "SafetensorLazyLoader": "lazy per-tensor loading of a safetensors folder",
+        "StreamingSafetensorSaver": "streaming, sharded safetensors writing on the save rank",
+    }.items()
+})
