@@ -78,6 +78,10 @@ def submit_script(
     )
 
 
+CPU_JOB = "from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\nprint('hi')\n"
+"""A script asking for one CPU rank (the scheduler reads it; the in-process worker never runs it)."""
+
+
 def gpu_group(ranks: int = 1, memory_gb: float = 80.0, name: str = "default", model: str = "H100") -> dict:
     return {"name": name, "ranks": ranks, "device_type": "cuda", "device_model": model, "memory_gb": memory_gb}
 
@@ -157,3 +161,18 @@ class InProcessWorker:
             json={"state": state, "exit_code": exit_code, "error": error},
             headers=auth(self.token),
         )
+
+
+def start_cpu_job(env: Any) -> tuple[Any, str, InProcessWorker, str]:
+    """A user's CPU job, dispatched to a fresh in-process worker that has started it: (client, user token, worker,
+    job id). ``env`` is the ``scheduler_env`` fixture's value."""
+    from scheduler.services import dispatch
+
+    c = env.client
+    user = create_user(c, "alice")
+    w = InProcessWorker(c, create_worker_token(c), "box", [cpu_group()])
+    w.register()
+    jid = submit_script(c, user, CPU_JOB).json()["id"]
+    dispatch.dispatch_round(env.rt.db, env.rt.celery)
+    assert w.start(jid, 1).status_code == 200
+    return c, user, w, jid

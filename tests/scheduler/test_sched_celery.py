@@ -10,9 +10,7 @@ from celery.contrib.testing.worker import start_worker
 from scheduler.services import dispatch
 from scheduler.tasks.celery_app import TASK_RUN_ATTEMPT, celery_config, make_celery
 from scheduler.testing import InProcessWorker, create_user, create_worker_token, submit_script
-from scheduler.testing.factories import cpu_group
-
-CPU_JOB = "from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\n"
+from scheduler.testing.factories import CPU_JOB, cpu_group
 
 
 def test_config_acks_early_and_never_requeues_on_worker_loss():

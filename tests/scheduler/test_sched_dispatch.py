@@ -13,9 +13,7 @@ from scheduler.db import AttemptModel, JobModel, WorkerModel
 from scheduler.services import dispatch
 from scheduler.tasks.dispatcher import scheduled_tasks
 from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
-from scheduler.testing.factories import cpu_group, gpu_group
-
-CPU_JOB = "from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\nprint('hi')\n"
+from scheduler.testing.factories import CPU_JOB, cpu_group, gpu_group
 
 
 def queue_messages(redis_url: str, queue: str) -> list[dict]:

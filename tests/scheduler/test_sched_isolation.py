@@ -10,10 +10,7 @@ import pytest
 from scheduler.services import dispatch
 from scheduler.services.matching import Need, Offer, QueuedJob, ShapeCatalog, WorkerView, plan
 from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
-from scheduler.testing.factories import cpu_group, gpu_group
-
-CPU_JOB = "from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\nprint('hi')\n"
-
+from scheduler.testing.factories import CPU_JOB, cpu_group, gpu_group
 
 # --- the matcher, pure -------------------------------------------------------------------------------------------
 

@@ -12,11 +12,10 @@ import uvicorn
 from scheduler.db import WorkerModel
 from scheduler.services import dispatch
 from scheduler.services.liveness import LeaseGate, api_probe
-from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
-from scheduler.testing.factories import cpu_group
+from scheduler.testing import InProcessWorker, auth, create_worker_token
+from scheduler.testing.factories import cpu_group, start_cpu_job
 from tests.conftest import free_port
 
-CPU_JOB = "from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\nprint('hi')\n"
 UTC = dt.UTC
 
 
@@ -64,13 +63,8 @@ def expire_all_leases(env):
 
 
 def test_reap_requeues_nothing_while_the_api_is_unreachable_and_does_once_it_is_back(scheduler_env):
-    env, c = scheduler_env, scheduler_env.client
-    user = create_user(c, "alice")
-    w = InProcessWorker(c, create_worker_token(c), "box", [cpu_group()])
-    w.register()
-    jid = submit_script(c, user, CPU_JOB).json()["id"]
-    dispatch.dispatch_round(env.rt.db, env.rt.celery)
-    assert w.start(jid, 1).status_code == 200
+    env = scheduler_env
+    c, user, w, jid = start_cpu_job(env)
     expire_all_leases(env)  # every worker silent for two minutes: what an API outage looks like
 
     port = free_port()

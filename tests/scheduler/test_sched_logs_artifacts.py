@@ -11,9 +11,7 @@ import pytest
 from scheduler.services import dispatch
 from scheduler.storage import LocalStorage, ObjectNotFound, S3Storage
 from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
-from scheduler.testing.factories import cpu_group
-
-CPU_JOB = "from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\n"
+from scheduler.testing.factories import CPU_JOB, cpu_group
 
 
 @pytest.fixture()

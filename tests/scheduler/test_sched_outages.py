@@ -7,24 +7,10 @@ import redis
 import sqlalchemy as sa
 
 from scheduler.db import MetricModel
-from scheduler.services import dispatch
 from scheduler.services.logs import read_attempt
-from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
-from scheduler.testing.factories import cpu_group
+from scheduler.testing import auth, create_user
+from scheduler.testing.factories import start_cpu_job
 from tests.conftest import free_port
-
-CPU_JOB = "from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\n"
-
-
-def start_job(env):
-    c = env.client
-    user = create_user(c, "alice")
-    w = InProcessWorker(c, create_worker_token(c), "box", [cpu_group()])
-    w.register()
-    jid = submit_script(c, user, CPU_JOB).json()["id"]
-    dispatch.dispatch_round(env.rt.db, env.rt.celery)
-    assert w.start(jid, 1).status_code == 200
-    return c, user, w, jid
 
 
 def post_logs(c, w, jid, texts, batch=None):
@@ -50,7 +36,7 @@ class RedisDown:
 
 def test_log_posts_and_finish_while_redis_is_down_are_503_with_retry_after_and_lose_nothing(scheduler_env):
     env = scheduler_env
-    c, user, w, jid = start_job(env)
+    c, user, w, jid = start_cpu_job(env)
     assert post_logs(c, w, jid, ["one", "two"], batch=0).status_code == 200
     with RedisDown(env):
         r = post_logs(c, w, jid, ["three"], batch=1)
@@ -71,7 +57,7 @@ def test_log_posts_and_finish_while_redis_is_down_are_503_with_retry_after_and_l
 
 def test_a_retried_log_batch_metrics_and_finish_apply_once(scheduler_env):
     env = scheduler_env
-    c, user, w, jid = start_job(env)
+    c, user, w, jid = start_cpu_job(env)
     for _ in range(3):  # the answer was lost twice; the worker sent the batch three times
         assert post_logs(c, w, jid, ["a", "b"], batch=7).status_code == 200
     assert post_logs(c, w, jid, ["c"], batch=8).json()["accepted"] == 1

@@ -9,10 +9,8 @@ import pytest
 
 from scheduler.services import dispatch
 from scheduler.testing import InProcessWorker, create_user, create_worker_token, submit_script
-from scheduler.testing.factories import cpu_group
+from scheduler.testing.factories import CPU_JOB, cpu_group
 from worker.tasks import AttemptExecutor, BundleError
-
-CPU_JOB = "from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\nprint('hi')\n"
 
 
 @pytest.fixture()
