@@ -2,12 +2,12 @@
 // cancel, and checkpoints with download links.
 
 import { API, ApiError, ROUTES, get, post, route } from '../api.js';
-import { METRICS, lineChart, series } from '../chart.js';
+import { metricsPanel } from '../metrics-panel.js';
+import { logView } from '../log-view.js';
 import { deviceGroupText, endedAt, jobDuration, jobName, jobWorker, loadWorkerNames, queueInfo, requestGroups, submittedAt, workerName } from '../model.js';
 import { TERMINAL, alertBox, formatBytes, formatDuration, h, pageTitle, poll, replace, runSeconds, stateBadge, timeEl } from '../ui.js';
 
 const REFRESH_MS = 3000;
-const MAX_LOG_LINES = 2000;
 const URL_MAX_AGE_MS = 60_000; // presigned links are short-lived: fetch fresh ones before following an old one
 
 function endedBy(attempt) {
@@ -48,10 +48,8 @@ export async function render(root, { params }) {
   const titleSlot = h('div', { class: 'title-row' });
   const errorSlot = h('div');
   const summary = h('dl', { class: 'summary', id: 'job-summary' });
-  const charts = h('div', { class: 'charts', id: 'charts' });
-  const logBox = h('pre', { class: 'log', id: 'log', role: 'log', 'aria-label': 'Job log', tabindex: '0' });
-  const logStatus = h('span', { class: 'muted', id: 'log-status' }, 'Connecting…');
-  const follow = h('input', { type: 'checkbox', id: 'follow', checked: true });
+  const panel = metricsPanel({ runs: [], exportName: `${jobId}-metrics`, emptyText: 'No metrics recorded yet. Values the script logs (loss, learning rate, accuracy…) and the worker\'s system-use samples appear here.' });
+  const log = logView({ downloadHref: API + route(ROUTES.JOB_LOGS, { job_id: jobId }), downloadName: `${jobId}.log` });
   const attemptsBody = h('tbody');
   const artifactsSlot = h('div', { id: 'artifacts' });
   const cancelButton = h('button', { type: 'button', class: 'button danger', id: 'cancel-job' }, 'Cancel job');
@@ -74,19 +72,8 @@ export async function render(root, { params }) {
     titleSlot,
     errorSlot,
     summary,
-    section('metrics', 'Training metrics', charts),
-    section(
-      'logs',
-      'Log',
-      h(
-        'div',
-        { class: 'log-bar' },
-        logStatus,
-        h('span', { class: 'checkbox' }, follow, h('label', { for: 'follow' }, 'Follow new lines')),
-        h('a', { href: API + route(ROUTES.JOB_LOGS, { job_id: jobId }), download: `${jobId}.log` }, 'Download full log'),
-      ),
-      logBox,
-    ),
+    section('metrics', 'Training metrics', panel.el),
+    section('logs', 'Log', log.el),
     section(
       'attempts',
       'Attempts',
@@ -153,12 +140,8 @@ export async function render(root, { params }) {
     );
   }
 
-  let metricsKey = '';
   function drawMetrics(records) {
-    const key = JSON.stringify([records.length, records[records.length - 1]]);
-    if (key === metricsKey) return; // unchanged: keep any open <details>
-    metricsKey = key;
-    replace(charts, METRICS.map((m) => lineChart({ id: m.id, title: m.title, points: series(records, m.names) })));
+    panel.update([{ id: jobId, label: jobName(job), records }]);
   }
 
   let artifactsAt = 0;
@@ -217,36 +200,18 @@ export async function render(root, { params }) {
 
   // ---- live log tail
 
-  let pending = [];
-  let scheduled = false;
-  const flush = () => {
-    scheduled = false;
-    // One text node per line keeps trimming cheap and never interprets the text as markup.
-    logBox.append(...pending);
-    pending = [];
-    while (logBox.childNodes.length > MAX_LOG_LINES) logBox.firstChild.remove();
-    if (follow.checked) logBox.scrollTop = logBox.scrollHeight;
-  };
-  const addLine = (text) => {
-    pending.push(`${text}\n`);
-    if (!scheduled) {
-      scheduled = true;
-      requestAnimationFrame(flush);
-    }
-  };
-
   const stream = new EventSource(API + route(ROUTES.JOB_LOGS_STREAM, { job_id: jobId }));
-  stream.addEventListener('open', () => replace(logStatus, h('span', { class: 'live' }, 'Live')));
+  stream.addEventListener('open', () => log.status(h('span', { class: 'live' }, 'Live')));
   // Each event's data is one log line, as the script printed it (never parsed: a printed JSON line stays text).
-  stream.addEventListener('message', (event) => addLine(event.data));
+  stream.addEventListener('message', (event) => log.add(event.data));
   stream.addEventListener('end', () => {
     stream.close();
-    replace(logStatus, 'The job has ended; this is the whole log.');
+    log.status('The job has ended; this is the whole log.');
     poller.now();
   });
   stream.addEventListener('error', () => {
-    if (stream.readyState === EventSource.CLOSED) replace(logStatus, 'The log stream closed. Reload the page to reconnect.');
-    else replace(logStatus, 'Reconnecting…');
+    if (stream.readyState === EventSource.CLOSED) log.status('The log stream closed. Reload the page to reconnect.');
+    else log.status('Reconnecting…');
   });
   window.addEventListener('pagehide', () => stream.close());
 
