@@ -26,6 +26,8 @@ class StartResponse(BaseModel):
     entrypoint: str
     user_id: str
     resume_from: ResumeFrom | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="the job's own variables; the worker's win")
+    args: list[str] = Field(default_factory=list, description="passed after the entrypoint: python ENTRY ARGS...")
 
 
 class LogLine(BaseModel):
@@ -64,6 +66,7 @@ class FinishRequest(BaseModel):
     state: Literal["succeeded", "failed", "cancelled"]
     exit_code: int | None = None
     error: str | None = Field(default=None, max_length=65536)
+    limit: str | None = Field(default=None, max_length=1000, description="the worker limit the attempt hit, if any")
 
 
 class ArtifactStored(BaseModel):
