@@ -5,24 +5,8 @@ from __future__ import annotations
 import pytest
 from webui_testkit import shot
 
-import webui
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture()
-def modules(page, ui_only_url):
-    """A page with the UI's origin loaded, so its modules import under the real CSP."""
-    page.goto(f"{ui_only_url}/login")
-    prefix = f"/ui/{webui.asset_version()}"
-
-    def run(module: str, body: str, arg=None):
-        return page.evaluate(
-            f"async (arg) => {{ const m = await import('{prefix}/{module}'); {body} }}",
-            arg,
-        )
-
-    return run
 
 
 def test_nice_ticks_are_round_and_cover_the_range(modules):
@@ -51,11 +35,11 @@ def test_line_chart_draws_one_path_through_every_point(modules):
       const fig = m.lineChart({id: 't', title: 'Loss', points: arg});
       document.body.append(fig);
       const d = fig.querySelector('path.chart-line').getAttribute('d');
-      return {moves: (d.match(/[ML]/g) || []).length, dots: fig.querySelectorAll('circle').length,
+      return {moves: (d.match(/[ML]/g) || []).length, dots: fig.querySelectorAll('circle.chart-dot').length,
               label: fig.querySelector('svg title').textContent, points: fig.dataset.points};
     """
     out = modules("chart.js", body, [{"x": i, "y": 1 / (i + 1)} for i in range(5)])
-    assert out == {"moves": 5, "dots": 5, "label": "Loss: 5 points, latest 0.2 at step 4.", "points": "5"}
+    assert out == {"moves": 5, "dots": 5, "label": "Loss: 5 points, latest 0.2 at optimizer step 4.", "points": "5"}
     empty = modules("chart.js", "return m.lineChart({id: 'e', title: 'Loss', points: []}).textContent;")
     assert "No values yet" in empty
 

@@ -6,7 +6,7 @@
 // `lineChart` draws one interactive figure: hover tooltip, EMA smoothing, log y, drag-to-zoom, outlier clipping,
 // several series (one per run when comparing).
 
-import { formatDuration, formatNumber, h } from './ui.js';
+import { formatBytes, formatDuration, formatNumber, h } from './ui.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 const DEFAULT_W = 560;
@@ -73,6 +73,13 @@ export function metricTitle(key) {
  * resumed job) keeps the latest attempt's value.
  */
 export function seriesOf(records, key) {
+  // System samples (sys/*) are taken every few seconds whatever the step: every one counts, in time order.
+  if (typeof key === 'string' && key.startsWith('sys/')) {
+    return (records || [])
+      .map((r) => ({ step: Number(r.step ?? 0), ts: Number(r.ts ?? NaN), y: parseMetric((r.metrics || {})[key]), attempt: r.attempt ?? 0 }))
+      .filter((p) => p.y !== null && Number.isFinite(p.ts))
+      .sort((a, b) => a.ts - b.ts);
+  }
   const byStep = new Map();
   const wanted = Array.isArray(key) ? key.map(norm) : null;
   for (const r of records || []) {
@@ -129,7 +136,8 @@ function quantile(sorted, q) {
 
 /**
  * The y range to draw: the full range, or, when a few values sit far outside the bulk (one grad-norm spike),
- * the 2nd–98th percentile range widened by half its size, so the spike does not flatten the rest. Returns
+ * only up to Tukey's far-out fences (3 interquartile ranges past the quartiles), so the spike does not flatten
+ * the rest. Returns
  * {lo, hi, clipped} where `clipped` says some values are outside [lo, hi].
  */
 export function robustRange(values, { clip = true } = {}) {
@@ -139,11 +147,12 @@ export function robustRange(values, { clip = true } = {}) {
   let lo = sorted[0];
   let hi = sorted[sorted.length - 1];
   if (clip && sorted.length >= 8) {
-    const qlo = quantile(sorted, 0.02);
-    const qhi = quantile(sorted, 0.98);
-    const pad = (qhi - qlo) * 0.5 || Math.abs(qhi) * 0.1 || 1;
-    lo = Math.max(lo, qlo - pad);
-    hi = Math.min(hi, qhi + pad);
+    // Tukey's far-out fences: 3 interquartile ranges beyond the quartiles.
+    const q1 = quantile(sorted, 0.25);
+    const q3 = quantile(sorted, 0.75);
+    const pad = 3 * (q3 - q1) || Math.abs(q3) * 0.1 || 1;
+    lo = Math.max(lo, q1 - pad);
+    hi = Math.min(hi, q3 + pad);
   }
   const clipped = sorted[0] < lo || sorted[sorted.length - 1] > hi;
   if (lo === hi) {
@@ -265,10 +274,8 @@ export function lineChart({ id, title, points, series: many, xLabel, yLabel, ...
     const summary = latest
       ? `${title}: ${longest} point${longest === 1 ? '' : 's'}, latest ${formatNumber(latest.raw)} at ${label.toLowerCase()} ${fmtX(latest.x)}.`
       : `${title}: no values yet.`;
-    caption.replaceChildren(
-      h('span', { class: 'chart-title' }, title),
-      latest && drawn.length === 1 ? h('span', { class: 'chart-latest mono' }, formatNumber(latest.raw)) : null,
-    );
+    caption.replaceChildren(h('span', { class: 'chart-title' }, title));
+    if (latest && drawn.length === 1) caption.append(h('span', { class: 'chart-latest mono' }, opts.yUnit === 'bytes' ? formatBytes(latest.raw) : formatNumber(latest.raw)));
     if (drawn.length > 1) {
       caption.append(h('ul', { class: 'chart-legend' }, drawn.map((d) => h('li', {}, h('span', { class: `swatch series-${d.colour % SERIES_COLOURS}` }), d.label))));
     }
@@ -288,7 +295,7 @@ export function lineChart({ id, title, points, series: many, xLabel, yLabel, ...
     const tf = opts.logY ? Math.log10 : (v) => v;
     let { lo: y0, hi: y1, clipped } = robustRange(ys.map(tf), { clip: opts.clip !== false });
     const yTicks = opts.logY ? logTicks(10 ** y0, 10 ** y1).filter((t) => tf(t) >= y0 && tf(t) <= y1) : niceTicks(y0, y1, 4).filter((t) => t >= y0 && t <= y1);
-    const yFormat = opts.logY ? (v) => formatNumber(v, 3) : tickFormatter(yTicks.length ? yTicks : [y0]);
+    const yFormat = opts.yUnit === 'bytes' ? formatBytes : opts.logY ? (v) => formatNumber(v, 3) : tickFormatter(yTicks.length ? yTicks : [y0]);
     const yLabelW = yLabel ? 18 : 0;
     // The left margin grows with the longest tick label, so labels such as "0.00105" are never clipped.
     const left = yLabelW + Math.max(36, Math.max(0, ...yTicks.map((t) => yFormat(t).length)) * CHAR_W + 12);
@@ -384,6 +391,8 @@ export function lineChart({ id, title, points, series: many, xLabel, yLabel, ...
     return { px: clamped, x: view.x0 + ((clamped - view.left) / view.plotW) * (view.x1 - view.x0) };
   }
 
+  const fmtY = (v, digits) => (opts.yUnit === 'bytes' ? formatBytes(v) : formatNumber(v, digits));
+
   function hover(view, clientX) {
     const { x, px } = toData(view, clientX);
     const rows = [];
@@ -408,14 +417,14 @@ export function lineChart({ id, title, points, series: many, xLabel, yLabel, ...
     const head = rows.length ? `${view.label}: ${view.fmtX(rows[0].p.x)}` : '';
     tooltip.replaceChildren(
       h('div', { class: 'chart-tooltip-x' }, head),
-      rows.map(({ d, p }) =>
+      ...rows.map(({ d, p }) =>
         h(
           'div',
           { class: 'chart-tooltip-row' },
           h('span', { class: `swatch series-${d.colour % SERIES_COLOURS}` }),
           view.drawn.length > 1 ? `${d.label}: ` : '',
-          h('strong', { class: 'chart-tooltip-value' }, formatNumber(p.raw, 6)),
-          opts.smoothing > 0 ? h('span', { class: 'muted' }, ` (smoothed ${formatNumber(p.sy, 4)})`) : null,
+          h('strong', { class: 'chart-tooltip-value' }, fmtY(p.raw, 6)),
+          opts.smoothing > 0 ? h('span', { class: 'muted' }, ` (smoothed ${fmtY(p.sy, 4)})`) : null,
           view.drawn.length > 1 && opts.xMode !== 'step' ? h('span', { class: 'muted' }, ` · step ${p.step}`) : null,
         ),
       ),

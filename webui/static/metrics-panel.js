@@ -76,7 +76,14 @@ function exportLink(text, filename, type, build) {
 export function metricsPanel({ runs: initialRuns, exportName = 'metrics', emptyText = 'No metrics recorded yet.' }) {
   let runs = initialRuns;
   const prefs = { smoothing: 0, logY: false, clip: true, xMode: 'step', picked: null, ...loadPrefs() };
-  const chartOpts = () => ({ smoothing: prefs.smoothing, logY: prefs.logY, clip: prefs.clip, xMode: prefs.xMode });
+  // System samples are charted against time: their step is only the last step the job had reached.
+  const chartOpts = (key = '') => ({
+    smoothing: prefs.smoothing,
+    logY: prefs.logY,
+    clip: prefs.clip,
+    xMode: key.startsWith('sys/') && prefs.xMode === 'step' ? 'relative' : prefs.xMode,
+    yUnit: /bytes$/.test(key) ? 'bytes' : undefined,
+  });
 
   // ---- controls
   const pickerList = h('div', { class: 'metric-picker-list', id: 'metric-picker' });
@@ -155,9 +162,9 @@ export function metricsPanel({ runs: initialRuns, exportName = 'metrics', emptyT
       let fig = figures.get(key);
       const series = seriesFor(key);
       if (fig) {
-        fig.redraw({ series, ...chartOpts() });
+        fig.redraw({ series, ...chartOpts(key) });
       } else {
-        fig = lineChart({ id: chartId(key), title: metricTitle(key), yLabel: key, series, ...chartOpts() });
+        fig = lineChart({ id: chartId(key), title: metricTitle(key), yLabel: key, series, ...chartOpts(key) });
         fig.dataset.metric = key;
         figures.set(key, fig);
       }
@@ -175,7 +182,7 @@ export function metricsPanel({ runs: initialRuns, exportName = 'metrics', emptyT
   }
 
   function redrawAll() {
-    for (const fig of figures.values()) fig.redraw(chartOpts());
+    for (const [key, fig] of figures) fig.redraw(chartOpts(key));
   }
 
   let lastWidth = 0;

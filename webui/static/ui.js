@@ -34,9 +34,12 @@ export const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 
 const STATE_LABELS = {
   queued: 'Queued',
+  held: 'Held',
+  starting: 'Starting',
+  stopping: 'Stopping…',
   assigned: 'Assigned',
   running: 'Running',
-  cancelling: 'Cancelling',
+  cancelling: 'Stopping…',
   succeeded: 'Succeeded',
   failed: 'Failed',
   cancelled: 'Cancelled',
