@@ -26,6 +26,7 @@ from scheduler.errors import StaleAttempt
 from scheduler.services import attempts as attempts_service
 from scheduler.services import events
 from scheduler.services import logs as logs_service
+from scheduler.services.failures import end_message
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,11 @@ async def start(
     ``resume_from`` names the checkpoint the platform recorded last for the latest earlier attempt that saved one
     (``checkpoint``) and lists its files with download links."""
 
-    def work(session: Session) -> tuple[Any, Any]:
+    def work(session: Session) -> tuple[Any, Any, str]:
         f = attempts_service.start(session, token, job_id, attempt)
-        return f, attempts_service.resume_files(session, f.job)
+        return f, attempts_service.resume_files(session, f.job), attempts_service.worker_name(session, f.attempt)
 
-    f, resume = await rt.in_session(work, lane="worker")
+    f, resume, worker_name = await rt.in_session(work, lane="worker")
     resume_from = None
     if resume is not None:
         base = rt.settings.public_url or str(request.base_url)
@@ -61,12 +62,13 @@ async def start(
     try:
         await rt.run(
             logs_service.system_line, rt.redis, job_id, attempt,
-            f"attempt {attempt} started on worker {f.attempt.worker_id}", lane="worker",
+            f"attempt {attempt} started on worker {worker_name}", lane="worker",
         )
     except redis.RedisError as exc:  # the attempt is started (committed); a missing note must not undo that
         log.warning("could not note the start of job %s attempt %s in its log: %s", job_id, attempt, exc)
     return StartResponse(
-        job_id=job_id, attempt=attempt, entrypoint=f.job.entrypoint, user_id=f.job.user_id, resume_from=resume_from
+        job_id=job_id, attempt=attempt, entrypoint=f.job.entrypoint, user_id=f.job.user_id, resume_from=resume_from,
+        env={str(k): str(v) for k, v in (f.job.env or {}).items()}, args=[str(a) for a in (f.job.args or [])],
     )
 
 
@@ -144,10 +146,11 @@ async def finish(
     plan = await rt.in_session(attempts_service.plan_finish, token, job_id, attempt, body, lane="worker")
     if plan.done:
         return FinishResponse(job_id=job_id, attempt=attempt, state=plan.state)
-    msg = f"attempt {attempt} {plan.state}" + (f" (exit code {body.exit_code})" if body.exit_code is not None else "")
-    await rt.run(events.persist_logs, rt.redis, rt.storage, plan.user_id, job_id, attempt, msg, lane="worker")
+    # the one line that says how the attempt ended, with the reason (the worker does not write its own)
+    msg = end_message(attempt, plan.state, body.exit_code, body.limit, body.error)
+    tail = await rt.run(events.persist_logs, rt.redis, rt.storage, plan.user_id, job_id, attempt, msg, lane="worker")
     try:
-        f = await rt.in_session(attempts_service.finish, token, job_id, attempt, body, lane="worker")
+        f = await rt.in_session(attempts_service.finish, token, job_id, attempt, body, tail, lane="worker")
     except StaleAttempt:  # a concurrent retry of this finish won the race: answer as it did
         plan = await rt.in_session(attempts_service.plan_finish, token, job_id, attempt, body, lane="worker")
         return FinishResponse(job_id=job_id, attempt=attempt, state=plan.state)
