@@ -277,3 +277,15 @@ def test_log_search_highlights_every_match_and_stderr_is_marked(modules, page):
     shot(page, "log-search")
     page.get_by_label("Search the log").fill("")
     expect(page.locator("#log mark")).to_have_count(0)
+
+
+def test_system_use_reads_in_its_own_units(modules):
+    body = """
+      const f = m.bytesTickFormatter([383e6, 383.5e6, 384e6]);
+      return [[383e6, 383.5e6, 384e6].map(f), m.metricTitle('sys/cpu_percent'), m.metricTitle('sys/rss_bytes'),
+              m.metricTitle('sys/gpu1/util_percent'), m.metricTitle('sys/gpu0/memory_bytes'), m.metricTitle('grad_norm'),
+              m.metricTitle('eval/reward_accuracy')];
+    """
+    ticks, *titles = modules("chart.js", body)
+    assert len(set(ticks)) == 3 and all(t.endswith(" MB") for t in ticks), ticks
+    assert titles == ["CPU use (%)", "Memory (RSS)", "GPU 1 utilisation (%)", "GPU 0 memory", "Grad norm", "Reward accuracy (eval)"]

@@ -140,3 +140,19 @@ def test_long_tick_labels_widen_the_margin_instead_of_being_clipped(modules, pag
     lefts = modules("chart.js", body, [{"x": i, "y": 0.0009 + i * 0.00005} for i in range(5)])
     assert lefts and min(lefts) >= 0, lefts
     shot(page, "chart-learning-rate")
+
+
+def test_queue_text_names_the_place_and_the_expected_start(modules):
+    body = """
+      const soon = new Date(Date.now() + 3 * 3600 * 1000).toISOString();
+      const mk = (j) => { const n = m.queueInfo(j); return n ? n.textContent : null; };
+      return [
+        mk({phase: 'queued', queue_position: 2, expected_start_at: soon, pending_reason: 'waiting for a free worker'}),
+        mk({phase: 'held', queue_position: null, expected_start_at: null, pending_reason: 'held: no worker offers 8 × cuda'}),
+        mk({phase: 'running', queue_position: null, pending_reason: null}),
+      ];
+    """
+    queued, held, running = modules("model.js", body)
+    assert queued.startswith("#2 in queue") and "expected to start ~" in queued and "(estimate)" in queued
+    assert held.startswith("Held") and "#" not in held
+    assert running is None

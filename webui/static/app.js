@@ -45,7 +45,13 @@ async function main() {
   scrollCues(root);
   const found = findRoute(location.pathname);
   if (!found) {
-    replace(root, h('h1', {}, 'Page not found'), h('p', {}, h('a', { href: '/' }, 'Go to your jobs')));
+    document.title = 'Page not found · Twinkle Commons';
+    replace(
+      root,
+      h('h1', {}, 'Page not found'),
+      h('p', {}, 'Nothing lives at ', h('code', {}, location.pathname), '. The address may be mistyped, or the page has moved.'),
+      h('ul', {}, h('li', {}, h('a', { href: '/' }, 'Go to your jobs')), h('li', {}, h('a', { href: '/docs' }, 'API documentation'))),
+    );
     return;
   }
   const { route, params } = found;

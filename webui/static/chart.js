@@ -58,8 +58,13 @@ export function defaultKeys(keys) {
 
 /** A readable title for a metric key: "grad_norm" → "Grad norm", "sys/cpu_percent" → "System: cpu percent". */
 export function metricTitle(key) {
-  const known = { loss: 'Loss', lr: 'Learning rate', learning_rate: 'Learning rate', grad_norm: 'Grad norm' };
+  const known = {
+    loss: 'Loss', lr: 'Learning rate', learning_rate: 'Learning rate', grad_norm: 'Grad norm',
+    'sys/cpu_percent': 'CPU use (%)', 'sys/rss_bytes': 'Memory (RSS)',
+  };
   if (known[key]) return known[key];
+  const gpu = /^sys\/gpu(\d+)\/(util_percent|memory_bytes)$/.exec(key);
+  if (gpu) return gpu[2] === 'util_percent' ? `GPU ${gpu[1]} utilisation (%)` : `GPU ${gpu[1]} memory`;
   const [ns, name] = key.includes('/') ? [key.slice(0, key.lastIndexOf('/')), key.slice(key.lastIndexOf('/') + 1)] : ['', key];
   const words = name.replace(/[_-]+/g, ' ').trim();
   const text = words ? words[0].toUpperCase() + words.slice(1) : key;
@@ -187,6 +192,17 @@ export function tickFormatter(ticks) {
   return (v) => v.toFixed(decimals);
 }
 
+/** Byte ticks in one unit (the largest tick's) with enough decimals to tell neighbours apart: "383.5 MB". */
+export function bytesTickFormatter(ticks) {
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  const top = Math.max(1, ...ticks.map(Math.abs));
+  const i = Math.min(units.length - 1, Math.floor(Math.log(top) / Math.log(1024)));
+  const scale = 1024 ** i;
+  const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) / scale : 1;
+  const decimals = Math.min(3, Math.max(0, Math.ceil(-Math.log10(step) - 1e-9)));
+  return (v) => `${(v / scale).toFixed(decimals)} ${units[i]}`;
+}
+
 /** Ticks on a log axis, as values (not logs): whole decades when the range spans two or more, else round values. */
 function logTicks(lo, hi) {
   const a = Math.log10(lo);
@@ -295,7 +311,7 @@ export function lineChart({ id, title, points, series: many, xLabel, yLabel, ...
     const tf = opts.logY ? Math.log10 : (v) => v;
     let { lo: y0, hi: y1, clipped } = robustRange(ys.map(tf), { clip: opts.clip !== false });
     const yTicks = opts.logY ? logTicks(10 ** y0, 10 ** y1).filter((t) => tf(t) >= y0 && tf(t) <= y1) : niceTicks(y0, y1, 4).filter((t) => t >= y0 && t <= y1);
-    const yFormat = opts.yUnit === 'bytes' ? formatBytes : opts.logY ? (v) => formatNumber(v, 3) : tickFormatter(yTicks.length ? yTicks : [y0]);
+    const yFormat = opts.yUnit === 'bytes' ? bytesTickFormatter(yTicks) : opts.logY ? (v) => formatNumber(v, 3) : tickFormatter(yTicks.length ? yTicks : [y0]);
     const yLabelW = yLabel ? 18 : 0;
     // The left margin grows with the longest tick label, so labels such as "0.00105" are never clipped.
     const left = yLabelW + Math.max(36, Math.max(0, ...yTicks.map((t) => yFormat(t).length)) * CHAR_W + 12);
