@@ -289,3 +289,11 @@ def test_system_use_reads_in_its_own_units(modules):
     ticks, *titles = modules("chart.js", body)
     assert len(set(ticks)) == 3 and all(t.endswith(" MB") for t in ticks), ticks
     assert titles == ["CPU use (%)", "Memory (RSS)", "GPU 1 utilisation (%)", "GPU 0 memory", "Grad norm", "Reward accuracy (eval)"]
+
+
+def test_a_warmup_is_a_regime_not_an_outlier(modules):
+    warmup = [1e-4 * min(1, s / 5) for s in range(1, 31)]  # 4 of 30 values below a flat bulk
+    early = [3 / (1 + s / 6) for s in range(1, 31)]
+    out = modules("chart.js", "return arg.map((v) => m.robustRange(v));", [warmup, early])
+    assert [r["clipped"] for r in out] == [False, False]
+    assert out[0]["lo"] < 2e-5

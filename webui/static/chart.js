@@ -142,7 +142,7 @@ function quantile(sorted, q) {
 /**
  * The y range to draw: the full range, or, when a few values sit far outside the bulk (one grad-norm spike),
  * only up to Tukey's far-out fences (3 interquartile ranges past the quartiles), so the spike does not flatten
- * the rest. Returns
+ * the rest; a side is clipped only when at most 3% of the values lie beyond it. Returns
  * {lo, hi, clipped} where `clipped` says some values are outside [lo, hi].
  */
 export function robustRange(values, { clip = true } = {}) {
@@ -152,12 +152,17 @@ export function robustRange(values, { clip = true } = {}) {
   let lo = sorted[0];
   let hi = sorted[sorted.length - 1];
   if (clip && sorted.length >= 8) {
-    // Tukey's far-out fences: 3 interquartile ranges beyond the quartiles.
+    // Tukey's far-out fences: 3 interquartile ranges beyond the quartiles. A side is clipped only when few
+    // values (at most 3%) lie beyond its fence: those are spikes; more are a regime of the run (a learning-rate
+    // warmup, the first steps of a loss curve) and stay on the chart.
     const q1 = quantile(sorted, 0.25);
     const q3 = quantile(sorted, 0.75);
     const pad = 3 * (q3 - q1) || Math.abs(q3) * 0.1 || 1;
-    lo = Math.max(lo, q1 - pad);
-    hi = Math.min(hi, q3 + pad);
+    const few = Math.max(1, Math.ceil(sorted.length * 0.03));
+    const below = sorted.filter((v) => v < q1 - pad).length;
+    const above = sorted.filter((v) => v > q3 + pad).length;
+    if (below && below <= few) lo = q1 - pad;
+    if (above && above <= few) hi = q3 + pad;
   }
   const clipped = sorted[0] < lo || sorted[sorted.length - 1] > hi;
   if (lo === hi) {
