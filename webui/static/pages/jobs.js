@@ -1,7 +1,7 @@
 // My jobs: state, place in the queue and why it waits, worker, duration. Refreshes live; paginated.
 
 import { ROUTES, get, query } from '../api.js';
-import { jobDuration, jobName, jobWorker, jobWorkerId, loadWorkerNames, queueInfo, submittedAt } from '../model.js';
+import { jobDuration, jobName, jobPhase, jobWorker, jobWorkerId, loadWorkerNames, queueInfo, submittedAt } from '../model.js';
 import { alertBox, formatDuration, h, pageTitle, poll, replace, stateBadge, timeEl } from '../ui.js';
 
 export const PAGE_SIZE = 25;
@@ -35,7 +35,7 @@ function jobRow(job, selected, onToggle) {
     { dataset: { jobId: job.id } },
     h('td', { class: 'select-cell' }, box, h('label', { for: `cmp-${job.id}`, class: 'visually-hidden' }, `Compare ${jobName(job)}`)),
     h('th', { scope: 'row' }, h('a', { href: `/jobs/${encodeURIComponent(job.id)}` }, jobName(job)), h('div', { class: 'muted small mono' }, job.id)),
-    h('td', {}, stateBadge(job.state)),
+    h('td', {}, stateBadge(jobPhase(job))),
     h('td', {}, queue || h('span', { class: 'muted' }, '—')),
     h('td', { class: 'mono' }, jobWorker(job) || h('span', { class: 'muted' }, '—')),
     h('td', { class: 'num' }, formatDuration(jobDuration(job))),
@@ -138,7 +138,7 @@ export async function render(root) {
     }
     replace(errorSlot);
     const items = data.items || [];
-    await loadWorkerNames(items.map(jobWorkerId));
+    await loadWorkerNames(items.filter((j) => !j.worker_name).map(jobWorkerId));
     const total = data.total ?? items.length;
 
     // Keep keyboard focus on the same job link across a refresh.

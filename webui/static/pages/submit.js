@@ -50,7 +50,9 @@ function field({ id, label, hint, control, wide = false }) {
 }
 
 export async function render(root) {
-  const state = { mode: 'upload', groups: [], inspectSeq: 0, inspectTimer: null };
+  // groupsTouched: the user changed the device groups since the script last changed, so a reading of the
+  // script that lands late must not overwrite them.
+  const state = { mode: 'upload', groups: [], inspectSeq: 0, inspectTimer: null, groupsTouched: false };
   const errorSummary = h('div', { class: 'error-summary', tabindex: '-1', hidden: true, role: 'alert' });
 
   // ---- script source
@@ -227,6 +229,7 @@ export async function render(root) {
     for (const p of parts) register(p.control.id, p.error, p.control);
     const remove = h('button', { type: 'button', class: 'button-link danger' }, `Remove device group ${index + 1}`);
     remove.addEventListener('click', () => {
+      state.groupsTouched = true;
       state.groups = readGroups();
       state.groups.splice(index, 1);
       drawGroups();
@@ -261,7 +264,12 @@ export async function render(root) {
     });
   }
 
+  groupsList.addEventListener('input', () => {
+    state.groupsTouched = true;
+  });
+
   addGroup.addEventListener('click', () => {
+    state.groupsTouched = true;
     state.groups = readGroups();
     state.groups.push({ name: state.groups.length ? `group${state.groups.length + 1}` : 'default', ranks: 1, device_type: 'any' });
     drawGroups();
@@ -291,18 +299,18 @@ export async function render(root) {
       if (seq !== state.inspectSeq) return; // a newer file or edit won
       setFieldError(controlId, null);
       const groups = (result.request && result.request.device_groups) || [];
-      state.groups = groups.map((g) => ({ ...g }));
-      drawGroups();
+      const kept = state.groupsTouched;
+      if (!kept) {
+        state.groups = groups.map((g) => ({ ...g }));
+        drawGroups();
+      }
       const warnings = result.warnings || [];
+      const read = groups.length
+        ? `Read ${groups.length} device group${groups.length === 1 ? '' : 's'} from ${file.name}`
+        : `${file.name} declares no device groups`;
       replace(
         inspectStatus,
-        h(
-          'p',
-          { class: 'ok' },
-          groups.length
-            ? `Read ${groups.length} device group${groups.length === 1 ? '' : 's'} from ${file.name}.`
-            : `${file.name} declares no device groups.`,
-        ),
+        h('p', { class: 'ok' }, kept ? `${read}; your own device groups below are kept.` : `${read}.`),
         warnings.length
           ? h('ul', { class: 'warnings', 'aria-label': 'Warnings' }, warnings.map((w) => h('li', {}, typeof w === 'string' ? w : w.message || JSON.stringify(w))))
           : null,
@@ -329,10 +337,12 @@ export async function render(root) {
     }
     const isZip = file && extensionOf(file.name) === 'zip';
     entryField.wrapper.hidden = !isZip;
+    state.groupsTouched = false;
     if (file) inspect();
   });
 
   codeInput.addEventListener('input', () => {
+    state.groupsTouched = false;
     clearTimeout(state.inspectTimer);
     state.inspectTimer = setTimeout(inspect, INSPECT_DELAY_MS);
   });
