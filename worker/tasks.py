@@ -146,6 +146,7 @@ class AttemptExecutor:
             outbox.close(remove=drained)  # an undelivered outbox stays for deliver_leftovers after a restart
             if not self.settings.keep_job_dirs and drained:
                 shutil.rmtree(folder, ignore_errors=True)
+                shutil.rmtree(folder.with_name(folder.name + ".worker"), ignore_errors=True)  # JobSpec.private_dir
 
     @property
     def outbox_root(self) -> Path:
@@ -166,6 +167,8 @@ class AttemptExecutor:
             entrypoint,
             cuda_visible_devices=self.cuda_visible_devices,
             assets_dir=self.settings.assets_dir,
+            user_env={str(k): str(v) for k, v in (started.get("env") or {}).items()},
+            args=[str(a) for a in started.get("args") or []],
         )
         sink = ClientSink(outbox)
         runner = JobRunner(
@@ -228,7 +231,7 @@ class AttemptExecutor:
         outage of any length the job stays "running" here (and in our heartbeats) until it is delivered."""
         job_id, attempt = outbox.job_id, outbox.attempt
         try:
-            outbox.put_finish(result.state, result.exit_code, result.error)
+            outbox.put_finish(result.state, result.exit_code, result.error, result.limit)
         except StaleAttemptSignal:
             outbox_stale = True
         else:
