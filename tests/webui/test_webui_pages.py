@@ -150,6 +150,30 @@ def test_device_groups_come_from_the_script_and_can_be_changed(page, stack):
     assert [(g["name"], g["ranks"], g["device_type"]) for g in groups] == [("actors", 1, "cpu")]
 
 
+def test_environment_and_arguments_go_with_the_job_and_bad_ones_are_named(page, stack):
+    token = _user(stack)
+    sign_in(page, stack, token)
+    page.goto(f"{stack.url}/submit")
+    page.get_by_label("Paste code").check()
+    page.get_by_label("Code", exact=True).fill(SCRIPT)
+    expect(page.locator("#dg-0-name")).to_have_value("actors")
+    page.get_by_label("Environment variables (optional)").fill("HOME=/root")
+    page.get_by_role("button", name="Submit job").click()
+    expect(page.locator("#env-error")).to_contain_text("HOME")
+    expect(page.locator(".error-summary")).to_contain_text("Environment variables")
+    assert _jobs(stack, token)["total"] == 0
+    shot(page, "submit-env-refused")
+
+    page.get_by_label("Environment variables (optional)").fill("EPOCHS=3\nNOTE=a b=c")
+    page.get_by_label("Arguments (optional)").fill("--epochs\n3")
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r"/jobs/[^/]+$"))
+    with stack.client(token) as c:
+        job = c.get(f"/jobs/{page.url.rsplit('/', 1)[1]}").json()
+    assert job["env"] == {"EPOCHS": "3", "NOTE": "a b=c"}
+    assert job["args"] == ["--epochs", "3"]
+
+
 def test_client_side_checks_name_each_bad_device_field(page, stack):
     sign_in(page, stack, _user(stack))
     page.goto(f"{stack.url}/submit")

@@ -3,6 +3,7 @@
 // The API's 422 lists every problem at once; each appears beside its field and in a summary at the top.
 
 import { ApiError, ROUTES, post } from '../api.js';
+import { parseArgs, parseEnv } from '../resubmit.js';
 import { h, pageTitle, replace } from '../ui.js';
 
 const DEVICE_TYPES = ['any', 'cuda', 'gpu', 'npu', 'cpu'];
@@ -71,6 +72,10 @@ export async function render(root) {
 
   const nameInput = h('input', { type: 'text', id: 'name', name: 'name', maxlength: '200', autocomplete: 'off' });
   const nameField = field({ id: 'name', label: 'Job name (optional)', hint: 'Defaults to the script name.', control: nameInput });
+  const envInput = h('textarea', { id: 'env', name: 'env', class: 'mono short', rows: '3', spellcheck: 'false', placeholder: 'EPOCHS=3' });
+  const envField = field({ id: 'env', label: 'Environment variables (optional)', hint: 'One NAME=value per line; the script reads them with os.environ. TWINKLE_* and a few others are set by the platform.', control: envInput, wide: true });
+  const argsInput = h('textarea', { id: 'args', name: 'args', class: 'mono short', rows: '2', spellcheck: 'false', placeholder: '--epochs' });
+  const argsField = field({ id: 'args', label: 'Arguments (optional)', hint: 'One argument per line, given to the script in this order (sys.argv[1:]).', control: argsInput, wide: true });
   const entryInput = h('input', { type: 'text', id: 'entrypoint', name: 'entrypoint', placeholder: 'train.py', autocomplete: 'off', class: 'mono' });
   const entryField = field({
     id: 'entrypoint',
@@ -114,6 +119,8 @@ export async function render(root) {
       entryField.wrapper,
     ),
     nameField.wrapper,
+    envField.wrapper,
+    argsField.wrapper,
     h(
       'fieldset',
       { class: 'plain', id: 'devices', 'aria-describedby': 'devices-hint' },
@@ -146,6 +153,8 @@ export async function render(root) {
   register('code', codeField.error, codeInput);
   register('name', nameField.error, nameInput);
   register('entrypoint', entryField.error, entryInput);
+  register('env', envField.error, envInput);
+  register('args', argsField.error, argsInput);
 
   function setFieldError(id, message) {
     const entry = fieldErrors.get(id);
@@ -177,9 +186,16 @@ export async function render(root) {
   /** Show every error beside its field and list them all in the summary; unknown fields go only in the summary. */
   function showErrors(fields, message) {
     const items = [];
-    for (const [rawKey, text] of Object.entries(fields)) {
+    for (const [rawKey, message] of Object.entries(fields)) {
+      let text = message;
       let key = normaliseField(rawKey);
       if (key === 'file' && state.mode === 'paste') key = 'code';
+      // "env.TWINKLE_X" and "args.3" belong to the env and args boxes; the message keeps the name or number.
+      const sub = /^(env|args)\.(.+)$/.exec(key);
+      if (sub) {
+        key = sub[1];
+        text = `${sub[2]}: ${text}`;
+      }
       if (key === 'request' || key === 'device_groups') {
         replace(groupsError, text);
         groupsError.hidden = false;
@@ -372,6 +388,8 @@ export async function render(root) {
       const problem = fileProblem(file);
       if (problem) local.file = problem;
     }
+    const env = parseEnv(envInput.value);
+    if (env.problems.length) local.env = env.problems.join(' ');
     const groups = readGroups();
     groups.forEach((g, i) => {
       if (!g.name) local[`device_groups.${i}.name`] = 'Give the group a name.';
@@ -389,6 +407,9 @@ export async function render(root) {
     if (!entryField.wrapper.hidden && entryInput.value.trim()) body.append('entrypoint', entryInput.value.trim());
     if (groups.length) body.append('request', JSON.stringify({ device_groups: groups }));
     if (unsandboxedInput.checked) body.append('allow_unsandboxed', 'true');
+    if (Object.keys(env.env).length) body.append('env', JSON.stringify(env.env));
+    const args = parseArgs(argsInput.value);
+    if (args.length) body.append('args', JSON.stringify(args));
 
     submitButton.disabled = true;
     replace(submitButton, 'Submitting…');
