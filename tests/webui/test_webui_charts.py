@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 
 import pytest
@@ -110,7 +111,7 @@ def test_smoothing_draws_a_smooth_line_over_the_faded_raw_one(modules, page):
         return [float(p.split(",")[1]) for p in d.replace("M", "L").split("L")[1:]]
 
     def wiggle(y):
-        return sum(abs(a - b) for a, b in zip(y, y[1:]))
+        return sum(abs(a - b) for a, b in itertools.pairwise(y))
 
     assert wiggle(ys(out["smooth"])) < wiggle(ys(out["raw"])) * 0.6
     shot(page, "chart-smoothed")

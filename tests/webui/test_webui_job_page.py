@@ -10,7 +10,6 @@ metric values, stderr lines and failures to assert on; ``test_webui_flow`` cover
 from __future__ import annotations
 
 import csv
-import io
 import re
 import threading
 import time
@@ -348,7 +347,7 @@ def test_unknown_paths_show_the_uis_not_found_page(page, stack):
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("size", ["desktop", "phone"])
 def test_screenshots_of_every_page(chromium, stack, runner, size, scheme):
-    """Every page at 1440×900 and 390×844 in light and dark: saved for review; each page renders its heading,
+    """Every page at 1440x900 and 390x844 in light and dark: saved for review; each page renders its heading,
     and on a phone nothing but the tables (which scroll, with a cue) is wider than the screen."""
     global _jobs
     if not _jobs:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from webui_testkit import shot
 
-
 pytestmark = pytest.mark.browser
 
 
