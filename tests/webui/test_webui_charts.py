@@ -298,3 +298,15 @@ def test_a_warmup_is_a_regime_not_an_outlier(modules):
     out = modules("chart.js", "return arg.map((v) => m.robustRange(v));", [warmup, early])
     assert [r["clipped"] for r in out] == [False, False]
     assert out[0]["lo"] < 2e-5
+
+
+def test_a_long_run_draws_with_a_few_points_per_pixel_and_keeps_its_extremes(modules):
+    body = """
+      const pixels = Array.from({length: 10000}, (_, i) => [i / 20, i === 5003 ? 0 : 100 + (i % 7)]);
+      const d = m.pathData(pixels, 500);
+      const ys = d.replace('M', 'L').split('L').slice(1).map((p) => Number(p.split(',')[1]));
+      return {n: ys.length, min: Math.min(...ys), max: Math.max(...ys)};
+    """
+    out = modules("chart.js", body)
+    assert out["n"] <= 4 * 500  # at most four points per pixel column
+    assert out["min"] == 0 and out["max"] == 106  # the one-point dip and the top survive

@@ -148,7 +148,7 @@ function quantile(sorted, q) {
 export function robustRange(values, { clip = true } = {}) {
   const finite = values.filter(Number.isFinite);
   if (!finite.length) return { lo: 0, hi: 1, clipped: false };
-  const sorted = finite.slice().sort((a, b) => a - b);
+  const sorted = Float64Array.from(finite).sort(); // numeric sort, much faster than a comparator
   let lo = sorted[0];
   let hi = sorted[sorted.length - 1];
   if (clip && sorted.length >= 8) {
@@ -231,6 +231,48 @@ export function xFormatter(xMode) {
 }
 
 export const X_LABELS = { step: 'Optimizer step', relative: 'Time since start', wall: 'Wall-clock time' };
+
+/**
+ * SVG path data through pixel points [[x, y]] sorted by x. With more than two points per pixel column, each
+ * column keeps its first, lowest, highest and last point (M4 decimation): the drawn line looks the same, and
+ * a long run draws as fast as a short one.
+ */
+export function pathData(pixels, width) {
+  let pts = pixels;
+  if (pixels.length > width * 2) {
+    pts = [];
+    let col = null;
+    let bucket = [];
+    const flush = () => {
+      if (!bucket.length) return;
+      let lo = bucket[0];
+      let hi = bucket[0];
+      for (const p of bucket) {
+        if (p[1] < lo[1]) lo = p;
+        if (p[1] > hi[1]) hi = p;
+      }
+      const keep = [bucket[0], lo, hi, bucket[bucket.length - 1]];
+      const seen = new Set();
+      for (const p of keep.sort((a, b) => bucket.indexOf(a) - bucket.indexOf(b))) {
+        if (!seen.has(p)) pts.push(p);
+        seen.add(p);
+      }
+      bucket = [];
+    };
+    for (const p of pixels) {
+      const c = Math.floor(p[0]);
+      if (c !== col) {
+        flush();
+        col = c;
+      }
+      bucket.push(p);
+    }
+    flush();
+  }
+  let d = '';
+  for (let i = 0; i < pts.length; i += 1) d += `${i ? 'L' : 'M'}${pts[i][0].toFixed(1)},${pts[i][1].toFixed(1)}`;
+  return d;
+}
 
 function nearest(points, x) {
   let lo = 0;
@@ -359,7 +401,7 @@ export function lineChart({ id, title, points, series: many, xLabel, yLabel, ...
         while (last + 1 < d.pts.length && d.pts[last + 1].x <= x1) last += 1;
         const vis = d.pts.slice(Math.max(0, first - 1), last + 2);
         const cls = `series-${d.colour % SERIES_COLOURS}`;
-        const path = (key) => vis.map((p, i) => `${i ? 'L' : 'M'}${sx(p.x).toFixed(1)},${clampY(sy(p[key])).toFixed(1)}`).join('');
+        const path = (key) => pathData(vis.map((p) => [sx(p.x), clampY(sy(p[key]))]), plotW);
         if (opts.smoothing > 0) {
           plot.append(s('path', { d: path('raw'), class: `chart-line-raw ${cls}`, fill: 'none' }));
           plot.append(s('path', { d: path('sy'), class: `chart-line chart-smooth ${cls}`, fill: 'none', 'data-series': d.label }));
@@ -504,21 +546,31 @@ export function lineChart({ id, title, points, series: many, xLabel, yLabel, ...
     });
   }
 
+  // The numbers as a table, for screen readers and copying. Built only while its <details> is open: thousands
+  // of rows would otherwise cost more than the chart on every redraw.
   function drawTable(drawn, fmtX, label) {
-    const open = tableSlot.querySelector('details')?.open;
+    const old = tableSlot.querySelector('details');
     if (!drawn.some((d) => d.pts.length)) {
       tableSlot.replaceChildren();
       return;
     }
-    const xs = [...new Set(drawn.flatMap((d) => d.pts.map((p) => p.x)))].sort((a, b) => a - b);
-    const byRun = drawn.map((d) => new Map(d.pts.map((p) => [p.x, p.raw])));
-    const table = h(
-      'table',
-      { class: 'table compact' },
-      h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, label), drawn.map((d) => h('th', { scope: 'col' }, drawn.length > 1 ? d.label : title)))),
-      h('tbody', {}, xs.map((x) => h('tr', {}, h('td', { class: 'num' }, fmtX(x)), byRun.map((m) => h('td', { class: 'num' }, m.has(x) ? formatNumber(m.get(x), 6) : '—'))))),
-    );
-    tableSlot.replaceChildren(h('details', { open }, h('summary', {}, `${title} values`), h('div', { class: 'table-scroll short' }, table)));
+    const build = () => {
+      const xs = [...new Set(drawn.flatMap((d) => d.pts.map((p) => p.x)))].sort((a, b) => a - b);
+      const byRun = drawn.map((d) => new Map(d.pts.map((p) => [p.x, p.raw])));
+      return h(
+        'table',
+        { class: 'table compact' },
+        h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, label), drawn.map((d) => h('th', { scope: 'col' }, drawn.length > 1 ? d.label : title)))),
+        h('tbody', {}, xs.map((x) => h('tr', {}, h('td', { class: 'num' }, fmtX(x)), byRun.map((m) => h('td', { class: 'num' }, m.has(x) ? formatNumber(m.get(x), 6) : '—'))))),
+      );
+    };
+    const box = h('div', { class: 'table-scroll short' });
+    const details = h('details', { open: old?.open }, h('summary', {}, `${title} values`), box);
+    if (details.open) box.append(build());
+    details.addEventListener('toggle', () => {
+      if (details.open && !box.firstChild) box.append(build());
+    });
+    tableSlot.replaceChildren(details);
   }
 
   fig.redraw = ({ series: nextSeries, ...next } = {}) => {
