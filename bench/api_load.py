@@ -1,7 +1,8 @@
 """The API under 1,000 concurrent clients: submissions and listings at once, heartbeats measured beside them.
 
-Starts the real API (``python -m scheduler.cli serve``, one uvicorn process) on a fresh SQLite or PostgreSQL
-database, makes ``--users`` users and one registered worker, then runs two phases on the same server:
+Starts the real API (``twinkle-scheduler serve`` through ``scheduler.testing.Stack``; ``--api-workers``
+uvicorn processes) on a fresh SQLite or PostgreSQL database, makes ``--users`` users and one registered worker,
+then runs two phases on the same server:
 
 - **baseline**: 30 concurrent clients (the most the API survived before this work: issue 14),
 - **load**: ``--clients`` concurrent clients (default 1,000),
@@ -27,8 +28,6 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
-import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,9 +37,8 @@ from pathlib import Path
 
 import httpx
 
-from scheduler.testing.net import free_port
+from scheduler.testing import InProcessWorker, Stack
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = b"from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\nprint('hi')\n"
 HEARTBEAT_INTERVAL_S = 1.0
 LEASE_S = 6.0
@@ -58,100 +56,32 @@ def pct(values: list[float], p: float) -> float:
 # ---------------------------------------------------------------- the server
 
 
-@dataclass
-class Server:
-    url: str
-    admin: str
-    database_url: str
-    proc: subprocess.Popen
-    log_path: Path
-
-    def cpu_s(self) -> float:
-        """CPU seconds the API (all its processes) has used so far, from /proc (Linux)."""
-        clk = os.sysconf("SC_CLK_TCK")
-
-        def of(pid: int) -> tuple[float, int]:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / clk, int(fields[1])
-
-        total = of(self.proc.pid)[0]
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    cpu, ppid = of(int(entry.name))
-                except (OSError, IndexError, ValueError):
-                    continue
-                if ppid == self.proc.pid:
-                    total += cpu
-        return total
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+def start_api(tmp: Path, database_url: str, redis_url: str, **settings: object) -> Stack:
+    """The API alone (no dispatcher: nothing should run) on ``database_url``; ``settings`` are scheduler settings
+    (``api_workers=2``)."""
+    stack = Stack(tmp, redis_url=redis_url, database_url=database_url,
+                  settings={"heartbeat_interval_s": HEARTBEAT_INTERVAL_S, "lease_s": LEASE_S, **settings})
+    try:
+        stack.serve("--log-level", "warning")
+    except BaseException:
+        stack.close()
+        raise
+    return stack
 
 
-def start_api(tmp: Path, database_url: str, redis_url: str, **extra: str) -> Server:
-    port, admin = free_port(), "admin-" + secrets.token_hex(8)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWINKLE_", "REDIS_URL"))}
-    env.update(
-        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-        TWINKLE_SCHEDULER_SECRET_KEY=secrets.token_urlsafe(32),
-        TWINKLE_SCHEDULER_DATABASE_URL=database_url,
-        TWINKLE_SCHEDULER_REDIS_URL=redis_url,
-        TWINKLE_SCHEDULER_ADMIN_TOKEN=admin,
-        TWINKLE_SCHEDULER_STORAGE_DIR=str(tmp / "storage"),
-        TWINKLE_SCHEDULER_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_INTERVAL_S),
-        TWINKLE_SCHEDULER_LEASE_S=str(LEASE_S),
-        TWINKLE_SCHEDULER_HOST="127.0.0.1",
-        TWINKLE_SCHEDULER_PORT=str(port),
-    )
-    env.update({f"TWINKLE_SCHEDULER_{k.upper()}": str(v) for k, v in extra.items()})
-    log_path = tmp / "api.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler.cli", "serve", "--log-level", "warning"],
-        env=env, cwd=tmp, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the child owns it
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the API exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return Server(url, admin, database_url, proc, log_path)
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the API did not come up in 60 s")
+def make_users(stack: Stack, n: int) -> list[str]:
+    return [stack.create_user(f"load-{i}-{uuid.uuid4().hex[:6]}") for i in range(n)]
 
 
-def make_users(server: Server, n: int) -> list[str]:
-    with httpx.Client(base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {server.admin}"}) as c:
-        tokens = []
-        for i in range(n):
-            r = c.post("/users", json={"name": f"load-{i}-{uuid.uuid4().hex[:6]}"})
-            r.raise_for_status()
-            tokens.append(r.json()["token"])
-        return tokens
-
-
-def make_worker(server: Server) -> tuple[str, str]:
-    with httpx.Client(base_url=server.url + "/api/v1", timeout=30) as c:
-        r = c.post("/worker-tokens", json={"owner": "bench"}, headers={"Authorization": f"Bearer {server.admin}"})
-        r.raise_for_status()
-        token = r.json()["token"]
-        r = c.post(
-            "/workers/register",
-            json={"name": "prober", "hostname": "prober",
-                  "device_groups": [{"name": "g", "ranks": 1, "device_type": "npu", "device_model": None,
-                                     "memory_gb": None}]},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        r.raise_for_status()
-        return token, r.json()["worker_id"]
+def make_worker(stack: Stack) -> tuple[str, str]:
+    """A registered worker nothing can match (device type ``npu``), for the prober to heartbeat as."""
+    token = stack.worker_token()
+    with httpx.Client(base_url=stack.url, timeout=30) as c:
+        worker = InProcessWorker(c, token, "prober", [{"name": "g", "ranks": 1, "device_type": "npu",
+                                                       "device_model": None, "memory_gb": None}])
+        worker.register()
+    assert worker.worker_id is not None
+    return token, worker.worker_id
 
 
 # ---------------------------------------------------------------- the prober (own process)
@@ -274,7 +204,7 @@ class PhaseResult:
         )
 
 
-def run_phase(server: Server, tokens: list[str], worker: tuple[str, str], clients: int, rounds: int = 1,
+def run_phase(server: Stack, tokens: list[str], worker: tuple[str, str], clients: int, rounds: int = 1,
               procs: int = 2, timeout: float = 120.0, tag: str = "") -> PhaseResult:
     """``clients`` concurrent clients, ``rounds`` submit+list each, in ``procs`` processes; heartbeats probed."""
     ctx = mp.get_context("spawn")
@@ -288,7 +218,8 @@ def run_phase(server: Server, tokens: list[str], worker: tuple[str, str], client
     prober = ctx.Process(target=_prober, args=(server.url, worker[0], worker[1], stop, probe_out), daemon=True)
     prober.start()
     start_at = time.time() + 2.0 + 0.002 * clients  # every client connected and waiting before the gun
-    cpu0 = server.cpu_s()
+    api = server.service("api")
+    cpu0 = api.cpu_s()
     workers = [
         ctx.Process(target=_client_proc, args=(server.url, tokens, plan, start_at, timeout, out), daemon=True)
         for plan in plans if plan
@@ -312,7 +243,7 @@ def run_phase(server: Server, tokens: list[str], worker: tuple[str, str], client
                 stop.set()
                 raise RuntimeError(f"client processes failed (exit codes {[p.exitcode for p in workers]})") from exc
     wall = time.time() - start_at
-    cpu = server.cpu_s() - cpu0
+    cpu = api.cpu_s() - cpu0
     for p in workers:
         p.join()
     stop.set()
@@ -408,7 +339,7 @@ def main() -> int:
             bad = problems or late or load.server_errors or base.server_errors or load.timeouts or base.timeouts
             return 1 if bad else 0
         finally:
-            server.stop()
+            server.close()
             if drop:
                 drop()
 

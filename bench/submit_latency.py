@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from scheduler.testing.net import free_port
+from scheduler.testing.stack import Stack
 
 BIN = Path(sys.executable).parent
 SCRIPT = """import time
@@ -77,75 +76,37 @@ def measure(submit_cmd, tmp: Path, runs: int, label: str, wait_done=None) -> lis
 
 
 class Platform:
+    """The API, the dispatcher and one ``twinkle-worker`` (``scheduler.testing.Stack``), and a user."""
+
     def __init__(self, tmp: Path, redis_url: str, dispatch_interval: float):
-        self.tmp, self.procs = tmp, []
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin = "admin-" + uuid.uuid4().hex
-        env = clean_env()
-        env.update(
-            TWINKLE_SCHEDULER_SECRET_KEY=secrets.token_urlsafe(32),
-            TWINKLE_SCHEDULER_DATABASE_URL=f"sqlite:///{tmp / 'twinkle.db'}",
-            TWINKLE_SCHEDULER_REDIS_URL=redis_url,
-            TWINKLE_SCHEDULER_ADMIN_TOKEN=self.admin,
-            TWINKLE_SCHEDULER_STORAGE_DIR=str(tmp / "storage"),
-            TWINKLE_SCHEDULER_DISPATCH_INTERVAL_S=str(dispatch_interval),
-            TWINKLE_SCHEDULER_PORT=str(self.port),
-        )
-        self._spawn("api", [str(BIN / "twinkle-scheduler"), "serve", "--log-level", "warning"], env)
-        wait_until(lambda: self._up(), 120, "the API")
-        self._spawn("dispatcher", [str(BIN / "twinkle-scheduler"), "dispatch", "--log-level", "warning"], env)
-        with httpx.Client(base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.admin}"}) as c:
-            self.token = c.post("/users", json={"name": "bench"}).json()["token"]
-            worker_token = c.post("/worker-tokens", json={"owner": "bench"}).json()["token"]
-        wenv = clean_env()
-        wenv.update(
-            TWINKLE_WORKER_SERVER_URL=self.url,
-            TWINKLE_WORKER_TOKEN=worker_token,
-            TWINKLE_WORKER_WORK_DIR=str(tmp / "work"),
-            TWINKLE_WORKER_HEALTH_PORT="0",
-            TWINKLE_WORKER_DEVICE_TYPE="cpu",
-            TWINKLE_WORKER_LOG_LEVEL="WARNING",
-        )
-        self._spawn("worker", [str(BIN / "twinkle-worker")], wenv)
-        wait_until(self._worker_online, 120, "the worker")
-        time.sleep(2)  # let the Celery consumer finish connecting
-
-    def _spawn(self, name: str, args: list[str], env: dict) -> None:
-        log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 - the child's, for its lifetime
-        self.procs.append(subprocess.Popen(args, env=env, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT))
-
-    def _up(self) -> bool:
+        # the scheduler's own timings (not the harness's fast test ones), except the dispatch interval under test
+        self.stack = Stack(tmp, redis_url=redis_url, settings={
+            "heartbeat_interval_s": None, "lease_s": None, "start_deadline_s": None, "max_bundle_mb": None,
+            "dispatch_interval_s": dispatch_interval,
+        })
         try:
-            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def _worker_online(self) -> bool:
-        with httpx.Client(base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.token}"}) as c:
-            return any(w.get("state") == "live" for w in c.get("/workers").json().get("items", []))
+            self.stack.serve("--log-level", "warning")
+            self.stack.dispatch("--log-level", "warning")
+            self.token = self.stack.create_user("bench")
+            self.stack.start_worker("bench", timeout=120)
+        except BaseException:
+            self.stack.close()
+            raise
 
     def submit(self, script: Path) -> str:
         env = clean_env()
-        env.update(TWINKLE_API_URL=self.url, TWINKLE_TOKEN=self.token, XDG_CONFIG_HOME=str(self.tmp / "cfg"))
+        env.update(TWINKLE_API_URL=self.stack.url, TWINKLE_TOKEN=self.token,
+                   XDG_CONFIG_HOME=str(self.stack.home / "cfg"))
         out = subprocess.run([str(BIN / "twinkle-submit"), str(script)], env=env, capture_output=True, text=True)
         if out.returncode:
             raise RuntimeError(f"twinkle-submit failed: {out.stderr}")
         return out.stdout.split("submitted job", 1)[1].split()[0]
 
     def wait_done(self, job_id: str) -> None:
-        with httpx.Client(base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.token}"}) as c:
-            wait_until(lambda: c.get(f"/jobs/{job_id}").json()["state"] in ("succeeded", "failed", "cancelled"),
-                       60, f"job {job_id}")
+        self.stack.wait_job(self.token, job_id, timeout=60)
 
     def close(self) -> None:
-        for p in self.procs:
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        self.stack.close()
 
 
 class RayCluster:

@@ -140,6 +140,12 @@ async def cancel_job(job_id: JobIdPath, user: CurrentUser, rt: RuntimeDep) -> Jo
     return job
 
 
+# written out (no $ref): LogEntries is not a response model of any route, so it is not in the spec's components
+_LOG_ENTRIES_SCHEMA = {
+    "type": "object", "title": "LogEntries", "required": ["lines"],
+    "properties": {"lines": {"type": "array", "items": LogEntry.model_json_schema()}},
+}
+
 LogFormat = Annotated[
     Literal["text", "json"],
     Query(description="text (default): the lines as plain text; json: LogEntries, each line with its attempt, "
@@ -150,7 +156,7 @@ LogFormat = Annotated[
 @router.get(
     routes.JOB_LOGS,
     response_class=PlainTextResponse,
-    responses={200: {"content": {"application/json": {"schema": LogEntries.model_json_schema()}}}},
+    responses={200: {"content": {"application/json": {"schema": _LOG_ENTRIES_SCHEMA}}}},
 )
 async def job_logs(
     job_id: JobIdPath,

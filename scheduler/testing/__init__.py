@@ -2,6 +2,9 @@
 and ``InProcessWorker``, a small worker speaking the same HTTP API as ``twinkle-worker`` (for tests of
 scheduler logic that need a worker but not a job process; end-to-end tests run the real daemon).
 
+``Stack`` (``scheduler.testing.stack``) runs the whole platform as real child processes (API, dispatcher,
+``twinkle-worker`` daemons, a Redis of one's own) for end-to-end tests, the web UI tests and the benchmarks.
+
 Pytest fixtures live in ``scheduler.testing.fixtures``; load them with
 ``pytest_plugins = ["scheduler.testing.fixtures"]`` in a conftest.
 """
@@ -16,14 +19,24 @@ from scheduler.testing.factories import (
     reset_database,
     submit_script,
 )
+from scheduler.testing.net import free_port, wait_for, wait_for_port
+from scheduler.testing.stack import Service, Stack, redis_url_of, running_stack, start_redis
 
 __all__ = [
     "InProcessWorker",
+    "Service",
+    "Stack",
     "auth",
     "create_user",
     "create_worker_token",
+    "free_port",
     "make_app",
     "make_settings",
+    "redis_url_of",
     "reset_database",
+    "running_stack",
+    "start_redis",
     "submit_script",
+    "wait_for",
+    "wait_for_port",
 ]

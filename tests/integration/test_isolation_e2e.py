@@ -25,8 +25,8 @@ def test_an_unsandboxed_worker_runs_only_jobs_that_opted_out(stack: Stack):
         workers = {w["name"]: w for w in c.get("/workers").json()["items"]}
     assert workers["bare"]["isolation"] == "none"
 
-    held = stack.submit_api(token, SCRIPT, name="needs-a-sandbox")
-    opted_out = stack.submit_api(token, SCRIPT, name="trusts-the-pool", allow_unsandboxed=True)
+    held = stack.submit(token, SCRIPT, name="needs-a-sandbox")
+    opted_out = stack.submit(token, SCRIPT, name="trusts-the-pool", allow_unsandboxed=True)
     assert stack.wait_job(token, opted_out["id"])["state"] == "succeeded"
     with stack.http(token) as c:
         assert "ran here" in c.get(f"/jobs/{opted_out['id']}/logs").text

@@ -157,7 +157,7 @@ def test_submit_run_follow_download(stack: Stack, tmp_path: Path):
     assert result.returncode != 0
 
     # the daemon's health endpoint
-    health = httpx.get(f"http://127.0.0.1:{worker.health_port}/healthz", timeout=5)
+    health = httpx.get(f"http://127.0.0.1:{worker.port}/healthz", timeout=5)
     assert health.status_code == 200 and health.json()["status"] == "ok"
 
 
@@ -167,14 +167,14 @@ def test_jobs_go_only_to_workers_whose_device_groups_fit(stack: Stack):
     token = stack.create_user()
     ids = worker_ids(stack, token)
     script = "print('ran')\n"
-    cpu_jobs = [stack.submit_api(token, script, name=f"cpu-{i}",
+    cpu_jobs = [stack.submit(token, script, name=f"cpu-{i}",
                                  request={"device_groups": [{"name": "default", "ranks": 1, "device_type": "cpu"}]})
                 for i in range(3)]
-    gpu_jobs = [stack.submit_api(token, script, name=f"gpu-{i}",
+    gpu_jobs = [stack.submit(token, script, name=f"gpu-{i}",
                                  request={"device_groups": [{"name": "default", "ranks": 2, "device_type": "cuda",
                                                              "min_memory_gb": 16}]})
                 for i in range(3)]
-    too_big = stack.submit_api(token, script, name="too-big",
+    too_big = stack.submit(token, script, name="too-big",
                                request={"device_groups": [{"name": "default", "ranks": 8, "device_type": "cuda"}]})
     for job, worker in [(j, "cpu-worker") for j in cpu_jobs] + [(j, "fake-gpu") for j in gpu_jobs]:
         done = stack.wait_job(token, job["id"])
@@ -196,7 +196,7 @@ def test_cancel_running_and_queued_jobs(stack: Stack, tmp_path: Path):
     stack.start_worker("solo", **NO_SANDBOX)
     token = stack.create_user()
     pid_file = tmp_path / "pid"
-    running = stack.submit_api(
+    running = stack.submit(
         token,
         textwrap.dedent(
             f"""
@@ -211,7 +211,7 @@ def test_cancel_running_and_queued_jobs(stack: Stack, tmp_path: Path):
     )
     stack.wait_job(token, running["id"], states={"running"}, timeout=30)
     pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 15, "the job's pid file"))
-    queued = stack.submit_api(token, "print('never')\n", name="queued", allow_unsandboxed=True)
+    queued = stack.submit(token, "print('never')\n", name="queued", allow_unsandboxed=True)
     assert stack.job(token, queued["id"])["state"] == "queued"
 
     result = run_submit(stack, ["cancel", queued["id"]], token)
@@ -233,7 +233,7 @@ def test_killed_worker_job_is_requeued_and_finishes_once(stack: Stack, tmp_path:
     token = stack.create_user()
     marks = tmp_path / "marks"
     marks.mkdir()
-    job = stack.submit_api(
+    job = stack.submit(
         token,
         textwrap.dedent(
             f"""
@@ -296,7 +296,7 @@ def test_fifty_jobs_five_users_two_workers(stack: Stack, tmp_path: Path):
         print("ok")
         """
     )
-    jobs = [(tokens[i % 5], stack.submit_api(tokens[i % 5], script, name=f"j{i}", allow_unsandboxed=True)) for i in range(50)]
+    jobs = [(tokens[i % 5], stack.submit(tokens[i % 5], script, name=f"j{i}", allow_unsandboxed=True)) for i in range(50)]
     ids = worker_ids(stack, tokens[0])
     used = set()
     for token, job in jobs:

@@ -302,3 +302,39 @@ def test_expected_start_from_recent_durations_and_the_queue_ahead(scheduler_env)
 
     assert 9 <= eta_min(a) <= 10.5  # when the running job ends
     assert 19 <= eta_min(b) <= 20.5  # after a, which takes the mean duration too
+
+
+# ---------------------------------------------------------------- the example submits without warnings
+
+
+def test_the_example_script_submits_with_no_warnings(scheduler_env):
+    from pathlib import Path
+
+    c = scheduler_env.client
+    user = create_user(c, "alice")
+    source = (Path(__file__).resolve().parents[2] / "examples" / "self_cognition.py").read_text()
+    job = submit_script(c, user, source, filename="self_cognition.py").json()
+    assert job["warnings"] == []
+    # WORLD_SIZE defaults to 1 outside Ray; the device is CUDA when there is one, else the CPU: any will do
+    assert job["request"]["device_groups"] == [{"name": "default", "ranks": 1, "device_type": "any",
+                                                 "min_memory_gb": 0.0}]
+
+
+@pytest.mark.parametrize(
+    ("prelude", "call", "group", "warned"),
+    [
+        ('N = int(os.environ.get("N", "4"))', "DeviceGroup('g', ranks=N, device_type='cuda')", (4, "cuda"), False),
+        ('M = os.getenv("M", "ray")\nN = 8 if M == "ray" else 2', "DeviceGroup('g', N, 'cpu')", (8, "cpu"), False),
+        ('D = "cuda" if torch.cuda.is_available() else "cpu"', "DeviceGroup('g', 1, D)", (1, "any"), False),
+        ('D = "cuda" if x else "tpu-v9"', "DeviceGroup('g', 1, D)", (1, "any"), True),  # an unknown type: say so
+        ("N = 2\nN = 16", "DeviceGroup('g', N, 'cuda')", (1, "cuda"), True),  # bound twice: not folded
+        ("N = compute()", "DeviceGroup('g', N, 'cuda')", (1, "cuda"), True),
+    ],
+)
+def test_device_groups_read_module_constants_folded_statically(prelude, call, group, warned):
+    from scheduler.services.script_inspection import inspect_source
+
+    found = inspect_source(f"import os, torch\n{prelude}\n{call}\n")
+    g = found.device_groups[0]
+    assert (g["ranks"], g["device_type"]) == group
+    assert bool(found.warnings) == warned, found.warnings

@@ -1,5 +1,5 @@
 """Worker test fixtures: ``platform`` runs the real API and dispatcher as processes (local storage, SQLite, a
-real Redis db) and starts real ``twinkle-worker`` daemons, reusing the integration tests' ``Stack``."""
+real Redis db) and starts real ``twinkle-worker`` daemons (``scheduler.testing.Stack``)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ def platform(tmp_path, redis_server_url):
     would drop the broker's queues under a running daemon."""
     import redis
 
-    from tests.integration.conftest import running_stack  # skips when the console scripts are missing
+    from scheduler.testing.stack import running_stack
 
     redis_url = redis_server_url.rstrip("/") + "/13"
     redis.Redis.from_url(redis_url).flushdb()
-    with running_stack(tmp_path, f"sqlite:///{tmp_path / 'twinkle.db'}", redis_url, None) as stack:
+    with running_stack(tmp_path, redis_url=redis_url) as stack:
         yield stack

@@ -50,7 +50,7 @@ def test_worker_registers_again_after_the_api_lost_its_record_and_takes_a_new_jo
     old_id = worker_id(platform, user, "donor")
     marks = tmp_path / "marks"
     marks.mkdir()
-    running = platform.submit_api(user, allow_unsandboxed=True, script=textwrap.dedent(
+    running = platform.submit(user, allow_unsandboxed=True, script=textwrap.dedent(
         f"""
         import os, time
         open(os.path.join({str(marks)!r}, "pid"), "w").write(str(os.getpid()))
@@ -70,14 +70,14 @@ def test_worker_registers_again_after_the_api_lost_its_record_and_takes_a_new_jo
     # heartbeats every 0.5 s: the first one answered 404 registers again
     new_id = wait_for(lambda: (w := worker_id(platform, user, "donor")) not in (None, old_id) and w, 3,
                       "the worker to register again", platform)
-    health = httpx.get(f"http://127.0.0.1:{proc.health_port}/healthz", timeout=5).json()
+    health = httpx.get(f"http://127.0.0.1:{proc.port}/healthz", timeout=5).json()
     assert health["worker_id"] == new_id
     # The long job's writes and the next heartbeat are refused/answered by the API for the old attempt: the
     # fence stops it (the lease at work), which frees the slot. The daemon itself must not have died.
     wait_for(lambda: not alive(job_pid), 10, "the API to stop the orphaned attempt", platform)
     assert proc.alive(), proc.log()
 
-    job = platform.submit_api(user, allow_unsandboxed=True, script="print('on the new identity')\n", name="after")
+    job = platform.submit(user, allow_unsandboxed=True, script="print('on the new identity')\n", name="after")
     done = platform.wait_job(user, job["id"], timeout=30)
     assert done["state"] == "succeeded", (done, platform.diagnostics())
     assert [a["worker_id"] for a in done["attempts"]] == [new_id]
@@ -90,7 +90,7 @@ def test_restarted_worker_kills_the_job_group_a_sigkilled_worker_left(platform, 
     first = platform.start_worker("donor", **NO_SANDBOX)
     user = platform.create_user()
     marker = tmp_path / "grandchild.pid"
-    job = platform.submit_api(user, allow_unsandboxed=True, script=textwrap.dedent(
+    job = platform.submit(user, allow_unsandboxed=True, script=textwrap.dedent(
         f"""
         import subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])  # a torchrun rank, say

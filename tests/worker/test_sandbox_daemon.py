@@ -38,7 +38,7 @@ def test_token_out_of_reach_and_the_job_tree_dies_with_a_sigkilled_daemon(platfo
     assert "isolation bwrap" in first.log()
 
     user = platform.create_user()
-    job = platform.submit_api(user, textwrap.dedent(f"""
+    job = platform.submit(user, textwrap.dedent(f"""
         import os, time
         hits = []
         for p in [p for p in os.listdir("/proc") if p.isdigit()]:
@@ -69,7 +69,7 @@ def test_token_out_of_reach_and_the_job_tree_dies_with_a_sigkilled_daemon(platfo
     with platform.http(user) as c:  # else the requeued attempt would sleep on the next worker's only slot
         assert c.post(f"/jobs/{job['id']}/cancel").status_code == 200
     second = platform.start_worker("donor")
-    after = platform.submit_api(user, textwrap.dedent("""
+    after = platform.submit(user, textwrap.dedent("""
         import os
         print("NEXT", len([p for p in os.listdir("/proc") if p.isdigit()]), os.listdir("/dev/shm"))
         """), name="next")
