@@ -109,7 +109,7 @@ def test_list_and_status_show_worker_duration_reason_and_local_zone_times(api, t
         run_job(env, worker, job_id)
         worker.logs(job_id, 1, "Traceback (most recent call last):", "KeyError: 'labels'", stream="stderr")
         worker.finish(job_id, 1, "failed", 1, "exit code 1")
-        code, out, _ = cli(["list"], capsys)
+        _, out, _ = cli(["list"], capsys)
         row = next(line for line in out.splitlines() if job_id in line)
         assert "failed" in row and "donor-7" in row and "exit code 1: KeyError: 'labels'" in row and "JST" in row
         page = json.loads(cli(["list", "--json"], capsys)[1])
