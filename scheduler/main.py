@@ -76,7 +76,8 @@ def install_error_handlers(app: FastAPI) -> None:
         # a browser asking for a page that does not exist gets the web UI's "not found" page, not JSON
         not_found_page = getattr(app.state, "not_found_page", None)
         if exc.status_code == 404 and not_found_page is not None and _wants_a_page(req):
-            return not_found_page()  # type: ignore[no-any-return]
+            page: Response = not_found_page()
+            return page
         code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(exc.status_code, ErrorCode.HTTP_ERROR)
         return _error(exc.status_code, code, str(exc.detail))
 

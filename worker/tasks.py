@@ -181,6 +181,7 @@ class AttemptExecutor:
             ledger=self.ledger,
             sandbox=self.sandbox,
             limits=self.settings.limits(),
+            sys_sample_s=self.settings.sys_sample_s,
         )
         with self._lock:
             self._running[(job_id, attempt)] = runner

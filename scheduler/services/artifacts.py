@@ -97,7 +97,7 @@ def stream_zip(storage: Storage, files: list[tuple[str, str]]) -> Iterator[bytes
     """The zip of ``files`` (name, storage key), produced while reading: memory stays at about one storage chunk
     whatever the size (stored, not deflated: checkpoints are weights that barely compress; zip64 for > 4 GiB)."""
     pipe = _Pipe()
-    with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+    with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, key in files:
             info = zipfile.ZipInfo(name, date_time=time.gmtime()[:6])
             info.external_attr = 0o644 << 16

@@ -35,7 +35,7 @@ def phase_of(job: JobModel, held: bool | None = None) -> Phase:
     if job.state == JobState.CANCELLING:
         return "stopping"
     state: Any = str(job.state)
-    return state  # type: ignore[no-any-return]
+    return state
 
 
 def _summary(exit_code: int | None, limit: str | None, error: str | None) -> tuple[str, str, str | None]:

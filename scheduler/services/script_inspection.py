@@ -189,7 +189,7 @@ def parse_script(source: str, filename: str = "train.py") -> ast.Module:
 def inspect_source(source: str, filename: str = "train.py") -> Inspection:
     """Parse ``source`` (``parse_script``: raises ``InvalidRequest``) and read its resource request."""
     tree = parse_script(source, filename)
-    names = _Names(tree)
+    constants = _Names(tree)
     groups: list[dict[str, Any]] = []
     warnings: list[str] = []
     nproc: int | None = None
@@ -199,12 +199,12 @@ def inspect_source(source: str, filename: str = "train.py") -> Inspection:
             continue
         name = _call_name(node.func)
         if name == "DeviceGroup":
-            groups.append(_read_group(node, filename, len(groups), warnings, names))
+            groups.append(_read_group(node, filename, len(groups), warnings, constants))
         elif name == "initialize":
             n = _arg(node, 1, "nproc_per_node")
             if n is not None:
                 try:
-                    nproc = int(_folded(n, names))
+                    nproc = int(_folded(n, constants))
                 except (ValueError, TypeError, SyntaxError):
                     warnings.append(f"{filename}:{node.lineno}: nproc_per_node is not a literal int; ignored")
             m = _arg(node, 0, "mode")

@@ -255,7 +255,7 @@ def test_a_checkpoint_folder_downloads_as_one_zip_from_s3(scheduler_env):
 
 
 def test_held_jobs_have_no_place_and_only_competitors_count(scheduler_env):
-    env, c = scheduler_env, scheduler_env.client
+    c = scheduler_env.client
     alice, bob = create_user(c, "alice"), create_user(c, "bob")
     gpu = InProcessWorker(c, create_worker_token(c), "gpu-box", [gpu_group(ranks=1)])
     gpu.register()

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from scheduler.testing.fixtures import scheduler_db_url, scheduler_env, scheduler_overrides  # noqa: F401
 from scheduler.testing.net import free_port
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}

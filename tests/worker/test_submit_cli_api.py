@@ -16,7 +16,6 @@ import pytest
 from scheduler.services import dispatch
 from scheduler.testing import InProcessWorker, create_worker_token
 from scheduler.testing.factories import cpu_group, create_user
-from scheduler.testing.fixtures import scheduler_db_url, scheduler_env, scheduler_overrides  # noqa: F401
 from scheduler.testing.net import free_port
 from submit.cli import main
 
@@ -69,7 +68,7 @@ def run_job(env, worker, job_id):
 
 
 def test_submit_with_env_and_args_prints_the_page_and_the_next_commands(api, tmp_path, capsys):
-    env, url, _ = api
+    _, url, _ = api
     (tmp_path / "train.py").write_text(JOB)
     code, out, err = cli([str(tmp_path / "train.py"), "--env", "LR=1e-4", "-e", "TAG=a=b", "--arg", "--epochs",
                           "--arg", "3"], capsys)
@@ -88,7 +87,6 @@ def test_submit_with_env_and_args_prints_the_page_and_the_next_commands(api, tmp
 
 
 def test_rerun_merges_env_replaces_args_and_names_the_original(api, tmp_path, capsys):
-    env, _, _ = api
     first = submit(tmp_path, capsys, "--env", "LR=1e-4", "--env", "SEED=1", "--arg", "-v", "--name", "base")
     code, out, err = cli(["rerun", first, "--env", "LR=5e-4", "--arg", "--epochs", "--arg", "9"], capsys)
     assert code == 0, err
@@ -97,7 +95,7 @@ def test_rerun_merges_env_replaces_args_and_names_the_original(api, tmp_path, ca
     job = json.loads(cli(["status", second, "--json"], capsys)[1])
     assert job["env"] == {"LR": "5e-4", "SEED": "1"} and job["args"] == ["--epochs", "9"]
     assert job["name"] == "base" and job["resubmitted_from"] == first
-    code, out, _ = cli(["rerun", first, "--no-args", "--ranks", "1", "--device-type", "cpu"], capsys)
+    _, out, _ = cli(["rerun", first, "--no-args", "--ranks", "1", "--device-type", "cpu"], capsys)
     third = json.loads(cli(["status", out.split("submitted job ")[1].split()[0], "--json"], capsys)[1])
     assert third["args"] == [] and third["env"] == {"LR": "1e-4", "SEED": "1"}
 
@@ -111,12 +109,12 @@ def test_list_and_status_show_worker_duration_reason_and_local_zone_times(api, t
         run_job(env, worker, job_id)
         worker.logs(job_id, 1, "Traceback (most recent call last):", "KeyError: 'labels'", stream="stderr")
         worker.finish(job_id, 1, "failed", 1, "exit code 1")
-        code, out, _ = cli(["list"], capsys)
+        _, out, _ = cli(["list"], capsys)
         row = next(line for line in out.splitlines() if job_id in line)
         assert "failed" in row and "donor-7" in row and "exit code 1: KeyError: 'labels'" in row and "JST" in row
         page = json.loads(cli(["list", "--json"], capsys)[1])
         assert page["total"] == 1 and page["items"][0]["worker_name"] == "donor-7"
-        code, out, err = cli(["status", job_id], capsys)
+        _, out, err = cli(["status", job_id], capsys)
         assert "failed (attempt 1): exit code 1" in err and "| KeyError: 'labels'" in err
         assert "JST" in out and "worker:   donor-7" in out and f"/jobs/{job_id}" in out
     finally:
