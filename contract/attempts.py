@@ -26,6 +26,15 @@ class StartResponse(BaseModel):
     entrypoint: str
     user_id: str
     resume_from: ResumeFrom | None = None
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra job environment the platform asks for; a worker passes only the names in JOB_ENV_NAMES",
+    )
+
+
+JOB_ENV_NAMES = frozenset({"TWINKLE_DETERMINISTIC", "TWINKLE_STOP_AFTER_STEPS"})
+"""The only ``StartResponse.env`` names a worker sets: twinkle's deterministic mode and its stop after k optimizer
+steps (a replay). Anything else the API sent would be ignored."""
 
 
 class LogLine(BaseModel):

@@ -15,7 +15,9 @@ MAX_MEMORY_GB = 1_048_576.0  # 1 PiB per rank: far above any device, finite so a
 
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-"""Job states that never change again; a client following a job stops at one of these."""
+"""Job states that never change again; a client following a job stops at one of these. ``validating`` (the
+attempt reported success and is being replayed on a trusted worker) is not one: it ends ``succeeded``, or the
+job is queued again when the replay disagrees."""
 
 
 class DeviceGroupRequest(BaseModel):
@@ -65,13 +67,21 @@ class Attempt(BaseModel):
     ended_at: dt.datetime | None
     exit_code: int | None
     error: str | None
+    validation: str | None = Field(
+        default=None,
+        description="spot check of a succeeded attempt: pending (being replayed), validated, unverified (the replay "
+        "disagreed: the job was queued again), inconclusive (nothing to compare); none: not sampled",
+    )
 
 
 class Job(BaseModel):
     id: str
     name: str
     user_id: str
-    state: str = Field(description="queued, assigned, running, cancelling, succeeded, failed or cancelled")
+    state: str = Field(
+        description="queued, assigned, running, cancelling, validating (success reported, replay pending), "
+        "succeeded, failed or cancelled"
+    )
     entrypoint: str
     request: StoredRequest
     warnings: list[str]

@@ -23,6 +23,7 @@ from scheduler.db import (
     ArtifactModel,
     AttemptModel,
     AttemptState,
+    JobKind,
     JobModel,
     JobState,
     MetricModel,
@@ -30,7 +31,8 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import BadRequest, Forbidden, InvalidRequest, LengthRequired, NotFound, StaleAttempt
-from scheduler.services.usage import gpu_seconds_of
+from scheduler.services import validation
+from scheduler.services.usage import record_attempt_end
 from scheduler.storage import Storage, attempt_key
 
 WRITABLE = (AttemptState.RUNNING,)
@@ -40,6 +42,7 @@ WRITABLE = (AttemptState.RUNNING,)
 class Fenced:
     job: JobModel
     attempt: AttemptModel
+    verdict: validation.Verdict | None = None  # finish of a replay: what it decided about the checked attempt
 
 
 def fence(session: Session, token: ApiTokenModel, job_id: str, n: int, allowed: tuple[str, ...]) -> Fenced:
@@ -244,7 +247,12 @@ def plan_finish(session: Session, token: ApiTokenModel, job_id: str, n: int, bod
     return FinishPlan(f.job.user_id, _end_state(f.job, body), done=False)
 
 
-def finish(session: Session, token: ApiTokenModel, job_id: str, n: int, body: FinishRequest) -> Fenced:
+def finish(
+    session: Session, token: ApiTokenModel, job_id: str, n: int, body: FinishRequest,
+    policy: validation.ReplayPolicy | None = None,
+) -> Fenced:
+    """End the attempt. A donor's success may be sampled for a replay (the job is then ``validating``); the end of
+    a replay judges the attempt it checked (``Fenced.verdict``). ``policy`` None: no spot checks."""
     f = fence(session, token, job_id, n, (AttemptState.ASSIGNED, AttemptState.RUNNING))
     now = utcnow()
     job, attempt = f.job, f.attempt
@@ -260,13 +268,20 @@ def finish(session: Session, token: ApiTokenModel, job_id: str, n: int, body: Fi
         session.rollback()
         raise StaleAttempt(f"attempt {n} of job {job_id} ended already", fields={})
     worker = session.get(WorkerModel, attempt.worker_id) if attempt.worker_id else None
+    record_attempt_end(attempt, job, worker, now)
     if worker is not None:
-        worker.gpu_seconds += gpu_seconds_of(attempt, job, worker, now)
         worker.jobs_run += 1
     job.state = state
     job.ended_at = now
     job.updated_at = now
     job.error = body.error if state == "failed" else None
     job.slots = None
+    if policy is not None and job.kind == JobKind.REPLAY:
+        f.verdict = validation.conclude(session, job, state, policy)
+    elif (
+        policy is not None and state == JobState.SUCCEEDED and worker is not None
+        and validation.should_sample(worker, policy)
+    ):
+        validation.start_replay(session, job, attempt, policy.steps)
     session.commit()
     return f
