@@ -287,7 +287,8 @@ def test_workers_show_their_isolation_and_a_job_can_opt_out_of_the_sandbox(page,
     name = f"bare-{uuid.uuid4().hex[:6]}"
     with stack.client(stack.worker_token) as c:
         r = c.post("/workers/register", json={"name": name, "hostname": name, "isolation": "none",
-                                              "device_groups": [{"ranks": 1, "device_type": "cpu"}]})
+                                              "device_groups": [{"ranks": 1, "device_type": "cpu"}],
+                                              "probe": {"devices": [{"device_type": "cpu", "count": 1}]}})
         assert r.status_code == 200, r.text
     token = _user(stack)
     sign_in(page, stack, token)

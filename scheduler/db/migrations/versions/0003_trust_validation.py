@@ -20,11 +20,11 @@ depends_on = None
 
 def upgrade() -> None:
     # Plain ADD COLUMN, no batch: SQLite rebuilding api_tokens would cascade-delete every worker (ON DELETE CASCADE).
-    op.add_column('api_tokens', sa.Column('trusted', sa.Boolean(), nullable=False, server_default=sa.text('0')))
+    op.add_column('api_tokens', sa.Column('trusted', sa.Boolean(), nullable=False, server_default=sa.false()))
     op.add_column('workers', sa.Column('probe', sa.JSON(), nullable=True))
     op.add_column('workers', sa.Column('reputation', sa.Float(), nullable=False, server_default='0.5'))
     op.add_column('workers', sa.Column('validated_attempts', sa.Integer(), nullable=False, server_default='0'))
-    op.add_column('workers', sa.Column('trusted', sa.Boolean(), nullable=False, server_default=sa.text('0')))
+    op.add_column('workers', sa.Column('trusted', sa.Boolean(), nullable=False, server_default=sa.false()))
     op.add_column('jobs', sa.Column('kind', sa.String(length=16), nullable=False, server_default='user'))
     op.add_column('jobs', sa.Column('replay_of', sa.String(length=32), nullable=True))
     op.add_column('jobs', sa.Column('replay_attempt', sa.Integer(), nullable=True))
