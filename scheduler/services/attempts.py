@@ -101,12 +101,17 @@ def resume_files(session: Session, job: JobModel) -> ResumePoint | None:
     attempt of this job: every upload passed the fence, so only the worker assigned that attempt could write them,
     while it held the assignment. The latest such attempt wins, and within it the folder recorded last (the
     highest artifact row id: the worker uploads each folder as it appears, so the last recorded is the newest
-    save). A name like ``checkpoint-999999`` counts for nothing.
+    save). A name like ``checkpoint-999999`` counts for nothing. A replay gets the resume point of the attempt it
+    checks.
     """
+    job_id, before = job.id, job.attempt
+    if job.kind == JobKind.REPLAY and job.replay_of is not None and job.replay_attempt is not None:
+        # a replay starts where the checked attempt started: from that attempt's resume point, if it had one
+        job_id, before = job.replay_of, job.replay_attempt
     rows = session.scalars(
         sa.select(ArtifactModel)
         .where(
-            ArtifactModel.job_id == job.id, ArtifactModel.attempt < job.attempt, ArtifactModel.path.like("output/%/%")
+            ArtifactModel.job_id == job_id, ArtifactModel.attempt < before, ArtifactModel.path.like("output/%/%")
         )
         .order_by(ArtifactModel.attempt.desc(), ArtifactModel.id.desc())
     ).all()

@@ -4,6 +4,7 @@ spot-check replays of donors' results on a trusted worker, and credit only for v
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -173,7 +174,7 @@ CURVE = [{"step": s, "ts": float(s), "metrics": {"loss": 2.0 / s, "grad_norm": 1
 
 def test_a_validated_attempt_ends_succeeded_and_its_pending_credit_is_granted(scheduler_env):
     env, c = scheduler_env, scheduler_env.client
-    user, jid, donor = _donor_success(env, CURVE, gpu=True)
+    user, jid, _donor = _donor_success(env, CURVE, gpu=True)
     job = _job(c, user, jid)
     assert job["state"] == "validating" and job["attempts"][0]["validation"] == "pending"
     assert "being replayed" in job["pending_reason"]
@@ -197,7 +198,7 @@ def test_a_validated_attempt_ends_succeeded_and_its_pending_credit_is_granted(sc
                          ids=["no-metrics", "made-up-loss"])
 def test_a_mismatch_marks_the_attempt_unverified_requeues_elsewhere_and_bans_the_donor(scheduler_env, posted):
     env, c = scheduler_env, scheduler_env.client
-    user, jid, donor = _donor_success(env, posted, gpu=True)
+    user, jid, _donor = _donor_success(env, posted, gpu=True)
     pool, _ = _pool_replays(env, jid, CURVE, gpu=True)
     job = _job(c, user, jid)
     assert job["state"] == "queued" and job["attempts"][0]["validation"] == "unverified"
@@ -253,10 +254,13 @@ def test_the_worker_passes_only_the_platforms_job_switches():
 
 # --- 4. the key test: a worker that reports success without running, caught by a real replay --------------------
 
-TRAIN = """
-import os
+ROOT = Path(__file__).resolve().parents[2]
+# The job imports twinkle from this checkout (the worker scrubs PYTHONPATH; the venv may hold another checkout's),
+# then runs the example unchanged: 6 optimizer steps of 4 rows, a metric record after each.
+TRAIN = f"""
+import os, runpy, sys
+sys.path.insert(0, {str(ROOT)!r})
 os.environ.update(DATA_ROWS='48', BATCH_SIZE='4', LOG_EVERY='2', MAX_STEPS='6')
-import runpy
 runpy.run_path('self_cognition.py', run_name='__main__')
 """
 
@@ -264,9 +268,8 @@ runpy.run_path('self_cognition.py', run_name='__main__')
 def _bundle() -> bytes:
     import io
     import zipfile
-    from pathlib import Path
 
-    example = Path(__file__).resolve().parents[2] / "examples" / "self_cognition.py"
+    example = ROOT / "examples" / "self_cognition.py"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("train.py", TRAIN)
