@@ -333,6 +333,7 @@ def test_a_worker_reporting_success_without_running_is_caught_and_the_job_succee
     assert _workers(c, user)["cheater"]["reputation"] < env.settings.min_reputation
 
     # requeued on the honest worker, run for real; a trusted pool's success is final
+    assert pool.heartbeat().status_code == 200  # the replay outlasted the test's 5 s lease
     _dispatch(env)
     job = _job(c, user, jid)
     assert job["attempt"] == 2 and job["worker_id"] == pool.worker_id, job
