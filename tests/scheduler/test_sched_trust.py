@@ -19,6 +19,7 @@ from scheduler.testing import InProcessWorker, auth, create_user, create_worker_
 from scheduler.testing.factories import CPU_JOB, cpu_group, gpu_group
 
 API = routes.API_PREFIX
+GPU_JOB = CPU_JOB.replace("device_type='cpu'", "device_type='cuda'")
 
 
 @pytest.fixture()
@@ -143,7 +144,7 @@ def _donor_success(env: Any, metrics: list[dict], *, gpu: bool = False) -> tuple
     groups = [gpu_group(1)] if gpu else [cpu_group()]
     donor = InProcessWorker(c, create_worker_token(c, "donor"), "donor", groups)
     donor.register()
-    script = CPU_JOB if not gpu else CPU_JOB.replace("device_type='cpu'", "device_type='cuda'")
+    script = GPU_JOB if gpu else CPU_JOB
     jid = submit_script(c, user, script).json()["id"]
     _dispatch(env)
     assert donor.start(jid, 1).status_code == 200
@@ -154,10 +155,12 @@ def _donor_success(env: Any, metrics: list[dict], *, gpu: bool = False) -> tuple
     return user, jid, donor
 
 
-def _pool_replays(env: Any, jid: str, metrics: list[dict], *, gpu: bool = False) -> tuple[InProcessWorker, str]:
+def _pool_replays(
+    env: Any, jid: str, metrics: list[dict], *, gpu: bool = False, ranks: int = 1
+) -> tuple[InProcessWorker, str]:
     c = env.client
-    pool = InProcessWorker(c, create_worker_token(c, "platform", trusted=True), "pool", [gpu_group(1)] if gpu
-                           else [cpu_group()])
+    pool = InProcessWorker(c, create_worker_token(c, "platform", trusted=True), "pool", [gpu_group(ranks)] if gpu
+                           else [cpu_group(ranks)])
     pool.register()
     _dispatch(env)
     replay = _replay_of(env, jid)
@@ -198,7 +201,7 @@ def test_a_validated_attempt_ends_succeeded_and_its_pending_credit_is_granted(sc
                          ids=["no-metrics", "made-up-loss"])
 def test_a_mismatch_marks_the_attempt_unverified_requeues_elsewhere_and_bans_the_donor(scheduler_env, posted):
     env, c = scheduler_env, scheduler_env.client
-    user, jid, _donor = _donor_success(env, posted, gpu=True)
+    user, jid, donor = _donor_success(env, posted, gpu=True)
     pool, _ = _pool_replays(env, jid, CURVE, gpu=True)
     job = _job(c, user, jid)
     assert job["state"] == "queued" and job["attempts"][0]["validation"] == "unverified"
@@ -210,7 +213,8 @@ def test_a_mismatch_marks_the_attempt_unverified_requeues_elsewhere_and_bans_the
     assert "failed its spot check" in log and "requeued as attempt 2" in log
 
     # the donor gets nothing more, not this job and not a new one; the pool takes the job
-    second = submit_script(c, user, CPU_JOB).json()["id"]
+    second = submit_script(c, user, GPU_JOB).json()["id"]
+    assert donor.heartbeat().status_code == 200 and pool.heartbeat().status_code == 200  # both live and idle
     _dispatch(env)
     assert _job(c, user, jid)["attempts"][1]["worker_id"] == pool.worker_id
     assert _job(c, user, second)["state"] == "queued"
@@ -344,3 +348,41 @@ def test_a_worker_reporting_success_without_running_is_caught_and_the_job_succee
     records = c.get(f"{API}{routes.path(routes.JOB_METRICS, job_id=jid)}", headers=auth(user)).json()["records"]
     honest = [r["metrics"]["loss"] for r in records if r["attempt"] == 2]
     assert len(honest) == 6 and honest[:3] != [f["metrics"]["loss"] for f in fake[:3]]
+
+
+def test_a_reputable_donor_that_fails_a_check_keeps_working_but_never_gets_that_job_back(scheduler_env):
+    env, c = scheduler_env, scheduler_env.client
+    user, jid, donor = _donor_success(env, [], gpu=True)
+    with env.rt.db.session() as s:  # a long-standing donor: one mismatch does not ban it
+        s.execute(sa.text(f"UPDATE workers SET reputation = 1.0 WHERE id = '{donor.worker_id}'"))
+        s.commit()
+    # the pool offers 2 ranks: for these 1-rank jobs the donor's 1-rank slot is the best fit, so only the rule
+    # keeps the job away from it
+    pool, _ = _pool_replays(env, jid, CURVE, gpu=True, ranks=2)
+    assert _workers(c, user)["donor"]["reputation"] == pytest.approx(0.5)
+    second = submit_script(c, user, GPU_JOB).json()["id"]
+    for w in (donor, pool):
+        assert w.heartbeat().status_code == 200
+    _dispatch(env)
+    assert _job(c, user, jid)["worker_id"] == pool.worker_id, "the job never goes back to the donor it caught"
+    assert _job(c, user, second)["worker_id"] == donor.worker_id, "the donor still gets other work"
+
+
+def test_a_replay_goes_only_to_a_trusted_worker_and_never_holds_up_the_owners_jobs(scheduler_env):
+    env, c = scheduler_env, scheduler_env.client
+    user, jid, donor = _donor_success(env, CURVE)
+    other = InProcessWorker(c, create_worker_token(c, "bob"), "other-donor", [cpu_group()])
+    other.register()
+    assert donor.heartbeat().status_code == 200
+    _dispatch(env)
+    replay = _replay_of(env, jid)
+    with env.rt.db.session() as s:
+        row = s.get(JobModel, replay.id)
+        assert row is not None and row.state == "queued" and row.pending_reason == "waiting for a free trusted worker"
+    later = submit_script(c, user, CPU_JOB).json()["id"]
+    _dispatch(env)
+    assert _job(c, user, later)["state"] == "assigned", "the owner's next job is not stuck behind the replay"
+    pool = InProcessWorker(c, create_worker_token(c, "platform", trusted=True), "pool", [cpu_group()])
+    pool.register()
+    _dispatch(env)
+    assert pool.start(replay.id, 1).status_code == 200
