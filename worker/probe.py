@@ -79,6 +79,7 @@ def run_probe(probe_file: Path | None = None, *, with_cuda: bool = True) -> dict
     if probe_file is not None:
         return json.loads(Path(probe_file).read_text())
     t0 = time.perf_counter()
+    torch: Any
     try:
         import torch
     except ImportError:  # a CPU-only donor may run without torch

@@ -112,7 +112,7 @@ def plan_round(
     donors: dict[tuple[str, int], str] = {}
     for chunk in _chunks(checked):
         donors.update({
-            (jid, n): wid
+            (jid, n): str(wid)
             for jid, n, wid in session.execute(
                 sa.select(AttemptModel.job_id, AttemptModel.n, AttemptModel.worker_id).where(
                     AttemptModel.job_id.in_({j for j, _ in chunk}), AttemptModel.worker_id.is_not(None)

@@ -89,7 +89,7 @@ def forfeit_pending(session: Session, worker_id: str) -> float:
 def pending_seconds(session: Session) -> dict[str, float]:
     """worker id -> device-seconds waiting for validation."""
     return {
-        wid: float(total or 0.0)
+        str(wid): float(total or 0.0)
         for wid, total in session.execute(
             sa.select(AttemptModel.worker_id, sa.func.sum(AttemptModel.device_seconds))
             .where(AttemptModel.credit == Credit.PENDING, AttemptModel.worker_id.is_not(None))

@@ -238,5 +238,5 @@ def unverified_workers(session: Session, job_ids: Sequence[str]) -> dict[str, fr
                 AttemptModel.worker_id.is_not(None),
             )
         ):
-            out.setdefault(jid, set()).add(wid)
+            out.setdefault(jid, set()).add(str(wid))
     return {k: frozenset(v) for k, v in out.items()}
