@@ -247,7 +247,9 @@ def plan_finish(session: Session, token: ApiTokenModel, job_id: str, n: int, bod
         attempt = session.scalar(sa.select(AttemptModel).where(AttemptModel.job_id == job_id, AttemptModel.n == n))
         states = {body.state, "cancelled"} if body.state == "failed" else {body.state}
         if job is not None and attempt is not None and job.attempt == n and attempt.state in states:
-            return FinishPlan(job.user_id, attempt.state, done=True)
+            # the same answer as the first time: a sampled success left the job validating
+            same = JobState.VALIDATING if job.state == JobState.VALIDATING else attempt.state
+            return FinishPlan(job.user_id, same, done=True)
         raise
     return FinishPlan(f.job.user_id, _end_state(f.job, body), done=False)
 

@@ -152,6 +152,7 @@ def _donor_success(env: Any, metrics: list[dict], *, gpu: bool = False) -> tuple
     _ran_for(env, jid, 1, hours=1.0)
     r = donor.finish(jid, 1)
     assert r.status_code == 200 and r.json()["state"] == "validating", r.text
+    assert donor.finish(jid, 1).json()["state"] == "validating", "a retried finish gets the same answer"
     return user, jid, donor
 
 
