@@ -121,7 +121,10 @@ def naive(db: Database, app, limit: int) -> tuple[int, float]:
                 busy: dict[str, set] = {}
                 for wid, slots in s.execute(sa.select(JobModel.worker_id, JobModel.slots).where(
                         JobModel.state.in_([x.value for x in ACTIVE_JOB_STATES]))):
-                    busy.setdefault(wid, set()).update(slots or [])
+                    # rows the batched dispatcher wrote hold {"slot", "devices"}; the naive one writes bare indexes
+                    busy.setdefault(wid, set()).update(
+                        e["slot"] if isinstance(e, dict) else e for e in (slots or [])
+                    )
                 needs = matching.needs_from_request(job.request)
                 chosen = None
                 for w in s.scalars(sa.select(WorkerModel).where(WorkerModel.state == "live")):

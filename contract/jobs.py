@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -12,6 +12,16 @@ MAX_RANKS = 4096
 MAX_DEVICE_TYPE = 32
 MAX_GROUPS = 64
 MAX_MEMORY_GB = 1_048_576.0  # 1 PiB per rank: far above any device, finite so a job can be matched at all
+
+
+Launcher = Literal["python", "torchrun", "ray"]
+LAUNCHERS: tuple[str, ...] = ("python", "torchrun", "ray")
+LAUNCHER_DOC = (
+    "how the worker starts the entrypoint: 'python' (one process), 'torchrun' (local mode, one process per rank: "
+    "python -m torch.distributed.run --standalone --nproc_per_node <the attempt's device count>), 'ray' (Ray mode: "
+    "a Ray cluster of the attempt's own, limited to its devices, RAY_ADDRESS set for the script). Unset: read "
+    "from the script (twinkle.initialize(mode=...) and its DeviceGroups)"
+)
 
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -36,6 +46,7 @@ class JobRequest(BaseModel):
         description="the owner accepts a worker without a sandbox (isolation 'none', a trusted pool); by default "
         "a job runs only on workers that isolate it (bwrap or a container runtime)",
     )
+    launcher: Launcher | None = Field(default=None, description=LAUNCHER_DOC)
 
 
 class StoredDeviceGroup(BaseModel):
@@ -50,6 +61,7 @@ class StoredDeviceGroup(BaseModel):
 class StoredRequest(BaseModel):
     device_groups: list[StoredDeviceGroup]
     allow_unsandboxed: bool = False
+    launcher: str = Field(default="python", description=LAUNCHER_DOC)
 
 
 class InspectResponse(BaseModel):

@@ -9,13 +9,28 @@ Isolation = Literal["bwrap", "container", "none"]
 
 
 class OfferedGroup(BaseModel):
-    """One DeviceGroup a worker offers; it runs one job at a time."""
+    """One DeviceGroup a worker offers: a pool shared by count (``pooled``: several jobs side by side, each on
+    its own devices) or a static slot that runs one job at a time (the default, and what an older worker
+    means)."""
 
     name: str = Field(default="default", min_length=1, max_length=128)
     ranks: int = Field(ge=1, le=4096)
     device_type: str = Field(min_length=1, max_length=32)
     device_model: str | None = Field(default=None, max_length=128)
     memory_gb: float | None = Field(default=None, ge=0)
+    pooled: bool = Field(
+        default=False,
+        description="true: the group's devices are shared by count (a job takes as many as its groups need and "
+        "jobs run side by side on disjoint devices); false: one slot, one job at a time on all of them",
+    )
+
+
+class DevicesInUse(BaseModel):
+    """Devices of one offered group that one job holds (indexes 0..ranks-1 within the group)."""
+
+    job_id: str
+    group: str
+    devices: list[int]
 
 
 class ProbedDevice(BaseModel):
@@ -89,6 +104,7 @@ class Worker(BaseModel):
     registered_at: dt.datetime
     last_heartbeat_at: dt.datetime
     running_jobs: int
+    devices_in_use: list[DevicesInUse] = Field(default_factory=list, description="which job holds which devices")
     jobs_run: int
     gpu_hours: float = Field(description="device-hours of GPU slots credited after validation")
     pending_gpu_hours: float = Field(

@@ -2,7 +2,8 @@
 
 Liveness is our own lease, not Celery's: the heartbeat thread reports the running attempts every
 ``heartbeat_interval_s`` and receives the attempts to cancel (cancels sent while the worker was offline too).
-The Celery worker runs in this process (thread pool, concurrency 1 per DeviceGroup slot, prefetch 1), so the
+The Celery worker runs in this process (thread pool: one thread per device of a pool, or one for a static slot;
+prefetch 1), so the
 task, the heartbeat and the health endpoint share the executor's view of what is running.
 
 A heartbeat answered 404 means the API lost this worker's record (reaped after a long partition, or a reset
@@ -55,7 +56,8 @@ class WorkerDaemon:
         cuda = ",".join(str(i) for i in range(self.offer.ranks)) if self.offer.device_type == "cuda" else None
         self.ledger = ProcessGroupLedger(settings.work_dir.resolve() / LEDGER_FILE)
         self.executor = AttemptExecutor(
-            self.client, settings, cuda_visible_devices=cuda, ledger=self.ledger, sandbox=self.sandbox
+            self.client, settings, cuda_visible_devices=cuda, ledger=self.ledger, sandbox=self.sandbox,
+            ranks=self.offer.ranks,
         )
         self.worker_id: str | None = None
         self.queue: str | None = None
@@ -104,8 +106,9 @@ class WorkerDaemon:
         self.lease_s = float(reply.get("lease_s", 3 * self.heartbeat_interval_s))
         self.last_heartbeat = time.monotonic()
         log.info(
-            "registered as worker %s (queue %s) offering %s x %s, isolation %s", self.worker_id, self.queue,
-            self.offer.ranks, self.offer.device_type, self.sandbox.isolation,
+            "registered as worker %s (queue %s) offering %s x %s (%s), isolation %s", self.worker_id, self.queue,
+            self.offer.ranks, self.offer.device_type, "shared by count" if self.offer.pooled else "one job at a time",
+            self.sandbox.isolation,
         )
         return reply
 
@@ -227,7 +230,8 @@ class WorkerDaemon:
             hostname=f"twinkle-{self.worker_id}@{socket.gethostname()}",
             queues=[self._consuming],
             pool="threads",
-            concurrency=1,
+            # a pool runs as many attempts side by side as it has devices (the dispatcher never gives more)
+            concurrency=self.offer.ranks if self.offer.pooled else 1,
             prefetch_multiplier=1,
             without_gossip=True,
             without_mingle=True,

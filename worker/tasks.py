@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import socket
+import sys
 import threading
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -19,6 +21,7 @@ from contract.archive import DEFAULT_LIMITS, ArchiveLimits, ArchiveRejected, ext
 from contract.attempts import JOB_ENV_NAMES
 from contract.tasks import CELERY_SHARED_CONFIG, TASK_RUN_ATTEMPT
 from worker.client import Conflict, NotFound, StaleAttempt, WorkerAPIError, WorkerClient
+from worker.launch import attempt_devices, plan_launch
 from worker.leftovers import ProcessGroupLedger
 from worker.outbox import Outbox, deliver_leftovers
 from worker.runner import JobRunner, JobSpec, RunResult, StaleAttemptSignal
@@ -32,6 +35,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+
+def _free_port() -> int:
+    """A port free on this machine now (for a Ray head; inside bwrap any port is, in the job's own network)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class BundleError(Exception):
@@ -102,8 +112,12 @@ class AttemptExecutor:
         cuda_visible_devices: str | None = None,
         ledger: ProcessGroupLedger | None = None,
         sandbox: Sandbox | None = None,
+        ranks: int = 1,
     ):
+        """``cuda_visible_devices``: the worker's GPUs (its offered group's device ``i`` is the i-th of them);
+        ``ranks``: the devices it offers (what an attempt gets from an API that names none)."""
         self.client, self.settings = client, settings
+        self.ranks = ranks
         self.sandbox = sandbox  # None: no sandbox (unit tests); the daemon passes the one its settings chose
         self.cuda_visible_devices = cuda_visible_devices
         self.ledger = ledger
@@ -158,6 +172,7 @@ class AttemptExecutor:
             outbox.close(remove=drained)  # an undelivered outbox stays for deliver_leftovers after a restart
             if not self.settings.keep_job_dirs and drained:
                 shutil.rmtree(folder, ignore_errors=True)
+                shutil.rmtree(folder.with_name(f"{folder.name}.markers"), ignore_errors=True)
 
     @property
     def outbox_root(self) -> Path:
@@ -171,14 +186,27 @@ class AttemptExecutor:
         entrypoint = started.get("entrypoint") or "train.py"
         if folder.exists():  # a fresh folder: never mix files of an earlier run of this attempt
             shutil.rmtree(folder)
+        gpus = [g for g in (self.cuda_visible_devices or "").split(",") if g.strip()]
+        given = [
+            # the offered group's device i is the worker's i-th GPU
+            {**g, "devices": [int(gpus[d]) if d < len(gpus) and gpus[d].isdigit() else d for d in g["devices"]]}
+            if str(g.get("device_type", "")).lower() in ("cuda", "gpu") else g
+            for g in started.get("devices") or []
+        ]
+        devices = attempt_devices(given, [int(g) for g in gpus if g.isdigit()], self.ranks)
+        launcher = started.get("launcher") or "python"
+        launch = plan_launch(
+            launcher, sys.executable, entrypoint, devices, ray_port=_free_port() if launcher == "ray" else None
+        )
         spec = JobSpec.in_folder(
             job_id,
             attempt,
             folder,
             entrypoint,
-            cuda_visible_devices=self.cuda_visible_devices,
+            cuda_visible_devices=launch.env.get("CUDA_VISIBLE_DEVICES"),
             assets_dir=self.settings.assets_dir,
             extra_env=platform_env(started.get("env")),
+            launch=launch,
         )
         sink = ClientSink(outbox)
         runner = JobRunner(

@@ -13,6 +13,7 @@ from contract import routes
 from contract.attempts import (
     Accepted,
     ArtifactStored,
+    AttemptDevices,
     FinishRequest,
     FinishResponse,
     LogsRequest,
@@ -39,15 +40,19 @@ async def start(
 ) -> StartResponse:
     """Confirm an assignment before running it. The idempotency check of ``twinkle.run_attempt``: a second
     start of the same attempt, or a start of a stale one, is 409 ``stale_attempt``; do not run then.
-    ``resume_from`` names the checkpoint the platform recorded last for the latest earlier attempt that saved one
-    (``checkpoint``) and lists its files with download links. ``env``: what the platform adds to the job's
-    environment (``TWINKLE_DETERMINISTIC=1`` always; a replay also ``TWINKLE_STOP_AFTER_STEPS``)."""
+    ``resume_from`` names the complete checkpoint (its marker recorded, every file it lists recorded) the platform
+    recorded last for the latest earlier attempt that saved one (``checkpoint``) and lists its files with download
+    links. ``env``: what the platform adds to the job's environment (``TWINKLE_DETERMINISTIC=1`` always; a replay
+    also ``TWINKLE_STOP_AFTER_STEPS``). ``launcher`` and ``devices`` say how to start the job and on which of the
+    worker's devices."""
 
-    def work(session: Session) -> tuple[Any, Any]:
+    def work(session: Session) -> tuple[Any, Any, Any]:
         f = attempts_service.start(session, token, job_id, attempt)
-        return f, attempts_service.resume_files(session, f.job)
+        return f, attempts_service.resume_candidates(session, f.job), attempts_service.placement(session, f.job)
 
-    f, resume = await rt.in_session(work, lane="worker")
+    f, candidates, placed = await rt.in_session(work, lane="worker")
+    # markers are read from storage after the session closed (no network call inside a transaction)
+    resume = await rt.run(attempts_service.first_complete, candidates, rt.storage.get_bytes, lane="worker")
     resume_from = None
     if resume is not None:
         base = rt.settings.public_url or str(request.base_url)
@@ -70,6 +75,8 @@ async def start(
     return StartResponse(
         job_id=job_id, attempt=attempt, entrypoint=f.job.entrypoint, user_id=f.job.user_id, resume_from=resume_from,
         env=validation.job_env(f.job, validation.ReplayPolicy.from_settings(rt.settings)),
+        launcher=placed.launcher,
+        devices=[AttemptDevices(group=g, device_type=t, devices=d) for g, t, d in placed.devices],
     )
 
 

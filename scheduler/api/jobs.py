@@ -47,6 +47,11 @@ _UPLOAD_DOC = {
                             "enum": ["true", "false"],
                             "description": "run on a worker without a sandbox too (isolation 'none'); default false",
                         },
+                        "launcher": {
+                            "type": "string",
+                            "enum": ["python", "torchrun", "ray"],
+                            "description": "how the worker starts the script; default: read from the script",
+                        },
                     },
                 }
             }
@@ -68,7 +73,8 @@ async def inspect_script(request: Request, user: CurrentUser, rt: RuntimeDep) ->
 async def create_job(request: Request, user: CurrentUser, rt: RuntimeDep) -> Job:
     """Submit a job: multipart ``file`` (.py or .zip), optional ``entrypoint``, ``name`` and ``request`` (JSON
     overriding the DeviceGroups read from the script), and ``allow_unsandboxed`` (``true`` lets the job run on a
-    worker that declared isolation ``none``; by default jobs run only on sandboxed workers).
+    worker that declared isolation ``none``; by default jobs run only on sandboxed workers), and ``launcher``
+    (``python``, ``torchrun`` or ``ray``; default: decided from the script, see ``contract.jobs.LAUNCHER_DOC``).
 
     Every problem is reported at once (422); an oversize bundle is 413, a truncated upload 400; nothing is
     stored on any error. A request no registered worker could run is accepted and held with a
@@ -77,7 +83,7 @@ async def create_job(request: Request, user: CurrentUser, rt: RuntimeDep) -> Job
     filename, data, fields = await read_upload(request, rt.settings.max_bundle_bytes)
     sub = await rt.run(
         jobs_service.prepare, filename, data, fields.get("entrypoint"), fields.get("name"), fields.get("request"),
-        fields.get("allow_unsandboxed"), rt.settings.archive_limits,
+        fields.get("allow_unsandboxed"), rt.settings.archive_limits, fields.get("launcher"),
     )
     return await rt.in_session(jobs_service.submit, rt.storage, user, sub)
 

@@ -10,6 +10,7 @@ from contract import routes
 from contract.tasks import worker_queue
 from contract.workers import (
     AttemptRef,
+    DevicesInUse,
     HardwareProbe,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -92,6 +93,7 @@ def list_workers(_user: CurrentUser, session: SessionDep) -> WorkerList:
                 registered_at=i.worker.registered_at,
                 last_heartbeat_at=i.worker.last_heartbeat_at,
                 running_jobs=i.running_jobs,
+                devices_in_use=[DevicesInUse(job_id=j, group=g, devices=d) for j, g, d in i.devices_in_use],
                 jobs_run=i.worker.jobs_run,
                 gpu_hours=round(i.worker.gpu_seconds / 3600.0, 4),
                 pending_gpu_hours=round(i.pending_seconds / 3600.0, 4),

@@ -76,24 +76,26 @@ def plan_round(
             WorkerModel.isolation, WorkerModel.trusted, WorkerModel.reputation, WorkerModel.validated_attempts,
         )
     ).all()
-    busy: dict[str, set[int]] = {}
+    offers = {row[0]: tuple(matching.Offer.from_dict(g) for g in row[1]) for row in workers_rows}
+    in_use: dict[str, dict[int, set[int]]] = {}
     for wid, slots in session.execute(
         sa.select(JobModel.worker_id, JobModel.slots).where(
             JobModel.state.in_([s.value for s in ACTIVE_JOB_STATES]), JobModel.worker_id.is_not(None)
         )
     ):
-        busy.setdefault(wid, set()).update(slots or [])
+        for idx, devices in matching.held_devices(slots, offers.get(wid, ())):
+            in_use.setdefault(wid, {}).setdefault(idx, set()).update(devices)
     views = [
         matching.WorkerView(
             wid,
-            tuple(matching.Offer.from_dict(g) for g in groups),
+            offers[wid],
             live=state == WorkerState.LIVE and lease > now,
-            busy=frozenset(busy.get(wid, ())),
             sandboxed=matching.is_sandboxed(isolation),
             trusted=bool(trusted) or (reputation >= policy.trusted_reputation
                                       and validated >= policy.trusted_min_validated),
+            in_use={i: frozenset(d) for i, d in in_use.get(wid, {}).items()},
         )
-        for wid, groups, state, lease, isolation, trusted, reputation, validated in workers_rows
+        for wid, _groups, state, lease, isolation, trusted, reputation, validated in workers_rows
         if trusted or reputation >= policy.min_reputation
     ]
     rows = session.execute(
@@ -177,7 +179,7 @@ def dispatch_round(db: Database, celery_app: object, policy: ReplayPolicy | None
                     pending_reason=None,
                 ),
                 [
-                    dict(b_id=a.job_id, b_worker=a.worker_id, b_slots=list(a.slots), b_attempt=info[a.job_id][0] + 1)
+                    dict(b_id=a.job_id, b_worker=a.worker_id, b_slots=a.stored_slots(), b_attempt=info[a.job_id][0] + 1)
                     for a in plan.assignments
                 ],
             )

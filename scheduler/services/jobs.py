@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from contract.archive import DEFAULT_LIMITS, ArchiveLimits
 from contract.errors import ErrorCode
-from contract.jobs import Attempt, InspectResponse, Job, JobList, JobRequest, StoredRequest
+from contract.jobs import LAUNCHERS, Attempt, InspectResponse, Job, JobList, JobRequest, StoredRequest
 from scheduler.db import (
     TERMINAL_JOB_STATES,
     AttemptModel,
@@ -31,7 +31,14 @@ from scheduler.db import (
 )
 from scheduler.errors import Conflict, InvalidRequest, NotFound
 from scheduler.services import matching
-from scheduler.services.script_inspection import ARCHIVE_RULE, Inspection, inspect_source, read_bundle
+from scheduler.services.script_inspection import (
+    ARCHIVE_RULE,
+    LAUNCHER_HINT,
+    Inspection,
+    decide_launcher,
+    inspect_source,
+    read_bundle,
+)
 from scheduler.storage import Storage, bundle_key
 
 
@@ -116,15 +123,19 @@ def prepare(
     request: str | None,
     allow_unsandboxed: str | None = None,
     limits: ArchiveLimits = DEFAULT_LIMITS,
+    launcher: str | None = None,
 ) -> Submission:
     """Validate a submission completely before anything is stored; raises ``InvalidRequest`` with every problem.
 
     ``allow_unsandboxed`` (a form field) opts the job out of the sandbox requirement, as does
-    ``allow_unsandboxed: true`` inside ``request``. CPU-bound (a zip is inflated once to check it, the script is
+    ``allow_unsandboxed: true`` inside ``request``. ``launcher`` (a form field) wins over ``request.launcher``,
+    which wins over what the script reader decided. CPU-bound (a zip is inflated once to check it, the script is
     parsed): run it in a worker thread."""
     problems: list[tuple[str, str]] = []
     override = parse_request(request, problems)
     opt_out = parse_flag(allow_unsandboxed, "allow_unsandboxed", problems)
+    if launcher is not None and launcher.strip() and launcher.strip() not in LAUNCHERS:
+        problems.append(("launcher", f"launcher must be one of {', '.join(LAUNCHERS)}, not {launcher[:40]!r}"))
     bundle, bundle_problems = read_bundle(filename, data, entrypoint or None, limits)
     problems.extend(bundle_problems)
     inspection = None
@@ -143,6 +154,16 @@ def prepare(
     job_name = (name or "").strip() or PurePosixPath(filename).stem or "job"
     job_request = dict(override or inspection.request())
     job_request["allow_unsandboxed"] = bool(opt_out or job_request.get("allow_unsandboxed"))
+    # the form field, then the request's own field; either means the owner decided
+    chosen = (launcher or "").strip() or (override or {}).get("launcher")
+    if chosen:  # the reader's doubts no longer apply
+        inspection.warnings = [w for w in inspection.warnings if LAUNCHER_HINT not in w]
+    elif override is not None:  # the request's groups, run the way the script's mode says
+        chosen = decide_launcher(
+            inspection.mode, job_request["device_groups"], mode_unread=inspection.mode_unread, ranks_unread=False,
+            warnings=inspection.warnings,
+        )
+    job_request["launcher"] = chosen or inspection.launcher
     return Submission(
         job_id=new_id(),
         bundle_zip=bundle.zip_bytes,

@@ -1,4 +1,4 @@
-"""What a worker is credited with: device-seconds of the GPU slots its attempts held, granted after validation.
+"""What a worker is credited with: device-seconds of the GPUs its attempts held, granted after validation.
 
 An attempt's device-seconds are its wall time as the platform measured it (``start`` to ``finish`` or to its
 requeue) times the GPU devices of its slots, never more than the worker's probe counted. They are recorded on the
@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler.db import AttemptModel, Credit, JobModel, WorkerModel
+from scheduler.services import matching
 from scheduler.services.matching import device_family
 
 GPU_FAMILIES = ("cuda", "npu")
@@ -36,13 +37,11 @@ def gpu_seconds_of(attempt: AttemptModel, job: JobModel, worker: WorkerModel | N
     """Device-seconds of GPU slots an attempt held (CPU slots do not count as GPU-hours), capped by the probe."""
     if attempt.started_at is None or worker is None or not job.slots:
         return 0.0
+    offers = tuple(matching.Offer.from_dict(g) for g in worker.device_groups)
     ranks: dict[str, int] = defaultdict(int)
-    for idx in job.slots:
-        if 0 <= idx < len(worker.device_groups):
-            g = worker.device_groups[idx]
-            fam = device_family(str(g.get("device_type", "")))
-            if fam in GPU_FAMILIES:
-                ranks[fam] += int(g.get("ranks", 0))
+    for idx, devices in matching.held_devices(job.slots, offers):  # the devices held, not the whole group
+        if offers[idx].family in GPU_FAMILIES:
+            ranks[offers[idx].family] += len(devices)
     if worker.probe is not None:  # workers registered before probes keep their claim (nothing else to go on)
         probed = _probed_devices(worker)
         ranks = defaultdict(int, {fam: min(n, probed.get(fam, 0)) for fam, n in ranks.items()})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -21,6 +22,7 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import NotFound
+from scheduler.services import matching
 from scheduler.services.hardware import check_claim
 from scheduler.services.requeue import Requeued, requeue_active_jobs
 from scheduler.services.usage import pending_seconds
@@ -149,16 +151,26 @@ class WorkerInfo:
     worker: WorkerModel
     running_jobs: int
     pending_seconds: float = 0.0  # device-seconds waiting for a spot check
+    devices_in_use: list[tuple[str, str, list[int]]] = field(default_factory=list)  # (job, group, devices)
 
 
 def list_workers(session: Session) -> list[WorkerInfo]:
-    running = dict(
-        session.execute(
-            sa.select(JobModel.worker_id, sa.func.count())
-            .where(JobModel.state.in_([s.value for s in ACTIVE_JOB_STATES]))
-            .group_by(JobModel.worker_id)
-        ).all()
-    )
+    held: dict[str, list[tuple[str, Any]]] = {}
+    for job_id, worker_id, slots in session.execute(
+        sa.select(JobModel.id, JobModel.worker_id, JobModel.slots)
+        .where(JobModel.state.in_([s.value for s in ACTIVE_JOB_STATES]), JobModel.worker_id.is_not(None))
+        .order_by(JobModel.assigned_at, JobModel.id)
+    ):
+        held.setdefault(worker_id, []).append((job_id, slots))
     workers = session.scalars(sa.select(WorkerModel).order_by(WorkerModel.registered_at)).all()
     pending = pending_seconds(session)
-    return [WorkerInfo(w, int(running.get(w.id, 0)), pending.get(w.id, 0.0)) for w in workers]
+    out = []
+    for w in workers:
+        offers = tuple(matching.Offer.from_dict(g) for g in w.device_groups or [])
+        in_use = [
+            (job_id, offers[idx].name, list(devices))
+            for job_id, slots in held.get(w.id, [])
+            for idx, devices in matching.held_devices(slots, offers)
+        ]
+        out.append(WorkerInfo(w, len(held.get(w.id, [])), pending.get(w.id, 0.0), in_use))
+    return out

@@ -186,6 +186,19 @@ class InProcessWorker:
         url = self._url(job_id, attempt, routes.ATTEMPT_ARTIFACT.replace("{path:path}", "")) + path
         return self.client.put(url, content=data, headers=h)
 
+    def checkpoint(self, job_id: str, attempt: int, folder: str, files: dict[str, bytes]) -> None:
+        """Upload a checkpoint folder as the real worker does: its files, then its completion marker."""
+        import json as _json
+
+        from contract.attempts import CHECKPOINT_MARKER
+
+        for name, data in files.items():
+            r = self.artifact(job_id, attempt, f"output/{folder}/{name}", data)
+            assert r.status_code == 201, r.text
+        marker = _json.dumps({"files": {name: len(data) for name, data in files.items()}}).encode()
+        r = self.artifact(job_id, attempt, f"output/{folder}/{CHECKPOINT_MARKER}", marker)
+        assert r.status_code == 201, r.text
+
     def finish(
         self, job_id: str, attempt: int, state: str = "succeeded", exit_code: int | None = 0, error: str | None = None
     ) -> Any:

@@ -18,6 +18,7 @@ import boto3
 import httpx
 import pytest
 
+from contract.attempts import CHECKPOINT_MARKER
 from tests.integration.conftest import ROOT, Stack, run_submit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -265,8 +266,9 @@ def test_killed_worker_job_is_requeued_and_finishes_once(stack: Stack, tmp_path:
     stack.wait_job(token, job["id"], states={"running"}, timeout=30)
     pid1 = int(wait_for(lambda: (marks / "pid-1").exists() and (marks / "pid-1").read_text(), 15, "attempt 1"))
     user_id = stack.job(token, job["id"])["user_id"]
-    wait_for(lambda: s3_keys(stack, f"users/{user_id}/jobs/{job['id']}/attempts/1/output/"), 15,
-             "attempt 1's checkpoint upload", stack)
+    # the folder's completion marker goes up after its files: only then is it a resume point
+    wait_for(lambda: [k for k in s3_keys(stack, f"users/{user_id}/jobs/{job['id']}/attempts/1/output/")
+                      if k.endswith(CHECKPOINT_MARKER)], 15, "attempt 1's checkpoint upload", stack)
     stack.start_worker("second", **NO_SANDBOX)
     first.popen.send_signal(signal.SIGKILL)
     first.popen.wait(10)

@@ -60,6 +60,8 @@ export async function render(root, { params }) {
   const logBox = h('pre', { class: 'log', id: 'log', role: 'log', 'aria-label': 'Job log', tabindex: '0' });
   const logStatus = h('span', { class: 'muted', id: 'log-status' }, 'Connecting…');
   const follow = h('input', { type: 'checkbox', id: 'follow', checked: true });
+  const allRanks = h('input', { type: 'checkbox', id: 'all-ranks' });
+  allRanks.addEventListener('change', () => logBox.classList.toggle('all-ranks', allRanks.checked));
   const attemptsBody = h('tbody');
   const artifactsSlot = h('div', { id: 'artifacts' });
   const cancelButton = h('button', { type: 'button', class: 'button danger', id: 'cancel-job' }, 'Cancel job');
@@ -91,6 +93,7 @@ export async function render(root, { params }) {
         { class: 'log-bar' },
         logStatus,
         h('span', { class: 'checkbox' }, follow, h('label', { for: 'follow' }, 'Follow new lines')),
+        h('span', { class: 'checkbox' }, allRanks, h('label', { for: 'all-ranks' }, 'All ranks')),
         h('a', { href: API + route(ROUTES.JOB_LOGS, { job_id: jobId }), download: `${jobId}.log` }, 'Download full log'),
       ),
       logBox,
@@ -139,6 +142,7 @@ export async function render(root, { params }) {
       job.entrypoint ? row('Entrypoint', h('code', {}, job.entrypoint)) : null,
       row('Devices', groups.length ? h('ul', { class: 'plain-list' }, groups.map((g) => h('li', {}, deviceGroupText(g)))) : null),
       row('Isolation', job.request && job.request.allow_unsandboxed ? 'a sandboxed worker, or one without a sandbox (opted out)' : 'sandboxed workers only'),
+      row('Launcher', (job.request && job.request.launcher) || 'python'),
     );
     const attempts = job.attempts || [];
     replace(
@@ -235,8 +239,11 @@ export async function render(root, { params }) {
     while (logBox.childNodes.length > MAX_LOG_LINES) logBox.firstChild.remove();
     if (follow.checked) logBox.scrollTop = logBox.scrollHeight;
   };
+  // A multi-rank job's lines start "[rank N] " (the worker puts it there); rank 0's show by default, the others
+  // on demand ("All ranks"). Still text nodes: the line is never interpreted as markup.
   const addLine = (text) => {
-    pending.push(`${text}\n`);
+    const m = /^\[rank (\d+)\] /.exec(text);
+    pending.push(m && m[1] !== '0' ? h('span', { class: 'rank-other' }, `${text}\n`) : `${text}\n`);
     if (!scheduled) {
       scheduled = true;
       requestAnimationFrame(flush);

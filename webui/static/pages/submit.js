@@ -93,6 +93,18 @@ export async function render(root) {
     h('p', { class: 'hint', id: 'allow_unsandboxed-hint' }, 'By default your job runs only on workers that isolate it (bubblewrap or a container runtime). Tick this to also accept workers of a trusted pool that run jobs unisolated.'),
   );
 
+  // ---- launcher: read from the script (twinkle.initialize(mode=...) and its ranks); the owner may choose
+  const launcherSelect = h(
+    'select',
+    { id: 'launcher', name: 'launcher', 'aria-describedby': 'launcher-hint' },
+    h('option', { value: '' }, 'As the script says'),
+    h('option', { value: 'python' }, 'python: one process'),
+    h('option', { value: 'torchrun' }, 'torchrun: one process per device (local mode)'),
+    h('option', { value: 'ray' }, 'ray: a Ray cluster of the job\'s own'),
+  );
+  const launcherHint = h('p', { class: 'hint', id: 'launcher-hint' }, 'How the worker starts your script.');
+  const launcherField = h('div', { class: 'field', id: 'launcher-field' }, h('label', { for: 'launcher' }, 'Launcher'), launcherSelect, launcherHint);
+
   const submitButton = h('button', { type: 'submit', class: 'button', id: 'submit-job' }, 'Submit job');
   const form = h(
     'form',
@@ -126,6 +138,7 @@ export async function render(root) {
       groupsList,
       addGroup,
     ),
+    launcherField,
     unsandboxedField,
     h('div', { class: 'actions' }, submitButton),
   );
@@ -294,6 +307,8 @@ export async function render(root) {
       state.groups = groups.map((g) => ({ ...g }));
       drawGroups();
       const warnings = result.warnings || [];
+      const read = result.request && result.request.launcher;
+      replace(launcherHint, read ? `How the worker starts your script. Read from ${file.name}: ${read}.` : 'How the worker starts your script.');
       replace(
         inspectStatus,
         h(
@@ -379,6 +394,7 @@ export async function render(root) {
     if (!entryField.wrapper.hidden && entryInput.value.trim()) body.append('entrypoint', entryInput.value.trim());
     if (groups.length) body.append('request', JSON.stringify({ device_groups: groups }));
     if (unsandboxedInput.checked) body.append('allow_unsandboxed', 'true');
+    if (launcherSelect.value) body.append('launcher', launcherSelect.value);
 
     submitButton.disabled = true;
     replace(submitButton, 'Submitting…');
