@@ -363,7 +363,8 @@ def test_a_pooled_worker_shows_which_job_holds_which_devices_and_logs_show_rank_
     name = f"pool-{uuid.uuid4().hex[:6]}"
     with stack.client(stack.worker_token) as c:
         r = c.post("/workers/register", json={"name": name, "hostname": name, "isolation": "bwrap", "device_groups": [
-            {"name": "cpus", "ranks": 4, "device_type": "cpu", "pooled": True}]})
+            {"name": "cpus", "ranks": 4, "device_type": "cpu", "pooled": True}],
+            "probe": {"devices": [{"device_type": "cpu", "count": 4}]}})
         assert r.status_code == 200, r.text
         worker_id = r.json()["worker_id"]
     token = _user(stack)

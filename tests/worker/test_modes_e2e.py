@@ -35,6 +35,14 @@ pytestmark = [
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "self_cognition.py"
 
 
+def four_rank_worker(platform, tmp_path: Path, **settings: str):
+    """A real worker offering 4 CPU ranks as a pool. The test machine may have fewer cores than that, and the API
+    holds an offer to the hardware probe: the worker sends a probe file backing 4 (a stand-in, like a fake GPU's)."""
+    probe = tmp_path / "probe-4-cpus.json"
+    probe.write_text(json.dumps({"devices": [{"device_type": "cpu", "count": 4}]}))
+    return platform.start_worker("four", ranks="4", probe_file=str(probe), **settings)
+
+
 def sft_bundle(fsdp: bool) -> dict[str, str]:
     """The self-cognition example, run small; ``train.py`` declares the 2 CPU ranks the platform reads."""
     train = textwrap.dedent(f"""
@@ -106,7 +114,7 @@ def test_dp2_and_fsdp2_jobs_share_a_4_rank_worker_and_train_like_torchrun_by_han
     platform, assets_dir, tiny_model_dir, self_cognition_file, tmp_path
 ):
     # the assets exist before the worker starts (else it makes them first, and is not ready within a minute)
-    platform.start_worker("four", ranks="4", assets_dir=str(assets_dir))
+    four_rank_worker(platform, tmp_path, assets_dir=str(assets_dir))
     user = platform.create_user()
     bundles = {"dp2": sft_bundle(fsdp=False), "fsdp2": sft_bundle(fsdp=True)}
     jobs = {tag: submit_zip(platform, user, files, tag) for tag, files in bundles.items()}
@@ -156,8 +164,8 @@ time.sleep(3600)
 """
 
 
-def test_a_killed_rank_fails_its_attempt_by_name_and_cancel_ends_every_rank(platform):
-    platform.start_worker("four", ranks="4", kill_grace_s="2")
+def test_a_killed_rank_fails_its_attempt_by_name_and_cancel_ends_every_rank(platform, tmp_path):
+    four_rank_worker(platform, tmp_path, kill_grace_s="2")
     user = platform.create_user()
     victim = platform.submit(user, SLEEPER, name="victim")
     cancelled = platform.submit(user, SLEEPER, name="cancelled")
@@ -207,8 +215,8 @@ print("RANKS", sorted((o["rank"], o["world"]) for o in out), flush=True)
 
 
 @pytest.mark.ray
-def test_a_ray_mode_job_gets_a_cluster_of_its_own_limited_to_its_devices(platform):
-    platform.start_worker("four", ranks="4")
+def test_a_ray_mode_job_gets_a_cluster_of_its_own_limited_to_its_devices(platform, tmp_path):
+    four_rank_worker(platform, tmp_path)
     user = platform.create_user()
     job = platform.submit(user, RAY_JOB, name="ray")
     assert job["request"]["launcher"] == "ray"
