@@ -65,7 +65,12 @@ def request(method: str, path: str, body: Any = None, timeout: float = 600, **pa
 
 
 def serialize(value: Any) -> Any:
-    """Top-level body values (http.md §9.6): ``LoraConfig`` as a tagged JSON string, arrays as lists."""
+    """Top-level body values (http.md §9.6): server-side objects by ``processor_id``, ``DatasetMeta`` and
+    ``LoraConfig`` as tagged JSON strings, arrays as lists."""
+    if isinstance(getattr(value, "processor_id", None), str):
+        return value.processor_id
+    if type(value).__name__ == "DatasetMeta" and hasattr(value, "dataset_id"):
+        return _dataset_meta(value)
     from peft import LoraConfig
 
     if isinstance(value, LoraConfig):
@@ -74,6 +79,22 @@ def serialize(value: Any) -> Any:
         data["_TWINKLE_TYPE_"] = "LoraConfig"
         return json.dumps(data)
     return _plain(value)
+
+
+def _dataset_meta(meta: Any) -> str:
+    data_slice = meta.data_slice
+    if isinstance(data_slice, range):
+        data_slice = {"_slice_type_": "range", "start": data_slice.start, "stop": data_slice.stop,
+                      "step": data_slice.step}
+    elif data_slice is not None:
+        if not isinstance(data_slice, (list, tuple)):
+            raise TypeError("DatasetMeta.data_slice must be a range or a list of indices to send it to a server")
+        data_slice = {"_slice_type_": "list", "values": [int(i) for i in data_slice]}
+    rows = meta.data
+    if rows is not None and not isinstance(rows, (list, dict)):
+        rows = list(rows)  # a generator: sent as the rows it yields
+    return json.dumps({"dataset_id": meta.dataset_id, "subset_name": meta.subset_name, "split": meta.split,
+                       "data_slice": data_slice, "data": _plain(rows), "_TWINKLE_TYPE_": "DatasetMeta"})
 
 
 def _plain(value: Any) -> Any:
