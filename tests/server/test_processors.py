@@ -123,7 +123,7 @@ def test_server_files_and_processes_are_out_of_reach(client, tmp_path, tiny_mode
     with pytest.raises(TwinkleClientError, match="must be a model served here"):
         ds.set_template("Template", model_id=str(tiny_model_dir))
     # functions cannot be sent; preprocessors go by registered name
-    with pytest.raises(TwinkleClientError, match="unknown preprocessor 'os.system'"):
+    with pytest.raises(TwinkleClientError, match=r"unknown preprocessor 'os\.system'"):
         ds.map("os.system")
 
 

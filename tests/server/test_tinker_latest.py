@@ -60,8 +60,55 @@ def url(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def seen(url) -> dict:
-    python = latest_sdk_python()
+def latest_python() -> Path:
+    return latest_sdk_python()
+
+
+def sdk(python: Path, *args: str, stdin: str = "") -> dict:
+    proc = subprocess.run([str(python), str(HERE / "tinker_latest_codec.py"), *args], input=stdin,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_our_decoder_reads_what_the_sdk_encodes(latest_python):
+    from twinkle.server.tinker_proto import decode_forward_backward_request
+
+    body = decode_forward_backward_request(bytes.fromhex(sdk(latest_python, "request")["hex"]))
+    assert (body["model_id"], body["seq_id"], body["forward_only"]) == ("run-1", 7, True)
+    fb = body["forward_backward_input"]
+    assert fb["loss_fn"] == "importance_sampling" and fb["loss_fn_config"] == {"epsilon": 0.2, "mode": "x"}
+    assert len(fb["data"]) == 2
+    datum = fb["data"][0]
+    assert [c["tokens"] for c in datum["model_input"]["chunks"]] == [[5, 6, 7], [2**31 - 1, 0]]
+    inputs = datum["loss_fn_inputs"]
+    assert inputs["target_tokens"] == {"data": [6, 7, 8, 9, 10], "dtype": "int64", "shape": [5]}
+    assert inputs["weights"] == {"data": [0.0, 0.5, 1.0, 1.0, 0.25], "dtype": "float32", "shape": [5]}
+    # sparse CSR arrives dense: row 0 has 1.5 at column 2, row 1 has -2.0 at column 0
+    assert inputs["mask"] == {"data": [0.0, 0.0, 1.5, -2.0, 0.0, 0.0], "dtype": "float32", "shape": [2, 3]}
+
+
+def test_the_sdk_reads_what_our_encoders_write(latest_python):
+    from twinkle.server.tinker_proto import encode_forward_backward_output, encode_sample_response
+
+    ours = {"loss_fn_output_type": "CrossEntropyLossReturn",
+            "loss_fn_outputs": [{"logprobs": {"data": [-0.5, -1.25, -3.0], "dtype": "float32", "shape": [3]},
+                                 "elementwise_loss": {"data": [0.0, 1.25, 3.0], "dtype": "float32", "shape": [3]}},
+                                {"logprobs": {"data": [-2.0], "dtype": "float32", "shape": [1]},
+                                 "elementwise_loss": {"data": [2.0], "dtype": "float32", "shape": [1]}}],
+            "metrics": {"loss:mean": 1.5625, "loss:sum": 6.25}}
+    back = sdk(latest_python, "response", "fb", stdin=encode_forward_backward_output(ours).hex())
+    assert back["loss_fn_output_type"] == "CrossEntropyLossReturn" and back["metrics"] == ours["metrics"]
+    assert back["loss_fn_outputs"] == ours["loss_fn_outputs"]
+
+    sample = {"sequences": [{"stop_reason": "length", "tokens": [9, 2**31 - 1, 0], "logprobs": [-0.25, -1.5, -7.0]},
+                            {"stop_reason": "stop", "tokens": [4], "logprobs": None}]}
+    assert sdk(latest_python, "response", "sample", stdin=encode_sample_response(sample).hex()) == sample
+
+
+@pytest.fixture(scope="module")
+def seen(url, latest_python) -> dict:
+    python = latest_python
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TINKER_", "PYTHONPATH"))}
     proc = subprocess.run([str(python), str(HERE / "tinker_latest_flows.py"), url], capture_output=True,
                           text=True, timeout=600, env=env | {"TINKER_TELEMETRY": "0"})

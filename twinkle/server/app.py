@@ -37,7 +37,7 @@ class Caller:
     respond_async: bool
 
 
-def caller(
+async def caller(  # async: a plain def dependency would cost every call a hop through the thread pool
     request: Request,
     twinkle_authorization: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
@@ -198,12 +198,12 @@ def _gateway_router(server: Server) -> APIRouter:
                 "cleanup": {"running": True, "expiration_timeout": cfg.expiration_timeout}}
 
     @gw.post("/twinkle/create_session")
-    def create_session(who: CallerDep, body: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, str]:
+    async def create_session(who: CallerDep, body: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, str]:
         session = server.sessions.create(who.tenant, (body or {}).get("metadata"))
         return {"session_id": session.session_id}
 
     @gw.post("/twinkle/session_heartbeat")
-    def heartbeat(body: Annotated[dict[str, Any], Body()], who: CallerDep) -> dict[str, Any]:
+    async def heartbeat(body: Annotated[dict[str, Any], Body()], who: CallerDep) -> dict[str, Any]:
         if not server.sessions.touch(str(body.get("session_id", "")), who.tenant):
             raise NotFound("Unknown session: it expired or the server restarted; create a new session and load "
                            "your last checkpoint")

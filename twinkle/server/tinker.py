@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["tinker_router"]
 
 
-def tinker_tenant(
+async def tinker_tenant(  # async: a plain def dependency would cost every call a thread-pool hop
     request: Request,
     x_api_key: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
@@ -141,18 +141,18 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
         return {"request_id": request_id, "model_id": model_id}
 
     @router.post("/create_session")
-    def create_session(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def create_session(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         session = server.sessions.create(tenant, {k: body.get(k) for k in ("tags", "user_metadata", "sdk_version")})
         return {"session_id": session.session_id, "type": "create_session"}
 
     @router.post("/session_heartbeat")
-    def heartbeat(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def heartbeat(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         if not server.sessions.touch(str(body.get("session_id", "")), tenant):
             raise NotFound("Unknown session")
         return {"type": "session_heartbeat"}
 
     @router.post("/client/config")
-    def client_config(tenant: TenantDep) -> dict[str, Any]:
+    async def client_config(tenant: TenantDep) -> dict[str, Any]:
         # SDK >= 0.38 asks for its feature flags before anything else. Ours: API keys only (no JWT exchange), plain
         # httpx transport, uncompressed protobuf forward_backward, one retrieve_future per request (no
         # retrieve_futures / join_sampling_session / server-side custom losses)
@@ -161,7 +161,7 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
                 "custom_loss_server_side": False, "sample_join_sampling_session": False}
 
     @router.post("/client/dynamic_config")
-    def client_dynamic_config(tenant: TenantDep) -> dict[str, Any]:
+    async def client_dynamic_config(tenant: TenantDep) -> dict[str, Any]:
         return {"refresh_interval_sec": 3600, "sample_cancel_enabled": False}
 
     @router.post("/telemetry")
@@ -205,7 +205,7 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
         return future(submitted, model_id)
 
     @router.post("/get_info")
-    def get_info(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def get_info(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         model_id = str(body.get("model_id", ""))
         service, record = model_of(model_id, tenant)
         return {"type": "get_info", "model_data": {"arch": type(service.model.model).__name__,
@@ -297,7 +297,7 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
         return submit_forward(tenant, await read_forward_body(request), "forward_input", True)
 
     @router.post("/optim_step")
-    def optim_step(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def optim_step(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         model_id = str(body.get("model_id", ""))
         service, _ = model_of(model_id, tenant)
         adam = body.get("adam_params") or {}
