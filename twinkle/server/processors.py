@@ -117,7 +117,7 @@ class ProcessorService:
         if processor_type == "dataloader" and not hasattr(kwargs.get("dataset"), "__getitem__") \
                 and not hasattr(kwargs.get("dataset"), "__iter__"):
             raise UserError(400, "a server-side DataLoader takes dataset=<the processor_id of a dataset>")
-        self._check_params(f"{class_type}(...)", cls.__init__, kwargs)
+        self._check_params(f"{class_type}(...)", _init(cls), kwargs)
         with self._lock:
             held = sum(1 for o in self._items.values() if o.tenant == tenant)
             if self.per_tenant_limit and held >= self.per_tenant_limit:
@@ -142,7 +142,7 @@ class ProcessorService:
         elif function == "set_processor":
             processor = kwargs.get("processor", "InputProcessor")
             cls = self._class("processor", processor) if isinstance(processor, str) else type(processor)
-            self._check_params("set_processor(...)", cls.__init__, {k: v for k, v in kwargs.items()
+            self._check_params("set_processor(...)", _init(cls), {k: v for k, v in kwargs.items()
                                                                     if k != "processor"})
         elif function in ("map", "filter"):
             self._check_func(function, kwargs)
@@ -219,7 +219,7 @@ class ProcessorService:
             raise UserError(400, f"a template's model_id must be a model served here ({sorted(self.models)}), "
                                  f"got {kwargs.get('model_id')!r}")
         kwargs = {**kwargs, "model_id": self.models[model]}
-        self._check_params(f"{cls.__name__}(...)", cls.__init__, kwargs)
+        self._check_params(f"{cls.__name__}(...)", _init(cls), kwargs)
         return kwargs
 
     def _value(self, value: Any, tenant: str, name: str) -> Any:
@@ -235,6 +235,10 @@ class ProcessorService:
                 raise UserError(400, f"{name}: this route rebuilds DatasetMeta only")
             return dataset_meta(data)
         return value
+
+
+def _init(cls: type) -> Callable[..., Any]:
+    return cls.__init__  # type: ignore[misc]  # the class's own constructor, for its parameter names
 
 
 def dataset_meta(data: dict[str, Any]) -> Any:

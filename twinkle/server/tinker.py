@@ -413,7 +413,7 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
                                    to_twinkle_uri(model_path) if model_path else None, post=answer)
         # SDK >= 0.38 stamps these onto the returned sequences (one per sample, in order); 0.16 ignores them
         return {**future(submitted), "sample_sequence_ids": [f"{submitted[0]}-{i}"
-                                                             for i in range(params["num_samples"])]}
+                                                             for i in range(int(body.get("num_samples", 1)))]}
 
     @router.get("/training_runs")
     def training_runs(tenant: TenantDep, limit: int = 20, offset: int = 0) -> dict[str, Any]:

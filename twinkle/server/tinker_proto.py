@@ -25,7 +25,7 @@ __all__ = ["ProtoError", "decode_forward_backward_request", "encode_forward_back
 CONTENT_TYPE = "application/x-protobuf"
 
 # enum DType
-_DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<i8"), 3: np.dtype("<i4"), 4: np.dtype("<u2")}
+_DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype("<f4"), 2: np.dtype("<i8"), 3: np.dtype("<i4"), 4: np.dtype("<u2")}
 _FLOAT32, _INT64 = 1, 2
 
 
@@ -56,6 +56,7 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
@@ -157,7 +158,7 @@ def _tensor(buf: bytes) -> dict[str, Any]:
         array = np.zeros(shape, dtype=np_dtype)
         for row in range(shape[0]):
             array[row, col[crow[row]:crow[row + 1]]] = values[crow[row]:crow[row + 1]]
-        flat = array.reshape(-1)
+        flat: np.ndarray[Any, Any] = array.reshape(-1)
     else:
         flat = np.frombuffer(dense or b"", dtype=np_dtype)
     if shape and int(np.prod(shape)) != flat.size:
