@@ -1,13 +1,13 @@
-"""Tinker-compatible routes (http.md §4.1, §5.1) for the stock ``tinker`` SDK 0.16.1 (JSON bodies), unpatched.
+"""Tinker-compatible routes (http.md §4.1, §5.1) for the stock ``tinker`` SDK, unpatched: 0.16.1 (JSON bodies)
+and 0.38 (``/client/config``, protobuf ``forward_backward`` and results, ``tinker_proto.py``).
 
-Built: sessions, ``create_model`` (LoRA), ``get_info``, ``forward_backward`` with ``cross_entropy`` or
-``importance_sampling`` (clipped GRPO, §10.4), ``optim_step`` (``AdamParams``), ``save_weights`` /
-``load_weights``, ``save_weights_for_sampler``, ``create_sampling_session``, ``asample``, the REST listings of
-runs and checkpoints, and ``retrieve_future``. Calls return a future at once and run on the model's (or
-sampler's) compute queue, in arrival order per model; ``retrieve_future`` long-polls. Not built: other losses,
-DPO, ``forward``, ``unload_model``, and the protobuf protocol of SDK >= 0.38 (docs/http-mode.md).
-Checkpoint URIs are handed out as ``tinker://...`` (the unpatched SDK insists on that scheme) and accepted with
-either scheme.
+Built: sessions, ``create_model`` (LoRA), ``get_info``, ``forward_backward`` / ``forward`` with ``cross_entropy``
+or ``importance_sampling`` (clipped GRPO, §10.4), ``optim_step`` (``AdamParams``), ``save_weights`` /
+``load_weights``, ``save_weights_for_sampler``, ``create_sampling_session``, ``GET /samplers/{id}``, ``asample``,
+the REST listings of runs and checkpoints, and ``retrieve_future``. Calls return a future at once and run on the
+model's (or sampler's) compute queue, in arrival order per model; ``retrieve_future`` long-polls. Not built: other
+losses, DPO, ``unload_model``, and 0.38's newer endpoints (docs/http-mode.md). Checkpoint URIs are handed out as
+``tinker://...`` (the unpatched SDK insists on that scheme) and accepted with either scheme.
 """
 
 from __future__ import annotations
