@@ -103,14 +103,14 @@ async def list_jobs(
     weighs fair share (running jobs, last served), held jobs and free slot shapes, so the real order can
     differ. Positions for the whole page come from two database queries, whatever its size.
     """
-    return await rt.in_session(jobs_service.job_page, user, state, limit, offset)
+    return await rt.in_session(jobs_service.job_page, user, state, limit, offset, readonly=True)
 
 
 @router.get(routes.JOB, response_model=Job)
 async def get_job(job_id: JobIdPath, user: CurrentUser, rt: RuntimeDep) -> Job:
     """One job with its attempts; while queued, ``queue_position`` (an estimate, see ``GET /jobs``) and
     ``pending_reason`` say why it waits."""
-    return await rt.in_session(jobs_service.job_view, user, job_id)
+    return await rt.in_session(jobs_service.job_view, user, job_id, readonly=True)
 
 
 @router.post(routes.JOB_CANCEL, response_model=Job)
