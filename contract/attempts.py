@@ -26,8 +26,19 @@ class StartResponse(BaseModel):
     entrypoint: str
     user_id: str
     resume_from: ResumeFrom | None = None
-    env: dict[str, str] = Field(default_factory=dict, description="the job's own variables; the worker's win")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra job environment the platform asks for; a worker passes only the names in JOB_ENV_NAMES",
+    )
+    user_env: dict[str, str] = Field(
+        default_factory=dict, description="the job owner's own variables (Job.env); the platform's always win"
+    )
     args: list[str] = Field(default_factory=list, description="passed after the entrypoint: python ENTRY ARGS...")
+
+
+JOB_ENV_NAMES = frozenset({"TWINKLE_DETERMINISTIC", "TWINKLE_STOP_AFTER_STEPS"})
+"""The only ``StartResponse.env`` names a worker sets: twinkle's deterministic mode and its stop after k optimizer
+steps (a replay). Anything else the API sent would be ignored."""
 
 
 class LogLine(BaseModel):

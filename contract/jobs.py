@@ -16,7 +16,9 @@ MAX_MEMORY_GB = 1_048_576.0  # 1 PiB per rank: far above any device, finite so a
 
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-"""Job states that never change again; a client following a job stops at one of these."""
+"""Job states that never change again; a client following a job stops at one of these. ``validating`` (the
+attempt reported success and is being replayed on a trusted worker) is not one: it ends ``succeeded``, or the
+job is queued again when the replay disagrees."""
 
 
 # ---------------------------------------------------------------- environment variables and arguments of a job
@@ -132,7 +134,7 @@ class Failure(BaseModel):
     stderr_tail: list[str] = Field(description="the last lines (at most 20) the attempt wrote to stderr")
 
 
-Phase = Literal["held", "queued", "starting", "running", "stopping", "succeeded", "failed", "cancelled"]
+Phase = Literal["held", "queued", "starting", "running", "stopping", "validating", "succeeded", "failed", "cancelled"]
 
 
 class Attempt(BaseModel):
@@ -145,13 +147,21 @@ class Attempt(BaseModel):
     ended_at: dt.datetime | None
     exit_code: int | None
     error: str | None
+    validation: str | None = Field(
+        default=None,
+        description="spot check of a succeeded attempt: pending (being replayed), validated, unverified (the replay "
+        "disagreed: the job was queued again), inconclusive (nothing to compare); none: not sampled",
+    )
 
 
 class Job(BaseModel):
     id: str
     name: str
     user_id: str
-    state: str = Field(description="queued, assigned, running, cancelling, succeeded, failed or cancelled")
+    state: str = Field(
+        description="queued, assigned, running, cancelling, validating (success reported, replay pending), "
+        "succeeded, failed or cancelled"
+    )
     entrypoint: str
     request: StoredRequest
     warnings: list[str]

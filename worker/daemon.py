@@ -30,6 +30,7 @@ import httpx
 from worker.client import AuthError, NotFound, ServerUnavailable, WorkerAPIError, WorkerClient
 from worker.devices import DeviceGroupOffer, offer_from_settings
 from worker.leftovers import LEDGER_FILE, ProcessGroupLedger
+from worker.probe import run_probe
 from worker.sandbox import Sandbox, create_sandbox
 from worker.settings import WorkerSettings
 from worker.tasks import AttemptExecutor, create_celery_app
@@ -66,8 +67,17 @@ class WorkerDaemon:
         self._health: ThreadingHTTPServer | None = None
         self._celery_worker = None  # set by run(); the heartbeat thread moves its consumer to a new queue
         self._consuming: str | None = None  # the queue the Celery consumer reads
+        self._probe: dict | None = None
 
     # ------------------------------------------------------------ registration and heartbeats
+
+    @property
+    def probe(self) -> dict:
+        """The hardware probe, measured once per daemon (a timed matmul per device; about a second)."""
+        if self._probe is None:
+            self._probe = run_probe(self.settings.probe_file, with_cuda=self.offer.device_type != "cpu")
+            log.info("hardware probe: %s", self._probe)
+        return self._probe
 
     def register(self, max_wait_s: float | None = None) -> dict:
         """Register, waiting for the API while it is unreachable; a bad token fails at once."""
@@ -75,7 +85,8 @@ class WorkerDaemon:
         while True:
             try:
                 reply = self.client.register(
-                    self.settings.name, socket.gethostname(), [self.offer.as_dict()], isolation=self.sandbox.isolation
+                    self.settings.name, socket.gethostname(), [self.offer.as_dict()], isolation=self.sandbox.isolation,
+                    probe=self.probe,
                 )
                 break
             except ServerUnavailable as exc:

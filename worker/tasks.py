@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from celery import Celery
 
 from contract.archive import DEFAULT_LIMITS, ArchiveLimits, ArchiveRejected, extract
+from contract.attempts import JOB_ENV_NAMES
 from contract.tasks import CELERY_SHARED_CONFIG, TASK_RUN_ATTEMPT
 from worker.client import Conflict, NotFound, StaleAttempt, WorkerAPIError, WorkerClient
 from worker.leftovers import ProcessGroupLedger
@@ -24,7 +25,10 @@ from worker.runner import JobRunner, JobSpec, RunResult, StaleAttemptSignal
 from worker.sandbox import Sandbox
 from worker.settings import WorkerSettings
 
-__all__ = ["AttemptExecutor", "BundleError", "ClientSink", "create_celery_app", "latest_checkpoint", "unpack_bundle"]
+__all__ = [
+    "AttemptExecutor", "BundleError", "ClientSink", "create_celery_app", "latest_checkpoint", "platform_env",
+    "unpack_bundle",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,14 @@ def latest_checkpoint(paths: list[str]) -> str | None:
         return (int(m.group(1)) if m else -1, 1 if "last" in name else 0, name)
 
     return "output/" + max(folders, key=rank)
+
+
+def platform_env(env: object) -> dict[str, str]:
+    """The job environment the API asked for at ``start``, limited to ``contract.attempts.JOB_ENV_NAMES`` (twinkle's
+    deterministic mode and its stop after k steps): nothing else, whatever the answer held."""
+    if not isinstance(env, dict):
+        return {}
+    return {k: str(v) for k, v in env.items() if k in JOB_ENV_NAMES and isinstance(v, (str, int))}
 
 
 class ClientSink:
@@ -167,7 +179,8 @@ class AttemptExecutor:
             entrypoint,
             cuda_visible_devices=self.cuda_visible_devices,
             assets_dir=self.settings.assets_dir,
-            user_env={str(k): str(v) for k, v in (started.get("env") or {}).items()},
+            extra_env=platform_env(started.get("env")),
+            user_env={str(k): str(v) for k, v in (started.get("user_env") or {}).items()},
             args=[str(a) for a in started.get("args") or []],
         )
         sink = ClientSink(outbox)

@@ -23,6 +23,7 @@ from scheduler.db import (
     ArtifactModel,
     AttemptModel,
     AttemptState,
+    JobKind,
     JobModel,
     JobState,
     MetricModel,
@@ -30,7 +31,8 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import BadRequest, Forbidden, InvalidRequest, LengthRequired, NotFound, StaleAttempt
-from scheduler.services.usage import gpu_seconds_of
+from scheduler.services import validation
+from scheduler.services.usage import record_attempt_end
 from scheduler.storage import Storage, attempt_key
 
 WRITABLE = (AttemptState.RUNNING,)
@@ -40,6 +42,7 @@ WRITABLE = (AttemptState.RUNNING,)
 class Fenced:
     job: JobModel
     attempt: AttemptModel
+    verdict: validation.Verdict | None = None  # finish of a replay: what it decided about the checked attempt
 
 
 def fence(session: Session, token: ApiTokenModel, job_id: str, n: int, allowed: tuple[str, ...]) -> Fenced:
@@ -98,12 +101,17 @@ def resume_files(session: Session, job: JobModel) -> ResumePoint | None:
     attempt of this job: every upload passed the fence, so only the worker assigned that attempt could write them,
     while it held the assignment. The latest such attempt wins, and within it the folder recorded last (the
     highest artifact row id: the worker uploads each folder as it appears, so the last recorded is the newest
-    save). A name like ``checkpoint-999999`` counts for nothing.
+    save). A name like ``checkpoint-999999`` counts for nothing. A replay gets the resume point of the attempt it
+    checks.
     """
+    job_id, before = job.id, job.attempt
+    if job.kind == JobKind.REPLAY and job.replay_of is not None and job.replay_attempt is not None:
+        # a replay starts where the checked attempt started: from that attempt's resume point, if it had one
+        job_id, before = job.replay_of, job.replay_attempt
     rows = session.scalars(
         sa.select(ArtifactModel)
         .where(
-            ArtifactModel.job_id == job.id, ArtifactModel.attempt < job.attempt, ArtifactModel.path.like("output/%/%")
+            ArtifactModel.job_id == job_id, ArtifactModel.attempt < before, ArtifactModel.path.like("output/%/%")
         )
         .order_by(ArtifactModel.attempt.desc(), ArtifactModel.id.desc())
     ).all()
@@ -239,7 +247,9 @@ def plan_finish(session: Session, token: ApiTokenModel, job_id: str, n: int, bod
         attempt = session.scalar(sa.select(AttemptModel).where(AttemptModel.job_id == job_id, AttemptModel.n == n))
         states = {body.state, "cancelled"} if body.state == "failed" else {body.state}
         if job is not None and attempt is not None and job.attempt == n and attempt.state in states:
-            return FinishPlan(job.user_id, attempt.state, done=True)
+            # the same answer as the first time: a sampled success left the job validating
+            same = JobState.VALIDATING if job.state == JobState.VALIDATING else attempt.state
+            return FinishPlan(job.user_id, same, done=True)
         raise
     return FinishPlan(f.job.user_id, _end_state(f.job, body), done=False)
 
@@ -252,8 +262,11 @@ def worker_name(session: Session, attempt: AttemptModel) -> str:
 
 def finish(
     session: Session, token: ApiTokenModel, job_id: str, n: int, body: FinishRequest,
-    stderr_tail: list[str] | None = None,
+    policy: validation.ReplayPolicy | None = None, stderr_tail: list[str] | None = None,
 ) -> Fenced:
+    """End the attempt. A donor's success may be sampled for a replay (the job is then ``validating``); the end of
+    a replay judges the attempt it checked (``Fenced.verdict``). ``policy`` None: no spot checks. ``stderr_tail``:
+    the last stderr lines of its log (``Job.failure``)."""
     f = fence(session, token, job_id, n, (AttemptState.ASSIGNED, AttemptState.RUNNING))
     now = utcnow()
     job, attempt = f.job, f.attempt
@@ -270,13 +283,20 @@ def finish(
         session.rollback()
         raise StaleAttempt(f"attempt {n} of job {job_id} ended already", fields={})
     worker = session.get(WorkerModel, attempt.worker_id) if attempt.worker_id else None
+    record_attempt_end(attempt, job, worker, now)
     if worker is not None:
-        worker.gpu_seconds += gpu_seconds_of(attempt, job, worker, now)
         worker.jobs_run += 1
     job.state = state
     job.ended_at = now
     job.updated_at = now
     job.error = body.error if state == "failed" else None
     job.slots = None
+    if policy is not None and job.kind == JobKind.REPLAY:
+        f.verdict = validation.conclude(session, job, state, policy)
+    elif (
+        policy is not None and state == JobState.SUCCEEDED and worker is not None
+        and validation.should_sample(worker, policy)
+    ):
+        validation.start_replay(session, job, attempt, policy.steps)
     session.commit()
     return f

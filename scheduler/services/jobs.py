@@ -29,6 +29,7 @@ from scheduler.db import (
     TERMINAL_JOB_STATES,
     AttemptModel,
     AttemptState,
+    JobKind,
     JobModel,
     JobState,
     UserModel,
@@ -242,7 +243,7 @@ def get_job(session: Session, user: UserModel, job_id: str) -> JobModel:
     job = session.scalar(
         sa.select(JobModel).options(selectinload(JobModel.attempts)).where(JobModel.id == job_id)
     )
-    if job is None or job.user_id != user.id:
+    if job is None or job.user_id != user.id or job.kind != JobKind.USER:  # replays are the platform's
         raise NotFound(f"no job {job_id!r}", code=ErrorCode.JOB_NOT_FOUND)  # another user's job is 404, not 403
     return job
 
@@ -250,7 +251,7 @@ def get_job(session: Session, user: UserModel, job_id: str) -> JobModel:
 def list_jobs(
     session: Session, user: UserModel, state: str | None, limit: int, offset: int
 ) -> tuple[list[JobModel], int]:
-    cond = [JobModel.user_id == user.id]
+    cond = [JobModel.user_id == user.id, JobModel.kind == JobKind.USER]
     if state:
         states = [s.strip().lower() for s in state.split(",") if s.strip()]
         unknown = [s for s in states if s not in {x.value for x in JobState}]
@@ -287,7 +288,8 @@ def cancel_job(session: Session, user: UserModel, job_id: str) -> CancelResult:
             raise Conflict(f"job {job_id} has already ended ({job.state})", code=ErrorCode.JOB_ENDED)
         if job.state == JobState.CANCELLING:
             return CancelResult(job, False)
-        if job.state in (JobState.QUEUED, JobState.ASSIGNED):
+        if job.state in (JobState.QUEUED, JobState.ASSIGNED, JobState.VALIDATING):
+            # validating: no worker runs it any more; its replay still finishes and still judges the donor
             values = dict(state=JobState.CANCELLED, ended_at=now, updated_at=now, slots=None, pending_reason=None)
         else:
             values = dict(state=JobState.CANCELLING, updated_at=now)
@@ -361,7 +363,7 @@ def job_model_to_job(
         worker_name=names.get(job.worker_id) if job.worker_id else None,
         queue_position=estimate.position if estimate else None,
         expected_start_at=estimate.expected_start_at if estimate else None,
-        pending_reason=job.pending_reason if job.state == "queued" else None,
+        pending_reason=job.pending_reason if job.state in ("queued", "validating") else None,
         env={str(k): str(v) for k, v in (job.env or {}).items()},
         args=[str(a) for a in (job.args or [])],
         resubmitted_from=job.resubmitted_from,
@@ -376,7 +378,7 @@ def job_model_to_job(
             Attempt(
                 n=a.n, worker_id=a.worker_id, worker_name=names.get(a.worker_id) if a.worker_id else None,
                 state=a.state, assigned_at=a.assigned_at, started_at=a.started_at,
-                ended_at=a.ended_at, exit_code=a.exit_code, error=a.error,
+                ended_at=a.ended_at, exit_code=a.exit_code, error=a.error, validation=a.validation,
             )
             for a in job.attempts
         ],

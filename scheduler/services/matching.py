@@ -14,6 +14,10 @@ within a user jobs go strictly first in, first out, except that a job no live wo
 (with its reason) and does not block the user's later jobs. Among free slots the smallest that fits wins
 (best fit), so big slots stay free for big jobs.
 
+Trust (``scheduler.services.validation``): a replay job (``trusted_only``) goes only to a trusted worker, and no
+job goes to a worker in its ``avoid`` set (the donor a replay checks; workers whose attempt of it failed a spot
+check). Such jobs are rare and take the scanning path.
+
 Speed: single-group jobs (the usual case) look their slot up in an index keyed by shape (family, ranks,
 memory) instead of scanning workers, so a round over 10,000 jobs and 1,000 workers is milliseconds.
 """
@@ -147,6 +151,7 @@ class WorkerView:
     live: bool = True
     busy: frozenset[int] = frozenset()
     sandboxed: bool = True
+    trusted: bool = False  # may run replays (a platform pool, or a donor of high reputation)
 
 
 @dataclass
@@ -155,6 +160,8 @@ class QueuedJob:
     user_id: str
     needs: tuple[Need, ...]
     allow_unsandboxed: bool = False  # the owner accepts a worker without a sandbox (a trusted pool)
+    trusted_only: bool = False  # a replay: only a trusted worker may run it
+    avoid: frozenset[str] = frozenset()  # workers it must not go to (the donor a replay checks; failed spot checks)
 
 
 @dataclass
@@ -229,6 +236,7 @@ class _FreeSlots:
         self.offers: dict[str, tuple[Offer, ...]] = {}
         self.free: dict[str, set[int]] = {}
         self.sandboxed: dict[str, bool] = {}
+        self.trusted: dict[str, bool] = {}
         # Buckets are keyed by (family, sandboxed), so a job that needs a sandbox never even looks at the others.
         buckets: dict[tuple[str, bool], dict[tuple[int, float], list[tuple[str, int]]]] = defaultdict(
             lambda: defaultdict(list)
@@ -242,6 +250,7 @@ class _FreeSlots:
             self.offers[w.worker_id] = w.offers
             self.free[w.worker_id] = free
             self.sandboxed[w.worker_id] = w.sandboxed
+            self.trusted[w.worker_id] = w.trusted
             for i in sorted(free, reverse=True):  # popped from the end: lowest slot first
                 o = w.offers[i]
                 buckets[(o.family, w.sandboxed)][(o.ranks, o.memory_gb or 0.0)].append((w.worker_id, i))
@@ -285,11 +294,15 @@ class _FreeSlots:
         return None
 
     def take_multi(
-        self, needs: tuple[Need, ...], allow_unsandboxed: bool = False
+        self, needs: tuple[Need, ...], allow_unsandboxed: bool = False, *, trusted_only: bool = False,
+        avoid: frozenset[str] = frozenset(),
     ) -> tuple[str, tuple[int, ...]] | None:
+        """Scan the workers for the least wasteful fit; also the path of jobs restricted to some workers."""
         best: tuple[tuple[Any, ...], str, tuple[int, ...]] | None = None
         for wid, free in self.free.items():
             if len(free) < len(needs) or not (self.sandboxed[wid] or allow_unsandboxed):
+                continue
+            if wid in avoid or (trusted_only and not self.trusted[wid]):
                 continue
             slots = fit_groups(self.offers[wid], needs, free)
             if slots is None:
@@ -343,11 +356,18 @@ def plan(
                 continue  # held jobs never block the user's later jobs
             placed: tuple[str, tuple[int, ...]] | None = None
             if pool.total >= len(job.needs):
-                if len(job.needs) == 1:
+                if job.trusted_only or job.avoid:
+                    placed = pool.take_multi(
+                        job.needs, job.allow_unsandboxed, trusted_only=job.trusted_only, avoid=job.avoid
+                    )
+                elif len(job.needs) == 1:
                     hit = pool.take_single(job.needs[0], job.allow_unsandboxed)
                     placed = None if hit is None else (hit[0], (hit[1],))
                 else:
                     placed = pool.take_multi(job.needs, job.allow_unsandboxed)
+            if placed is None and job.trusted_only:  # the platform's replay never holds up the owner's jobs
+                result.reasons[job.job_id] = "waiting for a free trusted worker"
+                continue
             if placed is None:
                 result.reasons[job.job_id] = catalog.busy_reason(job.needs, job.allow_unsandboxed)
                 blocked = f"waiting behind job {job.job_id} (each user's jobs start in submission order)"

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from contract.errors import ErrorCode
-from contract.workers import AttemptRef, OfferedGroup
+from contract.workers import AttemptRef, HardwareProbe, OfferedGroup
 from scheduler.db import (
     ACTIVE_JOB_STATES,
     ApiTokenModel,
@@ -21,7 +21,9 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import NotFound
+from scheduler.services.hardware import check_claim
 from scheduler.services.requeue import Requeued, requeue_active_jobs
+from scheduler.services.usage import pending_seconds
 
 
 @dataclass
@@ -40,13 +42,20 @@ def register(
     lease_s: float,
     max_attempts: int,
     isolation: str = "none",
+    probe: HardwareProbe | None = None,
+    max_ranks: int = 64,
 ) -> Registration:
     """Register (or re-register) the worker ``name`` of this token.
 
     A worker that registers again has restarted, so whatever it was running is gone: its active jobs are
     requeued as their next attempt now rather than after the lease runs out. ``isolation`` is what the worker
     declares now (it may have lost or gained its sandbox since the last time).
+
+    The offered groups must fit in ``probe`` and the rank cap (``scheduler.services.hardware``), else 422 and
+    nothing changes. The probe is stored and shown by ``GET /workers``.
     """
+    check_claim(device_groups, probe, max_ranks=max_ranks)
+    probed = probe.model_dump() if probe is not None else None
     now = utcnow()
     worker = session.scalar(sa.select(WorkerModel).where(WorkerModel.token_id == token.id, WorkerModel.name == name))
     groups = [g.model_dump() for g in device_groups]
@@ -66,6 +75,8 @@ def register(
             lease_expires_at=now + dt.timedelta(seconds=lease_s),
             jobs_run=0,
             gpu_seconds=0.0,
+            probe=probed,
+            trusted=bool(token.trusted),
         )
         session.add(worker)
     else:
@@ -75,6 +86,8 @@ def register(
         worker.hostname = hostname or name
         worker.device_groups = groups
         worker.isolation = isolation
+        worker.probe = probed
+        worker.trusted = bool(token.trusted)
         worker.state = WorkerState.LIVE
         worker.registered_at = now
         worker.last_heartbeat_at = now
@@ -135,6 +148,7 @@ def heartbeat(
 class WorkerInfo:
     worker: WorkerModel
     running_jobs: int
+    pending_seconds: float = 0.0  # device-seconds waiting for a spot check
 
 
 def list_workers(session: Session) -> list[WorkerInfo]:
@@ -146,4 +160,5 @@ def list_workers(session: Session) -> list[WorkerInfo]:
         ).all()
     )
     workers = session.scalars(sa.select(WorkerModel).order_by(WorkerModel.registered_at)).all()
-    return [WorkerInfo(w, int(running.get(w.id, 0))) for w in workers]
+    pending = pending_seconds(session)
+    return [WorkerInfo(w, int(running.get(w.id, 0)), pending.get(w.id, 0.0)) for w in workers]

@@ -54,6 +54,10 @@ FAST_SETTINGS: dict[str, Any] = {
     "start_deadline_s": 6.0,
     "dispatch_interval_s": 0.2,
     "max_bundle_mb": 5.0,
+    # no spot-check replays: a stack's workers are donors with no trusted pool to replay on (a stack that wants
+    # them sets these and starts a worker with a trusted token)
+    "replay_first_n": 0,
+    "replay_fraction": 0.0,
 }
 """Scheduler settings a stack starts with (``Stack(**settings)`` overrides them): failures show within seconds."""
 

@@ -162,9 +162,12 @@ def test_submit_run_follow_download(stack: Stack, tmp_path: Path):
     assert health.status_code == 200 and health.json()["status"] == "ok"
 
 
-def test_jobs_go_only_to_workers_whose_device_groups_fit(stack: Stack):
+def test_jobs_go_only_to_workers_whose_device_groups_fit(stack: Stack, tmp_path: Path):
     stack.start_worker("cpu-worker", device_type="cpu", ranks="1")
-    stack.start_worker("fake-gpu", device_type="cuda", ranks="2", memory_gb="24")
+    # no GPU here: the fake GPU worker sends a probe file instead of measuring (fakes only for GPUs)
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps({"devices": [{"device_type": "cuda", "device_model": "fake", "memory_gb": 24.0}] * 2}))
+    stack.start_worker("fake-gpu", device_type="cuda", ranks="2", memory_gb="24", probe_file=str(probe))
     token = stack.create_user()
     ids = worker_ids(stack, token)
     script = "print('ran')\n"

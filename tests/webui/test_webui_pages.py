@@ -289,7 +289,10 @@ def test_workers_show_their_isolation_and_a_job_can_opt_out_of_the_sandbox(page,
     name = f"bare-{uuid.uuid4().hex[:6]}"
     with stack.client(stack.worker_token) as c:
         r = c.post("/workers/register", json={"name": name, "hostname": name, "isolation": "none",
-                                              "device_groups": [{"ranks": 1, "device_type": "cpu"}]})
+                                              "device_groups": [{"ranks": 1, "device_type": "cpu"}],
+                                              "probe": {"devices": [{"device_type": "cpu", "count": 4,
+                                                                     "device_model": "Test CPU",
+                                                                     "matmul_tflops": 0.25}]}})
         assert r.status_code == 200, r.text
     token = _user(stack)
     sign_in(page, stack, token)
@@ -298,6 +301,10 @@ def test_workers_show_their_isolation_and_a_job_can_opt_out_of_the_sandbox(page,
     row = page.locator("#workers-table tr", has_text=name)
     expect(row.locator("[data-isolation]")).to_have_attribute("data-isolation", "none")
     expect(row).to_contain_text("no sandbox")
+    # what the worker's hardware probe found, and where it stands (issue 13: claims are checked, work validated)
+    expect(page.get_by_role("columnheader", name="Probed hardware")).to_be_visible()
+    expect(row.locator("[data-probe]")).to_contain_text("4 × cpu · Test CPU · 0.25 TFLOP/s")
+    expect(row.locator("[data-trust]")).to_contain_text("reputation 0.5 · 0 validated")
 
     page.goto(f"{stack.url}/submit")
     page.get_by_label("Paste code").check()

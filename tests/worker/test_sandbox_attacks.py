@@ -197,7 +197,7 @@ def test_a_double_forked_setsid_child_does_not_outlive_the_attempt(tmp_path, bwr
 
 def test_a_fork_bomb_ends_the_attempt_at_the_pids_limit(tmp_path, bwrap):
     t0 = time.monotonic()
-    result, sink = run_job(tmp_path, f"""
+    result, _ = run_job(tmp_path, f"""
         import os, time
         for i in range(10_000):
             try:

@@ -37,6 +37,7 @@ const STATE_LABELS = {
   assigned: 'Assigned',
   running: 'Running',
   cancelling: 'Cancelling',
+  validating: 'Validating',
   succeeded: 'Succeeded',
   failed: 'Failed',
   cancelled: 'Cancelled',
