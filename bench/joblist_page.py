@@ -9,7 +9,7 @@ keep-alive connection:
     GET /api/v1/users/me                    the session check app.js makes
     GET /api/v1/jobs?limit=25&offset=0      the first page the list shows
 
-Two servers run on the same database: the current code, and a baseline whose ``queue_positions`` is the
+Two servers run on the same database: the current code, and a baseline whose queue estimate is the
 per-job query path the API used before (``queue_positions_per_job`` below: one query for the users' heads,
 then one count query per queued job on the page). Samples alternate between the two, and the first page's
 median on each gives the ratio; both must return the same positions. ``GET /healthz`` on the current server
@@ -137,11 +137,15 @@ def queue_positions_per_job(session, jobs):  # the baseline, as the API had it
 
 
 def serve_per_job() -> None:
-    """Run the API with the baseline's ``queue_positions`` (the routes look it up on the module per call)."""
+    """Run the API with the baseline's positions (the routes look ``estimates`` up on the module per call)."""
     from scheduler.cli import app
-    from scheduler.services import jobs as jobs_service
+    from scheduler.services import queue as queue_service
 
-    jobs_service.queue_positions = queue_positions_per_job
+    def baseline(session, jobs):  # positions only: no expected start, nothing held (no workers in this bench)
+        return {jid: queue_service.Estimate(pos, None, False)
+                for jid, pos in queue_positions_per_job(session, jobs).items()}
+
+    queue_service.estimates = baseline
     app(["serve", "--log-level", "warning"])
 
 

@@ -45,6 +45,10 @@ class StartResponse(BaseModel):
         default_factory=dict,
         description="extra job environment the platform asks for; a worker passes only the names in JOB_ENV_NAMES",
     )
+    user_env: dict[str, str] = Field(
+        default_factory=dict, description="the job owner's own variables (Job.env); the platform's always win"
+    )
+    args: list[str] = Field(default_factory=list, description="passed after the entrypoint: python ENTRY ARGS...")
 
     launcher: str = Field(default="python", description="python | torchrun | ray (see contract.jobs.LAUNCHER_DOC)")
     devices: list[AttemptDevices] = Field(
@@ -92,6 +96,7 @@ class FinishRequest(BaseModel):
     state: Literal["succeeded", "failed", "cancelled"]
     exit_code: int | None = None
     error: str | None = Field(default=None, max_length=65536)
+    limit: str | None = Field(default=None, max_length=1000, description="the worker limit the attempt hit, if any")
 
 
 class ArtifactStored(BaseModel):

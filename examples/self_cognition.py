@@ -12,7 +12,8 @@ learning rate so its
 loss visibly drops in a few seconds.
 
 Environment knobs (all optional): MODEL_ID, DATASET_ID, LR, DATA_ROWS, BATCH_SIZE, FSDP_SIZE, LOG_EVERY (micro-
-batches between printed metrics), SAVE_EVERY (optimizer steps between resumable checkpoints), MAX_STEPS (stop
+batches between printed metrics; the printed "step N" is the optimizer step, the number the platform's metrics
+and charts show), SAVE_EVERY (optimizer steps between resumable checkpoints), MAX_STEPS (stop
 after this many optimizer steps), TWINKLE_MODE (local or ray) with RAY_RANKS and RAY_ADDRESS, and from the
 platform TWINKLE_OUTPUT_DIR, TWINKLE_METRICS_FILE,
 TWINKLE_RESUME_FROM (a checkpoint of an earlier attempt to resume from).
@@ -39,6 +40,7 @@ BATCH_SIZE = int(os.environ.get("BATCH_SIZE", "8"))
 LOG_EVERY = int(os.environ.get("LOG_EVERY", "20"))
 SAVE_EVERY = int(os.environ.get("SAVE_EVERY", "0"))
 MAX_STEPS = int(os.environ.get("MAX_STEPS", "0"))
+GAS = 2  # gradient accumulation: micro-batches per optimizer step
 
 # the one word that switches modes: under Ray the driver is not a rank, the group's RAY_RANKS actors are
 MODE = os.environ.get("TWINKLE_MODE", "local")
@@ -70,7 +72,7 @@ def main() -> None:
     # 4. model, LoRA adapter, optimizer, scheduler
     model = TransformersModel(model_id=MODEL_ID, remote_group="default")
     model.add_adapter_to_model(
-        "default", LoraConfig(r=8, lora_alpha=32, target_modules="all-linear"), gradient_accumulation_steps=2
+        "default", LoraConfig(r=8, lora_alpha=32, target_modules="all-linear"), gradient_accumulation_steps=GAS
     )
     model.set_optimizer(optimizer_cls="AdamW", lr=LR)
     model.set_lr_scheduler(
@@ -85,15 +87,16 @@ def main() -> None:
         start = state["cur_step"]
         print(f"resumed from {resume_from}: {state}", flush=True)
 
-    # 5. the loop: one optimizer step every 2 micro-batches (gradient_accumulation_steps=2)
-    for step, batch in enumerate(dataloader, start):
+    # 5. the loop: one optimizer step every GAS micro-batches. "step" in the log, the metrics and the platform's
+    # charts is the optimizer step (what calculate_metric records), not the micro-batch
+    for micro_batch, batch in enumerate(dataloader, start):
         model.forward_backward(inputs=batch)
         model.clip_grad_and_step()
-        if (step + 1) % LOG_EVERY == 0:
+        optimizer_steps, window_done = divmod(micro_batch + 1, GAS)
+        if (micro_batch + 1) % LOG_EVERY == 0:
             metric = model.calculate_metric(is_training=True)
             if twinkle.is_master():
-                print(f"step {step + 1}: {metric}", flush=True)
-        optimizer_steps, window_done = divmod(step + 1, 2)
+                print(f"step {optimizer_steps}: {metric}", flush=True)
         if SAVE_EVERY and window_done == 0 and optimizer_steps % SAVE_EVERY == 0:
             model.save(save_optimizer=True)
         if MAX_STEPS and window_done == 0 and optimizer_steps >= MAX_STEPS:

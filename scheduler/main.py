@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.errors import ErrorCode, error_body
@@ -72,9 +72,22 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(422, ErrorCode.INVALID_REQUEST, f"the request is invalid: {summary}", fields)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: StarletteHTTPException) -> Response:
+        # a browser asking for a page that does not exist gets the web UI's "not found" page, not JSON
+        not_found_page = getattr(app.state, "not_found_page", None)
+        if exc.status_code == 404 and not_found_page is not None and _wants_a_page(req):
+            page: Response = not_found_page()
+            return page
         code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(exc.status_code, ErrorCode.HTTP_ERROR)
         return _error(exc.status_code, code, str(exc.detail))
+
+
+def _wants_a_page(req: Request) -> bool:
+    """A browser navigation (GET, Accept: text/html) outside the API and the health and metrics routes."""
+    path = req.url.path
+    outside = not path.startswith((API_PREFIX + "/", "/ui/", "/docs/assets/")) and path not in (
+        API_PREFIX, "/healthz", "/readyz", "/metrics", "/openapi.json")
+    return req.method in ("GET", "HEAD") and outside and "text/html" in req.headers.get("accept", "")
 
 
 class NoSniff:
@@ -120,6 +133,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         version="0.1.0",
         description="Submit twinkle training scripts as jobs; donated GPU workers run them.",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by scheduler.api_docs (works offline, strict CSP)
+        redoc_url=None,
     )
     app.state.runtime = rt
     app.state.metrics_registry = app_registry(rt.db)
@@ -128,6 +143,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for module in (users, jobs, workers, attempts, downloads):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
+    from scheduler.api_docs import mount_docs
+
+    mount_docs(app)
 
     try:
         import webui

@@ -14,19 +14,20 @@ Exceptions (every message says what to do next):
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from contract import routes
 from contract.errors import error_from_body
-from contract.jobs import ArtifactList, InspectResponse, Job, JobList, MetricsResponse
+from contract.jobs import ArtifactList, InspectResponse, Job, JobList, MetricsResponse, ResubmitRequest
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -176,13 +177,22 @@ class Client:
 
     # ------------------------------------------------------------ jobs
 
+    def web_url(self, job_id: str) -> str:
+        """The job's page in the web UI."""
+        return f"{self.server}/jobs/{quote(job_id, safe='')}"
+
     def submit(
         self, bundle: bytes, entrypoint: str, *, name: str | None = None, request: dict | None = None,
         filename: str = "bundle.zip", allow_unsandboxed: bool = False, launcher: str | None = None,
+        env: dict[str, str] | None = None, args: list[str] | None = None,
     ) -> dict:
         import json
 
         data: dict[str, str] = {"entrypoint": entrypoint}
+        if env:
+            data["env"] = json.dumps(env)
+        if args:
+            data["args"] = json.dumps(args)
         if name:
             data["name"] = name
         if request:
@@ -207,14 +217,56 @@ class Client:
     def job(self, job_id: str) -> dict:
         return _parsed(Job, self._request("GET", routes.path(routes.JOB, job_id=job_id)))
 
+    def resubmit(self, job_id: str, *, name: str | None = None, env: dict[str, str] | None = None,
+                 args: list[str] | None = None, request: dict | None = None) -> dict:
+        """Run a job's bundle again as a new job; a field left as None keeps the original's value."""
+        body = ResubmitRequest.model_validate({"name": name, "env": env, "args": args, "request": request})
+        url = routes.path(routes.JOB_RESUBMIT, job_id=job_id)
+        return _parsed(Job, self._request("POST", url, json=body.model_dump(mode="json")))
+
     def cancel(self, job_id: str) -> dict:
         return _parsed(Job, self._request("POST", routes.path(routes.JOB_CANCEL, job_id=job_id)))
 
-    def logs(self, job_id: str) -> str:
-        return self._request("GET", routes.path(routes.JOB_LOGS, job_id=job_id)).text
+    def logs(self, job_id: str, timestamps: bool = False) -> str:
+        params = {"timestamps": "true"} if timestamps else None
+        return self._request("GET", routes.path(routes.JOB_LOGS, job_id=job_id), params=params).text
 
     def metrics(self, job_id: str) -> list[dict]:
         return _parsed(MetricsResponse, self._request("GET", routes.path(routes.JOB_METRICS, job_id=job_id)))["records"]
+
+    def metrics_csv(self, job_id: str) -> str:
+        url = routes.path(routes.JOB_METRICS, job_id=job_id)
+        return self._request("GET", url, params={"format": "csv"}).text
+
+    def download_zip(
+        self, job_id: str, dest_dir: Path, *, attempt: int | None = None, folder: str | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> Path:
+        """Stream ``GET /jobs/{id}/artifacts/zip`` into ``dest_dir`` under the name the server gives; returns it."""
+        params: dict[str, Any] = {}
+        if attempt is not None:
+            params["attempt"] = attempt
+        if folder:
+            params["folder"] = folder
+        url = routes.path(routes.JOB_ARTIFACTS_ZIP, job_id=job_id)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._http.stream("GET", url, params=params, timeout=httpx.Timeout(60.0, read=300.0)) as response:
+                if response.is_error:
+                    response.read()
+                    raise _error(response)
+                name = _attachment_name(response.headers.get("content-disposition", "")) or f"{job_id}.zip"
+                dest = dest_dir / name
+                tmp = dest.with_name(dest.name + ".part")
+                with open(tmp, "wb") as f:
+                    for chunk in response.iter_bytes(1 << 20):
+                        f.write(chunk)
+                        if on_bytes:
+                            on_bytes(len(chunk))
+        except httpx.TransportError as exc:
+            raise Unreachable(f"download of job {job_id}'s zip failed: {exc}") from exc
+        tmp.replace(dest)
+        return dest
 
     def artifacts(self, job_id: str) -> list[dict]:
         return _parsed(ArtifactList, self._request("GET", routes.path(routes.JOB_ARTIFACTS, job_id=job_id)))["items"]
@@ -276,6 +328,14 @@ class Client:
             raise Unreachable(f"download of {url} failed: {exc}") from exc
         tmp.replace(dest)
         return total
+
+
+def _attachment_name(disposition: str) -> str | None:
+    """The file name of ``Content-Disposition: attachment; filename="x.zip"``, reduced to a plain name (a server
+    cannot make us write outside the folder)."""
+    m = re.search(r'filename="([^"]+)"', disposition)
+    name = PurePosixPath(m.group(1).replace("\\", "/")).name if m else ""
+    return name if name and name not in (".", "..") else None
 
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[LogEvent]:

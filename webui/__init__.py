@@ -74,3 +74,7 @@ def mount(app: FastAPI) -> None:
     for path in PAGES:
         app.add_api_route(path, shell_page, methods=["GET"], include_in_schema=False, name=f"webui:{path}")
     app.mount(prefix, _ImmutableStatic(directory=STATIC_DIR), name="webui-static")
+    # scheduler.main answers a browser's 404 with this: the shell, whose router shows its "not found" view
+    app.state.not_found_page = lambda: Response(
+        shell, status_code=404, media_type="text/html; charset=utf-8", headers=_SHELL_HEADERS
+    )

@@ -202,9 +202,10 @@ class WorkerClient:
         )
 
     def finish(
-        self, job_id: str, attempt: int, state: str, exit_code: int | None = None, error: str | None = None
+        self, job_id: str, attempt: int, state: str, exit_code: int | None = None, error: str | None = None,
+        limit: str | None = None,
     ) -> dict:
-        body = _body(FinishRequest, {"state": state, "exit_code": exit_code, "error": error})
+        body = _body(FinishRequest, {"state": state, "exit_code": exit_code, "error": error, "limit": limit})
         url = routes.path(routes.ATTEMPT_FINISH, job_id=job_id, attempt=attempt)
         return self._request("POST", url, json=body).json()
 

@@ -131,8 +131,8 @@ class Outbox:
     def put_artifact(self, path: str, file: Path) -> None:
         self._put({"kind": "artifact", "path": path, "file": str(file)})
 
-    def put_finish(self, state: str, exit_code: int | None, error: str | None) -> None:
-        self._put({"kind": "finish", "state": state, "exit_code": exit_code, "error": error})
+    def put_finish(self, state: str, exit_code: int | None, error: str | None, limit: str | None = None) -> None:
+        self._put({"kind": "finish", "state": state, "exit_code": exit_code, "error": error, "limit": limit})
 
     # ------------------------------------------------------------ the sender
 
@@ -167,7 +167,8 @@ class Outbox:
                             self.job_id, self.attempt, file)
         elif kind == "finish":
             self._finish_reply = self.client.finish(
-                self.job_id, self.attempt, entry["state"], entry.get("exit_code"), entry.get("error")
+                self.job_id, self.attempt, entry["state"], entry.get("exit_code"), entry.get("error"),
+                entry.get("limit"),
             )
 
     def _run(self) -> None:

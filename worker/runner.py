@@ -1,10 +1,13 @@
 """Where a job runs: its launch (``worker.launch``: python, torchrun or Ray) in a sandbox (``worker.sandbox``) with a
 scrubbed environment.
 
-The runner owns the child for its whole life: it streams stdout/stderr line by line to a sink in small batches,
-tails the metrics file the script appends to, uploads each checkpoint folder that appears under the output
-folder, and kills everything the attempt started on cancel (SIGTERM, then SIGKILL after a grace period) or when
-the sink reports that a newer attempt owns the job. The sink is the API in production and a list in unit tests.
+The runner owns the child for its whole life: it streams stdout/stderr line by line to a sink in small batches
+(each line with its stream and time, the attempt folder's absolute paths shown relative to it), tails the
+metrics file the script appends to, samples the CPU/memory/GPU use of the job's processes (``sys/`` metrics,
+``worker.sysmetrics``), writes every metric to a TensorBoard event file (``worker.tensorboard``), uploads each
+checkpoint folder that appears under the output folder, and kills everything the attempt started on cancel
+(SIGTERM, then SIGKILL after a grace period) or when the sink reports that a newer attempt owns the job. The
+sink is the API in production and a list in unit tests.
 Which sandbox runs the child (bwrap, container, none) and how its limits are kept is the sandbox's business: the
 runner only hears "memory limit 8 GiB reached" back, and reports it as the attempt's error.
 
@@ -30,9 +33,11 @@ from pathlib import Path
 from typing import IO, Literal, Protocol
 
 from contract.attempts import CHECKPOINT_MARKER
+from contract.jobs import RESERVED_ENV, RESERVED_ENV_PREFIX
 from worker.launch import Launch, explain_failure, split_rank
 from worker.leftovers import ProcessGroupLedger
 from worker.sandbox import LaunchRequest, Limits, NoSandbox, Sandbox, SandboxedProcess
+from worker.sysmetrics import GpuSampler, ProcessTreeSampler
 
 __all__ = ["AttemptSink", "JobRunner", "JobSpec", "RunResult", "StaleAttemptSignal", "job_environment"]
 
@@ -74,12 +79,16 @@ class JobSpec:
     cuda_visible_devices: str | None = None
     assets_dir: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
-    launch: Launch | None = None  # None: python <entrypoint>
+    launch: Launch | None = None  # None: python <entrypoint> <args>
+    args: list[str] = field(default_factory=list)  # the job's own: python ENTRYPOINT ARGS...
+    user_env: dict[str, str] = field(default_factory=dict)  # the job's own variables; the platform's win
+    private_dir: Path | None = None  # the worker's own files for the attempt, outside the job's reach
 
     @classmethod
     def in_folder(cls, job_id: str, attempt: int, folder: Path, entrypoint: str, **kwargs) -> JobSpec:
         """``folder/code`` (the unpacked bundle, the cwd), ``output/``, ``metrics.jsonl``, ``tmp/``; HOME is
-        ``folder``."""
+        ``folder``; the worker's own files go to the sibling ``<folder>.worker`` (not shown to the sandbox)."""
+        kwargs.setdefault("private_dir", folder.with_name(folder.name + ".worker"))
         return cls(
             job_id=job_id,
             attempt=attempt,
@@ -94,9 +103,16 @@ class JobSpec:
 
 
 def job_environment(spec: JobSpec, parent_env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The child's whole environment: a short allow-list plus the ``TWINKLE_*`` job contract."""
+    """The child's whole environment: a short allow-list, the job's own variables (``spec.user_env``; names the
+    platform reserves are dropped even if the API let one through), then the ``TWINKLE_*`` job contract, which
+    always wins."""
     parent = os.environ if parent_env is None else parent_env
     env = {k: parent[k] for k in _PASSED_THROUGH if k in parent}
+    for name, value in spec.user_env.items():
+        if name.upper().startswith(RESERVED_ENV_PREFIX) or name.upper() in RESERVED_ENV or "\x00" in name + value:
+            log.warning("job %s: ignoring its variable %s (reserved by the platform)", spec.job_id, name[:64])
+            continue
+        env[name] = value
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.setdefault("LANG", "C.UTF-8")
     env.update(
@@ -127,6 +143,7 @@ class RunResult:
     state: Literal["succeeded", "failed", "cancelled", "stale", "abandoned"]
     exit_code: int | None
     error: str | None = None
+    limit: str | None = None  # the worker limit that stopped the attempt (memory, time, disk, processes)
 
 
 def _gpu_indices(cuda_visible_devices: str | None) -> list[int]:
@@ -265,6 +282,21 @@ class _MetricsTail:
 
 
 
+class _PathRewriter:
+    """Shows the attempt folder's absolute paths (the worker's own layout) relative to it: ``/var/lib/twinkle/
+    jobs/J/1/output/x`` becomes ``output/x``, the folder itself ``.``."""
+
+    def __init__(self, folder: Path):
+        forms = {str(folder), str(folder.resolve())} if folder.is_absolute() else {str(folder.resolve())}
+        self._forms = sorted(forms, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form + "/", "").replace(form, ".")
+        return text
+
+
 def _as_terminal_shows(line: str) -> str:
     """The text a terminal would leave on screen: progress bars (tqdm) redraw with ``\\r`` inside one line,
     and only the last non-empty redraw is worth a log line."""
@@ -291,6 +323,9 @@ class JobRunner:
         ledger: ProcessGroupLedger | None = None,
         sandbox: Sandbox | None = None,
         limits: Limits | None = None,
+        sys_sample_s: float = 5.0,
+        tensorboard: bool = True,
+        tensorboard_upload_s: float = 30.0,
     ):
         self.spec, self.sink = spec, sink
         self.kill_grace_s, self.flush_interval_s, self.batch_lines = kill_grace_s, flush_interval_s, batch_lines
@@ -314,6 +349,19 @@ class JobRunner:
         markers = spec.home_dir.with_name(f"{spec.home_dir.name}.markers")
         self._outputs = _OutputWatcher(spec.output_dir, self._send_artifact, markers)
         self._metrics = _MetricsTail(spec.metrics_file)
+        self._relative = _PathRewriter(spec.home_dir)
+        self.sys_sample_s = sys_sample_s
+        self.tensorboard_upload_s = tensorboard_upload_s
+        self._last_step = 0  # the last optimizer step the job reported; sys/ samples are filed under it
+        self._tb = None
+        if tensorboard:
+            try:
+                from worker.tensorboard import EventWriter
+
+                self._tb = EventWriter(spec.private_dir or spec.home_dir.with_name(spec.home_dir.name + ".worker"),
+                                       spec.job_id, spec.attempt)
+            except Exception as exc:  # noqa: BLE001 - no tensorboardX, a full disk: train without the event file
+                log.warning("job %s: no TensorBoard event file (%s)", spec.job_id, exc)
         self.started = threading.Event()
 
     # ------------------------------------------------------------ control
@@ -378,11 +426,38 @@ class JobRunner:
         records, problems = self._metrics.read()
         batch.extend(self._line("system", problem) for problem in problems)
         if records:
-            self._guarded("metrics", self.sink.send_metrics, records)
+            self._last_step = max(self._last_step, max(int(r["step"]) for r in records))
+            self._send_metrics(records)
+
+    def _send_metrics(self, records: list[dict]) -> None:
+        self._guarded("metrics", self.sink.send_metrics, records)
+        if self._tb is not None:
+            with self._upload_lock:
+                self._tb.add(records)
+
+    def _upload_tensorboard(self) -> None:
+        """Send the event file again if scalars were added since it was last sent (the API keeps the newest)."""
+        if self._tb is not None and self._tb.take_dirty():
+            self._send_artifact(self._tb.artifact_path, self._tb.file)
+
+    def _sample_system(self) -> None:
+        """Every ``sys_sample_s``: CPU%/RSS of the job's process tree and its GPUs, as ``sys/`` metrics."""
+        assert self._proc is not None
+        tree = ProcessTreeSampler(self._proc.pid)
+        gpus = GpuSampler(_gpu_indices(self.spec.cuda_visible_devices))
+        try:
+            tree.sample()  # the CPU baseline; the first real value comes one interval later
+            while not self._ended.wait(self.sys_sample_s):
+                values = {**tree.sample(), **gpus.sample()}
+                if values:
+                    self._send_metrics([{"step": self._last_step, "ts": time.time(), "metrics": values}])
+        finally:
+            gpus.close()
 
     # ------------------------------------------------------------ the run
 
     def _line(self, stream: str, text: str) -> dict:
+        text = self._relative(text)
         if len(text) > self.max_line_chars:
             text = text[: self.max_line_chars] + f"... [{len(text) - self.max_line_chars} chars cut]"
         return {"ts": time.time(), "stream": stream, "text": text}
@@ -405,9 +480,13 @@ class JobRunner:
         pipe.close()
 
     def _watch_outputs(self) -> None:
+        last_tb = time.monotonic()
         while not self._ended.wait(self.checkpoint_poll_s):
             with self._upload_lock:
                 self._outputs.scan_new_folders()
+                if time.monotonic() - last_tb >= self.tensorboard_upload_s:
+                    self._upload_tensorboard()
+                    last_tb = time.monotonic()
 
     def _spawn(self) -> SandboxedProcess:
         spec = self.spec
@@ -416,7 +495,7 @@ class JobRunner:
         env = job_environment(spec, self.parent_env)
         return self.sandbox.launch(
             LaunchRequest(
-                argv=spec.launch.argv if spec.launch is not None else [spec.python, spec.entrypoint],
+                argv=spec.launch.argv if spec.launch is not None else [spec.python, spec.entrypoint, *spec.args],
                 python=spec.python,
                 cwd=spec.code_dir,
                 env=env,
@@ -452,7 +531,8 @@ class JobRunner:
             threading.Thread(target=self._read, args=(self._proc.stderr, "stderr"), daemon=True),
         ]
         watcher = threading.Thread(target=self._watch_outputs, daemon=True, name="runner-outputs")
-        for t in (*readers, watcher):
+        sampler = threading.Thread(target=self._sample_system, daemon=True, name="runner-sys")
+        for t in (*readers, watcher, sampler):
             t.start()
 
         batch: list[dict] = []
@@ -485,6 +565,7 @@ class JobRunner:
         self._proc.wait()
         self._ended.set()
         watcher.join()
+        sampler.join()
         self._proc.close()  # kills whatever is left and stops the limit watcher (which may name a limit now)
         returncode = self._proc.returncode()
         if self.ledger is not None:
@@ -497,13 +578,17 @@ class JobRunner:
         with self._upload_lock:
             uploaded = self._outputs.final_sync()
         self._flush_metrics(batch)
+        if self._tb is not None:
+            self._tb.close()
+            with self._upload_lock:
+                self._upload_tensorboard()
         state: Literal["succeeded", "failed", "cancelled"]
-        error: str | None = None
+        error = limit = None
+        # no "attempt N failed" line here: the API writes the one end line, with the reason (FinishRequest)
         if self._stop_reason == "cancelled":
             state, error = "cancelled", None
         elif self._proc is not None and self._proc.limit_reason:
-            state, error = "failed", self._proc.limit_reason
-            batch.append(self._line("system", f"attempt {self.spec.attempt} failed: {error}"))
+            state, error, limit = "failed", self._proc.limit_reason, self._proc.limit_reason
         elif returncode == 0:
             state, error = "succeeded", None
         else:
@@ -516,10 +601,9 @@ class JobRunner:
                 why = f"rank {rank} failed: {rank_why}"
                 tail = self._rank_tails.get(rank)
                 error = why + ("\n" + "\n".join(tail) if tail else "")
-            # the API logs the end state itself; say why it failed
-            batch.append(self._line("system", f"attempt {self.spec.attempt} failed: {why}"))
+            # the API writes the attempt's one end line from this error (no line of the runner's own)
         self._flush_logs(batch)
         if self._stop_reason == "stale":  # the last flush can learn that too
             return RunResult("stale", returncode)
         log.info("job %s attempt %s %s; %d final uploads", self.spec.job_id, self.spec.attempt, state, uploaded)
-        return RunResult(state, returncode, error)
+        return RunResult(state, returncode, error, limit)

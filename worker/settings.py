@@ -35,6 +35,7 @@ class WorkerSettings(BaseSettings):
         health_host / health_port: where ``GET /healthz`` is served (port 0 picks a free one).
         kill_grace_s: seconds between SIGTERM and SIGKILL when a job is cancelled.
         log_flush_interval_s / log_batch_lines: a log batch is posted every interval or every N lines.
+        sys_sample_s: seconds between samples of a job's CPU/RSS (and GPU) use, posted as ``sys/`` metrics.
         max_log_line_chars: longer lines are cut, so one runaway print cannot flood the API.
         keep_job_dirs: keep ``jobs/{job}/{attempt}`` after the attempt ended (for debugging).
         assets_dir: the tiny-model cache handed to jobs as ``TWINKLE_ASSETS_DIR`` (also read from that name).
@@ -76,6 +77,7 @@ class WorkerSettings(BaseSettings):
 
     kill_grace_s: float = Field(default=10.0, ge=0)
     log_flush_interval_s: float = Field(default=0.5, gt=0)
+    sys_sample_s: float = Field(default=5.0, ge=0.1)
     log_batch_lines: int = Field(default=200, ge=1)
     max_log_line_chars: int = Field(default=8192, ge=80)
     keep_job_dirs: bool = False

@@ -173,6 +173,7 @@ class AttemptExecutor:
             if not self.settings.keep_job_dirs and drained:
                 shutil.rmtree(folder, ignore_errors=True)
                 shutil.rmtree(folder.with_name(f"{folder.name}.markers"), ignore_errors=True)
+                shutil.rmtree(folder.with_name(folder.name + ".worker"), ignore_errors=True)  # JobSpec.private_dir
 
     @property
     def outbox_root(self) -> Path:
@@ -195,8 +196,10 @@ class AttemptExecutor:
         ]
         devices = attempt_devices(given, [int(g) for g in gpus if g.isdigit()], self.ranks)
         launcher = started.get("launcher") or "python"
+        args = [str(a) for a in started.get("args") or []]
         launch = plan_launch(
-            launcher, sys.executable, entrypoint, devices, ray_port=_free_port() if launcher == "ray" else None
+            launcher, sys.executable, entrypoint, devices, ray_port=_free_port() if launcher == "ray" else None,
+            args=args,
         )
         spec = JobSpec.in_folder(
             job_id,
@@ -207,6 +210,8 @@ class AttemptExecutor:
             assets_dir=self.settings.assets_dir,
             extra_env=platform_env(started.get("env")),
             launch=launch,
+            user_env={str(k): str(v) for k, v in (started.get("user_env") or {}).items()},
+            args=args,
         )
         sink = ClientSink(outbox)
         runner = JobRunner(
@@ -219,6 +224,7 @@ class AttemptExecutor:
             ledger=self.ledger,
             sandbox=self.sandbox,
             limits=self.settings.limits(),
+            sys_sample_s=self.settings.sys_sample_s,
         )
         with self._lock:
             self._running[(job_id, attempt)] = runner
@@ -269,7 +275,7 @@ class AttemptExecutor:
         outage of any length the job stays "running" here (and in our heartbeats) until it is delivered."""
         job_id, attempt = outbox.job_id, outbox.attempt
         try:
-            outbox.put_finish(result.state, result.exit_code, result.error)
+            outbox.put_finish(result.state, result.exit_code, result.error, result.limit)
         except StaleAttemptSignal:
             outbox_stale = True
         else:

@@ -28,6 +28,7 @@ from scheduler.errors import StaleAttempt
 from scheduler.services import attempts as attempts_service
 from scheduler.services import events, validation
 from scheduler.services import logs as logs_service
+from scheduler.services.failures import end_message
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,14 @@ async def start(
     also ``TWINKLE_STOP_AFTER_STEPS``). ``launcher`` and ``devices`` say how to start the job and on which of the
     worker's devices."""
 
-    def work(session: Session) -> tuple[Any, Any, Any]:
+    def work(session: Session) -> tuple[Any, Any, Any, str]:
         f = attempts_service.start(session, token, job_id, attempt)
-        return f, attempts_service.resume_candidates(session, f.job), attempts_service.placement(session, f.job)
+        return (
+            f, attempts_service.resume_candidates(session, f.job), attempts_service.placement(session, f.job),
+            attempts_service.worker_name(session, f.attempt),
+        )
 
-    f, candidates, placed = await rt.in_session(work, lane="worker")
+    f, candidates, placed, worker_name = await rt.in_session(work, lane="worker")
     # markers are read from storage after the session closed (no network call inside a transaction)
     resume = await rt.run(attempts_service.first_complete, candidates, rt.storage.get_bytes, lane="worker")
     resume_from = None
@@ -68,7 +72,7 @@ async def start(
     try:
         await rt.run(
             logs_service.system_line, rt.redis, job_id, attempt,
-            f"attempt {attempt} started on worker {f.attempt.worker_id}", lane="worker",
+            f"attempt {attempt} started on worker {worker_name}", lane="worker",
         )
     except redis.RedisError as exc:  # the attempt is started (committed); a missing note must not undo that
         log.warning("could not note the start of job %s attempt %s in its log: %s", job_id, attempt, exc)
@@ -77,6 +81,7 @@ async def start(
         env=validation.job_env(f.job, validation.ReplayPolicy.from_settings(rt.settings)),
         launcher=placed.launcher,
         devices=[AttemptDevices(group=g, device_type=t, devices=d) for g, t, d in placed.devices],
+        user_env={str(k): str(v) for k, v in (f.job.env or {}).items()}, args=[str(a) for a in (f.job.args or [])],
     )
 
 
@@ -154,12 +159,13 @@ async def finish(
     plan = await rt.in_session(attempts_service.plan_finish, token, job_id, attempt, body, lane="worker")
     if plan.done:
         return FinishResponse(job_id=job_id, attempt=attempt, state=plan.state)
-    msg = f"attempt {attempt} {plan.state}" + (f" (exit code {body.exit_code})" if body.exit_code is not None else "")
-    await rt.run(events.persist_logs, rt.redis, rt.storage, plan.user_id, job_id, attempt, msg, lane="worker")
+    # the one line that says how the attempt ended, with the reason (the worker does not write its own)
+    msg = end_message(attempt, plan.state, body.exit_code, body.limit, body.error)
+    tail = await rt.run(events.persist_logs, rt.redis, rt.storage, plan.user_id, job_id, attempt, msg, lane="worker")
     try:
         f = await rt.in_session(
             attempts_service.finish, token, job_id, attempt, body, validation.ReplayPolicy.from_settings(rt.settings),
-            lane="worker",
+            tail, lane="worker",
         )
     except StaleAttempt:  # a concurrent retry of this finish won the race: answer as it did
         plan = await rt.in_session(attempts_service.plan_finish, token, job_id, attempt, body, lane="worker")

@@ -160,6 +160,10 @@ class JobModel(Base):
     slots: Mapped[list[Any] | None] = mapped_column(sa.JSON)  # indexes of the worker's offered groups in use
     pending_reason: Mapped[str | None] = mapped_column(sa.Text)
     error: Mapped[str | None] = mapped_column(sa.Text)
+    # what the script gets besides its bundle (checked by contract.jobs.env_problems / args_problems)
+    env: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    args: Mapped[list[Any] | None] = mapped_column(sa.JSON)
+    resubmitted_from: Mapped[str | None] = mapped_column(sa.String(32))  # no FK: the original may be deleted
     created_at: Mapped[dt.datetime]
     queued_at: Mapped[dt.datetime]
     assigned_at: Mapped[dt.datetime | None]
@@ -190,6 +194,8 @@ class AttemptModel(Base):
     ended_at: Mapped[dt.datetime | None]
     exit_code: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(sa.Text)
+    limit_hit: Mapped[str | None] = mapped_column(sa.Text)  # the worker limit that stopped it, as reported
+    stderr_tail: Mapped[list[Any] | None] = mapped_column(sa.JSON)  # last stderr lines, read from its log at finish
     logs_persisted: Mapped[bool] = mapped_column(default=False)
     validation: Mapped[str | None] = mapped_column(sa.String(16))  # Validation; NULL: not sampled
     device_seconds: Mapped[float] = mapped_column(sa.Float, default=0.0, server_default="0")

@@ -314,12 +314,19 @@ def plan_finish(session: Session, token: ApiTokenModel, job_id: str, n: int, bod
     return FinishPlan(f.job.user_id, _end_state(f.job, body), done=False)
 
 
+def worker_name(session: Session, attempt: AttemptModel) -> str:
+    """The name the worker registered with (what the workers page shows), else its id."""
+    name = session.scalar(sa.select(WorkerModel.name).where(WorkerModel.id == attempt.worker_id))
+    return name or str(attempt.worker_id)
+
+
 def finish(
     session: Session, token: ApiTokenModel, job_id: str, n: int, body: FinishRequest,
-    policy: validation.ReplayPolicy | None = None,
+    policy: validation.ReplayPolicy | None = None, stderr_tail: list[str] | None = None,
 ) -> Fenced:
     """End the attempt. A donor's success may be sampled for a replay (the job is then ``validating``); the end of
-    a replay judges the attempt it checked (``Fenced.verdict``). ``policy`` None: no spot checks."""
+    a replay judges the attempt it checked (``Fenced.verdict``). ``policy`` None: no spot checks. ``stderr_tail``:
+    the last stderr lines of its log (``Job.failure``)."""
     f = fence(session, token, job_id, n, (AttemptState.ASSIGNED, AttemptState.RUNNING))
     now = utcnow()
     job, attempt = f.job, f.attempt
@@ -328,7 +335,8 @@ def finish(
     res = cast(sa.CursorResult[Any], session.execute(
         sa.update(AttemptModel)
         .where(AttemptModel.id == attempt.id, AttemptModel.state.in_((AttemptState.ASSIGNED, AttemptState.RUNNING)))
-        .values(state=state, ended_at=now, exit_code=body.exit_code, error=body.error)
+        .values(state=state, ended_at=now, exit_code=body.exit_code, error=body.error, limit_hit=body.limit,
+                stderr_tail=stderr_tail or None)
         .execution_options(synchronize_session="fetch")
     ))
     if res.rowcount != 1:

@@ -38,12 +38,14 @@ def attempt_ended(
     job_ended(r, job_id, job_state)
 
 
-def persist_logs(r: redis.Redis, storage: Storage, user_id: str, job_id: str, attempt: int, message: str) -> int:
+def persist_logs(
+    r: redis.Redis, storage: Storage, user_id: str, job_id: str, attempt: int, message: str
+) -> list[str]:
     """Before a finish is committed: note the end in the live log and copy the attempt's lines to storage.
     Raises while Redis or storage is down, so the finish is refused (503) and retried instead of committed
-    with a log that misses lines."""
+    with a log that misses lines. Returns the attempt's stderr tail (for ``Job.failure``)."""
     logs.append(r, job_id, attempt, [{"stream": "system", "text": message}], batch="end")  # once, even if retried
-    return logs.persist(r, storage, user_id, job_id, attempt)
+    return logs.stderr_tail(logs.persist(r, storage, user_id, job_id, attempt))
 
 
 def logs_persisted(db: Database, r: redis.Redis, job_id: str, attempt: int, job_state: str) -> None:

@@ -1,13 +1,12 @@
-"""Jobs: submit (validate everything, store, queue), list, get with queue position, cancel."""
+"""Jobs: submit (validate everything, store, queue), resubmit, list, get with queue position, cancel."""
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from types import SimpleNamespace
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -16,7 +15,18 @@ from sqlalchemy.orm import Session, selectinload
 
 from contract.archive import DEFAULT_LIMITS, ArchiveLimits
 from contract.errors import ErrorCode
-from contract.jobs import LAUNCHERS, Attempt, InspectResponse, Job, JobList, JobRequest, StoredRequest
+from contract.jobs import (
+    LAUNCHERS,
+    Attempt,
+    InspectResponse,
+    Job,
+    JobList,
+    JobRequest,
+    ResubmitRequest,
+    StoredRequest,
+    args_problems,
+    env_problems,
+)
 from scheduler.db import (
     TERMINAL_JOB_STATES,
     AttemptModel,
@@ -32,6 +42,8 @@ from scheduler.db import (
 )
 from scheduler.errors import Conflict, InvalidRequest, NotFound
 from scheduler.services import matching
+from scheduler.services import queue as queue_service
+from scheduler.services.failures import failure_of, phase_of
 from scheduler.services.script_inspection import (
     ARCHIVE_RULE,
     LAUNCHER_HINT,
@@ -51,6 +63,9 @@ class Submission:
     inspection: Inspection
     request: dict[str, Any]
     name: str
+    env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    resubmitted_from: str | None = None
 
 
 def _problems_error(problems: list[tuple[str, str]]) -> InvalidRequest:
@@ -102,6 +117,21 @@ def inspect_bundle_source(source: str, entrypoint: str, problems: list[tuple[str
     return inspection
 
 
+def parse_json_field(raw: str | None, field_name: str, check: Any, problems: list[tuple[str, str]]) -> Any:
+    """A form field holding JSON (``env``: an object, ``args``: a list), checked by ``check``; None if absent."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        problems.append((field_name, f"{field_name} is not JSON; send e.g. " + (
+            '{"LR": "1e-4"}' if field_name == "env" else '["--epochs", "3"]')))
+        return None
+    found = check(value, field_name)
+    problems.extend(found)
+    return None if found else value
+
+
 FLAG_VALUES = {"true": True, "1": True, "on": True, "yes": True, "false": False, "0": False, "off": False, "no": False}
 
 
@@ -125,6 +155,8 @@ def prepare(
     allow_unsandboxed: str | None = None,
     limits: ArchiveLimits = DEFAULT_LIMITS,
     launcher: str | None = None,
+    env: str | None = None,
+    args: str | None = None,
 ) -> Submission:
     """Validate a submission completely before anything is stored; raises ``InvalidRequest`` with every problem.
 
@@ -137,6 +169,8 @@ def prepare(
     opt_out = parse_flag(allow_unsandboxed, "allow_unsandboxed", problems)
     if launcher is not None and launcher.strip() and launcher.strip() not in LAUNCHERS:
         problems.append(("launcher", f"launcher must be one of {', '.join(LAUNCHERS)}, not {launcher[:40]!r}"))
+    job_env = parse_json_field(env, "env", env_problems, problems)
+    job_args = parse_json_field(args, "args", args_problems, problems)
     bundle, bundle_problems = read_bundle(filename, data, entrypoint or None, limits)
     problems.extend(bundle_problems)
     inspection = None
@@ -172,6 +206,8 @@ def prepare(
         inspection=inspection,
         request=job_request,
         name=job_name[:255],
+        env=job_env or {},
+        args=job_args or [],
     )
 
 
@@ -188,13 +224,11 @@ def worker_views(session: Session, *, live_only: bool = False) -> list[matching.
     ]
 
 
-def create_job(session: Session, storage: Storage, user: UserModel, sub: Submission) -> tuple[JobModel, int]:
-    """Store the bundle, then insert the row; returns the job and its queue position. On any database error the
-    bundle is removed again.
+def create_job(session: Session, storage: Storage, user: UserModel, sub: Submission) -> JobModel:
+    """Store the bundle, then insert the row; on any database error the bundle is removed again.
 
     The bundle goes first, before the session opens a transaction (no storage call inside one); then a single
-    transaction reads the worker shapes (for the hold reason), inserts the job and counts the queue (for its
-    position), four round trips where the API used to spend ten."""
+    transaction reads the worker shapes (for the hold reason) and inserts the job."""
     session.rollback()  # a caller's read transaction ends here: no storage call inside a DB transaction
     key = bundle_key(user.id, sub.job_id)
     size = storage.put_bytes(key, sub.bundle_zip)
@@ -215,20 +249,21 @@ def create_job(session: Session, storage: Storage, user: UserModel, sub: Submiss
             bundle_size=size,
             attempt=0,
             pending_reason=reason,
+            env=sub.env or None,
+            args=sub.args or None,
+            resubmitted_from=sub.resubmitted_from,
             created_at=now,
             queued_at=now,
             updated_at=now,
             attempts=[],  # a new job has none: set, so that showing it loads nothing
         )
         session.add(job)
-        session.flush()
-        position = new_job_position(session, job)
         session.commit()
     except Exception:
         session.rollback()
         storage.delete(key)
         raise
-    return job, position
+    return job
 
 
 def get_job(session: Session, user: UserModel, job_id: str) -> JobModel:
@@ -290,90 +325,6 @@ def list_jobs(
     return items, attempts, int(total)
 
 
-def queue_positions(session: Session, jobs: Sequence[Any]) -> dict[str, int]:
-    """1-based position of each queued job in round-robin dispatch order (users alternate, FIFO within one).
-
-    An estimate: users take turns in the order of their oldest queued job (a tie goes to the lower user id),
-    and every queued job counts, so it leaves out what the dispatcher also weighs (fair share by running
-    jobs, held jobs that cannot run yet, jobs needing a slot no free worker has).
-
-    A job that is the k-th (0-based, by ``created_at`` then ``id``) of its user waits behind its user's k
-    earlier jobs and, from every other user, ``min(their queued count, k + 1)`` jobs if that user's turn comes
-    first, else ``min(count, k)``. Jobs in ``jobs`` that are not queued (or no longer are) get no position.
-
-    Two queries whatever the page size: each user's oldest queued job and queued count (one GROUP BY over the
-    queued jobs), and k for the page's jobs (``row_number()`` over the queued jobs of the page's users only).
-    With ``S(k) = sum over users of min(count, k)`` (the job's own user adds exactly k), the position is
-    ``S(k) + (users whose turn comes first with count > k) + 1``.
-    """
-    page = {j.id for j in jobs if j.state == JobState.QUEUED}
-    if not page:
-        return {}
-    heads = _queue_heads(session)
-    users = sorted({j.user_id for j in jobs if j.id in page})
-    k_of = {
-        jid: (uid, int(k) - 1)
-        for jid, uid, k in session.execute(_RANKED, {"users": users, "page": sorted(page)})
-    }
-    return _positions(heads, k_of)
-
-
-_HEADS = (
-    sa.select(_JOBS.c.user_id, sa.func.min(_JOBS.c.created_at), sa.func.count())
-    .where(_JOBS.c.state == JobState.QUEUED.value)
-    .group_by(_JOBS.c.user_id)
-)
-_RANKED_SUB = (
-    sa.select(
-        _JOBS.c.id,
-        _JOBS.c.user_id,
-        sa.func.row_number().over(partition_by=_JOBS.c.user_id, order_by=(_JOBS.c.created_at, _JOBS.c.id)).label("k"),
-    )
-    .where(_JOBS.c.state == JobState.QUEUED.value, _JOBS.c.user_id.in_(sa.bindparam("users", expanding=True)))
-    .subquery()
-)
-_RANKED = sa.select(_RANKED_SUB.c.id, _RANKED_SUB.c.user_id, _RANKED_SUB.c.k).where(
-    _RANKED_SUB.c.id.in_(sa.bindparam("page", expanding=True))
-)
-
-
-def _queue_heads(session: Session) -> list[Any]:
-    """Each user with queued jobs: (user id, oldest queued job's ``created_at``, queued count)."""
-    return list(session.execute(_HEADS).all())
-
-
-def new_job_position(session: Session, job: JobModel) -> int:
-    """The queue position of a job just inserted (and flushed) in this transaction, from one query: it is its
-    user's newest queued job, so k is its user's queued count less one. Under concurrent submissions of one user
-    the estimate may be off by the jobs not yet committed, as any position is an estimate."""
-    heads = _queue_heads(session)
-    count = next((int(n) for uid, _, n in heads if uid == job.user_id), 1)
-    return _positions(heads, {job.id: (job.user_id, count - 1)})[job.id]
-
-
-def _positions(heads: list[Any], k_of: dict[str, tuple[str, int]]) -> dict[str, int]:
-    """Positions from the users' heads and each job's (user, k): see ``queue_positions``."""
-    order = [uid for uid, _, _ in sorted(heads, key=lambda h: (h[1], h[0]))]  # users by their oldest queued job
-    count = {uid: int(n) for uid, _, n in heads}
-    counts = sorted(count.values())
-    prefix = [0]
-    for c in counts:
-        prefix.append(prefix[-1] + c)
-
-    def s_of(k: int) -> int:  # sum over users of min(count, k)
-        i = bisect.bisect_right(counts, k)
-        return prefix[i] + k * (len(counts) - i)
-
-    earlier: dict[str, list[int]] = {}  # user -> sorted queued counts of the users whose turn comes first
-    out: dict[str, int] = {}
-    for jid, (uid, k) in k_of.items():
-        if uid not in earlier:
-            earlier[uid] = sorted(count[u] for u in order[: order.index(uid)]) if uid in count else []
-        before = earlier[uid]
-        out[jid] = s_of(k) + len(before) - bisect.bisect_right(before, k) + 1
-    return out
-
-
 @dataclass
 class CancelResult:
     job: JobModel
@@ -430,23 +381,47 @@ def stored_request(raw: Any) -> tuple[StoredRequest, list[str]]:
         return StoredRequest(device_groups=[]), ["the stored resource request could not be read; cancel and resubmit"]
 
 
-def job_model_to_job(job: Any, position: int | None = None, attempts: list[Any] | None = None) -> Job:
-    """The job as the API shows it, from a ``JobModel`` or a row of the jobs table (``attempts``: its attempt
-    rows, else ``job.attempts``)."""
+def worker_names(session: Session, jobs: list[Any]) -> dict[str, str]:
+    """Worker id -> name for every worker the jobs (and their attempts) ran on, in one query."""
+    ids = {j.worker_id for j in jobs if j.worker_id} | {a.worker_id for j in jobs for a in j.attempts if a.worker_id}
+    if not ids:
+        return {}
+    return dict(session.execute(sa.select(WorkerModel.id, WorkerModel.name).where(WorkerModel.id.in_(ids))).all())
+
+
+def _duration_s(job: Any) -> float | None:
+    if job.started_at is None:
+        return None
+    return max(0.0, ((job.ended_at or utcnow()) - job.started_at).total_seconds())
+
+
+def job_model_to_job(
+    job: Any, estimate: queue_service.Estimate | None = None, names: dict[str, str] | None = None
+) -> Job:
+    """The job as the API shows it, from a ``JobModel`` or a page row carrying its ``attempts`` (``list_jobs``)."""
     request, request_warnings = stored_request(job.request)
+    names = names or {}
     return Job(
         id=job.id,
         name=job.name,
         user_id=job.user_id,
         state=job.state,
+        phase=phase_of(job, estimate.held if estimate else None),
         entrypoint=job.entrypoint,
         request=request,
         warnings=[str(w) for w in (job.warnings or [])] + request_warnings,
         bundle_size=job.bundle_size,
         attempt=job.attempt,
         worker_id=job.worker_id,
-        queue_position=position,
+        worker_name=names.get(job.worker_id) if job.worker_id else None,
+        queue_position=estimate.position if estimate else None,
+        expected_start_at=estimate.expected_start_at if estimate else None,
         pending_reason=job.pending_reason if job.state in ("queued", "validating") else None,
+        env={str(k): str(v) for k, v in (job.env or {}).items()},
+        args=[str(a) for a in (job.args or [])],
+        resubmitted_from=job.resubmitted_from,
+        duration_s=_duration_s(job),
+        failure=failure_of(job),
         error=job.error,
         created_at=job.created_at,
         updated_at=job.updated_at,
@@ -454,10 +429,11 @@ def job_model_to_job(job: Any, position: int | None = None, attempts: list[Any] 
         ended_at=job.ended_at,
         attempts=[
             Attempt(
-                n=a.n, worker_id=a.worker_id, state=a.state, assigned_at=a.assigned_at, started_at=a.started_at,
+                n=a.n, worker_id=a.worker_id, worker_name=names.get(a.worker_id) if a.worker_id else None,
+                state=a.state, assigned_at=a.assigned_at, started_at=a.started_at,
                 ended_at=a.ended_at, exit_code=a.exit_code, error=a.error, validation=a.validation,
             )
-            for a in (job.attempts if attempts is None else attempts)
+            for a in job.attempts
         ],
     )
 
@@ -473,32 +449,68 @@ def inspect_upload(filename: str, data: bytes, entrypoint: str | None, limits: A
     )
 
 
+def views(session: Session, jobs: list[JobModel]) -> list[Job]:
+    """The jobs as the API shows them: queue estimates and worker names for the whole list at once."""
+    estimates = queue_service.estimates(session, jobs)
+    names = worker_names(session, jobs)
+    return [job_model_to_job(j, estimates.get(j.id), names) for j in jobs]
+
+
 def submit(session: Session, storage: Storage, user: UserModel, sub: Submission) -> Job:
     """Store a prepared submission and answer with the job as the API shows it (built from what was just
     inserted: no reload)."""
-    job, position = create_job(session, storage, user, sub)
-    return job_model_to_job(job, position)
+    job = create_job(session, storage, user, sub)
+    return views(session, [job])[0]
 
 
 def job_view(session: Session, user: UserModel, job_id: str) -> Job:
-    """One job with its queue position (while queued)."""
-    job = get_job(session, user, job_id)
-    return job_model_to_job(job, queue_positions(session, [job]).get(job.id))
+    """One job with its queue position and expected start (while queued)."""
+    return views(session, [get_job(session, user, job_id)])[0]
 
 
 def job_page(session: Session, user: UserModel, state: str | None, limit: int, offset: int) -> JobList:
-    """A page of the user's jobs, newest first, with queue positions from two queries."""
+    """A page of the user's jobs, newest first, with queue estimates from a fixed number of queries."""
     items, attempts, total = list_jobs(session, user, state, limit, offset)
-    positions = queue_positions(session, items)
-    return JobList(
-        items=[job_model_to_job(j, positions.get(j.id), attempts.get(j.id, [])) for j in items], total=total
-    )
+    # plain rows (no ORM objects: half the API CPU of a page), each carrying its attempt rows
+    jobs = [SimpleNamespace(**row._mapping, attempts=attempts.get(row.id, [])) for row in items]
+    return JobList(items=views(session, jobs), total=total)
 
 
 def cancel_job_view(session: Session, user: UserModel, job_id: str) -> tuple[Job, bool]:
-    """Cancel; returns the job as shown and whether it ended at once (a running job is ``cancelling`` first)."""
+    """Cancel; returns the job as shown and whether it ended at once (a running job is ``stopping`` first)."""
     res = cancel_job(session, user, job_id)
-    return job_model_to_job(res.job), res.ended
+    return views(session, [res.job])[0], res.ended
+
+
+def prepare_resubmit(session: Session, user: UserModel, job_id: str, body: ResubmitRequest) -> tuple[Submission, str]:
+    """A new submission from a job of ``user``: its entrypoint, with ``body``'s overrides (a field left out keeps
+    the original's), and the storage key of the bundle to copy (the caller reads it outside the transaction).
+    Every problem is reported at once (422)."""
+    original = get_job(session, user, job_id)
+    problems: list[tuple[str, str]] = []
+    env = (original.env or {}) if body.env is None else body.env
+    args = (original.args or []) if body.args is None else body.args
+    if body.env is not None:
+        problems.extend(env_problems(body.env))
+    if body.args is not None:
+        problems.extend(args_problems(body.args))
+    request = dict(original.request) if body.request is None else body.request.model_dump(exclude_none=True)
+    if body.request is not None and not body.request.launcher:  # new devices, launched the way the original was
+        was = (original.request or {}).get("launcher") or "python"
+        ranks = sum(int(g.get("ranks", 1)) for g in request.get("device_groups") or [])
+        request["launcher"] = was if was == "ray" else ("torchrun" if ranks > 1 else "python")
+    warnings = [str(w) for w in original.warnings or []]
+    if body.request is not None:
+        warnings = [w for w in warnings if "DeviceGroup" not in w and "nproc" not in w]
+    if problems:
+        raise _problems_error(problems)
+    inspection = Inspection(device_groups=list(request.get("device_groups") or []), warnings=warnings)
+    sub = Submission(
+        job_id=new_id(), bundle_zip=b"", entrypoint=original.entrypoint, inspection=inspection,
+        request=request, name=(body.name or "").strip()[:255] or original.name, env=dict(env), args=list(args),
+        resubmitted_from=original.id,
+    )
+    return sub, original.bundle_key
 
 
 def has_ended(session: Session, job_id: str) -> bool:

@@ -1,7 +1,15 @@
-"""Job logs: live in the Redis Stream ``twinkle:logs:{job_id}``, persisted to storage when an attempt ends."""
+"""Job logs: live in the Redis Stream ``twinkle:logs:{job_id}``, persisted to storage when an attempt ends.
+
+Each line keeps its attempt, stream (stdout, stderr, system) and time (``contract.jobs.LogEntry``). A finished
+attempt is stored twice: ``logs.txt`` (the text, for people and ``GET /jobs/{id}/logs``) and ``logs.jsonl`` (one
+entry per line, for ``?format=json``); attempts stored before the JSON copy existed read back from the text with
+no time and stream ``stdout``.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, cast
@@ -89,8 +97,28 @@ def _decode(fields: Mapping[Any, Any] | None) -> dict[str, str]:
     }
 
 
+def _entry(entry_id: Any, f: Mapping[str, str], attempt: int | None = None) -> dict[str, Any]:
+    try:
+        ts: float | None = float(f["ts"])
+    except (KeyError, ValueError):
+        ts = None
+    stream = f.get("stream") or "stdout"
+    return {
+        "id": entry_id if isinstance(entry_id, str) else cast(bytes, entry_id).decode(),
+        "attempt": int(f.get("attempt") or 0) if attempt is None else attempt,
+        "ts": ts,
+        "stream": stream if stream in ("stdout", "stderr", "system") else "stdout",
+        "text": f.get("text", ""),
+    }
+
+
 def read_attempt(r: redis.Redis, job_id: str, attempt: int) -> list[str]:
-    out: list[str] = []
+    return [e["text"] for e in read_attempt_entries(r, job_id, attempt)]
+
+
+def read_attempt_entries(r: redis.Redis, job_id: str, attempt: int) -> list[dict[str, Any]]:
+    """The attempt's lines still in Redis, as ``LogEntry`` dicts."""
+    out: list[dict[str, Any]] = []
     last = "-"
     while True:
         batch = r.xrange(stream_key(job_id), min=last, max="+", count=5000)
@@ -101,7 +129,7 @@ def read_attempt(r: redis.Redis, job_id: str, attempt: int) -> list[str]:
         for _entry_id, raw in batch:
             f = _decode(raw)
             if f.get("attempt") == str(attempt) and "end" not in f:
-                out.append(f.get("text", ""))
+                out.append(_entry(_entry_id, f, attempt))
         last_id = batch[-1][0]
         last = last_id if isinstance(last_id, str) else cast(bytes, last_id).decode()
     return out
@@ -111,23 +139,79 @@ def logs_key(user_id: str, job_id: str, attempt: int) -> str:
     return attempt_key(user_id, job_id, attempt, "logs.txt")
 
 
-def persist(r: redis.Redis, storage: Storage, user_id: str, job_id: str, attempt: int) -> int:
-    """Write the attempt's lines to ``attempts/{n}/logs.txt`` so they outlive Redis. Returns the line count."""
-    lines = read_attempt(r, job_id, attempt)
+def entries_key(user_id: str, job_id: str, attempt: int) -> str:
+    return attempt_key(user_id, job_id, attempt, "logs.jsonl")
+
+
+def persist(r: redis.Redis, storage: Storage, user_id: str, job_id: str, attempt: int) -> list[dict[str, Any]]:
+    """Write the attempt's lines to ``attempts/{n}/logs.txt`` and ``logs.jsonl`` so they outlive Redis.
+    Returns the entries."""
+    entries = read_attempt_entries(r, job_id, attempt)
+    lines = [e["text"] for e in entries]
+    storage.put_bytes(entries_key(user_id, job_id, attempt),
+                      "".join(json.dumps({k: v for k, v in e.items() if k != "id"}) + "\n" for e in entries).encode())
     storage.put_bytes(logs_key(user_id, job_id, attempt), ("\n".join(lines) + ("\n" if lines else "")).encode())
-    return len(lines)
+    return entries
+
+
+def stderr_tail(entries: list[dict[str, Any]], n: int = 20) -> list[str]:
+    """The last ``n`` lines the attempt wrote to stderr."""
+    return [e["text"] for e in entries if e.get("stream") == "stderr"][-n:]
+
+
+def _stored_entries(storage: Storage, user_id: str, job_id: str, n: int) -> list[dict[str, Any]] | None:
+    try:
+        raw = storage.get_bytes(entries_key(user_id, job_id, n)).decode("utf-8", "replace")
+    except ObjectNotFound:
+        try:
+            text = storage.get_bytes(logs_key(user_id, job_id, n)).decode("utf-8", "replace")
+        except ObjectNotFound:
+            return None
+        return [{"id": None, "attempt": n, "ts": None, "stream": "stdout", "text": t} for t in text.splitlines()]
+    out = []
+    for line in raw.splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out.append({"id": None, "attempt": n, "ts": e.get("ts"), "stream": e.get("stream") or "stdout",
+                    "text": str(e.get("text", ""))})
+    return out
+
+
+def full_entries(
+    r: redis.Redis, storage: Storage, user_id: str, job_id: str, attempts: list[tuple[int, bool]]
+) -> list[dict[str, Any]]:
+    """All attempts' lines as ``LogEntry`` dicts: persisted ones from storage, live ones from Redis."""
+    out: list[dict[str, Any]] = []
+    for n, persisted in attempts:
+        found = _stored_entries(storage, user_id, job_id, n) if persisted else None
+        out.extend(found if found is not None else read_attempt_entries(r, job_id, n))
+    return out
+
+
+def _stamp(ts: float | None) -> str:
+    if ts is None:
+        return " " * 24
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def full_text(
-    r: redis.Redis, storage: Storage, user_id: str, job_id: str, attempts: list[tuple[int, bool]]
+    r: redis.Redis, storage: Storage, user_id: str, job_id: str, attempts: list[tuple[int, bool]],
+    timestamps: bool = False,
 ) -> str:
-    """All attempts' logs: persisted ones from storage, live ones from Redis."""
+    """All attempts' logs: persisted ones from storage, live ones from Redis. With ``timestamps`` each line
+    starts with its UTC time (ISO 8601)."""
     parts: list[str] = []
     for n, persisted in attempts:
         if len(attempts) > 1:
             parts.append(f"----- attempt {n} -----\n")
         text = None
-        if persisted:
+        if timestamps:
+            found = _stored_entries(storage, user_id, job_id, n) if persisted else None
+            entries = found if found is not None else read_attempt_entries(r, job_id, n)
+            text = "".join(f"{_stamp(e['ts'])} {e['text']}\n" for e in entries)
+        elif persisted:
             try:
                 text = storage.get_bytes(logs_key(user_id, job_id, n)).decode("utf-8", "replace")
             except ObjectNotFound:
@@ -154,20 +238,25 @@ async def sse_stream(
     job_id: str,
     last_event_id: str | None,
     is_ended: Any,
-    backlog: list[str] | None = None,
+    backlog: list[dict[str, Any]] | None = None,
     block_ms: int = 1000,
+    as_json: bool = False,
 ) -> AsyncIterator[str]:
-    """Server-sent events: one event per log line (``id`` = stream id), then ``event: end``.
+    """Server-sent events: one event per log line (``id`` = stream id), then ``event: end``. The data is the
+    line's text, or with ``as_json`` its ``LogEntry`` as JSON.
 
     ``is_ended`` is an async callable checked whenever Redis is quiet, so a stream whose end marker was lost
-    (Redis restarted) still closes. ``backlog`` (persisted lines) is sent first when Redis no longer has them.
+    (Redis restarted) still closes. ``backlog`` (persisted entries) is sent first when Redis no longer has them.
     """
     import redis.asyncio as aioredis
 
+    def data(entry: dict[str, Any]) -> str:
+        return json.dumps(entry) if as_json else str(entry["text"])
+
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        for line in backlog or []:
-            yield sse_event(line)
+        for entry in backlog or []:
+            yield sse_event(data(entry))
         last = last_event_id or "0-0"
         key = stream_key(job_id)
         while True:
@@ -179,7 +268,7 @@ async def sse_stream(
                     for _, entries in resp or []:
                         for entry_id, f in entries:
                             if "end" not in f:
-                                yield sse_event(f.get("text", ""), entry_id)
+                                yield sse_event(data(_entry(entry_id, f)), entry_id)
                     yield sse_event("", event="end")
                     return
                 yield ": keep-alive\n\n"
@@ -190,6 +279,6 @@ async def sse_stream(
                     if "end" in f:
                         yield sse_event(f.get("state", ""), entry_id, event="end")
                         return
-                    yield sse_event(f.get("text", ""), entry_id)
+                    yield sse_event(data(_entry(entry_id, f)), entry_id)
     finally:
         await client.aclose()

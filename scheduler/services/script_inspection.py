@@ -69,6 +69,90 @@ def _call_name(func: ast.AST) -> str | None:
     return None
 
 
+class _Either(ValueError):
+    """The value depends on something only known at run time, but is one of ``values``."""
+
+    def __init__(self, values: tuple[Any, ...]):
+        super().__init__("depends on the run")
+        self.values = values
+
+
+class _Names:
+    """Module-level ``NAME = <expression>`` bindings, folded statically where that is certain.
+
+    Folds literals, ``os.environ.get("K", "default")`` / ``os.getenv`` (the default: the platform does not read
+    the job's variables into its request), ``int()``/``float()``/``str()`` of those, ``a or b``, comparisons with
+    ``==``/``!=``, and ``x if cond else y`` (a condition that cannot be folded gives ``_Either`` of both
+    branches, e.g. ``"cuda" if torch.cuda.is_available() else "cpu"``). Anything else stays unknown
+    (``ValueError``). Names bound more than once are unknown."""
+
+    MAX_DEPTH = 8
+
+    def __init__(self, tree: ast.Module):
+        bound: dict[str, list[ast.AST]] = {}
+        for stmt in ast.walk(tree):  # every binding anywhere: a name bound twice (or in a loop) is unknown
+            if isinstance(stmt, ast.Assign):
+                for target in stmt.targets:
+                    for name in ast.walk(target):
+                        if isinstance(name, ast.Name):
+                            bound.setdefault(name.id, []).append(stmt.value)
+            elif isinstance(stmt, ast.AnnAssign | ast.AugAssign | ast.For | ast.NamedExpr):
+                for name in ast.walk(stmt.target):
+                    if isinstance(name, ast.Name):
+                        bound.setdefault(name.id, []).extend([stmt, stmt])
+        self._bound = {name: nodes[0] for name, nodes in bound.items() if len(nodes) == 1}
+
+    def value(self, node: ast.AST, depth: int = 0) -> Any:
+        if depth > self.MAX_DEPTH:
+            raise ValueError("too deep")
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in self._bound:
+            return self.value(self._bound[node.id], depth + 1)
+        if isinstance(node, ast.IfExp):
+            return self._choice(node, depth)
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq | ast.NotEq):
+            left, right = self.value(node.left, depth + 1), self.value(node.comparators[0], depth + 1)
+            return (left == right) if isinstance(node.ops[0], ast.Eq) else (left != right)
+        if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or):
+            for part in node.values:
+                v = self.value(part, depth + 1)
+                if v:
+                    return v
+            return v
+        if isinstance(node, ast.Call) and not node.keywords:
+            name = _call_name(node.func)
+            if name in ("int", "float", "str") and len(node.args) == 1 and isinstance(node.func, ast.Name):
+                return {"int": int, "float": float, "str": str}[name](self.value(node.args[0], depth + 1))
+            if self._is_env_lookup(node.func) and node.args:
+                key = self.value(node.args[0], depth + 1)
+                if not isinstance(key, str):
+                    raise ValueError("not a variable name")
+                return self.value(node.args[1], depth + 1) if len(node.args) > 1 else None
+        raise ValueError("not statically known")
+
+    def _choice(self, node: ast.IfExp, depth: int) -> Any:
+        try:
+            cond = self.value(node.test, depth + 1)
+        except ValueError:  # _Either too
+            cond = None
+        if isinstance(cond, bool):
+            return self.value(node.body if cond else node.orelse, depth + 1)
+        a, b = self.value(node.body, depth + 1), self.value(node.orelse, depth + 1)
+        if a == b:
+            return a
+        raise _Either((a, b))
+
+    @staticmethod
+    def _is_env_lookup(func: ast.AST) -> bool:
+        """``os.environ.get`` or ``os.getenv``."""
+        if not isinstance(func, ast.Attribute):
+            return False
+        if func.attr == "getenv":
+            return isinstance(func.value, ast.Name) and func.value.id == "os"
+        return func.attr == "get" and isinstance(func.value, ast.Attribute) and func.value.attr == "environ"
+
+
 def _arg(call: ast.Call, pos: int, kw: str) -> ast.AST | None:
     for k in call.keywords:
         if k.arg == kw:
@@ -111,6 +195,7 @@ def parse_script(source: str, filename: str = "train.py") -> ast.Module:
 def inspect_source(source: str, filename: str = "train.py") -> Inspection:
     """Parse ``source`` (``parse_script``: raises ``InvalidRequest``) and read its resource request."""
     tree = parse_script(source, filename)
+    constants = _Names(tree)
     groups: list[dict[str, Any]] = []
     warnings: list[str] = []
     nproc: int | None = None
@@ -122,19 +207,19 @@ def inspect_source(source: str, filename: str = "train.py") -> Inspection:
         name = _call_name(node.func)
         if name == "DeviceGroup":
             before = len(warnings)
-            groups.append(_read_group(node, filename, len(groups), warnings))
+            groups.append(_read_group(node, filename, len(groups), warnings, constants))
             ranks_unread = ranks_unread or any("ranks" in w for w in warnings[before:])
         elif name == "initialize":
             n = _arg(node, 1, "nproc_per_node")
             if n is not None:
                 try:
-                    nproc = int(_literal(n))
+                    nproc = int(_folded(n, constants))
                 except (ValueError, TypeError, SyntaxError):
                     warnings.append(f"{filename}:{node.lineno}: nproc_per_node is not a literal int; ignored")
             m = _arg(node, 0, "mode")
             if m is not None:
                 try:
-                    value = _literal(m)
+                    value = _folded(m, constants)  # a module constant (MODE = os.environ.get(..., "local")) too
                     mode = None if value is None else str(value)
                 except (ValueError, TypeError, SyntaxError):
                     mode, mode_unread = None, True
@@ -188,7 +273,22 @@ def decide_launcher(
     return "torchrun" if sum(int(g.get("ranks", 1)) for g in groups) > 1 else "python"
 
 
-def _read_group(call: ast.Call, filename: str, index: int, warnings: list[str]) -> dict[str, Any]:
+def _folded(node: ast.AST, names: _Names | None) -> Any:
+    """A literal, or a module-level name folded by ``_Names`` (raises ``ValueError``/``_Either`` otherwise)."""
+    try:
+        return _literal(node)
+    except (ValueError, TypeError, SyntaxError):
+        if names is None:
+            raise
+    try:
+        return names.value(node)
+    except (TypeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _read_group(
+    call: ast.Call, filename: str, index: int, warnings: list[str], names: _Names | None = None
+) -> dict[str, Any]:
     where = f"{filename}:{call.lineno}"
     group: dict[str, Any] = dict(DEFAULT_GROUP)
     group["name"] = f"group{index}" if index else "default"
@@ -205,7 +305,7 @@ def _read_group(call: ast.Call, filename: str, index: int, warnings: list[str]) 
         warnings.append(f"{where}: DeviceGroup has no ranks; assuming 1")
     else:
         try:
-            ranks = _literal(node)
+            ranks = _folded(node, names)
             if isinstance(ranks, bool):
                 raise TypeError
             if isinstance(ranks, int):
@@ -225,7 +325,13 @@ def _read_group(call: ast.Call, filename: str, index: int, warnings: list[str]) 
         group["device_type"] = "cuda"  # twinkle's DeviceGroup is a GPU group unless told otherwise
     else:
         try:
-            value = str(_literal(node))
+            try:
+                value = str(_folded(node, names))
+            except _Either as either:
+                # chosen at run time among known types ("cuda" if available else "cpu"): any of them will do
+                if not all(isinstance(v, str) and v.lower() in KNOWN_DEVICE_TYPES for v in either.values):
+                    raise
+                value = "any"
             if value.lower() not in KNOWN_DEVICE_TYPES:
                 warnings.append(f"{where}: unknown device_type {value!r}; it only matches workers offering it")
             group["device_type"] = value

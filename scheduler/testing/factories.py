@@ -200,11 +200,12 @@ class InProcessWorker:
         assert r.status_code == 201, r.text
 
     def finish(
-        self, job_id: str, attempt: int, state: str = "succeeded", exit_code: int | None = 0, error: str | None = None
+        self, job_id: str, attempt: int, state: str = "succeeded", exit_code: int | None = 0, error: str | None = None,
+        limit: str | None = None,
     ) -> Any:
         return self.client.post(
             self._url(job_id, attempt, routes.ATTEMPT_FINISH),
-            json={"state": state, "exit_code": exit_code, "error": error},
+            json={"state": state, "exit_code": exit_code, "error": error, "limit": limit},
             headers=auth(self.token),
         )
 

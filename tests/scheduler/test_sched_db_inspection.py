@@ -103,8 +103,8 @@ def test_non_literal_arguments_warn_and_default():
     src = """
 import torch
 from twinkle import DeviceGroup, initialize
-n = 8
-g = DeviceGroup(name='default', ranks=n, device_type='cuda' if torch.cuda.is_available() else 'cpu')
+n = compute_ranks()
+g = DeviceGroup(name='default', ranks=n, device_type=pick_device())
 initialize(nproc_per_node=n)
 """
     got = inspect_source(src, "t.py")
@@ -112,6 +112,19 @@ initialize(nproc_per_node=n)
     assert any("t.py:5: DeviceGroup ranks is not a literal" in w for w in got.warnings)
     assert any("device_type is not a literal" in w for w in got.warnings)
     assert any("nproc_per_node is not a literal" in w for w in got.warnings)
+
+
+def test_module_constants_fold_and_a_run_time_choice_of_device_matches_any():
+    src = """
+import torch
+from twinkle import DeviceGroup, initialize
+n = 8
+g = DeviceGroup(name='default', ranks=n, device_type='cuda' if torch.cuda.is_available() else 'cpu')
+initialize(nproc_per_node=n)
+"""
+    got = inspect_source(src, "t.py")
+    assert got.device_groups == [{"name": "default", "ranks": 8, "device_type": "any", "min_memory_gb": 0.0}]
+    assert got.warnings == [] and got.nproc_per_node == 8
 
 
 def test_no_device_group_requests_one_rank_and_never_runs_the_script():

@@ -45,6 +45,9 @@ def test_self_cognition_trains_and_its_checkpoint_reloads(run_example, tmp_path,
     model, records = run_example()
     out = capsys.readouterr().out
     assert "step 20: {" in out and "saved " in out
+    # one step: the log prints the optimizer step, the same number the metrics (and the platform's charts) say
+    printed = [int(line.split(":")[0].split()[1]) for line in out.splitlines() if line.startswith("step ")]
+    assert printed == [r["step"] for r in records]
 
     losses = [r["metrics"]["loss"] for r in records]
     assert [r["step"] for r in records] == list(range(1, len(records) + 1))

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from webui_testkit import ARTIFACTS, CHROMIUM, Stack, start_stack
 
+from scheduler.testing.fixtures import scheduler_db_url, scheduler_env, scheduler_overrides  # noqa: F401
+
 
 @pytest.fixture(scope="module")
 def stack(redis_server_url, s3_endpoint, tmp_path_factory) -> Iterator[Stack]:

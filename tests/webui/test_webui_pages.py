@@ -198,11 +198,13 @@ def test_the_job_list_paginates_shows_the_queue_and_refreshes_live(page, stack):
     rows = page.locator("#jobs-table tbody tr")
     expect(rows).to_have_count(25)
     expect(page.locator("#jobs-status")).to_have_text("Showing 1–25 of 27 jobs")
-    # Newest first, each waiting with a place in the queue and a reason.
+    # Newest first, each waiting with its reason; no worker offers 2 CPU ranks, so they are held: no place in the
+    # queue (a held job waits for a worker, not for its turn)
     first = rows.first
     expect(first.get_by_role("link")).to_have_text("queued-26")
     expect(first).to_contain_text("Queued")
-    expect(first.locator(".queue-pos")).to_contain_text("in queue")
+    expect(first.locator(".queue-reason")).to_contain_text("held:")
+    expect(first.locator(".queue-pos")).to_have_count(0)
     shot(page, "jobs-page-1")
 
     page.get_by_role("link", name="Older →").click()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from scheduler.testing.fixtures import scheduler_db_url, scheduler_env, scheduler_overrides  # noqa: F401
+
 
 @pytest.fixture()
 def platform(tmp_path, redis_server_url):

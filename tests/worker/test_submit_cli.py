@@ -151,3 +151,13 @@ def test_allow_unsandboxed_is_sent_only_when_asked(tmp_path, monkeypatch, capsys
     body = sent[-1]
     assert (b'name="allow_unsandboxed"\r\n\r\ntrue' in body) is flag
     assert ("does not isolate it" in err) is flag
+
+
+def test_a_zip_name_from_the_server_cannot_leave_the_destination_folder():
+    from submit.client import _attachment_name
+
+    assert _attachment_name('attachment; filename="j1-last-checkpoint.zip"') == "j1-last-checkpoint.zip"
+    assert _attachment_name('attachment; filename="../../.bashrc"') == ".bashrc"
+    assert _attachment_name('attachment; filename="..\\\\..\\\\x.zip"') == "x.zip"
+    assert _attachment_name('attachment; filename=".."') is None
+    assert _attachment_name("inline") is None

@@ -1,0 +1,199 @@
+"""Where a queued job stands: its place among the jobs that compete for the same workers, and when it may start.
+
+Both are estimates shown to users (``Job.queue_position``, ``Job.expected_start_at``), never used to dispatch.
+
+- **Competitors.** Two queued jobs compete when some live worker could run both (same device family, enough
+  ranks and memory, sandboxed unless the owner opted out), or when no live worker could run either (both wait
+  for any worker). A held job (``pending_reason`` starting ``held:``, the dispatcher's verdict that no registered
+  worker could run it) competes with nobody and has no position: it cannot run until a worker joins.
+- **Position.** Among a job's competitors, the dispatcher's order: users take turns in the order of their oldest
+  queued job, each user first in, first out. A job that is the k-th (0-based) of its user is preceded by
+  ``min(count, k)`` jobs of every user, plus one more job of each user whose turn comes first and who has more
+  than k.
+- **Expected start** (Slurm's ``squeue --start``): every slot of the workers that could run the job is a server;
+  a slot running a job frees up when that job reaches the mean duration of recent jobs (now, if it is past it);
+  each job ahead takes the earliest free slot for one mean duration; the job starts when the earliest slot is
+  free after that. No finished job to learn from: no estimate.
+
+Cost: three queries (queued jobs, live workers with their running jobs, recent durations) whatever the page
+size; the per-job work is over the distinct resource requests of the page.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import heapq
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from scheduler.db import ACTIVE_JOB_STATES, JobModel, JobState, WorkerModel, WorkerState, utcnow
+from scheduler.services import matching
+
+__all__ = ["HELD_PREFIX", "Estimate", "estimates", "is_held", "mean_duration_s"]
+
+HELD_PREFIX = "held:"
+RECENT_JOBS = 50  # the mean duration is taken over this many latest finished jobs
+
+
+def is_held(pending_reason: str | None) -> bool:
+    return bool(pending_reason and pending_reason.startswith(HELD_PREFIX))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    position: int | None
+    expected_start_at: dt.datetime | None
+    held: bool
+
+
+@dataclass
+class _Queued:
+    id: str
+    user_id: str
+    key: tuple[Any, ...]  # (created_at, id): the order within a user
+    signature: frozenset[str]  # live workers that could run it
+
+
+@dataclass
+class _Worker:
+    view: matching.WorkerView
+    running: list[dt.datetime]  # when each of its active jobs started (or was assigned)
+
+
+def _request_key(request: Any) -> str:
+    return json.dumps(request, sort_keys=True, default=str)
+
+
+def mean_duration_s(session: Session) -> float | None:
+    """Mean run time (start to end) of the latest finished jobs, platform-wide; ``None`` without any."""
+    rows = session.execute(
+        sa.select(JobModel.started_at, JobModel.ended_at)
+        .where(JobModel.state.in_((JobState.SUCCEEDED, JobState.FAILED)), JobModel.started_at.is_not(None),
+               JobModel.ended_at.is_not(None))
+        .order_by(JobModel.ended_at.desc())
+        .limit(RECENT_JOBS)
+    ).all()
+    durations = [(end - start).total_seconds() for start, end in rows if start is not None and end is not None]
+    return sum(durations) / len(durations) if durations else None
+
+
+def _live_workers(session: Session) -> dict[str, _Worker]:
+    workers = {
+        wid: _Worker(
+            matching.WorkerView(
+                wid, tuple(matching.Offer.from_dict(g) for g in groups), sandboxed=matching.is_sandboxed(isolation)
+            ),
+            [],
+        )
+        for wid, groups, isolation in session.execute(
+            sa.select(WorkerModel.id, WorkerModel.device_groups, WorkerModel.isolation).where(
+                WorkerModel.state == WorkerState.LIVE
+            )
+        )
+    }
+    for wid, started, assigned in session.execute(
+        sa.select(JobModel.worker_id, JobModel.started_at, JobModel.assigned_at).where(
+            JobModel.state.in_(ACTIVE_JOB_STATES), JobModel.worker_id.is_not(None)
+        )
+    ):
+        if wid in workers:
+            workers[wid].running.append(started or assigned or utcnow())
+    return workers
+
+
+def _fits(worker: matching.WorkerView, needs: tuple[matching.Need, ...], allow_unsandboxed: bool) -> int:
+    """How many of ``needs``-shaped jobs the worker could run at once (0: none)."""
+    if not (worker.sandboxed or allow_unsandboxed) or matching.fit_groups(worker.offers, needs) is None:
+        return 0
+    if len(needs) == 1:
+        return sum(1 for o in worker.offers if matching.offer_fits(o, needs[0]))
+    return 1
+
+
+def _by_user(competitors: list[_Queued]) -> dict[str, list[tuple[Any, ...]]]:
+    by_user: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for c in competitors:
+        by_user[c.user_id].append(c.key)
+    for keys in by_user.values():
+        keys.sort()
+    return by_user
+
+
+def _position(job: _Queued, by_user: dict[str, list[tuple[Any, ...]]]) -> int:
+    k = bisect.bisect_left(by_user[job.user_id], job.key)
+    turn = sorted(by_user, key=lambda u: (by_user[u][0][0], u))  # users by their oldest competing job (tie: id)
+    mine = turn.index(job.user_id)
+    ahead = sum(min(len(keys), k) for keys in by_user.values())
+    ahead += sum(1 for u in turn[:mine] if len(by_user[u]) > k)
+    return ahead + 1
+
+
+def _expected_start(
+    ahead: int, slots: list[tuple[int, list[dt.datetime]]], mean_s: float | None, now: dt.datetime
+) -> dt.datetime | None:
+    if mean_s is None or not slots:
+        return None
+    free: list[float] = []  # seconds from now until each slot is free
+    for capacity, running in slots:
+        busy = sorted(max(0.0, mean_s - (now - started).total_seconds()) for started in running)[:capacity]
+        free.extend(busy + [0.0] * (capacity - len(busy)))
+    heapq.heapify(free)
+    for _ in range(ahead):
+        heapq.heapreplace(free, free[0] + mean_s)
+    return now + dt.timedelta(seconds=free[0])
+
+
+def estimates(session: Session, jobs: list[JobModel]) -> dict[str, Estimate]:
+    """Position, expected start and whether it is held, for each queued job of ``jobs`` (others are left out)."""
+    page = [j for j in jobs if j.state == JobState.QUEUED]
+    if not page:
+        return {}
+    workers = _live_workers(session)
+    fits_cache: dict[str, dict[str, int]] = {}
+
+    def fitting(request: Any) -> dict[str, int]:
+        key = _request_key(request)
+        hit = fits_cache.get(key)
+        if hit is None:
+            req = request if isinstance(request, dict) else {}
+            needs = matching.needs_from_request(req)
+            allow = bool(req.get("allow_unsandboxed"))
+            hit = fits_cache[key] = {
+                wid: n for wid, w in workers.items() if (n := _fits(w.view, needs, allow))
+            }
+        return hit
+
+    queued = [
+        _Queued(jid, uid, (created, jid), frozenset(fitting(request)))
+        for jid, uid, created, request, reason in session.execute(
+            sa.select(JobModel.id, JobModel.user_id, JobModel.created_at, JobModel.request, JobModel.pending_reason)
+            .where(JobModel.state == JobState.QUEUED)
+        )
+        if not is_held(reason)
+    ]
+    by_id = {q.id: q for q in queued}
+    mean_s = mean_duration_s(session)
+    now = utcnow()
+    groups: dict[frozenset[str], dict[str, list[tuple[Any, ...]]]] = {}
+    out: dict[str, Estimate] = {}
+    for job in page:
+        me = by_id.get(job.id)
+        if me is None:  # held: the dispatcher found no worker that could ever run it
+            out[job.id] = Estimate(None, None, True)
+            continue
+        if me.signature not in groups:
+            # jobs no live worker fits now (none registered yet, say) wait for the same thing: any worker
+            groups[me.signature] = _by_user(
+                [q for q in queued if q.signature & me.signature or not (q.signature or me.signature)]
+            )
+        position = _position(me, groups[me.signature])
+        fits = fitting(job.request)
+        slots = [(fits[wid], workers[wid].running) for wid in me.signature]
+        out[job.id] = Estimate(position, _expected_start(position - 1, slots, mean_s, now), False)
+    return out
