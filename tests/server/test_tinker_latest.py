@@ -127,6 +127,18 @@ print("ok")
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
+def test_a_bad_protobuf_body_is_a_400_naming_the_rule(url):
+    import requests
+    from test_tinker_proto import csr, request_with_tensor
+
+    headers = {"X-API-Key": "tml-proto-eve", "Content-Type": "application/x-protobuf"}
+    huge = request_with_tensor(dtype=1, shape=[1, 2**40], sparse_csr=csr([], [0, 0], []))
+    for body, rule in [(b"\x0a\xff\xff\xff", "not a tinker_public.ForwardBackwardRequest"),
+                       (huge, "larger than 16777216 values once dense")]:
+        r = requests.post(f"{url}/api/v1/forward_backward", data=body, headers=headers, timeout=30)
+        assert r.status_code == 400 and "bad ForwardBackwardRequest protobuf" in r.text and rule in r.text, r.text
+
+
 @pytest.fixture(scope="module")
 def seen(url, latest_python) -> dict:
     python = latest_python
