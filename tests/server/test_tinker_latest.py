@@ -106,6 +106,39 @@ def test_the_sdk_reads_what_our_encoders_write(latest_python):
     assert sdk(latest_python, "response", "sample", stdin=encode_sample_response(sample).hex()) == sample
 
 
+def test_the_sdks_own_pb2_and_our_codec_live_in_one_process(latest_python):
+    # the SDK's generated module puts tinker_public.proto in protobuf's default pool; ours is in a private pool.
+    # Loaded here from the 0.38 venv under another module name, next to ours, in this venv's python
+    pb2 = next(latest_python.parent.parent.glob("lib/python*/site-packages/tinker/proto/tinker_public_pb2.py"))
+    code = f"""
+import importlib.util
+from twinkle.server import tinker_proto
+spec = importlib.util.spec_from_file_location("sdk_tinker_public_pb2", {str(pb2)!r})
+sdk = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sdk)
+msg = sdk.ForwardBackwardRequest(model_id="run-1", seq_id=3, forward_only=True)
+body = tinker_proto.decode_forward_backward_request(msg.SerializeToString())
+assert (body["model_id"], body["seq_id"], body["forward_only"]) == ("run-1", 3, True), body
+out = sdk.SampleResponse.FromString(tinker_proto.encode_sample_response({{"sequences": [{{"tokens": [4]}}]}}))
+assert out.sequences[0].tokens == (4).to_bytes(4, "little"), out  # int32 little-endian
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_a_bad_protobuf_body_is_a_400_naming_the_rule(url):
+    import requests
+    from test_tinker_proto import csr, request_with_tensor
+
+    headers = {"X-API-Key": "tml-proto-eve", "Content-Type": "application/x-protobuf"}
+    huge = request_with_tensor(dtype=1, shape=[1, 2**40], sparse_csr=csr([], [0, 0], []))
+    for body, rule in [(b"\x0a\xff\xff\xff", "not a tinker_public.ForwardBackwardRequest"),
+                       (huge, "larger than 16777216 values once dense")]:
+        r = requests.post(f"{url}/api/v1/forward_backward", data=body, headers=headers, timeout=30)
+        assert r.status_code == 400 and "bad ForwardBackwardRequest protobuf" in r.text and rule in r.text, r.text
+
+
 @pytest.fixture(scope="module")
 def seen(url, latest_python) -> dict:
     python = latest_python
