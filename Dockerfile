@@ -5,7 +5,7 @@
 #
 #   docker build -t twinkle:0.1.0 .                                               # CPU torch: API, dispatcher
 #   docker build -t twinkle:0.1.0-cuda --build-arg TORCH_VARIANT=cuda \
-#                --build-arg EXTRAS=postgres,ray .                                # CUDA torch: GPU workers
+#                --build-arg EXTRAS=postgres,ray,gpu .                            # CUDA torch: GPU workers (gpu: NVML samples)
 #   docker run --rm -p 8000:8000 twinkle:0.1.0 twinkle-scheduler up               # the embedded stack
 #
 # The Helm chart (helm/twinkle) runs the CPU tag for the API and dispatcher and the "-cuda" tag for workers.

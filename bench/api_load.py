@@ -19,7 +19,8 @@ database: every submission answered 201 is stored exactly once (by its unique na
 Exit status 1 if any 5xx, time-out, lost or duplicated job, or late heartbeat (one slower than
 ``LEASE_S - HEARTBEAT_INTERVAL_S``, the slack a lease has) was seen.
 
-    python bench/api_load.py [--db sqlite|postgres] [--clients 1000] [--rounds 1] [--procs 2]
+    python bench/api_load.py [--db sqlite|postgres] [--clients 1000] [--rounds 1] [--procs 2] [--api-workers N]
+        [--compare DIR]   # DIR: another checkout (the baseline's code), measured in the same run
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pathlib import Path
 import httpx
 
 from scheduler.testing import InProcessWorker, Stack
+from scheduler.testing.stack import SOURCE_ROOT
 
 SCRIPT = b"from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\nprint('hi')\n"
 HEARTBEAT_INTERVAL_S = 1.0
@@ -56,10 +58,12 @@ def pct(values: list[float], p: float) -> float:
 # ---------------------------------------------------------------- the server
 
 
-def start_api(tmp: Path, database_url: str, redis_url: str, **settings: object) -> Stack:
-    """The API alone (no dispatcher: nothing should run) on ``database_url``; ``settings`` are scheduler settings
-    (``api_workers=2``)."""
-    stack = Stack(tmp, redis_url=redis_url, database_url=database_url,
+def start_api(
+    tmp: Path, database_url: str, redis_url: str, source_root: Path = SOURCE_ROOT, **settings: object
+) -> Stack:
+    """The API alone (no dispatcher: nothing should run) on ``database_url``, running the code in ``source_root``;
+    ``settings`` are scheduler settings (``api_workers=2``)."""
+    stack = Stack(tmp, redis_url=redis_url, database_url=database_url, source_root=source_root,
                   settings={"heartbeat_interval_s": HEARTBEAT_INTERVAL_S, "lease_s": LEASE_S, **settings})
     try:
         stack.serve("--log-level", "warning")
@@ -304,6 +308,28 @@ def make_database(kind: str, tmp: Path) -> tuple[str, object]:
     return sa.make_url(base).set(database=name).render_as_string(hide_password=False), drop
 
 
+@dataclass
+class Target:
+    """One API under test: its code (``source_root``), database, server, users and prober worker."""
+
+    label: str
+    database_url: str
+    server: Stack
+    tokens: list[str]
+    worker: tuple[str, str]
+    problems: list[str] = field(default_factory=list)
+    late: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    def phase(self, args: argparse.Namespace, clients: int, tag: str) -> PhaseResult:
+        result = run_phase(self.server, self.tokens, self.worker, clients, args.rounds, args.procs, tag=tag)
+        print(f"{self.label:>13} {tag:<5}", result.summary(), flush=True)
+        self.problems += check_exactly_once(self.database_url, result, tag)
+        self.late += [b for b in result.beats if b > LEASE_S - HEARTBEAT_INTERVAL_S]
+        self.errors += result.server_errors + result.timeouts
+        return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
@@ -313,35 +339,54 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=20)
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--api-workers", type=int, default=1, help="uvicorn processes of the API")
+    ap.add_argument("--compare", type=Path, default=None, metavar="CHECKOUT",
+                    help="also run the API from this checkout (e.g. `git archive main | tar -x -C DIR`), on a "
+                         "database of its own, with the phases interleaved, and print its CPU per request beside ours")
     ap.add_argument("--redis", default=os.environ.get("TWINKLE_TEST_REDIS_URL", "redis://127.0.0.1:6379") + "/14")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="api-load-") as d:
-        tmp = Path(d)
-        db_url, drop = make_database(args.db, tmp)
-        server = start_api(tmp, db_url, args.redis, api_workers=args.api_workers)
+        targets: list[Target] = []
+        drops = []
         try:
-            tokens = make_users(server, args.users)
-            worker = make_worker(server)
-            print(f"API on {server.url} ({args.api_workers} process(es)), {args.db}, {os.cpu_count()} CPUs "
+            sources = [("this checkout", SOURCE_ROOT)]
+            if args.compare:
+                sources.append(("compared", args.compare.resolve()))
+            for i, (label, root) in enumerate(sources):
+                tmp = Path(d) / f"t{i}"
+                tmp.mkdir()
+                db_url, drop = make_database(args.db, tmp)
+                drops.append(drop)
+                server = start_api(tmp, db_url, args.redis, api_workers=args.api_workers, source_root=root)
+                targets.append(Target(label, db_url, server, make_users(server, args.users), make_worker(server)))
+            print(f"{len(targets)} API(s) ({args.api_workers} process(es) each), {args.db}, {os.cpu_count()} CPUs "
                   f"(shared; load average {os.getloadavg()[0]:.1f}), {args.users} users, {args.procs} client processes")
-            base = run_phase(server, tokens, worker, args.baseline_clients, args.rounds, args.procs, tag="base")
-            print("baseline", base.summary())
-            load = run_phase(server, tokens, worker, args.clients, args.rounds, args.procs, tag="load")
-            print("load    ", load.summary())
-            problems = check_exactly_once(db_url, base, "base") + check_exactly_once(db_url, load, "load")
-            slack = LEASE_S - HEARTBEAT_INTERVAL_S
-            late = [b for b in base.beats + load.beats if b > slack]
-            print(f"ratio: {load.submits_per_s / base.submits_per_s:.2f}x the baseline's submissions/s at "
+            base = {t.label: t.phase(args, args.baseline_clients, "base") for t in targets}
+            load = {t.label: t.phase(args, args.clients, "load") for t in reversed(targets)}  # ABBA: order evens out
+            ours = targets[0].label
+            print(f"ratio: {load[ours].submits_per_s / base[ours].submits_per_s:.2f}x the baseline's submissions/s at "
                   f"{args.clients} vs {args.baseline_clients} clients (goal: >= 300/s on PostgreSQL, p99 < 2 s)")
-            print(f"exactly once: {'yes' if not problems else '; '.join(problems)}; late heartbeats (> {slack:g} s): "
-                  f"{len(late)}")
-            bad = problems or late or load.server_errors or base.server_errors or load.timeouts or base.timeouts
+            if args.compare:
+                def ms(r: PhaseResult) -> float:
+                    return 1000 * r.server_cpu_s / max(len(r.samples), 1)
+
+                for kind, res in (("base", base), ("load", load)):
+                    print(f"API CPU per request ({kind}): this checkout {ms(res[ours]):.2f} ms, compared "
+                          f"{ms(res['compared']):.2f} ms = {ms(res['compared']) / ms(res[ours]):.2f}x; submissions/s "
+                          f"{res[ours].submits_per_s:.0f} vs {res['compared'].submits_per_s:.0f}")
+            slack = LEASE_S - HEARTBEAT_INTERVAL_S
+            bad = False
+            for t in targets:
+                print(f"{t.label}: exactly once: {'yes' if not t.problems else '; '.join(t.problems)}; late heartbeats "
+                      f"(> {slack:g} s): {len(t.late)}; 5xx and time-outs: {t.errors}")
+                bad = bad or bool(t.problems or t.late or t.errors)
             return 1 if bad else 0
         finally:
-            server.close()
-            if drop:
-                drop()
+            for t in targets:
+                t.server.close()
+            for drop in drops:
+                if drop:
+                    drop()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from contract.tasks import TASK_RUN_ATTEMPT, worker_queue
-from contract.workers import OfferedGroup
+from contract.workers import HardwareProbe, OfferedGroup, ProbedDevice
 from scheduler.db import (
     ACTIVE_JOB_STATES,
     ApiTokenModel,
@@ -70,6 +70,7 @@ def populate(db: Database, n_workers: int, n_jobs: int, n_users: int = 100) -> N
                     OfferedGroup(name=f"g{k}", ranks=1, device_type="cuda", memory_gb=mem) for k in range(10)
                 ],
                 lease_s=3600, max_attempts=5, isolation="bwrap",
+                probe=HardwareProbe(devices=[ProbedDevice(device_type="cuda", memory_gb=mem)] * 10),
             )
         users = [dict(id=new_id(), name=f"u{i}", created_at=now) for i in range(n_users)]
         s.execute(sa.insert(UserModel), users)
@@ -120,7 +121,10 @@ def naive(db: Database, app, limit: int) -> tuple[int, float]:
                 busy: dict[str, set] = {}
                 for wid, slots in s.execute(sa.select(JobModel.worker_id, JobModel.slots).where(
                         JobModel.state.in_([x.value for x in ACTIVE_JOB_STATES]))):
-                    busy.setdefault(wid, set()).update(slots or [])
+                    # rows the batched dispatcher wrote hold {"slot", "devices"}; the naive one writes bare indexes
+                    busy.setdefault(wid, set()).update(
+                        e["slot"] if isinstance(e, dict) else e for e in (slots or [])
+                    )
                 needs = matching.needs_from_request(job.request)
                 chosen = None
                 for w in s.scalars(sa.select(WorkerModel).where(WorkerModel.state == "live")):

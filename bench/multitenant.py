@@ -7,8 +7,10 @@ Measured in one run, all on the same model, batch and machine:
    of a tenant's memory is paid at start; the growth per tenant is its optimizer state and gradients).
 2. aggregate trained tokens/s of 4 tenants training concurrently (4 client threads, 4 keys) / 1 tenant alone
    (goal >= 1.0 on the CPU: the server runs one step at a time, so this measures that interleaving costs nothing).
-3. per-step time of a client step (forward_backward + clip_grad_and_step over HTTP, median) / the same step on a
-   ``MultiLoraTransformersModel`` in this process (goal <= 1.2 on the tiny model).
+3. per-step time of a client step (forward_backward + clip_grad_and_step through ``twinkle_client``, median) / the
+   same step on a ``MultiLoraTransformersModel`` in this process (goal <= 1.2 on the tiny model). Also the CPU
+   time of a client step (server process + client process) / the in-process step's: on a machine shared with
+   other work, wall-clock ratios are noise while CPU time is not.
 
     python bench/multitenant.py                          # CPU, the bundled tiny model
     python bench/multitenant.py --preset 0.5b --device cuda   # a Qwen2.5-0.5B-shaped random model (GPU machine)
@@ -32,6 +34,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import requests
 
 LORA = json.dumps({"r": 8, "lora_alpha": 32, "target_modules": "all-linear", "_TWINKLE_TYPE_": "LoraConfig"})
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -100,6 +109,27 @@ def timed_steps(tenant: Tenant, rows, n: int) -> list[float]:
         tenant.step(rows)
         times.append(time.perf_counter() - t0)
     return times
+
+
+class ClientTenant:
+    """The real client: ``twinkle_client``'s ``MultiLoraTransformersModel`` (one per bench process)."""
+
+    def __init__(self, url: str) -> None:
+        from peft import LoraConfig
+
+        from twinkle_client import init_twinkle_client
+        from twinkle_client.model import MultiLoraTransformersModel
+
+        init_twinkle_client(url, api_key="tenant-client")
+        self.model = MultiLoraTransformersModel("bench")
+        self.model.add_adapter_to_model("default", LoraConfig(r=8, lora_alpha=32, target_modules="all-linear"))
+        self.model.set_optimizer(optimizer_cls="AdamW", lr=1e-4)
+
+    def step(self, rows) -> float:
+        t0 = time.perf_counter()
+        self.model.forward_backward(inputs=rows)
+        self.model.clip_grad_and_step()
+        return time.perf_counter() - t0
 
 
 class InProcess:
@@ -192,12 +222,21 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+        for t in everyone:
+            t.call("remove_adapter", adapter_name="default")  # the client's step then has the server to itself
+        client = ClientTenant(url)
+        client.step(rows)
         local = InProcess(model_dir, args.device)
         local.step(rows)
         client_times, local_times = [], []
+        client_cpu = local_cpu = 0.0
         for _ in range(args.steps * args.rounds):
-            client_times.extend(timed_steps(first, rows, 1))
+            s0, c0 = cpu_s(server.pid), time.process_time()
+            client_times.append(client.step(rows))
+            client_cpu += cpu_s(server.pid) - s0 + time.process_time() - c0
+            c0 = time.process_time()
             local_times.append(local.step(rows))
+            local_cpu += time.process_time() - c0
         tps_1, tps_4 = statistics.median(tps_1), statistics.median(tps_4)
         client_step, local_step = statistics.median(client_times), statistics.median(local_times)
     finally:
@@ -211,11 +250,15 @@ def main() -> None:
         "rss_note": "the server process after each tenant's first 2 steps (optimizer state allocated)",
         "tokens_per_s": {"1_tenant": round(tps_1, 1), "4_tenants": round(tps_4, 1)},
         "step_s": {"client": round(client_step, 4), "in_process": round(local_step, 4)},
+        "step_cpu_s": {"client_and_server": round(client_cpu / len(client_times), 4),
+                       "in_process": round(local_cpu / len(local_times), 4)},
         "ratios": {
             "rss_4_over_1": round(rss_4 / rss_1, 3),
             "tokens_per_s_4_over_1": round(tps_4 / tps_1, 3),
             "client_over_in_process": round(client_step / local_step, 3),
+            "client_over_in_process_cpu": round(client_cpu / local_cpu, 3),
         },
+        "load_average": os.getloadavg()[0],
     }
     print(json.dumps(result, indent=2))
 

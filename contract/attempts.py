@@ -4,6 +4,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+CHECKPOINT_MARKER = ".twinkle-complete.json"
+"""Uploaded by the worker as ``output/<folder>/.twinkle-complete.json`` after every file of a checkpoint folder, with
+``{"files": {"<path in the folder>": size}}``. Only a folder whose marker is recorded, and whose every listed file
+is recorded with that size, is a resume point: a folder cut short (the attempt died mid-upload, a rank died
+mid-save) never is."""
+
 
 class ResumeFile(BaseModel):
     path: str
@@ -20,14 +26,38 @@ class ResumeFrom(BaseModel):
     files: list[ResumeFile]
 
 
+class AttemptDevices(BaseModel):
+    """Devices of one offered group given to the attempt: indexes within the group (``0..ranks-1``), which for
+    CUDA are the worker's ``CUDA_VISIBLE_DEVICES`` ordinals."""
+
+    group: str = Field(description="the job's DeviceGroup name")
+    device_type: str
+    devices: list[int]
+
+
 class StartResponse(BaseModel):
     job_id: str
     attempt: int
     entrypoint: str
     user_id: str
     resume_from: ResumeFrom | None = None
-    env: dict[str, str] = Field(default_factory=dict, description="the job's own variables; the worker's win")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra job environment the platform asks for; a worker passes only the names in JOB_ENV_NAMES",
+    )
+    user_env: dict[str, str] = Field(
+        default_factory=dict, description="the job owner's own variables (Job.env); the platform's always win"
+    )
     args: list[str] = Field(default_factory=list, description="passed after the entrypoint: python ENTRY ARGS...")
+
+    launcher: str = Field(default="python", description="python | torchrun | ray (see contract.jobs.LAUNCHER_DOC)")
+    devices: list[AttemptDevices] = Field(
+        default_factory=list, description="the devices the attempt may use; empty from an older API: all of them"
+    )
+
+JOB_ENV_NAMES = frozenset({"TWINKLE_DETERMINISTIC", "TWINKLE_STOP_AFTER_STEPS"})
+"""The only ``StartResponse.env`` names a worker sets: twinkle's deterministic mode and its stop after k optimizer
+steps (a replay). Anything else the API sent would be ignored."""
 
 
 class LogLine(BaseModel):

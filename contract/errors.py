@@ -59,6 +59,9 @@ class ErrorCode(StrEnum):
     SCRIPT_TOO_LARGE = "script_too_large"
     SCRIPT_TOO_COMPLEX = "script_too_complex"
     ARCHIVE_REJECTED = "archive_rejected"
+    PROBE_MISSING = "probe_missing"
+    CLAIM_BEYOND_PROBE = "claim_beyond_probe"
+    TOO_MANY_RANKS = "too_many_ranks"
     # 5xx, and client-side
     SERVICE_UNAVAILABLE = "service_unavailable"
     REDIS_UNAVAILABLE = "redis_unavailable"

@@ -15,8 +15,20 @@ MAX_GROUPS = 64
 MAX_MEMORY_GB = 1_048_576.0  # 1 PiB per rank: far above any device, finite so a job can be matched at all
 
 
+Launcher = Literal["python", "torchrun", "ray"]
+LAUNCHERS: tuple[str, ...] = ("python", "torchrun", "ray")
+LAUNCHER_DOC = (
+    "how the worker starts the entrypoint: 'python' (one process), 'torchrun' (local mode, one process per rank: "
+    "python -m torch.distributed.run --standalone --nproc_per_node <the attempt's device count>), 'ray' (Ray mode: "
+    "a Ray cluster of the attempt's own, limited to its devices, RAY_ADDRESS set for the script). Unset: read "
+    "from the script (twinkle.initialize(mode=...) and its DeviceGroups)"
+)
+
+
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-"""Job states that never change again; a client following a job stops at one of these."""
+"""Job states that never change again; a client following a job stops at one of these. ``validating`` (the
+attempt reported success and is being replayed on a trusted worker) is not one: it ends ``succeeded``, or the
+job is queued again when the replay disagrees."""
 
 
 # ---------------------------------------------------------------- environment variables and arguments of a job
@@ -93,6 +105,7 @@ class JobRequest(BaseModel):
         description="the owner accepts a worker without a sandbox (isolation 'none', a trusted pool); by default "
         "a job runs only on workers that isolate it (bwrap or a container runtime)",
     )
+    launcher: Launcher | None = Field(default=None, description=LAUNCHER_DOC)
 
 
 class StoredDeviceGroup(BaseModel):
@@ -107,6 +120,7 @@ class StoredDeviceGroup(BaseModel):
 class StoredRequest(BaseModel):
     device_groups: list[StoredDeviceGroup]
     allow_unsandboxed: bool = False
+    launcher: str = Field(default="python", description=LAUNCHER_DOC)
 
 
 class InspectResponse(BaseModel):
@@ -132,7 +146,7 @@ class Failure(BaseModel):
     stderr_tail: list[str] = Field(description="the last lines (at most 20) the attempt wrote to stderr")
 
 
-Phase = Literal["held", "queued", "starting", "running", "stopping", "succeeded", "failed", "cancelled"]
+Phase = Literal["held", "queued", "starting", "running", "stopping", "validating", "succeeded", "failed", "cancelled"]
 
 
 class Attempt(BaseModel):
@@ -145,13 +159,21 @@ class Attempt(BaseModel):
     ended_at: dt.datetime | None
     exit_code: int | None
     error: str | None
+    validation: str | None = Field(
+        default=None,
+        description="spot check of a succeeded attempt: pending (being replayed), validated, unverified (the replay "
+        "disagreed: the job was queued again), inconclusive (nothing to compare); none: not sampled",
+    )
 
 
 class Job(BaseModel):
     id: str
     name: str
     user_id: str
-    state: str = Field(description="queued, assigned, running, cancelling, succeeded, failed or cancelled")
+    state: str = Field(
+        description="queued, assigned, running, cancelling, validating (success reported, replay pending), "
+        "succeeded, failed or cancelled"
+    )
     entrypoint: str
     request: StoredRequest
     warnings: list[str]

@@ -26,6 +26,11 @@ class TokenResponse(BaseModel):
 
 class CreateWorkerTokenRequest(BaseModel):
     owner: str = Field(min_length=1, max_length=128, description="who donates the machines using this token")
+    trusted: bool = Field(
+        default=False,
+        description="a platform pool, not a donor: its attempts are not spot-checked and its workers run the "
+        "replays that check donors",
+    )
 
 
 class SessionRequest(BaseModel):

@@ -9,13 +9,50 @@ Isolation = Literal["bwrap", "container", "none"]
 
 
 class OfferedGroup(BaseModel):
-    """One DeviceGroup a worker offers; it runs one job at a time."""
+    """One DeviceGroup a worker offers: a pool shared by count (``pooled``: several jobs side by side, each on
+    its own devices) or a static slot that runs one job at a time (the default, and what an older worker
+    means)."""
 
     name: str = Field(default="default", min_length=1, max_length=128)
     ranks: int = Field(ge=1, le=4096)
     device_type: str = Field(min_length=1, max_length=32)
     device_model: str | None = Field(default=None, max_length=128)
     memory_gb: float | None = Field(default=None, ge=0)
+    pooled: bool = Field(
+        default=False,
+        description="true: the group's devices are shared by count (a job takes as many as its groups need and "
+        "jobs run side by side on disjoint devices); false: one slot, one job at a time on all of them",
+    )
+
+
+class DevicesInUse(BaseModel):
+    """Devices of one offered group that one job holds (indexes 0..ranks-1 within the group)."""
+
+    job_id: str
+    group: str
+    devices: list[int]
+
+
+class ProbedDevice(BaseModel):
+    """One kind of device the worker's probe found: each CUDA device is its own entry; the CPU is one entry whose
+    ``count`` is its usable cores."""
+
+    device_type: str = Field(min_length=1, max_length=32, description="cuda, npu or cpu")
+    device_model: str | None = Field(default=None, max_length=128)
+    count: int = Field(default=1, ge=1, le=65_536, description="devices of this entry (CPU: usable cores)")
+    memory_gb: float | None = Field(default=None, ge=0, le=1_048_576, allow_inf_nan=False)
+    matmul_tflops: float | None = Field(
+        default=None, ge=0, le=100_000, allow_inf_nan=False,
+        description="a timed float32 matmul on this device (TFLOP/s); None when it could not run",
+    )
+
+
+class HardwareProbe(BaseModel):
+    """What ``twinkle-worker`` measured at start (``worker/probe.py``). The API refuses offered groups beyond it;
+    a donor can fake it, so spot-check replays (docs/architecture.md) are the defence that counts."""
+
+    devices: list[ProbedDevice] = Field(min_length=1, max_length=1024)
+    seconds: float = Field(default=0.0, ge=0, le=86_400, allow_inf_nan=False, description="how long it took")
 
 
 class RegisterWorkerRequest(BaseModel):
@@ -27,6 +64,11 @@ class RegisterWorkerRequest(BaseModel):
         description="how the worker isolates each job: 'bwrap' (bubblewrap sandbox), 'container' (a container "
         "runtime such as gVisor or Kata does it), or 'none' (a trusted pool; jobs must opt in). A worker that sends "
         "nothing counts as 'none'.",
+    )
+    probe: HardwareProbe | None = Field(
+        default=None,
+        description="the hardware probe; required: offered groups must fit in it (ranks per device family, memory, "
+        "model), and ranks per worker are capped by the platform",
     )
 
 
@@ -62,8 +104,16 @@ class Worker(BaseModel):
     registered_at: dt.datetime
     last_heartbeat_at: dt.datetime
     running_jobs: int
+    devices_in_use: list[DevicesInUse] = Field(default_factory=list, description="which job holds which devices")
     jobs_run: int
-    gpu_hours: float
+    gpu_hours: float = Field(description="device-hours of GPU slots credited after validation")
+    pending_gpu_hours: float = Field(
+        default=0.0, description="device-hours of attempts not validated yet (granted at the next passing spot check)"
+    )
+    probe: HardwareProbe | None = Field(default=None, description="what the worker's probe found at registration")
+    reputation: float = Field(default=0.5, description="0..1; rises with validated attempts, falls on a mismatch")
+    validated_attempts: int = 0
+    trusted: bool = Field(default=False, description="a platform pool (admin-marked token): runs replays")
 
 
 class WorkerList(BaseModel):

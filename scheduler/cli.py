@@ -142,7 +142,13 @@ def create_user(
 
 
 @app.command("create-worker-token")
-def create_worker_token(owner: str, quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
+def create_worker_token(
+    owner: str,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    trusted: Annotated[
+        bool, typer.Option("--trusted", help="a platform pool: not spot-checked, runs the replays of donors' work")
+    ] = False,
+) -> None:
     """Create a worker token for OWNER's machines and print it."""
     from scheduler.db import Database
     from scheduler.db import migrate as do_migrate
@@ -152,7 +158,7 @@ def create_worker_token(owner: str, quiet: Annotated[bool, typer.Option("--quiet
     do_migrate(s.database_url)
     db = Database(s.database_url)
     with db.session() as session:
-        token = mint(session, owner)
+        token = mint(session, owner, trusted=trusted)
         session.commit()
     db.dispose()
     if not quiet:

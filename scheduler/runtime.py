@@ -69,12 +69,13 @@ class Runtime:
         """Run blocking ``fn(*args)`` in a thread of ``lane``."""
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self._limiter(lane))
 
-    async def in_session(self, fn: Callable[..., T], *args: Any, lane: Lane = "user") -> T:
-        """Run ``fn(session, *args)`` in a thread of ``lane`` with a session opened and closed in that thread."""
+    async def in_session(self, fn: Callable[..., T], *args: Any, lane: Lane = "user", readonly: bool = False) -> T:
+        """Run ``fn(session, *args)`` in a thread of ``lane`` with a session opened and closed in that thread;
+        ``readonly`` for work that only reads (``Database.session``: no transaction round trips)."""
         db = self.db_for(lane)
 
         def call() -> T:
-            with db.session() as session:
+            with db.session(readonly) as session:
                 return fn(session, *args)
 
         return await anyio.to_thread.run_sync(call, limiter=self._limiter(lane))

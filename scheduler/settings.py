@@ -52,6 +52,17 @@ class Settings(BaseSettings):
         max_attempts: a job requeued this many times (lost workers, missed starts) fails instead.
         download_ttl_s: lifetime of presigned download links.
         environment: ``development`` allows the default secret; ``production`` refuses it.
+        max_ranks_per_worker: the most ranks one worker may offer over all its groups (a registration over it is
+            422 ``too_many_ranks``), whatever its probe says.
+        replay_fraction: the share of donors' succeeded attempts replayed on a trusted worker (0..1), drawn after
+            the attempt ended, so a donor cannot tell a sampled attempt from another.
+        replay_first_n: every succeeded attempt of a donor is replayed until it has this many validated ones.
+        replay_steps: optimizer steps a replay runs (``TWINKLE_STOP_AFTER_STEPS``) and compares.
+        replay_rtol_cpu / replay_rtol_gpu: relative tolerance on per-step loss and grad norm (CPU training is
+            deterministic; GPU kernels differ between devices).
+        min_reputation: a donor below this reputation gets no jobs.
+        trusted_reputation / trusted_min_validated: a donor at or above this reputation with this many validated
+            attempts may run replays too (besides trusted pools).
     """
 
     model_config = SettingsConfigDict(env_prefix="TWINKLE_SCHEDULER_", extra="ignore", case_sensitive=False)
@@ -95,6 +106,15 @@ class Settings(BaseSettings):
     port: int = 8000
     environment: Literal["development", "production"] = "development"
     run_migrations: bool = True
+    max_ranks_per_worker: int = Field(default=64, ge=1, le=4096)
+    replay_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    replay_first_n: int = Field(default=3, ge=0)
+    replay_steps: int = Field(default=3, ge=1, le=1000)
+    replay_rtol_cpu: float = Field(default=1e-4, gt=0)
+    replay_rtol_gpu: float = Field(default=2e-2, gt=0)
+    min_reputation: float = Field(default=0.25, ge=0.0, le=1.0)
+    trusted_reputation: float = Field(default=0.9, ge=0.0, le=1.0)
+    trusted_min_validated: int = Field(default=20, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
@@ -20,6 +21,14 @@ from rich.table import Table
 from submit import display
 from submit.bundle import BundleError, make_bundle
 from submit.client import Client, InvalidInput, SubmitError, resolve_connection
+
+
+class Launcher(StrEnum):
+    """How the worker starts the script (``contract.jobs.LAUNCHERS``)."""
+
+    python = "python"
+    torchrun = "torchrun"
+    ray = "ray"
 
 app = typer.Typer(
     add_completion=False,
@@ -143,6 +152,15 @@ def submit(
     gpu_memory: Annotated[str | None, typer.Option(help="Minimum memory per device, e.g. 24GB")] = None,
     name: Annotated[str | None, typer.Option(help="A name for the job")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream the logs until the job ends")] = False,
+    launcher: Annotated[
+        Launcher | None,
+        typer.Option(
+            help="How the worker starts the script: python (one process), torchrun (local mode, one process per "
+            "device) or ray (a Ray cluster of the job's own). Default: read from the script's "
+            "twinkle.initialize(mode=...) and DeviceGroups",
+            case_sensitive=False,
+        ),
+    ] = None,
     env: EnvOpt = None,
     arg: ArgOpt = None,
     allow_unsandboxed: Annotated[
@@ -174,12 +192,17 @@ def submit(
         with _client(server, token) as client:
             request = _request_from_flags(client, script, ranks, device_type, gpu_memory)
             job = client.submit(bundle.data, bundle.entrypoint, name=name or script.stem, request=request,
-                                allow_unsandboxed=allow_unsandboxed, env=job_env, args=list(arg or []))
+                                allow_unsandboxed=allow_unsandboxed, env=job_env, args=list(arg or []),
+                                launcher=launcher.value if launcher is not None else None)
             job_id = job["id"]
+            for warning in job.get("warnings") or []:
+                err.print(f"warning: {warning}", markup=False, soft_wrap=True)
             if allow_unsandboxed:
                 err.print("note: --allow-unsandboxed: this job may run on a worker that does not isolate it; use it "
                           "only with a pool you trust", markup=False, soft_wrap=True)
-            _submitted(client, job, f"({len(bundle.files)} files, {bundle.size / 1024:.0f} KB)")
+            launched = job.get("request", {}).get("launcher", "python")
+            size = f"{len(bundle.files)} files, {bundle.size / 1024:.0f} KB"
+            _submitted(client, job, f"({size}, launched with {launched})")
             if follow:
                 result["state"] = _follow(client, job_id)
 

@@ -183,8 +183,8 @@ class Client:
 
     def submit(
         self, bundle: bytes, entrypoint: str, *, name: str | None = None, request: dict | None = None,
-        filename: str = "bundle.zip", allow_unsandboxed: bool = False, env: dict[str, str] | None = None,
-        args: list[str] | None = None,
+        filename: str = "bundle.zip", allow_unsandboxed: bool = False, launcher: str | None = None,
+        env: dict[str, str] | None = None, args: list[str] | None = None,
     ) -> dict:
         import json
 
@@ -199,6 +199,8 @@ class Client:
             data["request"] = json.dumps(request)
         if allow_unsandboxed:
             data["allow_unsandboxed"] = "true"
+        if launcher:
+            data["launcher"] = launcher
         files = {"file": (filename, bundle, "application/zip")}
         return _parsed(Job, self._request("POST", routes.JOBS, data=data, files=files))
 

@@ -5,7 +5,8 @@
 >>> init_twinkle_client("http://127.0.0.1:8000", api_key="my-key")
 >>> model = MultiLoraTransformersModel("my-model")     # the server's model name
 
-Datasets and dataloaders stay local (``twinkle.dataset``, ``twinkle.dataloader``); batches are sent as JSON.
+Datasets and dataloaders stay local (``twinkle.dataset``, ``twinkle.dataloader``; batches are sent as JSON) or
+live on the server (``twinkle_client.dataset``, ``twinkle_client.dataloader``).
 """
 
 from twinkle_client.client import TwinkleClient, init_twinkle_client

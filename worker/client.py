@@ -135,12 +135,17 @@ class WorkerClient:
 
     # ------------------------------------------------------------ worker lifecycle
 
-    def register(self, name: str, hostname: str, device_groups: list[dict], isolation: str | None = None) -> dict:
+    def register(
+        self, name: str, hostname: str, device_groups: list[dict], isolation: str | None = None,
+        probe: dict | None = None,
+    ) -> dict:
         """``isolation``: how this worker sandboxes the jobs it runs (bwrap, container, none); left out, the
-        contract's default (``none``) is sent."""
+        contract's default (``none``) is sent. ``probe``: the hardware probe (``worker.probe.run_probe``)."""
         data: dict[str, Any] = {"name": name, "hostname": hostname, "device_groups": device_groups}
         if isolation is not None:
             data["isolation"] = isolation  # in the checked body: setting it after _body would not override the default
+        if probe is not None:
+            data["probe"] = probe
         body = _body(RegisterWorkerRequest, data)
         return self._request("POST", routes.WORKER_REGISTER, json=body).json()
 

@@ -2,7 +2,8 @@
 
 Liveness is our own lease, not Celery's: the heartbeat thread reports the running attempts every
 ``heartbeat_interval_s`` and receives the attempts to cancel (cancels sent while the worker was offline too).
-The Celery worker runs in this process (thread pool, concurrency 1 per DeviceGroup slot, prefetch 1), so the
+The Celery worker runs in this process (thread pool: one thread per device of a pool, or one for a static slot;
+prefetch 1), so the
 task, the heartbeat and the health endpoint share the executor's view of what is running.
 
 A heartbeat answered 404 means the API lost this worker's record (reaped after a long partition, or a reset
@@ -30,6 +31,7 @@ import httpx
 from worker.client import AuthError, NotFound, ServerUnavailable, WorkerAPIError, WorkerClient
 from worker.devices import DeviceGroupOffer, offer_from_settings
 from worker.leftovers import LEDGER_FILE, ProcessGroupLedger
+from worker.probe import run_probe
 from worker.sandbox import Sandbox, create_sandbox
 from worker.settings import WorkerSettings
 from worker.tasks import AttemptExecutor, create_celery_app
@@ -54,7 +56,8 @@ class WorkerDaemon:
         cuda = ",".join(str(i) for i in range(self.offer.ranks)) if self.offer.device_type == "cuda" else None
         self.ledger = ProcessGroupLedger(settings.work_dir.resolve() / LEDGER_FILE)
         self.executor = AttemptExecutor(
-            self.client, settings, cuda_visible_devices=cuda, ledger=self.ledger, sandbox=self.sandbox
+            self.client, settings, cuda_visible_devices=cuda, ledger=self.ledger, sandbox=self.sandbox,
+            ranks=self.offer.ranks,
         )
         self.worker_id: str | None = None
         self.queue: str | None = None
@@ -66,8 +69,17 @@ class WorkerDaemon:
         self._health: ThreadingHTTPServer | None = None
         self._celery_worker = None  # set by run(); the heartbeat thread moves its consumer to a new queue
         self._consuming: str | None = None  # the queue the Celery consumer reads
+        self._probe: dict | None = None
 
     # ------------------------------------------------------------ registration and heartbeats
+
+    @property
+    def probe(self) -> dict:
+        """The hardware probe, measured once per daemon (a timed matmul per device; about a second)."""
+        if self._probe is None:
+            self._probe = run_probe(self.settings.probe_file, with_cuda=self.offer.device_type != "cpu")
+            log.info("hardware probe: %s", self._probe)
+        return self._probe
 
     def register(self, max_wait_s: float | None = None) -> dict:
         """Register, waiting for the API while it is unreachable; a bad token fails at once."""
@@ -75,7 +87,8 @@ class WorkerDaemon:
         while True:
             try:
                 reply = self.client.register(
-                    self.settings.name, socket.gethostname(), [self.offer.as_dict()], isolation=self.sandbox.isolation
+                    self.settings.name, socket.gethostname(), [self.offer.as_dict()], isolation=self.sandbox.isolation,
+                    probe=self.probe,
                 )
                 break
             except ServerUnavailable as exc:
@@ -93,8 +106,9 @@ class WorkerDaemon:
         self.lease_s = float(reply.get("lease_s", 3 * self.heartbeat_interval_s))
         self.last_heartbeat = time.monotonic()
         log.info(
-            "registered as worker %s (queue %s) offering %s x %s, isolation %s", self.worker_id, self.queue,
-            self.offer.ranks, self.offer.device_type, self.sandbox.isolation,
+            "registered as worker %s (queue %s) offering %s x %s (%s), isolation %s", self.worker_id, self.queue,
+            self.offer.ranks, self.offer.device_type, "shared by count" if self.offer.pooled else "one job at a time",
+            self.sandbox.isolation,
         )
         return reply
 
@@ -216,7 +230,8 @@ class WorkerDaemon:
             hostname=f"twinkle-{self.worker_id}@{socket.gethostname()}",
             queues=[self._consuming],
             pool="threads",
-            concurrency=1,
+            # a pool runs as many attempts side by side as it has devices (the dispatcher never gives more)
+            concurrency=self.offer.ranks if self.offer.pooled else 1,
             prefetch_multiplier=1,
             without_gossip=True,
             without_mingle=True,

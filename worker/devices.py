@@ -29,6 +29,7 @@ class DeviceGroupOffer:
     device_type: str
     device_model: str | None
     memory_gb: float | None
+    pooled: bool = False  # shared by count: several jobs side by side on disjoint devices
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +97,7 @@ def offer_from_settings(settings: WorkerSettings, detected: DeviceGroupOffer | N
     overridden_type = settings.device_type is not None and settings.device_type != found.device_type
     return DeviceGroupOffer(
         name=found.name,
+        pooled=settings.share_devices,
         ranks=settings.ranks or found.ranks,
         device_type=settings.device_type or found.device_type,
         # a different device type makes the detected model and memory meaningless

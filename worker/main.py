@@ -93,6 +93,14 @@ def run(
     device_type: Annotated[str | None, typer.Option(help="Override detection: cuda, cpu, npu, ...")] = None,
     ranks: Annotated[int | None, typer.Option(help="Override detection: number of devices (ranks) offered")] = None,
     memory_gb: Annotated[float | None, typer.Option(help="Override detection: memory per device in GB")] = None,
+    share_devices: Annotated[
+        bool | None,
+        typer.Option(
+            "--share-devices/--one-job-at-a-time",
+            help="Offer the devices as a pool shared by count: jobs take as many as they need and run side by side "
+            "on disjoint devices (default); or as one slot that runs one job at a time on all of them",
+        ),
+    ] = None,
     health_port: Annotated[int | None, typer.Option(help="Port of GET /healthz (default 8081; 0 = any)")] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = None,
     isolation: Annotated[
@@ -124,6 +132,7 @@ def run(
         "device_type": device_type,
         "ranks": ranks,
         "memory_gb": memory_gb,
+        "share_devices": share_devices,
         "health_port": health_port,
         "log_level": log_level.upper() if log_level else None,
         "isolation": isolation,

@@ -1,4 +1,5 @@
-"""Where a job runs: ``python <entrypoint>`` in a sandbox (``worker.sandbox``) with a scrubbed environment.
+"""Where a job runs: its launch (``worker.launch``: python, torchrun or Ray) in a sandbox (``worker.sandbox``) with a
+scrubbed environment.
 
 The runner owns the child for its whole life: it streams stdout/stderr line by line to a sink in small batches
 (each line with its stream and time, the attempt folder's absolute paths shown relative to it), tails the
@@ -9,6 +10,9 @@ checkpoint folder that appears under the output folder, and kills everything the
 sink is the API in production and a list in unit tests.
 Which sandbox runs the child (bwrap, container, none) and how its limits are kept is the sandbox's business: the
 runner only hears "memory limit 8 GiB reached" back, and reports it as the attempt's error.
+
+Several ranks: torchrun's ``[defaultN]:`` prefix becomes ``[rank N] `` on each log line; when a rank dies, torchrun
+stops the others and the attempt's error names that rank, with the last lines it wrote to stderr.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
+from contract.attempts import CHECKPOINT_MARKER
 from contract.jobs import RESERVED_ENV, RESERVED_ENV_PREFIX
+from worker.launch import Launch, explain_failure, split_rank
 from worker.leftovers import ProcessGroupLedger
 from worker.sandbox import LaunchRequest, Limits, NoSandbox, Sandbox, SandboxedProcess
 from worker.sysmetrics import GpuSampler, ProcessTreeSampler
@@ -73,6 +79,7 @@ class JobSpec:
     cuda_visible_devices: str | None = None
     assets_dir: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    launch: Launch | None = None  # None: python <entrypoint> <args>
     args: list[str] = field(default_factory=list)  # the job's own: python ENTRYPOINT ARGS...
     user_env: dict[str, str] = field(default_factory=dict)  # the job's own variables; the platform's win
     private_dir: Path | None = None  # the worker's own files for the attempt, outside the job's reach
@@ -123,6 +130,8 @@ def job_environment(spec: JobSpec, parent_env: Mapping[str, str] | None = None) 
         env["TWINKLE_ASSETS_DIR"] = spec.assets_dir
     if spec.resume_from is not None:
         env["TWINKLE_RESUME_FROM"] = str(spec.resume_from)
+    if spec.launch is not None:
+        env.update(spec.launch.env)
     env.update(spec.extra_env)
     return env
 
@@ -157,12 +166,32 @@ def _is_temporary(name: str) -> bool:
 
 
 class _OutputWatcher:
-    """Uploads files under the output folder, each once per (size, mtime) it was seen with."""
+    """Uploads files under the output folder, each once per (size, mtime) it was seen with; after a checkpoint
+    folder's files, its completion marker (``contract.attempts.CHECKPOINT_MARKER``) listing them, written to
+    ``marker_dir`` (outside the sandbox's reach) and uploaded behind them."""
 
-    def __init__(self, root: Path, upload):
-        self.root, self._upload = root, upload
+    def __init__(self, root: Path, upload, marker_dir: Path | None = None):
+        self.root, self._upload, self.marker_dir = root, upload, marker_dir
         self._sent: dict[str, tuple[int, int]] = {}
         self._folders: dict[str, int] = {}
+        self._seen: dict[str, int] = {}  # what the last walk found: path under root -> size
+        self._marked: dict[str, dict[str, int]] = {}
+        self._markers_written = 0  # each marker its own file: a queued upload reads its file when it is sent
+
+    def _mark(self, folder: str) -> None:
+        """Queue the folder's marker (after its files: the outbox delivers in order) if its files changed."""
+        if self.marker_dir is None:
+            return
+        prefix = folder + "/"
+        files = {rel[len(prefix):]: size for rel, size in self._seen.items() if rel.startswith(prefix)}
+        if not files or self._marked.get(folder) == files:
+            return
+        self.marker_dir.mkdir(parents=True, exist_ok=True)
+        self._markers_written += 1
+        path = self.marker_dir / f"{self._markers_written}-{folder}.json"
+        path.write_text(json.dumps({"files": files}, sort_keys=True))
+        self._upload(f"output/{folder}/{CHECKPOINT_MARKER}", path)
+        self._marked[folder] = files
 
     def _sync_tree(self, base: Path) -> int:
         count = 0
@@ -177,6 +206,7 @@ class _OutputWatcher:
                 except FileNotFoundError:  # replaced while we walked; the next pass sees the new one
                     continue
                 rel = path.relative_to(self.root).as_posix()
+                self._seen[rel] = st.st_size
                 sig = (st.st_size, st.st_mtime_ns)
                 if self._sent.get(rel) == sig:
                     continue
@@ -196,13 +226,21 @@ class _OutputWatcher:
             ino = entry.inode()
             if self._folders.get(entry.name) == ino:
                 continue
+            self._seen = {}
             count += self._sync_tree(Path(entry.path))
+            self._mark(entry.name)
             self._folders[entry.name] = ino
         return count
 
     def final_sync(self) -> int:
-        """Everything new or changed, top-level files included."""
-        return self._sync_tree(self.root) if self.root.is_dir() else 0
+        """Everything new or changed, top-level files included; a marker for each folder whose files changed."""
+        if not self.root.is_dir():
+            return 0
+        self._seen = {}
+        count = self._sync_tree(self.root)
+        for folder in sorted({rel.split("/", 1)[0] for rel in self._seen if "/" in rel}):
+            self._mark(folder)
+        return count
 
 
 class _MetricsTail:
@@ -299,12 +337,17 @@ class JobRunner:
         self.limits = limits or Limits()
         self._lines: queue.Queue[dict] = queue.Queue()
         self._stderr_tail: deque[str] = deque(maxlen=stderr_tail_lines)
+        self._rank_tails: dict[int, deque[str]] = {}  # torchrun: each rank's last stderr lines
+        self._launcher_tail: deque[str] = deque(maxlen=80)  # torchrun's own stderr (its failure summary)
+        self._tail_lines = stderr_tail_lines
         self._proc: SandboxedProcess | None = None
         self._ended = threading.Event()
         self._stop_reason: Literal["cancelled", "stale", "abandoned"] | None = None
         self._lock = threading.Lock()
         self._upload_lock = threading.Lock()
-        self._outputs = _OutputWatcher(spec.output_dir, self._send_artifact)
+        # beside the attempt folder, not in it: the sandbox can write only inside the attempt folder
+        markers = spec.home_dir.with_name(f"{spec.home_dir.name}.markers")
+        self._outputs = _OutputWatcher(spec.output_dir, self._send_artifact, markers)
         self._metrics = _MetricsTail(spec.metrics_file)
         self._relative = _PathRewriter(spec.home_dir)
         self.sys_sample_s = sys_sample_s
@@ -420,8 +463,17 @@ class JobRunner:
         return {"ts": time.time(), "stream": stream, "text": text}
 
     def _read(self, pipe: IO[bytes], stream: str) -> None:
+        ranked = self.spec.launch is not None and self.spec.launch.ranks > 1
         for raw in iter(pipe.readline, b""):
             text = _as_terminal_shows(raw.decode("utf-8", errors="replace"))
+            if ranked:
+                rank, rest = split_rank(text)
+                if rank is not None:
+                    text = f"[rank {rank}] {rest}"
+                    if stream == "stderr":
+                        self._rank_tails.setdefault(rank, deque(maxlen=self._tail_lines)).append(rest)
+                elif stream == "stderr":
+                    self._launcher_tail.append(text)
             if stream == "stderr":
                 self._stderr_tail.append(text)
             self._lines.put(self._line(stream, text))
@@ -440,16 +492,17 @@ class JobRunner:
         spec = self.spec
         for folder in (spec.output_dir, spec.tmp_dir, spec.home_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        env = job_environment(spec, self.parent_env)
         return self.sandbox.launch(
             LaunchRequest(
-                argv=[spec.python, spec.entrypoint, *spec.args],
+                argv=spec.launch.argv if spec.launch is not None else [spec.python, spec.entrypoint, *spec.args],
                 python=spec.python,
                 cwd=spec.code_dir,
-                env=job_environment(spec, self.parent_env),
+                env=env,
                 attempt_dir=spec.home_dir,
                 tmp_dir=spec.tmp_dir,
                 read_only=[Path(spec.assets_dir)] if spec.assets_dir else [],
-                gpus=_gpu_indices(spec.cuda_visible_devices),
+                gpus=_gpu_indices(env.get("CUDA_VISIBLE_DEVICES")),
                 limits=self.limits,
                 label=f"job {spec.job_id} attempt {spec.attempt}",
             )
@@ -467,8 +520,9 @@ class JobRunner:
         if self.ledger is not None:
             self.ledger.add(self._proc.pid, f"job {spec.job_id} attempt {spec.attempt}")
         self.started.set()
+        how = spec.launch.describe if spec.launch is not None else f"python {spec.entrypoint}"
         started = (
-            f"attempt {spec.attempt}: python {spec.entrypoint} "
+            f"attempt {spec.attempt}: {how} "
             f"(pid {self._proc.pid}, isolation {self.sandbox.isolation})"
         )
         self._lines.put(self._line("system", started))
@@ -541,6 +595,13 @@ class JobRunner:
             state = "failed"
             why = f"killed by signal {_signal_name(-returncode)}" if returncode < 0 else f"exit code {returncode}"
             error = why + ("\n" + "\n".join(self._stderr_tail) if self._stderr_tail else "")
+            failed = explain_failure("\n".join(self._launcher_tail)) if self._launcher_tail else None
+            if failed is not None:  # torchrun: name the rank that failed first, with its own last words
+                rank, rank_why = failed
+                why = f"rank {rank} failed: {rank_why}"
+                tail = self._rank_tails.get(rank)
+                error = why + ("\n" + "\n".join(tail) if tail else "")
+            # the API writes the attempt's one end line from this error (no line of the runner's own)
         self._flush_logs(batch)
         if self._stop_reason == "stale":  # the last flush can learn that too
             return RunResult("stale", returncode)

@@ -25,7 +25,12 @@ class WorkerSettings(BaseSettings):
         name: how this worker shows up in ``GET /workers``; the hostname by default.
         work_dir: where bundles are unpacked and jobs run (``jobs/{job}/{attempt}``).
         redis_url: overrides the broker URL the API hands out at registration (for a worker behind NAT).
-        device_type / ranks / device_model / memory_gb: override what device detection finds.
+        device_type / ranks / device_model / memory_gb: override what device detection finds (the offer; it must
+            still fit in the hardware probe, or the API refuses the registration).
+        probe_file: a JSON hardware probe sent instead of measuring (hardware torch cannot see; tests that stand in
+            for a GPU). The API checks the offer against it either way, and replays check the work.
+        share_devices: offer the devices as a pool shared by count (default): jobs take as many as they need and
+            run side by side on disjoint devices; false: one static slot, one job at a time.
         heartbeat_interval_s: overrides the interval the API asks for at registration.
         health_host / health_port: where ``GET /healthz`` is served (port 0 picks a free one).
         kill_grace_s: seconds between SIGTERM and SIGKILL when a job is cancelled.
@@ -59,6 +64,12 @@ class WorkerSettings(BaseSettings):
     ranks: int | None = Field(default=None, ge=1)
     device_model: str | None = None
     memory_gb: float | None = Field(default=None, gt=0)
+    probe_file: Path | None = None
+    share_devices: bool = Field(
+        default=True,
+        description="offer the devices as a pool shared by count (jobs side by side on disjoint devices); false: "
+        "one static slot that runs one job at a time on all of them",
+    )
 
     heartbeat_interval_s: float | None = Field(default=None, gt=0)
     health_host: str = "0.0.0.0"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import socket
+import sys
 import threading
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -16,18 +18,30 @@ from pathlib import Path, PurePosixPath
 from celery import Celery
 
 from contract.archive import DEFAULT_LIMITS, ArchiveLimits, ArchiveRejected, extract
+from contract.attempts import JOB_ENV_NAMES
 from contract.tasks import CELERY_SHARED_CONFIG, TASK_RUN_ATTEMPT
 from worker.client import Conflict, NotFound, StaleAttempt, WorkerAPIError, WorkerClient
+from worker.launch import attempt_devices, plan_launch
 from worker.leftovers import ProcessGroupLedger
 from worker.outbox import Outbox, deliver_leftovers
 from worker.runner import JobRunner, JobSpec, RunResult, StaleAttemptSignal
 from worker.sandbox import Sandbox
 from worker.settings import WorkerSettings
 
-__all__ = ["AttemptExecutor", "BundleError", "ClientSink", "create_celery_app", "latest_checkpoint", "unpack_bundle"]
+__all__ = [
+    "AttemptExecutor", "BundleError", "ClientSink", "create_celery_app", "latest_checkpoint", "platform_env",
+    "unpack_bundle",
+]
 
 log = logging.getLogger(__name__)
 
+
+
+def _free_port() -> int:
+    """A port free on this machine now (for a Ray head; inside bwrap any port is, in the job's own network)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class BundleError(Exception):
@@ -63,6 +77,14 @@ def latest_checkpoint(paths: list[str]) -> str | None:
     return "output/" + max(folders, key=rank)
 
 
+def platform_env(env: object) -> dict[str, str]:
+    """The job environment the API asked for at ``start``, limited to ``contract.attempts.JOB_ENV_NAMES`` (twinkle's
+    deterministic mode and its stop after k steps): nothing else, whatever the answer held."""
+    if not isinstance(env, dict):
+        return {}
+    return {k: str(v) for k, v in env.items() if k in JOB_ENV_NAMES and isinstance(v, (str, int))}
+
+
 class ClientSink:
     """Sends the runner's output to the API through the attempt's disk outbox (``worker.outbox``): a put never
     blocks on the API and survives its outages; a 409 ``stale_attempt`` stops the job."""
@@ -90,8 +112,12 @@ class AttemptExecutor:
         cuda_visible_devices: str | None = None,
         ledger: ProcessGroupLedger | None = None,
         sandbox: Sandbox | None = None,
+        ranks: int = 1,
     ):
+        """``cuda_visible_devices``: the worker's GPUs (its offered group's device ``i`` is the i-th of them);
+        ``ranks``: the devices it offers (what an attempt gets from an API that names none)."""
         self.client, self.settings = client, settings
+        self.ranks = ranks
         self.sandbox = sandbox  # None: no sandbox (unit tests); the daemon passes the one its settings chose
         self.cuda_visible_devices = cuda_visible_devices
         self.ledger = ledger
@@ -146,6 +172,7 @@ class AttemptExecutor:
             outbox.close(remove=drained)  # an undelivered outbox stays for deliver_leftovers after a restart
             if not self.settings.keep_job_dirs and drained:
                 shutil.rmtree(folder, ignore_errors=True)
+                shutil.rmtree(folder.with_name(f"{folder.name}.markers"), ignore_errors=True)
                 shutil.rmtree(folder.with_name(folder.name + ".worker"), ignore_errors=True)  # JobSpec.private_dir
 
     @property
@@ -160,15 +187,31 @@ class AttemptExecutor:
         entrypoint = started.get("entrypoint") or "train.py"
         if folder.exists():  # a fresh folder: never mix files of an earlier run of this attempt
             shutil.rmtree(folder)
+        gpus = [g for g in (self.cuda_visible_devices or "").split(",") if g.strip()]
+        given = [
+            # the offered group's device i is the worker's i-th GPU
+            {**g, "devices": [int(gpus[d]) if d < len(gpus) and gpus[d].isdigit() else d for d in g["devices"]]}
+            if str(g.get("device_type", "")).lower() in ("cuda", "gpu") else g
+            for g in started.get("devices") or []
+        ]
+        devices = attempt_devices(given, [int(g) for g in gpus if g.isdigit()], self.ranks)
+        launcher = started.get("launcher") or "python"
+        args = [str(a) for a in started.get("args") or []]
+        launch = plan_launch(
+            launcher, sys.executable, entrypoint, devices, ray_port=_free_port() if launcher == "ray" else None,
+            args=args,
+        )
         spec = JobSpec.in_folder(
             job_id,
             attempt,
             folder,
             entrypoint,
-            cuda_visible_devices=self.cuda_visible_devices,
+            cuda_visible_devices=launch.env.get("CUDA_VISIBLE_DEVICES"),
             assets_dir=self.settings.assets_dir,
-            user_env={str(k): str(v) for k, v in (started.get("env") or {}).items()},
-            args=[str(a) for a in started.get("args") or []],
+            extra_env=platform_env(started.get("env")),
+            launch=launch,
+            user_env={str(k): str(v) for k, v in (started.get("user_env") or {}).items()},
+            args=args,
         )
         sink = ClientSink(outbox)
         runner = JobRunner(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Annotated, Any
 
 import redis
@@ -12,6 +13,7 @@ from contract import routes
 from contract.attempts import (
     Accepted,
     ArtifactStored,
+    AttemptDevices,
     FinishRequest,
     FinishResponse,
     LogsRequest,
@@ -21,10 +23,10 @@ from contract.attempts import (
     StartResponse,
 )
 from scheduler.api.deps import AttemptPath, CurrentWorker, JobIdPath, RuntimeDep
-from scheduler.db import AttemptState
+from scheduler.db import AttemptState, JobState
 from scheduler.errors import StaleAttempt
 from scheduler.services import attempts as attempts_service
-from scheduler.services import events
+from scheduler.services import events, validation
 from scheduler.services import logs as logs_service
 from scheduler.services.failures import end_message
 
@@ -39,14 +41,22 @@ async def start(
 ) -> StartResponse:
     """Confirm an assignment before running it. The idempotency check of ``twinkle.run_attempt``: a second
     start of the same attempt, or a start of a stale one, is 409 ``stale_attempt``; do not run then.
-    ``resume_from`` names the checkpoint the platform recorded last for the latest earlier attempt that saved one
-    (``checkpoint``) and lists its files with download links."""
+    ``resume_from`` names the complete checkpoint (its marker recorded, every file it lists recorded) the platform
+    recorded last for the latest earlier attempt that saved one (``checkpoint``) and lists its files with download
+    links. ``env``: what the platform adds to the job's environment (``TWINKLE_DETERMINISTIC=1`` always; a replay
+    also ``TWINKLE_STOP_AFTER_STEPS``). ``launcher`` and ``devices`` say how to start the job and on which of the
+    worker's devices."""
 
-    def work(session: Session) -> tuple[Any, Any, str]:
+    def work(session: Session) -> tuple[Any, Any, Any, str]:
         f = attempts_service.start(session, token, job_id, attempt)
-        return f, attempts_service.resume_files(session, f.job), attempts_service.worker_name(session, f.attempt)
+        return (
+            f, attempts_service.resume_candidates(session, f.job), attempts_service.placement(session, f.job),
+            attempts_service.worker_name(session, f.attempt),
+        )
 
-    f, resume, worker_name = await rt.in_session(work, lane="worker")
+    f, candidates, placed, worker_name = await rt.in_session(work, lane="worker")
+    # markers are read from storage after the session closed (no network call inside a transaction)
+    resume = await rt.run(attempts_service.first_complete, candidates, rt.storage.get_bytes, lane="worker")
     resume_from = None
     if resume is not None:
         base = rt.settings.public_url or str(request.base_url)
@@ -68,7 +78,10 @@ async def start(
         log.warning("could not note the start of job %s attempt %s in its log: %s", job_id, attempt, exc)
     return StartResponse(
         job_id=job_id, attempt=attempt, entrypoint=f.job.entrypoint, user_id=f.job.user_id, resume_from=resume_from,
-        env={str(k): str(v) for k, v in (f.job.env or {}).items()}, args=[str(a) for a in (f.job.args or [])],
+        env=validation.job_env(f.job, validation.ReplayPolicy.from_settings(rt.settings)),
+        launcher=placed.launcher,
+        devices=[AttemptDevices(group=g, device_type=t, devices=d) for g, t, d in placed.devices],
+        user_env={str(k): str(v) for k, v in (f.job.env or {}).items()}, args=[str(a) for a in (f.job.args or [])],
     )
 
 
@@ -150,10 +163,26 @@ async def finish(
     msg = end_message(attempt, plan.state, body.exit_code, body.limit, body.error)
     tail = await rt.run(events.persist_logs, rt.redis, rt.storage, plan.user_id, job_id, attempt, msg, lane="worker")
     try:
-        f = await rt.in_session(attempts_service.finish, token, job_id, attempt, body, tail, lane="worker")
+        f = await rt.in_session(
+            attempts_service.finish, token, job_id, attempt, body, validation.ReplayPolicy.from_settings(rt.settings),
+            tail, lane="worker",
+        )
     except StaleAttempt:  # a concurrent retry of this finish won the race: answer as it did
         plan = await rt.in_session(attempts_service.plan_finish, token, job_id, attempt, body, lane="worker")
         return FinishResponse(job_id=job_id, attempt=attempt, state=plan.state)
     job_state = f.job.state
     await rt.run(events.logs_persisted, rt.worker_db, rt.redis, job_id, attempt, job_state, lane="worker")
+    if job_state == JobState.VALIDATING:
+        try:
+            await rt.run(logs_service.system_line, rt.redis, job_id, attempt, f.job.pending_reason or "validating",
+                         lane="worker")
+        except redis.RedisError as exc:  # committed; the job view's pending_reason says the same
+            log.warning("could not note the replay of job %s attempt %s in its log: %s", job_id, attempt, exc)
+    v = f.verdict
+    if v is not None:  # a replay ended: tell the checked job's owner what it decided, in that job's log
+        await rt.run(
+            partial(events.attempt_ended, rt.worker_db, rt.redis, rt.storage, user_id=v.user_id, job_id=v.job_id,
+                    attempt=v.attempt, job_state=v.job_state, message=v.message),
+            lane="worker",
+        )
     return FinishResponse(job_id=job_id, attempt=attempt, state=job_state)

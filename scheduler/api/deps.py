@@ -140,10 +140,10 @@ async def _principal(request: Request, rt: Runtime, lane: Lane) -> Principal:
     if hit is not None:
         return hit
     if kind == "token":
-        p = await rt.in_session(users_service.authenticate, value, _plain(s.admin_token), lane=lane)
+        p = await rt.in_session(users_service.authenticate, value, _plain(s.admin_token), lane=lane, readonly=True)
     else:
         token_id = users_service.unsign_session(s.secret_key.get_secret_value(), value)
-        p = await rt.in_session(users_service.principal_from_token_id, token_id, lane=lane)
+        p = await rt.in_session(users_service.principal_from_token_id, token_id, lane=lane, readonly=True)
     cache.put(key, p)
     return p
 

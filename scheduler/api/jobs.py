@@ -59,6 +59,11 @@ _UPLOAD_DOC = {
                             "enum": ["true", "false"],
                             "description": "run on a worker without a sandbox too (isolation 'none'); default false",
                         },
+                        "launcher": {
+                            "type": "string",
+                            "enum": ["python", "torchrun", "ray"],
+                            "description": "how the worker starts the script; default: read from the script",
+                        },
                     },
                 }
             }
@@ -80,8 +85,9 @@ async def inspect_script(request: Request, user: CurrentUser, rt: RuntimeDep) ->
 async def create_job(request: Request, user: CurrentUser, rt: RuntimeDep) -> Job:
     """Submit a job: multipart ``file`` (.py or .zip), optional ``entrypoint``, ``name`` and ``request`` (JSON
     overriding the DeviceGroups read from the script), ``env`` (JSON object) and ``args`` (JSON list) given to
-    the script, and ``allow_unsandboxed`` (``true`` lets the job run on a worker that declared isolation
-    ``none``; by default jobs run only on sandboxed workers).
+    the script, ``allow_unsandboxed`` (``true`` lets the job run on a worker that declared isolation ``none``; by
+    default jobs run only on sandboxed workers), and ``launcher`` (``python``, ``torchrun`` or ``ray``; default:
+    decided from the script, see ``contract.jobs.LAUNCHER_DOC``).
 
     Every problem is reported at once (422); an oversize bundle is 413, a truncated upload 400; nothing is
     stored on any error. A request no registered worker could run is accepted and held with a
@@ -90,7 +96,8 @@ async def create_job(request: Request, user: CurrentUser, rt: RuntimeDep) -> Job
     filename, data, fields = await read_upload(request, rt.settings.max_bundle_bytes)
     sub = await rt.run(
         jobs_service.prepare, filename, data, fields.get("entrypoint"), fields.get("name"), fields.get("request"),
-        fields.get("allow_unsandboxed"), rt.settings.archive_limits, fields.get("env"), fields.get("args"),
+        fields.get("allow_unsandboxed"), rt.settings.archive_limits, fields.get("launcher"), fields.get("env"),
+        fields.get("args"),
     )
     return await rt.in_session(jobs_service.submit, rt.storage, user, sub)
 
@@ -120,14 +127,14 @@ async def list_jobs(
     weighs fair share (running jobs, last served), held jobs and free slot shapes, so the real order can
     differ. Positions for the whole page come from two database queries, whatever its size.
     """
-    return await rt.in_session(jobs_service.job_page, user, state, limit, offset)
+    return await rt.in_session(jobs_service.job_page, user, state, limit, offset, readonly=True)
 
 
 @router.get(routes.JOB, response_model=Job)
 async def get_job(job_id: JobIdPath, user: CurrentUser, rt: RuntimeDep) -> Job:
     """One job with its attempts; while queued, ``queue_position`` (an estimate, see ``GET /jobs``) and
     ``pending_reason`` say why it waits."""
-    return await rt.in_session(jobs_service.job_view, user, job_id)
+    return await rt.in_session(jobs_service.job_view, user, job_id, readonly=True)
 
 
 @router.post(routes.JOB_CANCEL, response_model=Job)

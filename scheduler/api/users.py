@@ -48,8 +48,8 @@ def new_token(user: CurrentUser, session: SessionDep) -> TokenResponse:
 @router.post(routes.WORKER_TOKENS, status_code=201, response_model=TokenResponse)
 def create_worker_token(body: CreateWorkerTokenRequest, _admin: AdminDep, session: SessionDep) -> TokenResponse:
     """Create a worker token (admin token required): it can only register workers, heartbeat and report on
-    the attempts assigned to them."""
-    token = users_service.create_worker_token(session, body.owner)
+    the attempts assigned to them. ``trusted``: a platform pool (not spot-checked; runs the replays)."""
+    token = users_service.create_worker_token(session, body.owner, trusted=body.trusted)
     session.commit()
     return TokenResponse(token=token)
 

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from fastapi import APIRouter
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from contract import routes
 from contract.tasks import worker_queue
 from contract.workers import (
     AttemptRef,
+    DevicesInUse,
+    HardwareProbe,
     HeartbeatRequest,
     HeartbeatResponse,
     Isolation,
@@ -25,18 +28,28 @@ from scheduler.services import workers as workers_service
 router = APIRouter(tags=["workers"])
 
 
+def _probe(raw: Any) -> HardwareProbe | None:
+    """The stored probe; a row that does not parse (never written by this API) shows none rather than a 500."""
+    try:
+        return None if raw is None else HardwareProbe.model_validate(raw)
+    except ValidationError:
+        return None
+
+
 @router.post(routes.WORKER_REGISTER, response_model=RegisterWorkerResponse)
 async def register(body: RegisterWorkerRequest, token: CurrentWorker, rt: RuntimeDep) -> RegisterWorkerResponse:
     """Register the DeviceGroups this worker offers (worker token). Each offered group runs one job at a time.
     Registering again under the same name means the worker restarted: its unfinished jobs are requeued.
     ``isolation`` declares how it sandboxes jobs (default ``none``): jobs run only on sandboxed workers unless their
-    owner opts out."""
+    owner opts out. ``probe`` (required) is what the worker measured: groups beyond it, or more ranks than
+    ``MAX_RANKS_PER_WORKER``, are refused with 422 naming each problem."""
     s = rt.settings
 
     def work(session: Session) -> workers_service.Registration:
         return workers_service.register(
             session, token, name=body.name, hostname=body.hostname, device_groups=body.device_groups,
-            lease_s=s.lease_s, max_attempts=s.max_attempts, isolation=body.isolation,
+            lease_s=s.lease_s, max_attempts=s.max_attempts, isolation=body.isolation, probe=body.probe,
+            max_ranks=s.max_ranks_per_worker,
         )
 
     reg = await rt.in_session(work, lane="worker")
@@ -64,7 +77,8 @@ async def heartbeat(
 
 @router.get(routes.WORKERS, response_model=WorkerList)
 def list_workers(_user: CurrentUser, session: SessionDep) -> WorkerList:
-    """Donors and pools: offered DeviceGroups, isolation, state, last heartbeat, jobs run and GPU-hours given."""
+    """Donors and pools: offered DeviceGroups, isolation, state, last heartbeat, jobs run, the hardware probe, GPU-hours
+    credited (validated) and pending (waiting for a spot check), reputation and validated attempts."""
     return WorkerList(
         items=[
             Worker(
@@ -79,8 +93,14 @@ def list_workers(_user: CurrentUser, session: SessionDep) -> WorkerList:
                 registered_at=i.worker.registered_at,
                 last_heartbeat_at=i.worker.last_heartbeat_at,
                 running_jobs=i.running_jobs,
+                devices_in_use=[DevicesInUse(job_id=j, group=g, devices=d) for j, g, d in i.devices_in_use],
                 jobs_run=i.worker.jobs_run,
                 gpu_hours=round(i.worker.gpu_seconds / 3600.0, 4),
+                pending_gpu_hours=round(i.pending_seconds / 3600.0, 4),
+                probe=_probe(i.worker.probe),
+                reputation=round(i.worker.reputation, 4),
+                validated_attempts=i.worker.validated_attempts,
+                trusted=bool(i.worker.trusted),
             )
             for i in workers_service.list_workers(session)
         ]

@@ -41,6 +41,7 @@ class JobState(StrEnum):
     ASSIGNED = "assigned"
     RUNNING = "running"
     CANCELLING = "cancelling"
+    VALIDATING = "validating"  # reported succeeded; a replay on a trusted worker decides (neither active nor terminal)
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -58,6 +59,26 @@ class AttemptState(StrEnum):
     CANCELLED = "cancelled"
     LOST = "lost"  # the worker's lease expired, or it registered afresh
     EXPIRED = "expired"  # never confirmed by start within START_DEADLINE_S
+
+
+class JobKind(StrEnum):
+    USER = "user"
+    REPLAY = "replay"  # the platform's re-run of a sampled attempt's first k steps on a trusted worker
+
+
+class Validation(StrEnum):
+    """The spot check of a succeeded attempt (``attempts.validation``; NULL: not sampled)."""
+
+    PENDING = "pending"
+    VALIDATED = "validated"
+    UNVERIFIED = "unverified"
+    INCONCLUSIVE = "inconclusive"
+
+
+class Credit(StrEnum):
+    PENDING = "pending"
+    CREDITED = "credited"
+    FORFEITED = "forfeited"
 
 
 class WorkerState(StrEnum):
@@ -87,6 +108,8 @@ class ApiTokenModel(Base):
     owner: Mapped[str | None] = mapped_column(sa.String(128))  # who donates, for worker tokens
     created_at: Mapped[dt.datetime]
     last_used_at: Mapped[dt.datetime | None]
+    # A platform pool (set by the admin): its workers are not spot-checked and run the replays of donors' attempts.
+    trusted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     user: Mapped[UserModel | None] = relationship(back_populates="tokens")
 
@@ -109,7 +132,11 @@ class WorkerModel(Base):
     last_heartbeat_at: Mapped[dt.datetime]
     lease_expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     jobs_run: Mapped[int] = mapped_column(default=0)
-    gpu_seconds: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    gpu_seconds: Mapped[float] = mapped_column(sa.Float, default=0.0)  # credited (validated) device-seconds
+    probe: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)  # contract.workers.HardwareProbe
+    reputation: Mapped[float] = mapped_column(sa.Float, default=0.5, server_default="0.5")
+    validated_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    trusted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())  # copied from its token
 
 
 class JobModel(Base):
@@ -143,6 +170,10 @@ class JobModel(Base):
     started_at: Mapped[dt.datetime | None]
     ended_at: Mapped[dt.datetime | None]
     updated_at: Mapped[dt.datetime]
+    kind: Mapped[str] = mapped_column(sa.String(16), default=JobKind.USER, server_default="user")
+    # a replay job: the job and attempt it checks
+    replay_of: Mapped[str | None] = mapped_column(sa.String(32), index=True)
+    replay_attempt: Mapped[int | None]
 
     attempts: Mapped[list[AttemptModel]] = relationship(
         back_populates="job", order_by="AttemptModel.n", cascade="all, delete-orphan"
@@ -166,6 +197,9 @@ class AttemptModel(Base):
     limit_hit: Mapped[str | None] = mapped_column(sa.Text)  # the worker limit that stopped it, as reported
     stderr_tail: Mapped[list[Any] | None] = mapped_column(sa.JSON)  # last stderr lines, read from its log at finish
     logs_persisted: Mapped[bool] = mapped_column(default=False)
+    validation: Mapped[str | None] = mapped_column(sa.String(16))  # Validation; NULL: not sampled
+    device_seconds: Mapped[float] = mapped_column(sa.Float, default=0.0, server_default="0")
+    credit: Mapped[str | None] = mapped_column(sa.String(16))  # Credit; NULL: nothing to credit
 
     job: Mapped[JobModel] = relationship(back_populates="attempts")
 

@@ -7,8 +7,10 @@ worker that was presumed dead (and whose job now runs elsewhere as attempt n+1) 
 
 from __future__ import annotations
 
+import json
+import logging
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, cast
@@ -16,13 +18,14 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from contract.attempts import FinishRequest, MetricIn
+from contract.attempts import CHECKPOINT_MARKER, FinishRequest, MetricIn
 from contract.errors import ErrorCode
 from scheduler.db import (
     ApiTokenModel,
     ArtifactModel,
     AttemptModel,
     AttemptState,
+    JobKind,
     JobModel,
     JobState,
     MetricModel,
@@ -30,8 +33,11 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import BadRequest, Forbidden, InvalidRequest, LengthRequired, NotFound, StaleAttempt
-from scheduler.services.usage import gpu_seconds_of
+from scheduler.services import matching, validation
+from scheduler.services.usage import record_attempt_end
 from scheduler.storage import Storage, attempt_key
+
+log = logging.getLogger(__name__)
 
 WRITABLE = (AttemptState.RUNNING,)
 
@@ -40,6 +46,7 @@ WRITABLE = (AttemptState.RUNNING,)
 class Fenced:
     job: JobModel
     attempt: AttemptModel
+    verdict: validation.Verdict | None = None  # finish of a replay: what it decided about the checked attempt
 
 
 def fence(session: Session, token: ApiTokenModel, job_id: str, n: int, allowed: tuple[str, ...]) -> Fenced:
@@ -85,36 +92,97 @@ def start(session: Session, token: ApiTokenModel, job_id: str, n: int) -> Fenced
 
 
 @dataclass
+class Placement:
+    """How the attempt runs: its launcher and, per requested group, the devices of the worker it holds."""
+
+    launcher: str
+    devices: list[tuple[str, str, list[int]]]  # (job group name, device type offered, device indexes)
+
+
+def placement(session: Session, job: JobModel) -> Placement:
+    """What ``start`` tells the worker: the job's launcher and the devices the dispatcher gave the attempt."""
+    request = job.request or {}
+    launcher = str(request.get("launcher") or "python")
+    worker = session.get(WorkerModel, job.worker_id) if job.worker_id else None
+    if worker is None:
+        return Placement(launcher, [])
+    groups = list(worker.device_groups or [])
+    offers = tuple(matching.Offer.from_dict(g) for g in groups)
+    wanted = list(request.get("device_groups") or [{"name": "default"}])
+    devices = []
+    for k, (idx, held) in enumerate(matching.held_devices(job.slots, offers)):
+        name = str(wanted[k].get("name", "default")) if k < len(wanted) else f"group{k}"
+        devices.append((name, str(groups[idx].get("device_type", "cpu")), list(held)))
+    return Placement(launcher, devices)
+
+
+@dataclass
 class ResumePoint:
     attempt: int
     checkpoint: str  # "output/<folder>"
-    files: list[ArtifactModel]
+    files: list[ArtifactModel]  # without the marker
+    marker: ArtifactModel | None = None
 
 
-def resume_files(session: Session, job: JobModel) -> ResumePoint | None:
-    """The checkpoint the next attempt resumes from, chosen by the platform, never by a folder's name.
+def resume_candidates(session: Session, job: JobModel) -> list[ResumePoint]:
+    """The checkpoints the next attempt could resume from, best first, chosen by the platform, never by a name.
 
-    Candidates are the checkpoint folders (``output/<folder>/...``) whose files the platform recorded for an earlier
-    attempt of this job: every upload passed the fence, so only the worker assigned that attempt could write them,
-    while it held the assignment. The latest such attempt wins, and within it the folder recorded last (the
-    highest artifact row id: the worker uploads each folder as it appears, so the last recorded is the newest
-    save). A name like ``checkpoint-999999`` counts for nothing.
+    Candidates are the checkpoint folders (``output/<folder>/...``) of earlier attempts of this job whose
+    completion marker (``contract.attempts.CHECKPOINT_MARKER``) the platform recorded: every upload passed the
+    fence, so only the worker assigned that attempt could write them, while it held the assignment. Later attempts
+    first, and within one the folder whose marker was recorded last (the highest row id: the worker marks each
+    folder after its files, as it appears). A name like ``checkpoint-999999`` counts for nothing. Whether a
+    candidate is complete is ``first_complete``'s to check (it reads the markers from storage, outside any
+    transaction). A replay gets the resume point of the attempt it checks.
     """
+    job_id, before = job.id, job.attempt
+    if job.kind == JobKind.REPLAY and job.replay_of is not None and job.replay_attempt is not None:
+        # a replay starts where the checked attempt started: from that attempt's resume point, if it had one
+        job_id, before = job.replay_of, job.replay_attempt
     rows = session.scalars(
         sa.select(ArtifactModel)
         .where(
-            ArtifactModel.job_id == job.id, ArtifactModel.attempt < job.attempt, ArtifactModel.path.like("output/%/%")
+            ArtifactModel.job_id == job_id, ArtifactModel.attempt < before, ArtifactModel.path.like("output/%/%")
         )
         .order_by(ArtifactModel.attempt.desc(), ArtifactModel.id.desc())
     ).all()
-    if not rows:
-        return None
-    newest = rows[0]
-    checkpoint = "/".join(newest.path.split("/")[:2])
-    files = sorted(
-        (r for r in rows if r.attempt == newest.attempt and r.path.startswith(checkpoint + "/")), key=lambda r: r.path
-    )
-    return ResumePoint(newest.attempt, checkpoint, files)
+    out = []
+    for row in rows:
+        parts = row.path.split("/")
+        if len(parts) != 3 or parts[2] != CHECKPOINT_MARKER:
+            continue
+        checkpoint = "/".join(parts[:2])
+        files = sorted(
+            (r for r in rows
+             if r.attempt == row.attempt and r.path.startswith(checkpoint + "/") and r.path != row.path),
+            key=lambda r: r.path,
+        )
+        out.append(ResumePoint(row.attempt, checkpoint, files, marker=row))
+    return out
+
+
+def first_complete(candidates: list[ResumePoint], read: Callable[[str], bytes]) -> ResumePoint | None:
+    """The first candidate whose marker lists exactly files recorded with those sizes; ``read`` gets a stored
+    object's bytes. A marker that does not parse, or names a file missing or of another size, rules its folder
+    out (a folder whose upload was cut short, or a marker from a broken worker)."""
+    for point in candidates:
+        if point.marker is None:
+            continue
+        try:
+            listed = json.loads(read(point.marker.key))["files"]
+            if not isinstance(listed, dict):
+                raise TypeError("files is not an object")
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            log.warning("job %s: checkpoint %s of attempt %s has an unreadable marker (%s); skipped",
+                        point.marker.job_id, point.checkpoint, point.attempt, exc)
+            continue
+        recorded = {r.path[len(point.checkpoint) + 1:]: r.size for r in point.files}
+        if listed and recorded == listed:
+            return point
+        log.warning("job %s: checkpoint %s of attempt %s is incomplete (%d of %d files as listed); skipped",
+                    point.marker.job_id, point.checkpoint, point.attempt,
+                    sum(recorded.get(k) == v for k, v in listed.items()), len(listed))
+    return None
 
 
 def add_metrics(session: Session, token: ApiTokenModel, job_id: str, n: int, records: list[MetricIn]) -> int:
@@ -239,7 +307,9 @@ def plan_finish(session: Session, token: ApiTokenModel, job_id: str, n: int, bod
         attempt = session.scalar(sa.select(AttemptModel).where(AttemptModel.job_id == job_id, AttemptModel.n == n))
         states = {body.state, "cancelled"} if body.state == "failed" else {body.state}
         if job is not None and attempt is not None and job.attempt == n and attempt.state in states:
-            return FinishPlan(job.user_id, attempt.state, done=True)
+            # the same answer as the first time: a sampled success left the job validating
+            same = JobState.VALIDATING if job.state == JobState.VALIDATING else attempt.state
+            return FinishPlan(job.user_id, same, done=True)
         raise
     return FinishPlan(f.job.user_id, _end_state(f.job, body), done=False)
 
@@ -252,8 +322,11 @@ def worker_name(session: Session, attempt: AttemptModel) -> str:
 
 def finish(
     session: Session, token: ApiTokenModel, job_id: str, n: int, body: FinishRequest,
-    stderr_tail: list[str] | None = None,
+    policy: validation.ReplayPolicy | None = None, stderr_tail: list[str] | None = None,
 ) -> Fenced:
+    """End the attempt. A donor's success may be sampled for a replay (the job is then ``validating``); the end of
+    a replay judges the attempt it checked (``Fenced.verdict``). ``policy`` None: no spot checks. ``stderr_tail``:
+    the last stderr lines of its log (``Job.failure``)."""
     f = fence(session, token, job_id, n, (AttemptState.ASSIGNED, AttemptState.RUNNING))
     now = utcnow()
     job, attempt = f.job, f.attempt
@@ -270,13 +343,20 @@ def finish(
         session.rollback()
         raise StaleAttempt(f"attempt {n} of job {job_id} ended already", fields={})
     worker = session.get(WorkerModel, attempt.worker_id) if attempt.worker_id else None
+    record_attempt_end(attempt, job, worker, now)
     if worker is not None:
-        worker.gpu_seconds += gpu_seconds_of(attempt, job, worker, now)
         worker.jobs_run += 1
     job.state = state
     job.ended_at = now
     job.updated_at = now
     job.error = body.error if state == "failed" else None
     job.slots = None
+    if policy is not None and job.kind == JobKind.REPLAY:
+        f.verdict = validation.conclude(session, job, state, policy)
+    elif (
+        policy is not None and state == JobState.SUCCEEDED and worker is not None
+        and validation.should_sample(worker, policy)
+    ):
+        validation.start_replay(session, job, attempt, policy.steps)
     session.commit()
     return f

@@ -24,6 +24,7 @@ from scheduler.db import (
     AttemptModel,
     AttemptState,
     Database,
+    JobKind,
     JobModel,
     JobState,
     WorkerModel,
@@ -33,6 +34,7 @@ from scheduler.db import (
 from scheduler.services import matching
 from scheduler.services.liveness import LeaseGate, latest_heartbeat
 from scheduler.services.requeue import Requeued, requeue_active_jobs, requeue_jobs
+from scheduler.services.validation import ReplayPolicy, unverified_workers
 
 log = logging.getLogger(__name__)
 
@@ -61,47 +63,78 @@ def _chunks(seq: list, n: int = CHUNK) -> Iterator[list]:
         yield seq[i : i + n]
 
 
-def plan_round(session: Session, now: dt.datetime) -> tuple[matching.Plan, dict[str, tuple]]:
+def plan_round(
+    session: Session, now: dt.datetime, policy: ReplayPolicy | None = None
+) -> tuple[matching.Plan, dict[str, tuple]]:
+    """Read what the matcher needs. Donors below ``policy.min_reputation`` are left out (they get no jobs); a
+    replay job may go only to a trusted worker other than the donor it checks; a job never goes back to a worker
+    whose attempt of it failed a spot check."""
+    policy = policy or ReplayPolicy()
     workers_rows = session.execute(
         sa.select(
             WorkerModel.id, WorkerModel.device_groups, WorkerModel.state, WorkerModel.lease_expires_at,
-            WorkerModel.isolation,
+            WorkerModel.isolation, WorkerModel.trusted, WorkerModel.reputation, WorkerModel.validated_attempts,
         )
     ).all()
-    busy: dict[str, set[int]] = {}
+    offers = {row[0]: tuple(matching.Offer.from_dict(g) for g in row[1]) for row in workers_rows}
+    in_use: dict[str, dict[int, set[int]]] = {}
     for wid, slots in session.execute(
         sa.select(JobModel.worker_id, JobModel.slots).where(
             JobModel.state.in_([s.value for s in ACTIVE_JOB_STATES]), JobModel.worker_id.is_not(None)
         )
     ):
-        busy.setdefault(wid, set()).update(slots or [])
+        for idx, devices in matching.held_devices(slots, offers.get(wid, ())):
+            in_use.setdefault(wid, {}).setdefault(idx, set()).update(devices)
     views = [
         matching.WorkerView(
             wid,
-            tuple(matching.Offer.from_dict(g) for g in groups),
+            offers[wid],
             live=state == WorkerState.LIVE and lease > now,
-            busy=frozenset(busy.get(wid, ())),
             sandboxed=matching.is_sandboxed(isolation),
+            trusted=bool(trusted) or (reputation >= policy.trusted_reputation
+                                      and validated >= policy.trusted_min_validated),
+            in_use={i: frozenset(d) for i, d in in_use.get(wid, {}).items()},
         )
-        for wid, groups, state, lease, isolation in workers_rows
+        for wid, _groups, state, lease, isolation, trusted, reputation, validated in workers_rows
+        if trusted or reputation >= policy.min_reputation
     ]
     rows = session.execute(
         sa.select(
             JobModel.id, JobModel.user_id, JobModel.request, JobModel.attempt, JobModel.pending_reason,
-            JobModel.queued_at,
+            JobModel.queued_at, JobModel.kind, JobModel.replay_of, JobModel.replay_attempt,
         )
         .where(JobModel.state == JobState.QUEUED)
         .order_by(JobModel.created_at, JobModel.id)
     ).all()
+    retried = [r[0] for r in rows if r[3] > 0]
+    avoid: dict[str, frozenset[str]] = {}
+    for chunk in _chunks(retried):
+        avoid.update(unverified_workers(session, chunk))
+    checked = [(r[7], r[8]) for r in rows if r[6] == JobKind.REPLAY and r[7] is not None]
+    donors: dict[tuple[str, int], str] = {}
+    for chunk in _chunks(checked):
+        donors.update({
+            (jid, n): str(wid)
+            for jid, n, wid in session.execute(
+                sa.select(AttemptModel.job_id, AttemptModel.n, AttemptModel.worker_id).where(
+                    AttemptModel.job_id.in_({j for j, _ in chunk}), AttemptModel.worker_id.is_not(None)
+                )
+            )
+        })
     needs_cache: dict[str, tuple[matching.Need, ...]] = {}
     queued = []
     info: dict[str, tuple] = {}
-    for jid, uid, request, attempt, reason, queued_at in rows:
+    for jid, uid, request, attempt, reason, queued_at, kind, replay_of, replay_attempt in rows:
         key = repr(request)
         needs = needs_cache.get(key)
         if needs is None:
             needs = needs_cache[key] = matching.needs_from_request(request)
-        queued.append(matching.QueuedJob(jid, uid, needs, bool(request.get("allow_unsandboxed"))))
+        replay = kind == JobKind.REPLAY
+        donor = donors.get((replay_of, replay_attempt)) if replay else None
+        queued.append(matching.QueuedJob(
+            jid, uid, needs, bool(request.get("allow_unsandboxed")), trusted_only=replay,
+            avoid=frozenset({donor}) if donor else avoid.get(jid, frozenset()),
+        ))
         info[jid] = (attempt, reason, queued_at)
     users = list({q.user_id for q in queued})
     priority: dict[str, tuple] = {}
@@ -123,12 +156,12 @@ def plan_round(session: Session, now: dt.datetime) -> tuple[matching.Plan, dict[
     return matching.plan(views, queued, priority), info
 
 
-def dispatch_round(db: Database, celery_app: object) -> RoundResult:
+def dispatch_round(db: Database, celery_app: object, policy: ReplayPolicy | None = None) -> RoundResult:
     result = RoundResult()
     now = utcnow()
     t0 = time.perf_counter()
     with db.session() as session:
-        plan, info = plan_round(session, now)
+        plan, info = plan_round(session, now, policy)
         result.plan_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         if plan.assignments:
@@ -146,7 +179,7 @@ def dispatch_round(db: Database, celery_app: object) -> RoundResult:
                     pending_reason=None,
                 ),
                 [
-                    dict(b_id=a.job_id, b_worker=a.worker_id, b_slots=list(a.slots), b_attempt=info[a.job_id][0] + 1)
+                    dict(b_id=a.job_id, b_worker=a.worker_id, b_slots=a.stored_slots(), b_attempt=info[a.job_id][0] + 1)
                     for a in plan.assignments
                 ],
             )

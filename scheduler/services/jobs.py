@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from types import SimpleNamespace
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 from contract.archive import DEFAULT_LIMITS, ArchiveLimits
 from contract.errors import ErrorCode
 from contract.jobs import (
+    LAUNCHERS,
     Attempt,
     InspectResponse,
     Job,
@@ -29,6 +31,7 @@ from scheduler.db import (
     TERMINAL_JOB_STATES,
     AttemptModel,
     AttemptState,
+    JobKind,
     JobModel,
     JobState,
     UserModel,
@@ -41,7 +44,14 @@ from scheduler.errors import Conflict, InvalidRequest, NotFound
 from scheduler.services import matching
 from scheduler.services import queue as queue_service
 from scheduler.services.failures import failure_of, phase_of
-from scheduler.services.script_inspection import ARCHIVE_RULE, Inspection, inspect_source, read_bundle
+from scheduler.services.script_inspection import (
+    ARCHIVE_RULE,
+    LAUNCHER_HINT,
+    Inspection,
+    decide_launcher,
+    inspect_source,
+    read_bundle,
+)
 from scheduler.storage import Storage, bundle_key
 
 
@@ -144,17 +154,21 @@ def prepare(
     request: str | None,
     allow_unsandboxed: str | None = None,
     limits: ArchiveLimits = DEFAULT_LIMITS,
+    launcher: str | None = None,
     env: str | None = None,
     args: str | None = None,
 ) -> Submission:
     """Validate a submission completely before anything is stored; raises ``InvalidRequest`` with every problem.
 
     ``allow_unsandboxed`` (a form field) opts the job out of the sandbox requirement, as does
-    ``allow_unsandboxed: true`` inside ``request``. CPU-bound (a zip is inflated once to check it, the script is
+    ``allow_unsandboxed: true`` inside ``request``. ``launcher`` (a form field) wins over ``request.launcher``,
+    which wins over what the script reader decided. CPU-bound (a zip is inflated once to check it, the script is
     parsed): run it in a worker thread."""
     problems: list[tuple[str, str]] = []
     override = parse_request(request, problems)
     opt_out = parse_flag(allow_unsandboxed, "allow_unsandboxed", problems)
+    if launcher is not None and launcher.strip() and launcher.strip() not in LAUNCHERS:
+        problems.append(("launcher", f"launcher must be one of {', '.join(LAUNCHERS)}, not {launcher[:40]!r}"))
     job_env = parse_json_field(env, "env", env_problems, problems)
     job_args = parse_json_field(args, "args", args_problems, problems)
     bundle, bundle_problems = read_bundle(filename, data, entrypoint or None, limits)
@@ -175,6 +189,16 @@ def prepare(
     job_name = (name or "").strip() or PurePosixPath(filename).stem or "job"
     job_request = dict(override or inspection.request())
     job_request["allow_unsandboxed"] = bool(opt_out or job_request.get("allow_unsandboxed"))
+    # the form field, then the request's own field; either means the owner decided
+    chosen = (launcher or "").strip() or (override or {}).get("launcher")
+    if chosen:  # the reader's doubts no longer apply
+        inspection.warnings = [w for w in inspection.warnings if LAUNCHER_HINT not in w]
+    elif override is not None:  # the request's groups, run the way the script's mode says
+        chosen = decide_launcher(
+            inspection.mode, job_request["device_groups"], mode_unread=inspection.mode_unread, ranks_unread=False,
+            warnings=inspection.warnings,
+        )
+    job_request["launcher"] = chosen or inspection.launcher
     return Submission(
         job_id=new_id(),
         bundle_zip=bundle.zip_bytes,
@@ -201,35 +225,39 @@ def worker_views(session: Session, *, live_only: bool = False) -> list[matching.
 
 
 def create_job(session: Session, storage: Storage, user: UserModel, sub: Submission) -> JobModel:
-    """Store the bundle, then commit the row; on a failed commit the bundle is removed again."""
-    catalog = matching.ShapeCatalog(worker_views(session))
-    needs = matching.needs_from_request(sub.request)
-    reason = catalog.hold_reason(needs, bool(sub.request.get("allow_unsandboxed"))) or "waiting for the dispatcher"
-    session.rollback()  # end the read transaction: no storage call inside a DB transaction
+    """Store the bundle, then insert the row; on any database error the bundle is removed again.
+
+    The bundle goes first, before the session opens a transaction (no storage call inside one); then a single
+    transaction reads the worker shapes (for the hold reason) and inserts the job."""
+    session.rollback()  # a caller's read transaction ends here: no storage call inside a DB transaction
     key = bundle_key(user.id, sub.job_id)
     size = storage.put_bytes(key, sub.bundle_zip)
-    now = utcnow()
-    job = JobModel(
-        id=sub.job_id,
-        user_id=user.id,
-        name=sub.name,
-        state=JobState.QUEUED,
-        entrypoint=sub.entrypoint,
-        request=sub.request,
-        warnings=sub.inspection.warnings,
-        bundle_key=key,
-        bundle_size=size,
-        attempt=0,
-        pending_reason=reason,
-        env=sub.env or None,
-        args=sub.args or None,
-        resubmitted_from=sub.resubmitted_from,
-        created_at=now,
-        queued_at=now,
-        updated_at=now,
-    )
-    session.add(job)
     try:
+        catalog = matching.ShapeCatalog(worker_views(session))
+        needs = matching.needs_from_request(sub.request)
+        reason = catalog.hold_reason(needs, bool(sub.request.get("allow_unsandboxed"))) or "waiting for the dispatcher"
+        now = utcnow()
+        job = JobModel(
+            id=sub.job_id,
+            user_id=user.id,
+            name=sub.name,
+            state=JobState.QUEUED,
+            entrypoint=sub.entrypoint,
+            request=sub.request,
+            warnings=sub.inspection.warnings,
+            bundle_key=key,
+            bundle_size=size,
+            attempt=0,
+            pending_reason=reason,
+            env=sub.env or None,
+            args=sub.args or None,
+            resubmitted_from=sub.resubmitted_from,
+            created_at=now,
+            queued_at=now,
+            updated_at=now,
+            attempts=[],  # a new job has none: set, so that showing it loads nothing
+        )
+        session.add(job)
         session.commit()
     except Exception:
         session.rollback()
@@ -242,15 +270,40 @@ def get_job(session: Session, user: UserModel, job_id: str) -> JobModel:
     job = session.scalar(
         sa.select(JobModel).options(selectinload(JobModel.attempts)).where(JobModel.id == job_id)
     )
-    if job is None or job.user_id != user.id:
+    if job is None or job.user_id != user.id or job.kind != JobKind.USER:  # replays are the platform's
         raise NotFound(f"no job {job_id!r}", code=ErrorCode.JOB_NOT_FOUND)  # another user's job is 404, not 403
     return job
 
 
+# A listing is the API's most frequent call: its statements are built once (bind parameters, so SQLAlchemy's
+# compiled cache hits) and read as plain rows, not ORM objects, which cost it more than the database did.
+_JOBS = JobModel.__table__
+_ATTEMPTS = AttemptModel.__table__
+_MINE = sa.and_(_JOBS.c.user_id == sa.bindparam("user_id"), _JOBS.c.kind == JobKind.USER.value)  # replays: platform's
+_IN_STATES = _JOBS.c.state.in_(sa.bindparam("states", expanding=True))
+_COUNT = sa.select(sa.func.count()).select_from(_JOBS)
+_PAGE = (
+    sa.select(_JOBS)
+    .order_by(_JOBS.c.created_at.desc(), _JOBS.c.id.desc())
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+    .offset(sa.bindparam("offset", type_=sa.Integer))
+)
+_STATEMENTS = {
+    False: (_COUNT.where(_MINE), _PAGE.where(_MINE)),
+    True: (_COUNT.where(_MINE, _IN_STATES), _PAGE.where(_MINE, _IN_STATES)),
+}
+_PAGE_ATTEMPTS = (
+    sa.select(_ATTEMPTS)
+    .where(_ATTEMPTS.c.job_id.in_(sa.bindparam("job_ids", expanding=True)))
+    .order_by(_ATTEMPTS.c.job_id, _ATTEMPTS.c.n)
+)
+
+
 def list_jobs(
     session: Session, user: UserModel, state: str | None, limit: int, offset: int
-) -> tuple[list[JobModel], int]:
-    cond = [JobModel.user_id == user.id]
+) -> tuple[list[Any], dict[str, list[Any]], int]:
+    """A page of the user's jobs, newest first: (job rows, their attempt rows by job id, the total)."""
+    states: list[str] = []
     if state:
         states = [s.strip().lower() for s in state.split(",") if s.strip()]
         unknown = [s for s in states if s not in {x.value for x in JobState}]
@@ -259,17 +312,17 @@ def list_jobs(
                 f"unknown state {', '.join(unknown)}; use one of {', '.join(s.value for s in JobState)}",
                 fields={"state": "unknown state"},
             )
-        cond.append(JobModel.state.in_(states))
-    total = session.scalar(sa.select(sa.func.count()).select_from(JobModel).where(*cond)) or 0
-    items = session.scalars(
-        sa.select(JobModel)
-        .options(selectinload(JobModel.attempts))
-        .where(*cond)
-        .order_by(JobModel.created_at.desc(), JobModel.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    return list(items), int(total)
+    count, page = _STATEMENTS[bool(states)]
+    params: dict[str, Any] = {"user_id": user.id, "limit": limit, "offset": offset}
+    if states:
+        params["states"] = states
+    total = session.scalar(count, params) or 0
+    items = list(session.execute(page, params).all()) if total > offset else []
+    attempts: dict[str, list[Any]] = {}
+    if items:
+        for a in session.execute(_PAGE_ATTEMPTS, {"job_ids": [j.id for j in items]}):
+            attempts.setdefault(a.job_id, []).append(a)
+    return items, attempts, int(total)
 
 
 @dataclass
@@ -287,7 +340,8 @@ def cancel_job(session: Session, user: UserModel, job_id: str) -> CancelResult:
             raise Conflict(f"job {job_id} has already ended ({job.state})", code=ErrorCode.JOB_ENDED)
         if job.state == JobState.CANCELLING:
             return CancelResult(job, False)
-        if job.state in (JobState.QUEUED, JobState.ASSIGNED):
+        if job.state in (JobState.QUEUED, JobState.ASSIGNED, JobState.VALIDATING):
+            # validating: no worker runs it any more; its replay still finishes and still judges the donor
             values = dict(state=JobState.CANCELLED, ended_at=now, updated_at=now, slots=None, pending_reason=None)
         else:
             values = dict(state=JobState.CANCELLING, updated_at=now)
@@ -327,7 +381,7 @@ def stored_request(raw: Any) -> tuple[StoredRequest, list[str]]:
         return StoredRequest(device_groups=[]), ["the stored resource request could not be read; cancel and resubmit"]
 
 
-def worker_names(session: Session, jobs: list[JobModel]) -> dict[str, str]:
+def worker_names(session: Session, jobs: list[Any]) -> dict[str, str]:
     """Worker id -> name for every worker the jobs (and their attempts) ran on, in one query."""
     ids = {j.worker_id for j in jobs if j.worker_id} | {a.worker_id for j in jobs for a in j.attempts if a.worker_id}
     if not ids:
@@ -335,15 +389,16 @@ def worker_names(session: Session, jobs: list[JobModel]) -> dict[str, str]:
     return dict(session.execute(sa.select(WorkerModel.id, WorkerModel.name).where(WorkerModel.id.in_(ids))).all())
 
 
-def _duration_s(job: JobModel) -> float | None:
+def _duration_s(job: Any) -> float | None:
     if job.started_at is None:
         return None
     return max(0.0, ((job.ended_at or utcnow()) - job.started_at).total_seconds())
 
 
 def job_model_to_job(
-    job: JobModel, estimate: queue_service.Estimate | None = None, names: dict[str, str] | None = None
+    job: Any, estimate: queue_service.Estimate | None = None, names: dict[str, str] | None = None
 ) -> Job:
+    """The job as the API shows it, from a ``JobModel`` or a page row carrying its ``attempts`` (``list_jobs``)."""
     request, request_warnings = stored_request(job.request)
     names = names or {}
     return Job(
@@ -361,7 +416,7 @@ def job_model_to_job(
         worker_name=names.get(job.worker_id) if job.worker_id else None,
         queue_position=estimate.position if estimate else None,
         expected_start_at=estimate.expected_start_at if estimate else None,
-        pending_reason=job.pending_reason if job.state == "queued" else None,
+        pending_reason=job.pending_reason if job.state in ("queued", "validating") else None,
         env={str(k): str(v) for k, v in (job.env or {}).items()},
         args=[str(a) for a in (job.args or [])],
         resubmitted_from=job.resubmitted_from,
@@ -376,7 +431,7 @@ def job_model_to_job(
             Attempt(
                 n=a.n, worker_id=a.worker_id, worker_name=names.get(a.worker_id) if a.worker_id else None,
                 state=a.state, assigned_at=a.assigned_at, started_at=a.started_at,
-                ended_at=a.ended_at, exit_code=a.exit_code, error=a.error,
+                ended_at=a.ended_at, exit_code=a.exit_code, error=a.error, validation=a.validation,
             )
             for a in job.attempts
         ],
@@ -402,9 +457,10 @@ def views(session: Session, jobs: list[JobModel]) -> list[Job]:
 
 
 def submit(session: Session, storage: Storage, user: UserModel, sub: Submission) -> Job:
-    """Store a prepared submission and answer with the job as the API shows it."""
+    """Store a prepared submission and answer with the job as the API shows it (built from what was just
+    inserted: no reload)."""
     job = create_job(session, storage, user, sub)
-    return views(session, [get_job(session, user, job.id)])[0]
+    return views(session, [job])[0]
 
 
 def job_view(session: Session, user: UserModel, job_id: str) -> Job:
@@ -414,8 +470,10 @@ def job_view(session: Session, user: UserModel, job_id: str) -> Job:
 
 def job_page(session: Session, user: UserModel, state: str | None, limit: int, offset: int) -> JobList:
     """A page of the user's jobs, newest first, with queue estimates from a fixed number of queries."""
-    items, total = list_jobs(session, user, state, limit, offset)
-    return JobList(items=views(session, items), total=total)
+    items, attempts, total = list_jobs(session, user, state, limit, offset)
+    # plain rows (no ORM objects: half the API CPU of a page), each carrying its attempt rows
+    jobs = [SimpleNamespace(**row._mapping, attempts=attempts.get(row.id, [])) for row in items]
+    return JobList(items=views(session, jobs), total=total)
 
 
 def cancel_job_view(session: Session, user: UserModel, job_id: str) -> tuple[Job, bool]:
@@ -436,7 +494,11 @@ def prepare_resubmit(session: Session, user: UserModel, job_id: str, body: Resub
         problems.extend(env_problems(body.env))
     if body.args is not None:
         problems.extend(args_problems(body.args))
-    request = dict(original.request) if body.request is None else body.request.model_dump()
+    request = dict(original.request) if body.request is None else body.request.model_dump(exclude_none=True)
+    if body.request is not None and not body.request.launcher:  # new devices, launched the way the original was
+        was = (original.request or {}).get("launcher") or "python"
+        ranks = sum(int(g.get("ranks", 1)) for g in request.get("device_groups") or [])
+        request["launcher"] = was if was == "ray" else ("torchrun" if ranks > 1 else "python")
     warnings = [str(w) for w in original.warnings or []]
     if body.request is not None:
         warnings = [w for w in warnings if "DeviceGroup" not in w and "nproc" not in w]

@@ -1,9 +1,13 @@
 """Where a job is matched to a worker: pure functions over DeviceGroups, no database, no I/O.
 
-A worker offers DeviceGroups; each offered group is one *slot* and runs one job at a time. A job requests
-one or more DeviceGroups; it fits a worker when every requested group fits a *distinct* free offered group:
-same device family (``cuda``/``GPU`` -> gpu, ``cpu``/``CPU`` -> cpu, ``npu``; ``any`` fits every family),
-at least as many ranks, at least ``min_memory_gb`` per device.
+A worker offers DeviceGroups. An offered group is either a *pool* shared by count (``pooled``: a job takes as
+many of its devices as it needs, and several jobs run side by side on disjoint devices) or a static *slot* that
+runs one job at a time on all its devices (what a worker that says nothing offers). A job requests one or more
+DeviceGroups; it fits a worker when every requested group fits free devices of one offered group: same device
+family (``cuda``/``GPU`` -> gpu, ``cpu``/``CPU`` -> cpu, ``npu``; ``any`` fits every family), at least as many free
+devices (a static slot: as many ranks, and idle), at least ``min_memory_gb`` per device. Two requested groups may
+share one pool, never one static slot. The planner names the devices too (the lowest free indexes of the pool),
+so the worker gives each attempt its own (``CUDA_VISIBLE_DEVICES``, the torchrun world size, Ray's resources).
 
 Isolation: a worker declares how it isolates jobs (``bwrap``, ``container`` or ``none``). A job runs only on a
 sandboxed worker (anything but ``none``) unless its owner opted out (``allow_unsandboxed`` in its request); a job
@@ -11,11 +15,17 @@ held for that reason says so and names the opt-out.
 
 Order (``plan``): users take turns (round robin, the user whose oldest queued job is oldest goes first);
 within a user jobs go strictly first in, first out, except that a job no live worker could ever run is held
-(with its reason) and does not block the user's later jobs. Among free slots the smallest that fits wins
-(best fit), so big slots stay free for big jobs.
+(with its reason) and does not block the user's later jobs. Among free slots and pools the one with the fewest
+free devices that fits wins (best fit), so a half-used pool fills up before an idle one is cut into, and big
+slots stay free for big jobs.
 
-Speed: single-group jobs (the usual case) look their slot up in an index keyed by shape (family, ranks,
-memory) instead of scanning workers, so a round over 10,000 jobs and 1,000 workers is milliseconds.
+Trust (``scheduler.services.validation``): a replay job (``trusted_only``) goes only to a trusted worker, and no
+job goes to a worker in its ``avoid`` set (the donor a replay checks; workers whose attempt of it failed a spot
+check). Such jobs are rare and take the scanning path.
+
+Speed: single-group jobs (the usual case) look their slot up in an index keyed by shape (family, free count,
+memory; a pool is re-filed under its remaining free count after each take) instead of scanning workers, so a
+round over 10,000 jobs and 1,000 workers is milliseconds.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ class Offer:
     memory_gb: float | None = None
     device_model: str | None = None
     name: str = "default"
+    pooled: bool = False  # shared by count; else a static slot (one job at a time)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Offer:
@@ -53,6 +64,7 @@ class Offer:
             memory_gb=None if d.get("memory_gb") is None else float(d["memory_gb"]),
             device_model=d.get("device_model"),
             name=str(d.get("name", "default")),
+            pooled=bool(d.get("pooled", False)),
         )
 
 
@@ -87,47 +99,80 @@ def needs_from_request(request: Mapping[str, Any]) -> tuple[Need, ...]:
     return tuple(Need.from_dict(g) for g in groups)
 
 
-def offer_fits(offer: Offer, need: Need) -> bool:
+def kind_fits(offer: Offer, need: Need) -> bool:
+    """Device family and memory per device; the count is checked against what is free."""
     if need.family != "any" and offer.family != need.family:
-        return False
-    if offer.ranks < need.ranks:
         return False
     return need.min_memory_gb <= 0 or (offer.memory_gb is not None and offer.memory_gb >= need.min_memory_gb)
 
 
-def _offer_order(offer: Offer) -> tuple[int, float]:
-    return (offer.ranks, offer.memory_gb or 0.0)
+def offer_fits(offer: Offer, need: Need) -> bool:
+    """Whether the idle offered group could run ``need``."""
+    return kind_fits(offer, need) and offer.ranks >= need.ranks
 
 
 def fit_groups(
-    offers: Sequence[Offer], needs: Sequence[Need], free: Iterable[int] | None = None
+    offers: Sequence[Offer], needs: Sequence[Need], free: Iterable[int] | Mapping[int, int] | None = None
 ) -> tuple[int, ...] | None:
-    """Give each need a distinct offered slot (best fit, backtracking); ``None`` if impossible.
+    """Give each need an offered group with enough free devices (best fit, backtracking); ``None`` if impossible.
 
-    Returns the slot index chosen for each need, in the order of ``needs``.
+    ``free``: the idle groups (indexes), or the free device count of each group with any free; ``None``: all
+    idle. A static slot is taken whole by one need; a pool is shared by the needs while devices remain.
+    Returns the group index chosen for each need, in the order of ``needs``.
     """
-    candidates = sorted(range(len(offers)) if free is None else free, key=lambda i: _offer_order(offers[i]))
+    if free is None:
+        cap = {i: o.ranks for i, o in enumerate(offers)}
+    elif isinstance(free, Mapping):
+        cap = {i: n for i, n in free.items() if n > 0}
+    else:
+        cap = {i: offers[i].ranks for i in free}
+    # smallest free count first: best fit
+    candidates = sorted(cap, key=lambda i: (cap[i], offers[i].memory_gb or 0.0, i))
     # Hardest needs first keeps the backtracking shallow.
     order = sorted(range(len(needs)), key=lambda i: (-needs[i].ranks, -needs[i].min_memory_gb))
     chosen: dict[int, int] = {}
-    used: set[int] = set()
 
     def place(k: int) -> bool:
         if k == len(order):
             return True
         need = needs[order[k]]
         for slot in candidates:
-            if slot not in used and offer_fits(offers[slot], need):
-                used.add(slot)
-                chosen[order[k]] = slot
-                if place(k + 1):
-                    return True
-                used.discard(slot)
+            offer = offers[slot]
+            if cap[slot] < need.ranks or not kind_fits(offer, need):
+                continue
+            if not offer.pooled and cap[slot] != offer.ranks:
+                continue  # a static slot is taken whole, once
+            take = need.ranks if offer.pooled else cap[slot]
+            cap[slot] -= take
+            chosen[order[k]] = slot
+            if place(k + 1):
+                return True
+            cap[slot] += take
         return False
 
-    if len(needs) > len(candidates) or not place(0):
+    if not place(0):
         return None
     return tuple(chosen[i] for i in range(len(needs)))
+
+
+def held_devices(slots: Any, offers: Sequence[Offer]) -> list[tuple[int, tuple[int, ...]]]:
+    """What a job row's ``slots`` holds, as ``(group index, device indexes)``.
+
+    Stored as ``[{"slot": i, "devices": [...]}, ...]``; a bare index (rows written before pools) holds the whole
+    group. Entries naming a group the worker no longer offers are dropped.
+    """
+    out: list[tuple[int, tuple[int, ...]]] = []
+    for entry in slots or ():
+        if isinstance(entry, Mapping):
+            idx, devices = entry.get("slot"), entry.get("devices")
+        else:
+            idx, devices = entry, None
+        if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < len(offers):
+            continue
+        if devices is None:
+            devices = range(offers[idx].ranks)
+        out.append((idx, tuple(int(d) for d in devices)))
+    return out
 
 
 ISOLATIONS = ("bwrap", "container", "none")
@@ -140,13 +185,24 @@ def is_sandboxed(isolation: str | None) -> bool:
 
 @dataclass
 class WorkerView:
-    """A worker as the matcher sees it: its offers, which slots are busy, whether it runs jobs in a sandbox."""
+    """A worker as the matcher sees it: its offers, which slots are busy and which pooled devices are in use,
+    whether it runs jobs in a sandbox."""
 
     worker_id: str
     offers: tuple[Offer, ...]
     live: bool = True
-    busy: frozenset[int] = frozenset()
+    busy: frozenset[int] = frozenset()  # groups wholly taken
     sandboxed: bool = True
+    trusted: bool = False  # may run replays (a platform pool, or a donor of high reputation)
+    in_use: Mapping[int, frozenset[int]] = field(default_factory=dict)  # group -> device indexes held by jobs
+
+    def free_devices(self, slot: int) -> list[int]:
+        """The devices of offered group ``slot`` a new job may take (a static slot: all of them, or none)."""
+        offer = self.offers[slot]
+        used = self.in_use.get(slot, frozenset())
+        if slot in self.busy or (used and not offer.pooled):
+            return []
+        return [i for i in range(offer.ranks) if i not in used]
 
 
 @dataclass
@@ -155,13 +211,20 @@ class QueuedJob:
     user_id: str
     needs: tuple[Need, ...]
     allow_unsandboxed: bool = False  # the owner accepts a worker without a sandbox (a trusted pool)
+    trusted_only: bool = False  # a replay: only a trusted worker may run it
+    avoid: frozenset[str] = frozenset()  # workers it must not go to (the donor a replay checks; failed spot checks)
 
 
 @dataclass
 class Assignment:
     job_id: str
     worker_id: str
-    slots: tuple[int, ...]
+    slots: tuple[int, ...]  # the offered group of each requested group
+    devices: tuple[tuple[int, ...], ...] = ()  # the device indexes within it, per requested group
+
+    def stored_slots(self) -> list[dict[str, Any]]:
+        """The job row's ``slots`` (read back by ``held_devices``)."""
+        return [{"slot": s, "devices": list(d)} for s, d in zip(self.slots, self.devices, strict=True)]
 
 
 @dataclass
@@ -177,7 +240,9 @@ class ShapeCatalog:
         # (shape, sandboxed) -> [live, offline]
         self._shapes: dict[tuple[tuple[Offer, ...], bool], list[int]] = defaultdict(lambda: [0, 0])
         for w in workers:
-            shape = tuple(sorted(w.offers, key=lambda o: (o.family, o.ranks, o.memory_gb or 0.0)))
+            # device model and group name do not change what fits: leave them out so equal shapes share a key
+            offers = (Offer(o.family, o.ranks, o.memory_gb, pooled=o.pooled) for o in w.offers)
+            shape = tuple(sorted(offers, key=lambda o: (o.family, o.ranks, o.memory_gb or 0.0, o.pooled)))
             self._shapes[(shape, w.sandboxed)][0 if w.live else 1] += 1
         self._cache: dict[tuple[tuple[Need, ...], bool], tuple[int, int]] = {}
 
@@ -215,7 +280,7 @@ class ShapeCatalog:
             return f"held: only offline workers ({offline}) offer {wanted}; waiting for one to come back"
         if len(needs) == 1:
             return f"held: no registered worker offers {wanted}"
-        return f"held: no registered worker offers all of {wanted} as separate device groups"
+        return f"held: no registered worker offers all of {wanted} as separate device groups or from one pool"
 
     def busy_reason(self, needs: tuple[Need, ...], allow_unsandboxed: bool = False) -> str:
         live, _ = self.counts(needs, allow_unsandboxed)
@@ -223,34 +288,39 @@ class ShapeCatalog:
 
 
 class _FreeSlots:
-    """Free slots indexed by shape, so a single-group job finds its best fit without scanning workers."""
+    """Free devices indexed by shape (free count, memory), so a single-group job finds its best fit without
+    scanning workers. A static slot is filed under its full rank count while idle; a pool under its free count,
+    and again under the smaller count after each take."""
 
     def __init__(self, workers: Iterable[WorkerView]) -> None:
         self.offers: dict[str, tuple[Offer, ...]] = {}
-        self.free: dict[str, set[int]] = {}
+        self.devs: dict[str, dict[int, list[int]]] = {}  # worker -> group -> free device indexes (ascending)
         self.sandboxed: dict[str, bool] = {}
+        self.trusted: dict[str, bool] = {}
         # Buckets are keyed by (family, sandboxed), so a job that needs a sandbox never even looks at the others.
         buckets: dict[tuple[str, bool], dict[tuple[int, float], list[tuple[str, int]]]] = defaultdict(
             lambda: defaultdict(list)
         )
+        self.total = 0  # free devices in all
         for w in workers:
             if not w.live:
                 continue
-            free = {i for i in range(len(w.offers)) if i not in w.busy}
+            free = {i: devs for i in range(len(w.offers)) if (devs := w.free_devices(i))}
             if not free:
                 continue
             self.offers[w.worker_id] = w.offers
-            self.free[w.worker_id] = free
+            self.devs[w.worker_id] = free
             self.sandboxed[w.worker_id] = w.sandboxed
+            self.trusted[w.worker_id] = w.trusted
             for i in sorted(free, reverse=True):  # popped from the end: lowest slot first
                 o = w.offers[i]
-                buckets[(o.family, w.sandboxed)][(o.ranks, o.memory_gb or 0.0)].append((w.worker_id, i))
-        self.total = sum(len(s) for s in self.free.values())
+                buckets[(o.family, w.sandboxed)][(len(free[i]), o.memory_gb or 0.0)].append((w.worker_id, i))
+                self.total += len(free[i])
         # (family, sandboxed) -> sorted shapes, and shape -> stack of (worker, slot); stale entries are skipped lazily.
         self.shapes = {key: sorted(b) for key, b in buckets.items()}
         self.stacks = {key: dict(b) for key, b in buckets.items()}
 
-    def take_single(self, need: Need, allow_unsandboxed: bool = False) -> tuple[str, int] | None:
+    def take_single(self, need: Need, allow_unsandboxed: bool = False) -> tuple[str, int, tuple[int, ...]] | None:
         families = [
             key for key in self.shapes
             if (need.family == "any" or key[0] == need.family) and (key[1] or allow_unsandboxed)
@@ -272,43 +342,72 @@ class _FreeSlots:
             return None
         shape, fam = best
         wid, slot = self.stacks[fam][shape].pop()
-        self._use(wid, (slot,))
-        return wid, slot
+        devices = self._use(wid, ((slot, need.ranks),))[0]
+        rest = len(self.devs.get(wid, {}).get(slot, ()))
+        if rest:  # a pool with devices left: file it again under its new free count
+            key = (rest, shape[1])
+            stack = self.stacks[fam].get(key)
+            if stack is None:
+                stack = self.stacks[fam][key] = []
+                bisect.insort(self.shapes[fam], key)
+            stack.append((wid, slot))
+        return wid, slot, devices
 
     def _peek(self, fam: tuple[str, bool], shape: tuple[int, float]) -> tuple[str, int] | None:
         stack = self.stacks[fam][shape]
         while stack:
             wid, slot = stack[-1]
-            if slot in self.free.get(wid, ()):
+            if len(self.devs.get(wid, {}).get(slot, ())) == shape[0]:
                 return wid, slot
             stack.pop()
         return None
 
     def take_multi(
-        self, needs: tuple[Need, ...], allow_unsandboxed: bool = False
-    ) -> tuple[str, tuple[int, ...]] | None:
+        self, needs: tuple[Need, ...], allow_unsandboxed: bool = False, *, trusted_only: bool = False,
+        avoid: frozenset[str] = frozenset(),
+    ) -> tuple[str, tuple[int, ...], tuple[tuple[int, ...], ...]] | None:
+        """Scan the workers for the least wasteful fit; also the path of jobs restricted to some workers."""
         best: tuple[tuple[Any, ...], str, tuple[int, ...]] | None = None
-        for wid, free in self.free.items():
-            if len(free) < len(needs) or not (self.sandboxed[wid] or allow_unsandboxed):
+        wanted = sum(n.ranks for n in needs)
+        for wid, free in self.devs.items():
+            if not (self.sandboxed[wid] or allow_unsandboxed):
                 continue
-            slots = fit_groups(self.offers[wid], needs, free)
+            if wid in avoid or (trusted_only and not self.trusted[wid]):
+                continue
+            if sum(len(d) for d in free.values()) < wanted:
+                continue
+            slots = fit_groups(self.offers[wid], needs, {i: len(d) for i, d in free.items()})
             if slots is None:
                 continue
-            waste = (sum(self.offers[wid][s].ranks for s in slots), len(free))
+            waste = (sum(len(free[s]) for s in set(slots)), len(free))
             if best is None or waste < best[0]:
                 best = (waste, wid, slots)
         if best is None:
             return None
         _, wid, slots = best
-        self._use(wid, slots)
-        return wid, slots
+        offers = self.offers[wid]
+        # a static slot is taken whole; a pool gives each need its count
+        takes = tuple(
+            (s, n.ranks if offers[s].pooled else len(self.devs[wid][s])) for s, n in zip(slots, needs, strict=True)
+        )
+        return wid, slots, self._use(wid, takes)
 
-    def _use(self, wid: str, slots: tuple[int, ...]) -> None:
-        free = self.free[wid]
-        free.difference_update(slots)
-        self.total -= len(slots)
+    def _use(self, wid: str, takes: tuple[tuple[int, int], ...]) -> tuple[tuple[int, ...], ...]:
+        """Take ``count`` devices (the lowest free indexes) of each ``(group, count)``; a static slot all."""
+        free = self.devs[wid]
+        out = []
+        for slot, count in takes:
+            devs = free[slot]
+            if not self.offers[wid][slot].pooled:
+                count = len(devs)
+            out.append(tuple(devs[:count]))
+            del devs[:count]
+            self.total -= count
+            if not devs:
+                del free[slot]
         if not free:
-            del self.free[wid]
+            del self.devs[wid]
+        return tuple(out)
 
 
 def plan(
@@ -341,13 +440,20 @@ def plan(
             if hold is not None:
                 result.reasons[job.job_id] = hold
                 continue  # held jobs never block the user's later jobs
-            placed: tuple[str, tuple[int, ...]] | None = None
-            if pool.total >= len(job.needs):
-                if len(job.needs) == 1:
+            placed: tuple[str, tuple[int, ...], tuple[tuple[int, ...], ...]] | None = None
+            if pool.total >= sum(n.ranks for n in job.needs):
+                if job.trusted_only or job.avoid:
+                    placed = pool.take_multi(
+                        job.needs, job.allow_unsandboxed, trusted_only=job.trusted_only, avoid=job.avoid
+                    )
+                elif len(job.needs) == 1:
                     hit = pool.take_single(job.needs[0], job.allow_unsandboxed)
-                    placed = None if hit is None else (hit[0], (hit[1],))
+                    placed = None if hit is None else (hit[0], (hit[1],), (hit[2],))
                 else:
                     placed = pool.take_multi(job.needs, job.allow_unsandboxed)
+            if placed is None and job.trusted_only:  # the platform's replay never holds up the owner's jobs
+                result.reasons[job.job_id] = "waiting for a free trusted worker"
+                continue
             if placed is None:
                 result.reasons[job.job_id] = catalog.busy_reason(job.needs, job.allow_unsandboxed)
                 blocked = f"waiting behind job {job.job_id} (each user's jobs start in submission order)"
@@ -355,7 +461,7 @@ def plan(
                     result.reasons[later.job_id] = catalog.hold_reason(later.needs, later.allow_unsandboxed) or blocked
                 q.clear()
                 break
-            result.assignments.append(Assignment(job.job_id, placed[0], placed[1]))
+            result.assignments.append(Assignment(job.job_id, placed[0], placed[1], placed[2]))
             if q:
                 turn.append(user)
             break

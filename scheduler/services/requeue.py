@@ -7,8 +7,17 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from scheduler.db import ACTIVE_JOB_STATES, AttemptModel, AttemptState, JobModel, JobState, WorkerModel, utcnow
-from scheduler.services.usage import gpu_seconds_of
+from scheduler.db import (
+    ACTIVE_JOB_STATES,
+    AttemptModel,
+    AttemptState,
+    JobKind,
+    JobModel,
+    JobState,
+    WorkerModel,
+    utcnow,
+)
+from scheduler.services.usage import record_attempt_end
 
 
 @dataclass
@@ -39,9 +48,7 @@ def requeue_jobs(
             attempt.state = attempt_state
             attempt.ended_at = now
             attempt.error = reason
-            w = workers.get(job.worker_id or "")
-            if w is not None:
-                w.gpu_seconds += gpu_seconds_of(attempt, job, w, now)
+            record_attempt_end(attempt, job, workers.get(job.worker_id or ""), now)
         if job.state == JobState.CANCELLING:
             job.state, job.ended_at = JobState.CANCELLED, now
             message = f"attempt {job.attempt} ended ({reason}); the job was being cancelled, so it is cancelled"
@@ -57,6 +64,13 @@ def requeue_jobs(
         job.slots = None
         job.updated_at = now
         out.append(Requeued(job.id, job.user_id, job.attempt, job.state, message))
+        if job.kind == JobKind.REPLAY and job.state in (JobState.FAILED, JobState.CANCELLED):
+            from scheduler.services import validation  # validation credits through usage, as this module does
+
+            verdict = validation.conclude(session, job, "lost", validation.ReplayPolicy(max_attempts=max_attempts))
+            if verdict is not None:
+                out.append(Requeued(verdict.job_id, verdict.user_id, verdict.attempt, verdict.job_state,
+                                    verdict.message))
     return out
 
 

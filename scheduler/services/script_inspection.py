@@ -1,7 +1,11 @@
 """Static script inspection: read a job's DeviceGroups from its source with ``ast``; the script never runs.
 
 Reads ``DeviceGroup(name, ranks, device_type)`` calls (``ranks`` an int or a list of ints) and
-``twinkle.initialize(..., nproc_per_node=N)``. Arguments that are not literals produce a warning and a default.
+``twinkle.initialize(mode, nproc_per_node=N)``. Arguments that are not literals produce a warning and a default.
+
+The launcher follows from what was read (``decide_launcher``): ``mode='ray'`` -> ``ray``; local mode (the default)
+with more than one rank -> ``torchrun``; else ``python``. When the reader cannot tell (the mode or the ranks are
+not literals) it says so in a warning naming ``--launcher``, and the job's request decides.
 A bundle is a single ``.py`` file or a ``.zip`` holding the entrypoint; it is always stored as a zip.
 """
 
@@ -34,9 +38,11 @@ class Inspection:
     warnings: list[str] = field(default_factory=list)
     nproc_per_node: int | None = None
     mode: str | None = None
+    launcher: str = "python"
+    mode_unread: bool = False
 
     def request(self) -> dict[str, Any]:
-        return {"device_groups": self.device_groups}
+        return {"device_groups": self.device_groups, "launcher": self.launcher}
 
 
 @dataclass
@@ -194,12 +200,15 @@ def inspect_source(source: str, filename: str = "train.py") -> Inspection:
     warnings: list[str] = []
     nproc: int | None = None
     mode: str | None = None
+    mode_unread = ranks_unread = False
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
         name = _call_name(node.func)
         if name == "DeviceGroup":
+            before = len(warnings)
             groups.append(_read_group(node, filename, len(groups), warnings, constants))
+            ranks_unread = ranks_unread or any("ranks" in w for w in warnings[before:])
         elif name == "initialize":
             n = _arg(node, 1, "nproc_per_node")
             if n is not None:
@@ -210,9 +219,10 @@ def inspect_source(source: str, filename: str = "train.py") -> Inspection:
             m = _arg(node, 0, "mode")
             if m is not None:
                 try:
-                    mode = str(_literal(m))
+                    value = _folded(m, constants)  # a module constant (MODE = os.environ.get(..., "local")) too
+                    mode = None if value is None else str(value)
                 except (ValueError, TypeError, SyntaxError):
-                    mode = None
+                    mode, mode_unread = None, True
 
     if len(warnings) > MAX_WARNINGS:
         warnings[MAX_WARNINGS:] = [f"... and {len(warnings) - MAX_WARNINGS} more warnings"]
@@ -232,7 +242,35 @@ def inspect_source(source: str, filename: str = "train.py") -> Inspection:
     names = [g["name"] for g in groups]
     if len(set(names)) != len(names):
         warnings.append(f"DeviceGroup names repeat ({', '.join(names)}); each group is matched separately")
-    return Inspection(device_groups=groups, warnings=warnings, nproc_per_node=nproc, mode=mode)
+    launcher = decide_launcher(mode, groups, mode_unread=mode_unread, ranks_unread=ranks_unread, warnings=warnings)
+    return Inspection(
+        device_groups=groups, warnings=warnings, nproc_per_node=nproc, mode=mode, launcher=launcher,
+        mode_unread=mode_unread,
+    )
+
+
+LAUNCHER_HINT = "pass --launcher torchrun|python|ray (API: request.launcher or the launcher form field) to choose"
+
+
+def decide_launcher(
+    mode: str | None, groups: list[dict[str, Any]], *, mode_unread: bool, ranks_unread: bool, warnings: list[str]
+) -> str:
+    """``ray`` for Ray mode; ``torchrun`` for local mode with more than one rank; ``python`` otherwise. A warning
+    says when the script left it undecidable."""
+    def warn(text: str) -> str:
+        if text not in warnings:
+            warnings.append(text)
+        return "python"
+
+    if mode_unread:
+        return warn(f"twinkle.initialize(mode=...) is not a literal; launching with python; {LAUNCHER_HINT}")
+    if mode == "ray":
+        return "ray"
+    if mode not in (None, "local"):
+        return warn(f"unknown twinkle mode {mode!r}; launching with python; {LAUNCHER_HINT}")
+    if ranks_unread:
+        return warn(f"the ranks of a DeviceGroup are not a literal; launching with python; {LAUNCHER_HINT}")
+    return "torchrun" if sum(int(g.get("ranks", 1)) for g in groups) > 1 else "python"
 
 
 def _folded(node: ast.AST, names: _Names | None) -> Any:

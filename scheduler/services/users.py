@@ -68,13 +68,17 @@ def create_user_token(session: Session, user: UserModel) -> str:
     return token
 
 
-def create_worker_token(session: Session, owner: str) -> str:
+def create_worker_token(session: Session, owner: str, *, trusted: bool = False) -> str:
+    """A worker token of ``owner``; ``trusted`` marks a platform pool (never a donor): its attempts are not
+    spot-checked and its workers replay donors' attempts."""
     owner = owner.strip()
     if not owner or len(owner) > 128:
         raise InvalidRequest("owner must be 1 to 128 characters", fields={"owner": "1 to 128 characters"})
     token = _mint(WORKER_PREFIX)
     session.add(
-        ApiTokenModel(id=new_id(), token_hash=hash_token(token), kind="worker", owner=owner, created_at=utcnow())
+        ApiTokenModel(
+            id=new_id(), token_hash=hash_token(token), kind="worker", owner=owner, created_at=utcnow(), trusted=trusted
+        )
     )
     session.flush()
     return token

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from contract.errors import ErrorCode
-from contract.workers import AttemptRef, OfferedGroup
+from contract.workers import AttemptRef, HardwareProbe, OfferedGroup
 from scheduler.db import (
     ACTIVE_JOB_STATES,
     ApiTokenModel,
@@ -21,7 +22,10 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import NotFound
+from scheduler.services import matching
+from scheduler.services.hardware import check_claim
 from scheduler.services.requeue import Requeued, requeue_active_jobs
+from scheduler.services.usage import pending_seconds
 
 
 @dataclass
@@ -40,13 +44,20 @@ def register(
     lease_s: float,
     max_attempts: int,
     isolation: str = "none",
+    probe: HardwareProbe | None = None,
+    max_ranks: int = 64,
 ) -> Registration:
     """Register (or re-register) the worker ``name`` of this token.
 
     A worker that registers again has restarted, so whatever it was running is gone: its active jobs are
     requeued as their next attempt now rather than after the lease runs out. ``isolation`` is what the worker
     declares now (it may have lost or gained its sandbox since the last time).
+
+    The offered groups must fit in ``probe`` and the rank cap (``scheduler.services.hardware``), else 422 and
+    nothing changes. The probe is stored and shown by ``GET /workers``.
     """
+    check_claim(device_groups, probe, max_ranks=max_ranks)
+    probed = probe.model_dump() if probe is not None else None
     now = utcnow()
     worker = session.scalar(sa.select(WorkerModel).where(WorkerModel.token_id == token.id, WorkerModel.name == name))
     groups = [g.model_dump() for g in device_groups]
@@ -66,6 +77,8 @@ def register(
             lease_expires_at=now + dt.timedelta(seconds=lease_s),
             jobs_run=0,
             gpu_seconds=0.0,
+            probe=probed,
+            trusted=bool(token.trusted),
         )
         session.add(worker)
     else:
@@ -75,6 +88,8 @@ def register(
         worker.hostname = hostname or name
         worker.device_groups = groups
         worker.isolation = isolation
+        worker.probe = probed
+        worker.trusted = bool(token.trusted)
         worker.state = WorkerState.LIVE
         worker.registered_at = now
         worker.last_heartbeat_at = now
@@ -135,15 +150,27 @@ def heartbeat(
 class WorkerInfo:
     worker: WorkerModel
     running_jobs: int
+    pending_seconds: float = 0.0  # device-seconds waiting for a spot check
+    devices_in_use: list[tuple[str, str, list[int]]] = field(default_factory=list)  # (job, group, devices)
 
 
 def list_workers(session: Session) -> list[WorkerInfo]:
-    running = dict(
-        session.execute(
-            sa.select(JobModel.worker_id, sa.func.count())
-            .where(JobModel.state.in_([s.value for s in ACTIVE_JOB_STATES]))
-            .group_by(JobModel.worker_id)
-        ).all()
-    )
+    held: dict[str, list[tuple[str, Any]]] = {}
+    for job_id, worker_id, slots in session.execute(
+        sa.select(JobModel.id, JobModel.worker_id, JobModel.slots)
+        .where(JobModel.state.in_([s.value for s in ACTIVE_JOB_STATES]), JobModel.worker_id.is_not(None))
+        .order_by(JobModel.assigned_at, JobModel.id)
+    ):
+        held.setdefault(worker_id, []).append((job_id, slots))
     workers = session.scalars(sa.select(WorkerModel).order_by(WorkerModel.registered_at)).all()
-    return [WorkerInfo(w, int(running.get(w.id, 0))) for w in workers]
+    pending = pending_seconds(session)
+    out = []
+    for w in workers:
+        offers = tuple(matching.Offer.from_dict(g) for g in w.device_groups or [])
+        in_use = [
+            (job_id, offers[idx].name, list(devices))
+            for job_id, slots in held.get(w.id, [])
+            for idx, devices in matching.held_devices(slots, offers)
+        ]
+        out.append(WorkerInfo(w, len(held.get(w.id, [])), pending.get(w.id, 0.0), in_use))
+    return out

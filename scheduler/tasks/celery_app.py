@@ -14,6 +14,12 @@ Why a multi-hour job is never delivered twice:
 - A lost message (broker restart) is covered by ``START_DEADLINE_S``: an assignment nobody confirmed is
   dispatched again from the database, which is the source of truth.
 
+The dispatcher's producer has socket timeouts (``PRODUCER_TRANSPORT_OPTIONS``): without them a Redis that accepts
+connections but never answers (a paused server, a black-holed network) hangs the publish, and with it the
+dispatcher's whole loop, matcher and reaper alike. With them the round fails within seconds and is retried; what
+was not delivered is dispatched again at the start deadline. The worker's consumer keeps kombu's defaults: its
+BRPOP blocks by design.
+
 Routing: one queue per worker, ``worker.{worker_id}``, messages go by name with ``send_task`` (the task body
 lives in ``worker/``). Priorities would be separate queues, not Redis priorities.
 """
@@ -24,12 +30,20 @@ from celery import Celery
 
 from contract.tasks import CELERY_SHARED_CONFIG, TASK_RUN_ATTEMPT, VISIBILITY_TIMEOUT_S
 
-__all__ = ["TASK_RUN_ATTEMPT", "VISIBILITY_TIMEOUT_S", "celery_config", "make_celery"]
+__all__ = ["PRODUCER_TRANSPORT_OPTIONS", "TASK_RUN_ATTEMPT", "VISIBILITY_TIMEOUT_S", "celery_config", "make_celery"]
+
+PRODUCER_TRANSPORT_OPTIONS = {"socket_timeout": 5.0, "socket_connect_timeout": 3.0, "socket_keepalive": True}
+"""Seconds a publish may wait on Redis before the dispatcher's round fails (and is retried)."""
 
 
 def celery_config(broker_url: str) -> dict[str, object]:
-    """The dispatcher's (producer's) Celery settings: the shared ones, plus routing by queue name."""
-    return {**CELERY_SHARED_CONFIG, "broker_url": broker_url, "task_create_missing_queues": True, "task_routes": {}}
+    """The dispatcher's (producer's) Celery settings: the shared ones, plus routing by queue name and socket
+    timeouts on the broker connection."""
+    transport = {**CELERY_SHARED_CONFIG["broker_transport_options"], **PRODUCER_TRANSPORT_OPTIONS}
+    return {
+        **CELERY_SHARED_CONFIG, "broker_url": broker_url, "task_create_missing_queues": True, "task_routes": {},
+        "broker_transport_options": transport, "broker_connection_timeout": 3.0,
+    }
 
 
 def make_celery(broker_url: str) -> Celery:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from scheduler.runtime import Runtime
 from scheduler.services import dispatch, events
 from scheduler.services.liveness import LeaseGate, api_probe
+from scheduler.services.validation import ReplayPolicy
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def scheduled_tasks(rt: Runtime) -> list[Periodic]:
         return res
 
     def match() -> object:
-        res = dispatch.dispatch_round(rt.db, rt.celery)
+        res = dispatch.dispatch_round(rt.db, rt.celery, ReplayPolicy.from_settings(s))
         if res.assigned:
             log.info("dispatched %d job(s), %d waiting", len(res.assigned), res.waiting)
         return res

@@ -25,6 +25,9 @@ def make_settings(tmp_path: Path, *, database_url: str | None = None, redis_url:
         lease_s=5.0,
         start_deadline_s=10.0,
         max_bundle_mb=1.0,
+        # no spot checks unless a test asks: most tests have no trusted worker to replay on
+        replay_fraction=0.0,
+        replay_first_n=0,
     )
     values.update(overrides)
     return Settings(**values)
@@ -61,8 +64,9 @@ def create_user(client: Any, name: str) -> str:
     return r.json()["token"]
 
 
-def create_worker_token(client: Any, owner: str = "tests") -> str:
-    r = client.post(_api(routes.WORKER_TOKENS), json={"owner": owner}, headers=auth(ADMIN_TOKEN))
+def create_worker_token(client: Any, owner: str = "tests", *, trusted: bool = False) -> str:
+    """A worker token made with the admin token; ``trusted``: a platform pool (runs replays, never sampled)."""
+    r = client.post(_api(routes.WORKER_TOKENS), json={"owner": owner, "trusted": trusted}, headers=auth(ADMIN_TOKEN))
     assert r.status_code == 201, r.text
     return r.json()["token"]
 
@@ -90,6 +94,27 @@ def cpu_group(ranks: int = 1, name: str = "cpu") -> dict:
     return {"name": name, "ranks": ranks, "device_type": "cpu", "device_model": None, "memory_gb": None}
 
 
+def probe_for(device_groups: list[dict]) -> dict:
+    """A hardware probe that backs exactly ``device_groups`` (what an in-process worker sends unless told
+    otherwise): one entry per GPU rank, one CPU entry counting the CPU ranks as cores."""
+    devices: list[dict] = []
+    for g in device_groups:
+        kind = str(g.get("device_type", "cpu")).lower()
+        if kind in ("cuda", "gpu", "npu"):
+            devices += [
+                {"device_type": kind, "device_model": g.get("device_model"), "count": 1,
+                 "memory_gb": g.get("memory_gb"), "matmul_tflops": 100.0}
+                for _ in range(int(g.get("ranks", 1)))
+            ]
+        else:
+            devices.append({"device_type": kind, "device_model": g.get("device_model"), "count": int(g.get("ranks", 1)),
+                            "memory_gb": g.get("memory_gb"), "matmul_tflops": 0.1})
+    return {"devices": devices, "seconds": 0.1}
+
+
+_AUTO: Any = object()
+
+
 class InProcessWorker:
     """A worker speaking the scheduler's HTTP API through any httpx-like client (TestClient included).
 
@@ -97,27 +122,35 @@ class InProcessWorker:
     worker would."""
 
     def __init__(
-        self, client: Any, token: str, name: str, device_groups: list[dict], isolation: str | None = "bwrap"
+        self, client: Any, token: str, name: str, device_groups: list[dict], isolation: str | None = "bwrap",
+        probe: dict | None = _AUTO,
     ) -> None:
         """``isolation`` is what it declares at registration (``None``: the field is left out, as an old worker
-        does); scheduler tests stand in for a sandboxed worker unless they say otherwise."""
+        does); scheduler tests stand in for a sandboxed worker unless they say otherwise. ``probe``: the hardware
+        probe it sends (default: one that backs ``device_groups`` exactly; ``None``: none)."""
         self.client, self.token, self.name, self.device_groups = client, token, name, device_groups
         self.isolation = isolation
+        self.probe = probe_for(device_groups) if probe is _AUTO else probe
         self.worker_id: str | None = None
         self.queue: str | None = None
 
     def _url(self, job_id: str, attempt: int, template: str) -> str:
         return _api(template, job_id=job_id, attempt=attempt)
 
-    def register(self) -> dict:
-        r = self.client.post(
+    def try_register(self) -> Any:
+        """The raw answer to a registration (tests of refused claims read it)."""
+        return self.client.post(
             _api(routes.WORKER_REGISTER),
             json={
                 "name": self.name, "hostname": self.name, "device_groups": self.device_groups,
                 **({"isolation": self.isolation} if self.isolation is not None else {}),
+                **({"probe": self.probe} if self.probe is not None else {}),
             },
             headers=auth(self.token),
         )
+
+    def register(self) -> dict:
+        r = self.try_register()
         assert r.status_code == 200, r.text
         body = r.json()
         self.worker_id, self.queue = body["worker_id"], body["queue"]
@@ -152,6 +185,19 @@ class InProcessWorker:
         # the path goes as given (unquoted): tests send the hostile ones a broken worker would
         url = self._url(job_id, attempt, routes.ATTEMPT_ARTIFACT.replace("{path:path}", "")) + path
         return self.client.put(url, content=data, headers=h)
+
+    def checkpoint(self, job_id: str, attempt: int, folder: str, files: dict[str, bytes]) -> None:
+        """Upload a checkpoint folder as the real worker does: its files, then its completion marker."""
+        import json as _json
+
+        from contract.attempts import CHECKPOINT_MARKER
+
+        for name, data in files.items():
+            r = self.artifact(job_id, attempt, f"output/{folder}/{name}", data)
+            assert r.status_code == 201, r.text
+        marker = _json.dumps({"files": {name: len(data) for name, data in files.items()}}).encode()
+        r = self.artifact(job_id, attempt, f"output/{folder}/{CHECKPOINT_MARKER}", marker)
+        assert r.status_code == 201, r.text
 
     def finish(
         self, job_id: str, attempt: int, state: str = "succeeded", exit_code: int | None = 0, error: str | None = None,

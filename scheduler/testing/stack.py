@@ -54,6 +54,10 @@ FAST_SETTINGS: dict[str, Any] = {
     "start_deadline_s": 6.0,
     "dispatch_interval_s": 0.2,
     "max_bundle_mb": 5.0,
+    # no spot-check replays: a stack's workers are donors with no trusted pool to replay on (a stack that wants
+    # them sets these and starts a worker with a trusted token)
+    "replay_first_n": 0,
+    "replay_fraction": 0.0,
 }
 """Scheduler settings a stack starts with (``Stack(**settings)`` overrides them): failures show within seconds."""
 
@@ -68,13 +72,14 @@ WORKER_SETTINGS: dict[str, Any] = {
 S3_KEYS = ("endpoint_url", "bucket", "region", "access_key_id", "secret_access_key")
 
 
-def base_env() -> dict[str, str]:
-    """This process's environment without its own ``TWINKLE_*``, ``AWS_*`` and ``REDIS_URL``, with this checkout
-    first on ``PYTHONPATH`` and this Python's ``bin`` first on ``PATH``."""
+def base_env(source_root: Path = SOURCE_ROOT) -> dict[str, str]:
+    """This process's environment without its own ``TWINKLE_*``, ``AWS_*`` and ``REDIS_URL``, with
+    ``source_root`` (by default this checkout) first on ``PYTHONPATH`` and this Python's ``bin`` first on
+    ``PATH``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWINKLE_", "AWS_", "REDIS_URL"))}
     env["PYTHONUNBUFFERED"] = "1"
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SOURCE_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source_root), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -253,7 +258,8 @@ class Stack:
 
     ``settings`` are scheduler settings (``lease_s=5``, ``api_workers=2``) over ``FAST_SETTINGS``; ``s3`` (the
     keys of ``S3_KEYS``) puts bundles and artifacts in a bucket, else they go under ``home/storage``; the
-    database is SQLite in ``home`` unless ``database_url`` says otherwise."""
+    database is SQLite in ``home`` unless ``database_url`` says otherwise. ``source_root`` is the checkout the
+    API and the dispatcher run (a benchmark points it at a copy of the baseline's code to compare both)."""
 
     home: Path
     redis_url: str
@@ -263,6 +269,7 @@ class Stack:
     admin_token: str = field(default_factory=lambda: "admin-" + secrets.token_hex(12))
     port: int = field(default_factory=free_port)
     worker_owner: str = "tests"
+    source_root: Path = SOURCE_ROOT
     services: list[Service] = field(default_factory=list)
     _worker_token: str | None = None
 
@@ -299,7 +306,7 @@ class Stack:
             values.update({f"s3_{k}": self.s3[k] for k in S3_KEYS})
         values.update(self.settings)
         values.update(settings)
-        return {**base_env(), **settings_env("TWINKLE_SCHEDULER_", values)}
+        return {**base_env(self.source_root), **settings_env("TWINKLE_SCHEDULER_", values)}
 
     def add(self, service: Service) -> Service:
         self.services.append(service)

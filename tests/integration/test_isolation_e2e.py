@@ -3,8 +3,6 @@ and a job that cannot go anywhere else says why."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.integration.conftest import Stack
@@ -31,7 +29,10 @@ def test_an_unsandboxed_worker_runs_only_jobs_that_opted_out(stack: Stack):
     with stack.http(token) as c:
         assert "ran here" in c.get(f"/jobs/{opted_out['id']}/logs").text
 
-    time.sleep(1.0)  # several dispatcher rounds (0.2 s apart) after the worker fell idle
+    # a positive signal that the dispatcher has looked at the held job with the worker idle: a job of the same
+    # user submitted after it (so behind it in that user's queue) is dispatched to that worker and runs
+    later = stack.submit(token, SCRIPT, name="after-the-held-one", allow_unsandboxed=True)
+    assert stack.wait_job(token, later["id"])["state"] == "succeeded"
     job = stack.job(token, held["id"])
     assert job["state"] == "queued" and job["attempts"] == []
     assert job["pending_reason"].startswith("held: no sandboxed worker offers 1 cpu ranks")

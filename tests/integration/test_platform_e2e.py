@@ -18,6 +18,7 @@ import boto3
 import httpx
 import pytest
 
+from contract.attempts import CHECKPOINT_MARKER
 from tests.integration.conftest import ROOT, Stack, run_submit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -135,6 +136,7 @@ def test_submit_run_follow_download(stack: Stack, tmp_path: Path):
     # metrics arrived
     with stack.http(token) as c:
         records = c.get(f"/jobs/{job_id}/metrics").json()["records"]
+    records = [r for r in records if not any(k.startswith("sys/") for k in r["metrics"])]  # the worker's samples
     assert [r["step"] for r in records] == [1, 2, 3] and records[0]["metrics"]["loss"] == 2.0
 
     # download through the presigned links
@@ -161,9 +163,12 @@ def test_submit_run_follow_download(stack: Stack, tmp_path: Path):
     assert health.status_code == 200 and health.json()["status"] == "ok"
 
 
-def test_jobs_go_only_to_workers_whose_device_groups_fit(stack: Stack):
+def test_jobs_go_only_to_workers_whose_device_groups_fit(stack: Stack, tmp_path: Path):
     stack.start_worker("cpu-worker", device_type="cpu", ranks="1")
-    stack.start_worker("fake-gpu", device_type="cuda", ranks="2", memory_gb="24")
+    # no GPU here: the fake GPU worker sends a probe file instead of measuring (fakes only for GPUs)
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps({"devices": [{"device_type": "cuda", "device_model": "fake", "memory_gb": 24.0}] * 2}))
+    stack.start_worker("fake-gpu", device_type="cuda", ranks="2", memory_gb="24", probe_file=str(probe))
     token = stack.create_user()
     ids = worker_ids(stack, token)
     script = "print('ran')\n"
@@ -262,8 +267,9 @@ def test_killed_worker_job_is_requeued_and_finishes_once(stack: Stack, tmp_path:
     stack.wait_job(token, job["id"], states={"running"}, timeout=30)
     pid1 = int(wait_for(lambda: (marks / "pid-1").exists() and (marks / "pid-1").read_text(), 15, "attempt 1"))
     user_id = stack.job(token, job["id"])["user_id"]
-    wait_for(lambda: s3_keys(stack, f"users/{user_id}/jobs/{job['id']}/attempts/1/output/"), 15,
-             "attempt 1's checkpoint upload", stack)
+    # the folder's completion marker goes up after its files: only then is it a resume point
+    wait_for(lambda: [k for k in s3_keys(stack, f"users/{user_id}/jobs/{job['id']}/attempts/1/output/")
+                      if k.endswith(CHECKPOINT_MARKER)], 15, "attempt 1's checkpoint upload", stack)
     stack.start_worker("second", **NO_SANDBOX)
     first.popen.send_signal(signal.SIGKILL)
     first.popen.wait(10)
@@ -363,6 +369,7 @@ def test_real_self_cognition_example(stack: Stack, tmp_path: Path, tiny_model_di
     with stack.http(token) as c:
         records = c.get(f"/jobs/{job_id}/metrics").json()["records"]
         artifacts = c.get(f"/jobs/{job_id}/artifacts").json()["items"]
+    records = [r for r in records if not any(k.startswith("sys/") for k in r["metrics"])]  # the worker's samples
     assert len(records) >= 2 and all("loss" in r["metrics"] for r in records)
     job = stack.job(token, job_id)
     keys = s3_keys(stack, f"users/{job['user_id']}/jobs/{job_id}/attempts/")

@@ -44,3 +44,37 @@ def test_real_celery_worker_receives_the_assignment(scheduler_env):
         assert done.wait(30), "the Celery worker never received twinkle.run_attempt"
     assert got == [(jid, 1)]
     assert env.rt.redis.llen(w.queue) == 0  # acked early and gone from the queue
+
+
+def test_a_stalled_redis_fails_the_dispatchers_publish_in_seconds_instead_of_hanging_it():
+    """A Redis that accepts connections and never answers (a paused server, a black-holed network) must not wedge
+    the dispatcher: the match and the reaper share its loop. The publish fails within the producer's socket
+    timeouts; the round is retried and the start deadline re-dispatches what was not delivered."""
+    import datetime as dt
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # accepted by the kernel, never read: every command waits for an answer that never comes
+    port = listener.getsockname()[1]
+    app = make_celery(f"redis://127.0.0.1:{port}/0")
+    sent = [dispatch.Sent("job1", 1, "w1", dt.datetime.now(dt.UTC))]
+    outcome: list[BaseException | None] = []
+
+    def publish() -> None:
+        try:
+            dispatch.send_assignments(app, sent)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the outcome is what the test looks at
+            outcome.append(exc)
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    thread.join(60)
+    try:
+        assert outcome, "the publish was still hanging after 60 s"
+        assert isinstance(outcome[0], Exception) and time.monotonic() - t0 < 30, outcome
+    finally:
+        listener.close()

@@ -119,7 +119,7 @@ def test_reaper_requeues_a_lost_workers_job_as_next_attempt_and_resumes(setup):
     run_round(env)
     w.start(jid, 1)
     w.logs(jid, 1, "epoch 1")
-    assert w.artifact(jid, 1, "output/ckpt-1/model.bin", b"weights").status_code == 201
+    w.checkpoint(jid, 1, "ckpt-1", {"model.bin": b"weights"})
     with env.rt.db.session() as s:  # the lease runs out
         s.execute(sa.update(WorkerModel).values(lease_expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)))
         s.commit()

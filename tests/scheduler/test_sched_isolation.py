@@ -10,7 +10,7 @@ import pytest
 from scheduler.services import dispatch
 from scheduler.services.matching import Need, Offer, QueuedJob, ShapeCatalog, WorkerView, plan
 from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
-from scheduler.testing.factories import CPU_JOB, cpu_group, gpu_group
+from scheduler.testing.factories import CPU_JOB, cpu_group, gpu_group, probe_for
 
 # --- the matcher, pure -------------------------------------------------------------------------------------------
 
@@ -156,5 +156,5 @@ def test_the_real_worker_client_declares_what_it_is_given(env, isolation):
         return httpx.Response(r.status_code, content=r.content, headers={"content-type": r.headers["content-type"]})
 
     client = WorkerClient("http://testserver", wtoken, transport=httpx.MockTransport(to_app), retries=1)
-    client.register("real", "real", [cpu_group()], isolation=isolation)
+    client.register("real", "real", [cpu_group()], isolation=isolation, probe=probe_for([cpu_group()]))
     assert workers_by_name(c, user)["real"]["isolation"] == (isolation or "none")

@@ -51,7 +51,7 @@ def test_env_and_args_are_stored_with_the_job_and_given_to_its_worker(scheduler_
     job = r.json()
     assert job["env"] == {"LR": "1e-3", "NAME": "a b"} and job["args"] == ["--x", "1"]
     started = _run_on(scheduler_env, w, job["id"])
-    assert started["env"] == {"LR": "1e-3", "NAME": "a b"} and started["args"] == ["--x", "1"]
+    assert started["user_env"] == {"LR": "1e-3", "NAME": "a b"} and started["args"] == ["--x", "1"]
 
 
 @pytest.mark.parametrize(

@@ -331,3 +331,36 @@ def test_queue_estimates_take_a_fixed_number_of_queries_whatever_the_page_size(s
     assert len(full) == 8 and full["q-a4"] == 8
     # queued jobs, live workers, their running jobs, recent durations
     assert (n_small, n_full) == (4, 4), statements
+
+
+def test_a_submission_costs_three_statements_in_one_transaction_and_answers_what_a_get_shows(scheduler_env):
+    """Issue 14: a submission used to cost ten round trips (reads, a rollback, the insert, a reload of the job and
+    its attempts, two queries for its position); now the worker shapes and the insert go in one transaction, and
+    the answer is built from what was inserted plus the queue estimate's fixed reads (issue 18), no reload."""
+    c, engine = scheduler_env.client, scheduler_env.rt.db.engine
+    alice, bob = create_user(c, "alice"), create_user(c, "bob")
+    for tok in (bob, alice, bob):  # queues of two users, and both tokens known to the auth cache
+        assert submit_script(c, tok, SCRIPT).status_code == 201
+    statements: list[str] = []
+    commits: list[object] = []
+
+    def on_statement(conn, cursor, statement, *args):
+        statements.append(statement.split()[0].upper())
+
+    def on_commit(conn):
+        commits.append(conn)
+        statements.append("COMMIT")
+
+    sa.event.listen(engine, "before_cursor_execute", on_statement)
+    sa.event.listen(engine, "commit", on_commit)
+    try:
+        r = submit_script(c, alice, SCRIPT, name="counted")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", on_statement)
+        sa.event.remove(engine, "commit", on_commit)
+    assert r.status_code == 201, r.text
+    assert statements[:3] == ["SELECT", "INSERT", "COMMIT"] and len(commits) == 1, statements
+    assert set(statements[3:]) <= {"SELECT"} and len(statements[3:]) <= 4, statements  # the estimate's reads
+    shown = c.get(f"/api/v1/jobs/{r.json()['id']}", headers=auth(alice)).json()
+    assert r.json() == shown
+    assert shown["attempts"] == [] and shown["name"] == "counted"

@@ -30,7 +30,9 @@ def group_script(*calls: str) -> str:
 @pytest.mark.parametrize(
     ("script", "field"),
     [
-        (group_script("DeviceGroup(name='default', ranks=10**9 if False else 1000000000, device_type='cuda')"), None),
+        (group_script("DeviceGroup(name='default', ranks=10**9, device_type='cuda')"), None),
+        # folded statically (a constant condition), so held to the same limits as a literal
+        (group_script("DeviceGroup(name='default', ranks=10**9 if False else 1000000000, device_type='cuda')"), "ranks"),
         (group_script("DeviceGroup(name='default', ranks=1000000000, device_type='cuda')"), "ranks"),
         (group_script(f"DeviceGroup(name={'n' * 129!r}, ranks=1, device_type='cuda')"), "name"),
         (group_script(f"DeviceGroup(name='a', ranks=1, device_type={'x' * 33!r})"), "device_type"),

@@ -14,6 +14,7 @@ from scheduler.services.matching import (
     WorkerView,
     device_family,
     fit_groups,
+    held_devices,
     needs_from_request,
     plan,
 )
@@ -120,3 +121,67 @@ def test_plan_is_fast_for_10k_jobs_on_1k_workers():
     assert len(p.assignments) + len(p.reasons) == 10_000
     assert len(p.assignments) > 5_000
     assert elapsed < 5.0, f"planning took {elapsed:.2f}s"
+
+
+# ---------------------------------------------------------------- devices shared by count (pools)
+
+
+def pool(ranks: int, family: str = "cuda", mem: float = 80.0) -> Offer:
+    return Offer(family, ranks, mem, "H100", pooled=True)
+
+
+def test_one_8_gpu_pool_runs_eight_1_gpu_jobs_side_by_side_on_disjoint_devices():
+    p = plan([WorkerView("w", (pool(8),))], [job(f"j{i}", f"u{i}", need(1)) for i in range(9)])
+    assert len(p.assignments) == 8
+    devices = [d for a in p.assignments for d in a.devices[0]]
+    assert sorted(devices) == list(range(8))  # each GPU given once
+    assert "all busy" in p.reasons["j8"]
+
+
+def test_a_pool_with_devices_in_use_offers_only_the_rest():
+    w = WorkerView("w", (pool(4),), in_use={0: frozenset({0, 2})})
+    p = plan([w], [job("big", "u1", need(3)), job("two", "u2", need(2))])
+    assert [(a.job_id, a.devices) for a in p.assignments] == [("two", ((1, 3),))]
+    assert "all busy" in p.reasons["big"]
+
+
+def test_an_8_gpu_job_fits_an_8_gpu_pool_but_not_eight_1_gpu_slots():
+    slots = WorkerView("slots", tuple(gpu(1) for _ in range(8)))
+    assert plan([slots], [job("j", "u", need(8))]).assignments == []
+    a = plan([WorkerView("pool", (pool(8),))], [job("j", "u", need(8))]).assignments
+    assert a[0].devices == (tuple(range(8)),)
+
+
+def test_best_fit_fills_a_half_used_pool_before_cutting_into_an_idle_one():
+    busy = WorkerView("half", (pool(8),), in_use={0: frozenset(range(6))})
+    idle = WorkerView("idle", (pool(8),))
+    a = plan([idle, busy], [job("j", "u", need(2))]).assignments
+    assert (a[0].worker_id, a[0].devices) == ("half", ((6, 7),))
+
+
+def test_two_groups_of_one_job_share_a_pool_but_never_a_static_slot():
+    needs = (Need("cuda", 2, name="actor"), Need("cuda", 2, name="rollout"))
+    a = plan([WorkerView("w", (pool(4),))], [QueuedJob("j", "u", needs)]).assignments
+    assert a[0].slots == (0, 0) and sorted(a[0].devices) == [(0, 1), (2, 3)]
+    assert plan([WorkerView("w", (gpu(4),))], [QueuedJob("j", "u", needs)]).assignments == []
+
+
+def test_a_static_slot_stays_one_job_at_a_time_next_to_a_pool():
+    w = WorkerView("w", (gpu(2), pool(2, "cpu")))
+    p = plan([w], [job("g1", "u1", need(1)), job("g2", "u2", need(1)), job("c1", "u3", need(1, "cpu")),
+                   job("c2", "u4", need(1, "cpu"))])
+    placed = {a.job_id: a.devices for a in p.assignments}
+    assert placed == {"g1": ((0, 1),), "c1": ((0,),), "c2": ((1,),)}  # a static slot is taken whole
+
+
+def test_fairness_holds_across_a_shared_pool():
+    jobs = [job("a1", "alice", need(2)), job("a2", "alice", need(2)), job("b1", "bob", need(2))]
+    p = plan([WorkerView("w", (pool(4),))], jobs)
+    assert {a.job_id for a in p.assignments} == {"a1", "b1"}  # bob's first job goes before alice's second
+
+
+def test_held_devices_reads_new_rows_and_rows_from_before_pools():
+    offers = (gpu(2), pool(4))
+    assert held_devices([0], offers) == [(0, (0, 1))]
+    assert held_devices([{"slot": 1, "devices": [2, 3]}], offers) == [(1, (2, 3))]
+    assert held_devices([{"slot": 7, "devices": [0]}, "x", None], offers) == []

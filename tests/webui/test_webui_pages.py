@@ -172,6 +172,9 @@ def test_environment_and_arguments_go_with_the_job_and_bad_ones_are_named(page, 
         job = c.get(f"/jobs/{page.url.rsplit('/', 1)[1]}").json()
     assert job["env"] == {"EPOCHS": "3", "NOTE": "a b=c"}
     assert job["args"] == ["--epochs", "3"]
+    # A 2-CPU job left queued would take the pooled worker's devices in a later test of this module's stack.
+    with stack.client(token) as c:
+        c.post(f"/jobs/{job['id']}/cancel").raise_for_status()
 
 
 def test_client_side_checks_name_each_bad_device_field(page, stack):
@@ -313,7 +316,10 @@ def test_workers_show_their_isolation_and_a_job_can_opt_out_of_the_sandbox(page,
     name = f"bare-{uuid.uuid4().hex[:6]}"
     with stack.client(stack.worker_token) as c:
         r = c.post("/workers/register", json={"name": name, "hostname": name, "isolation": "none",
-                                              "device_groups": [{"ranks": 1, "device_type": "cpu"}]})
+                                              "device_groups": [{"ranks": 1, "device_type": "cpu"}],
+                                              "probe": {"devices": [{"device_type": "cpu", "count": 4,
+                                                                     "device_model": "Test CPU",
+                                                                     "matmul_tflops": 0.25}]}})
         assert r.status_code == 200, r.text
     token = _user(stack)
     sign_in(page, stack, token)
@@ -322,6 +328,10 @@ def test_workers_show_their_isolation_and_a_job_can_opt_out_of_the_sandbox(page,
     row = page.locator("#workers-table tr", has_text=name)
     expect(row.locator("[data-isolation]")).to_have_attribute("data-isolation", "none")
     expect(row).to_contain_text("no sandbox")
+    # what the worker's hardware probe found, and where it stands (issue 13: claims are checked, work validated)
+    expect(page.get_by_role("columnheader", name="Probed hardware")).to_be_visible()
+    expect(row.locator("[data-probe]")).to_contain_text("4 × cpu · Test CPU · 0.25 TFLOP/s")
+    expect(row.locator("[data-trust]")).to_contain_text("reputation 0.5 · 0 validated")
 
     page.goto(f"{stack.url}/submit")
     page.get_by_label("Paste code").check()
@@ -351,3 +361,103 @@ def test_a_job_is_sandboxed_unless_the_box_is_ticked(page, stack):
     with stack.client(token) as c:
         job = c.get(f"/jobs/{page.url.rsplit('/', 1)[1]}").json()
     assert job["request"]["allow_unsandboxed"] is False
+
+
+# ---------------------------------------------------------------- run modes and shared devices
+
+TWO_RANKS = """\
+import twinkle
+from twinkle import DeviceGroup
+twinkle.initialize(mode='local', groups=[DeviceGroup(name='default', ranks=2, device_type='npu')])
+"""
+MODE_FROM_ENV = "import os, twinkle\ntwinkle.initialize(mode=os.environ['MODE'])\n"
+
+
+def _wait(check, timeout: float = 30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_a_pooled_worker_shows_which_job_holds_which_devices_and_logs_show_rank_0_first(page, stack):
+    """A worker (played by this test: register, start, heartbeat) offering 4 CPU devices as a pool runs two 2-rank
+    jobs side by side; the Workers page says which job holds which devices, the job page shows rank 0's lines.
+    NPUs, not CPUs: earlier tests of this module leave CPU jobs queued, and fair share would give them the pool."""
+    import threading
+
+    name = f"pool-{uuid.uuid4().hex[:6]}"
+    with stack.client(stack.worker_token) as c:
+        r = c.post("/workers/register", json={"name": name, "hostname": name, "isolation": "bwrap", "device_groups": [
+            {"name": "npus", "ranks": 4, "device_type": "npu", "pooled": True}],
+            "probe": {"devices": [{"device_type": "npu", "count": 4}]}})
+        assert r.status_code == 200, r.text
+        worker_id = r.json()["worker_id"]
+    token = _user(stack)
+    running: dict[str, int] = {}
+    stop = threading.Event()
+
+    def heartbeats() -> None:  # the stack's lease is 5 s: keep the worker live for the whole test
+        with stack.client(stack.worker_token) as w:
+            while not stop.wait(1.0):
+                w.post(f"/workers/{worker_id}/heartbeat",
+                       json={"running": [{"job_id": j, "attempt": n} for j, n in list(running.items())]})
+
+    beat = threading.Thread(target=heartbeats, daemon=True)
+    beat.start()
+    try:
+        with stack.client(token) as c, stack.client(stack.worker_token) as w:
+            jobs = [c.post("/jobs", files={"file": ("train.py", TWO_RANKS.encode())}).json()["id"] for _ in range(2)]
+
+            def start_each_once_assigned() -> bool:  # started at once: an unstarted assignment is sent again
+                for jid in jobs:
+                    job = c.get(f"/jobs/{jid}").json()
+                    started = jid not in running and job["state"] == "assigned" and w.post(
+                        f"/attempts/{jid}/{job['attempt']}/start").status_code == 200
+                    if started:
+                        running[jid] = job["attempt"]
+                return len(running) == 2
+
+            _wait(start_each_once_assigned, 90)
+        sign_in(page, stack, token)
+        page.goto(f"{stack.url}/workers")
+        row = page.locator("#workers-table tr", has_text=name)
+        expect(row).to_contain_text("shared by count")
+        for jid in jobs:
+            expect(row.locator(f".devices-in-use li[data-job-id='{jid}']")).to_contain_text("npus devices")
+
+        jid = jobs[0]
+        with stack.client(stack.worker_token) as w:
+            lines = [{"ts": 0.0, "stream": "stdout", "text": t} for t in ("[rank 0] loss from rank zero",
+                                                                          "[rank 1] loss from rank one")]
+            assert w.post(f"/attempts/{jid}/{running[jid]}/logs", json={"lines": lines}).status_code == 200
+        page.goto(f"{stack.url}/jobs/{jid}")
+        expect(page.locator("dd", has_text="torchrun")).to_be_visible()
+        log = page.locator("#log")
+        expect(log).to_contain_text("loss from rank zero")
+        expect(log.get_by_text("loss from rank one")).to_be_hidden()
+        page.get_by_label("All ranks").check()
+        expect(log.get_by_text("loss from rank one")).to_be_visible()
+    finally:
+        stop.set()
+        beat.join(5)
+
+
+def test_the_submit_page_warns_when_the_launcher_is_unclear_and_lets_the_owner_choose(page, stack):
+    token = _user(stack)
+    sign_in(page, stack, token)
+    page.goto(f"{stack.url}/submit")
+    page.get_by_label("Paste code").check()
+    page.get_by_label("Code", exact=True).fill(MODE_FROM_ENV)
+    expect(page.locator(".warnings")).to_contain_text("--launcher")
+    page.get_by_label("Launcher").select_option("torchrun")
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r"/jobs/[^/]+$"))
+    expect(page.locator("dd", has_text="torchrun")).to_be_visible()
+    with stack.client(token) as c:
+        job = c.get(f"/jobs/{page.url.rsplit('/', 1)[1]}").json()
+    assert job["request"]["launcher"] == "torchrun"

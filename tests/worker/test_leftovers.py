@@ -110,18 +110,22 @@ def test_a_sigkilled_daemons_job_group_is_killed_on_the_next_start(tmp_path, cap
             os.kill(grandchild, signal.SIGKILL)
 
 
-def test_a_reused_pid_is_left_alone(tmp_path, sleeper):
+def test_a_reused_pid_is_left_alone(tmp_path, sleeper, monkeypatch):
     stranger = sleeper()  # a program that got the pid after the recorded job died
     wait_for(lambda: start_time(stranger.pid) is not None, 5, "the sleeper")
     entry = {"pid": stranger.pid, "pgid": stranger.pid, "start_time": start_time(stranger.pid) - 1, "label": "job x"}
     write_ledger(tmp_path / LEDGER_FILE, [entry])
+    sent: list[tuple[int, int]] = []  # every signal the ledger sends, seen as it is sent (no sleep, no guess)
+    real_killpg = os.killpg
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: (sent.append((pgid, sig)), real_killpg(pgid, sig))[1])
     assert ProcessGroupLedger(tmp_path / LEDGER_FILE).kill_leftovers(grace_s=0.2) == []
-    time.sleep(0.2)
-    assert stranger.poll() is None, "a process whose start time does not match the ledger must not be signalled"
+    assert sent == [], "a process whose start time does not match the ledger must not be signalled"
+    assert stranger.poll() is None
     # the same entry with the right start time is ours, and is killed
     entry["start_time"] = start_time(stranger.pid)
     write_ledger(tmp_path / LEDGER_FILE, [entry])
     assert len(ProcessGroupLedger(tmp_path / LEDGER_FILE).kill_leftovers(grace_s=2)) == 1
+    assert sent[0] == (stranger.pid, signal.SIGTERM)  # the recorder sees what the ledger sends
     assert stranger.wait(5) == -signal.SIGTERM
 
 

@@ -363,3 +363,33 @@ def test_job_dies_with_a_killed_worker(tmp_path):
     while pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(child)
+
+
+def test_each_checkpoint_folder_is_marked_complete_after_its_files_and_a_job_cannot_forge_the_marker(tmp_path):
+    from contract.attempts import CHECKPOINT_MARKER
+
+    spec = make_spec(
+        tmp_path,
+        f"""
+        import json, os
+        out = os.environ["TWINKLE_OUTPUT_DIR"]
+        os.makedirs(os.path.join(out, "step-1", "shards"))
+        for name, text in (("shards/rank-0.bin", "aa"), ("shards/rank-1.bin", "bbb")):
+            with open(os.path.join(out, "step-1", name), "w") as f:
+                f.write(text)
+        # a forged marker claiming a file that is not there: never uploaded (a dot-file), never trusted
+        with open(os.path.join(out, "step-1", {CHECKPOINT_MARKER!r}), "w") as f:
+            json.dump({{"files": {{"shards/rank-0.bin": 2, "ghost.bin": 1}}}}, f)
+        """,
+    )
+    order: list[str] = []
+    sink = ListSink()
+    real = sink.send_artifact
+    sink.send_artifact = lambda path, file: (order.append(path), real(path, file))  # type: ignore[method-assign]
+    assert JobRunner(spec, sink, checkpoint_poll_s=0.2).run().state == "succeeded"
+    marker = f"output/step-1/{CHECKPOINT_MARKER}"
+    assert json.loads(sink.artifacts[marker]) == {"files": {"shards/rank-0.bin": 2, "shards/rank-1.bin": 3}}
+    assert order.index(marker) > max(order.index(f"output/step-1/shards/rank-{r}.bin") for r in (0, 1))
+    assert order.count(marker) == 1  # once per content, not once per scan
+    # the marker is written where the job cannot reach: beside the attempt folder, not in it
+    assert not list(spec.home_dir.rglob("*step-1.json"))

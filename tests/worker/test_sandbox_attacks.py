@@ -109,7 +109,7 @@ def test_job_cannot_write_the_donors_authorized_keys(tmp_path, donor, bwrap):
     # in the attempt's own /tmp, never in the donor's file
     assert not target.exists() and not target.parent.joinpath("authorized_keys").exists(), out
     # ~ is the attempt folder: the write lands there and is deleted with it
-    assert "WROTE " + str(tmp_path / "work" / "jobs" / "j" / "1" / ".ssh" / "authorized_keys") in out
+    assert "WROTE .ssh/authorized_keys" in out  # its own folder's copy (the log shows paths relative to it)
 
 
 @pytest.mark.parametrize("isolation", ["none", "bwrap"])
@@ -197,7 +197,7 @@ def test_a_double_forked_setsid_child_does_not_outlive_the_attempt(tmp_path, bwr
 
 def test_a_fork_bomb_ends_the_attempt_at_the_pids_limit(tmp_path, bwrap):
     t0 = time.monotonic()
-    result, sink = run_job(tmp_path, f"""
+    result, _ = run_job(tmp_path, f"""
         import os, time
         for i in range(10_000):
             try:
@@ -208,7 +208,7 @@ def test_a_fork_bomb_ends_the_attempt_at_the_pids_limit(tmp_path, bwrap):
         time.sleep(60)
         """, bwrap, Limits(pids=64))
     assert result.state == "failed" and result.error.startswith("pids limit 64 reached"), result
-    assert any("pids limit 64 reached" in line for line in sink.text("system"))
+    assert result.limit == result.error  # reported to the API, whose end line says "attempt 1 failed: pids limit..."
     assert time.monotonic() - t0 < 30
     assert host_pids_with(MARK) == []
 
@@ -251,7 +251,7 @@ def test_allocating_past_the_memory_limit_ends_the_attempt(tmp_path, bwrap):
         """, bwrap, Limits(memory_bytes=256 << 20))
     assert result.state == "failed" and result.error == "memory limit 256 MiB reached", result
     assert "allocated 4 GiB" not in sink.text()
-    assert any("memory limit 256 MiB reached" in line for line in sink.text("system"))
+    assert result.limit == "memory limit 256 MiB reached"  # the API's end line and Job.failure carry it
 
 
 def test_the_next_job_finds_nothing_the_last_one_left(tmp_path, bwrap):

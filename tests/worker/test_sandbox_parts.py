@@ -191,6 +191,7 @@ def test_registration_sends_the_isolation(tmp_path, isolation):
     finally:
         server.shutdown()
     assert bodies[0]["isolation"] == isolation and bodies[0]["device_groups"]
+    assert bodies[0]["probe"]["devices"][-1]["device_type"] == "cpu", "the daemon sends its hardware probe"
 
 
 def test_the_worker_refuses_to_start_without_user_namespaces_and_says_what_to_do(tmp_path):

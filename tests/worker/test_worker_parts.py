@@ -38,8 +38,10 @@ def test_cpu_detection_and_overrides():
     found = detect_devices()
     assert found.ranks >= 1 and found.device_type in ("cpu", "cuda")
     cpu = DeviceGroupOffer("default", 1, "cpu", "Some CPU", 16.0)
-    assert offer_from_settings(WorkerSettings(ranks=4), cpu) == DeviceGroupOffer("default", 4, "cpu", "Some CPU", 16.0)
-    fake_gpu = offer_from_settings(WorkerSettings(device_type="cuda", ranks=2, memory_gb=24), cpu)
+    assert offer_from_settings(WorkerSettings(ranks=4), cpu) == DeviceGroupOffer(
+        "default", 4, "cpu", "Some CPU", 16.0, pooled=True  # devices are shared by count unless the donor says not
+    )
+    fake_gpu = offer_from_settings(WorkerSettings(device_type="cuda", ranks=2, memory_gb=24, share_devices=False), cpu)
     assert fake_gpu == DeviceGroupOffer("default", 2, "cuda", None, 24.0)  # the CPU's model is not a GPU's
 
 
@@ -137,3 +139,22 @@ def test_latest_checkpoint_choice():
     assert latest_checkpoint(paths) == "output/checkpoint-20"
     assert latest_checkpoint(["output/last-checkpoint/a", "output/best/a"]) == "output/last-checkpoint"
     assert latest_checkpoint(["output/x.txt"]) is None
+
+
+def test_a_donor_offers_a_shared_pool_unless_it_asks_for_one_job_at_a_time():
+    import json as _json
+    import os
+    import subprocess
+    import sys as _sys
+
+    env = {**os.environ, "TWINKLE_WORKER_DEVICE_TYPE": "cpu", "TWINKLE_WORKER_RANKS": "4"}
+    env.pop("TWINKLE_WORKER_TOKEN", None)
+
+    def offer(*flags: str) -> dict:
+        done = subprocess.run([_sys.executable, "-m", "worker.main", "--show-devices", *flags], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return _json.loads(done.stdout)
+
+    assert offer()["pooled"] is True and offer()["ranks"] == 4
+    assert offer("--one-job-at-a-time")["pooled"] is False

@@ -9,6 +9,7 @@ from typing import Any
 
 from twinkle.errors import ConfigError
 from twinkle.infra import _state
+from twinkle.infra._job_env import deterministic_requested
 from twinkle.utils.device_mesh import DeviceGroup, DeviceMesh
 from twinkle.utils.logger import get_logger
 from twinkle.utils.platform import Platform
@@ -78,7 +79,8 @@ def initialize(
         nproc_per_node: accelerators per node (Ray mode; shown in the placement report).
         ncpu_proc_per_node: CPU worker processes per node (Ray mode; shown in the placement report).
         seed: seed for python, numpy and torch.
-        full_determinism: also force deterministic torch kernels (in Ray mode on every actor too).
+        full_determinism: also force deterministic torch kernels (in Ray mode on every actor too); forced on when
+            ``TWINKLE_DETERMINISTIC=1`` is set (the platform sets it for every attempt).
         groups: the ``DeviceGroup`` list; required in Ray mode, default one group over WORLD_SIZE ranks locally.
         global_device_mesh: the mesh components get when they are not given one; default 1-D dp over the world.
         lazy_collect: Ray mode: return futures from remote calls until their value is needed.
@@ -92,6 +94,8 @@ def initialize(
     mode = mode or os.environ.get("TWINKLE_MODE") or "local"
     if mode not in _state.MODES:
         raise ConfigError(f"unknown twinkle mode {mode!r}; use 'local' (python or torchrun) or 'ray'")
+    if deterministic_requested():  # the platform asks, so a replay elsewhere reproduces this run's steps
+        full_determinism = True
     seed_everything(seed, full_determinism)
 
     if mode == "local":

@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse
 from twinkle.server.checkpoints import CheckpointStore, check_name, make_storage
 from twinkle.server.config import ServerArgs, ServerConfig
 from twinkle.server.errors import NotFound, UserError, http_status
-from twinkle.server.services import ModelService, SamplerService
+from twinkle.server.processors import ProcessorService
+from twinkle.server.services import ModelService, SamplerService, to_jsonable
 from twinkle.server.settings import ServerSettings
 from twinkle.server.state import FutureStore, Registry, Sessions, tenant_of
 from twinkle.server.tinker import long_poll, tinker_router
@@ -36,7 +37,7 @@ class Caller:
     respond_async: bool
 
 
-def caller(
+async def caller(  # async: a plain def dependency would cost every call a hop through the thread pool
     request: Request,
     twinkle_authorization: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
@@ -94,6 +95,11 @@ class Server:
                     name, app.typed_args(), sessions=self.sessions, registry=self.registry, futures=self.futures,
                     checkpoints=self.checkpoints, model=model))
         self.supported = self.server_args.model_names() or list(self.models)
+        processor_apps = [a for a in config.applications if a.import_path == "processor"]
+        self.processor_prefix = processor_apps[0].route_prefix if processor_apps else None
+        self.processors = ProcessorService(
+            self.sessions, {name: service.args.model_id for name, (_, service) in self.models.items()},
+            per_tenant_limit=self.settings.per_user_processor_limit, timeout=self.settings.processor_timeout)
         self.started = time.time()
         self._stop = threading.Event()
         threading.Thread(target=self._cleanup_loop, daemon=True, name="twinkle-cleanup").start()
@@ -142,6 +148,8 @@ def build_app(config: ServerConfig, settings: ServerSettings | None = None) -> F
         app.include_router(_model_router(service, answer), prefix=prefix)
     for prefix, sampler in server.samplers.values():
         app.include_router(_sampler_router(sampler, answer), prefix=prefix)
+    if server.processor_prefix is not None:
+        app.include_router(_processor_router(server.processors), prefix=server.processor_prefix)
     return app
 
 
@@ -190,12 +198,12 @@ def _gateway_router(server: Server) -> APIRouter:
                 "cleanup": {"running": True, "expiration_timeout": cfg.expiration_timeout}}
 
     @gw.post("/twinkle/create_session")
-    def create_session(who: CallerDep, body: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, str]:
+    async def create_session(who: CallerDep, body: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, str]:
         session = server.sessions.create(who.tenant, (body or {}).get("metadata"))
         return {"session_id": session.session_id}
 
     @gw.post("/twinkle/session_heartbeat")
-    def heartbeat(body: Annotated[dict[str, Any], Body()], who: CallerDep) -> dict[str, Any]:
+    async def heartbeat(body: Annotated[dict[str, Any], Body()], who: CallerDep) -> dict[str, Any]:
         if not server.sessions.touch(str(body.get("session_id", "")), who.tenant):
             raise NotFound("Unknown session: it expired or the server restarted; create a new session and load "
                            "your last checkpoint")
@@ -324,5 +332,58 @@ def _sampler_router(service: SamplerService, answer) -> APIRouter:
             check_name(short, "adapter_name")
         return await answer(who, service.sample(who.tenant, who.session_id, body["inputs"],
                                                 body.get("sampling_params"), short, body.get("adapter_uri")))
+
+    return router
+
+
+_EXHAUSTED = object()
+
+
+def _processor_router(service: ProcessorService) -> APIRouter:
+    """http.md §7: server-side data objects; no compute queue (they run on threads, one call per object)."""
+    router = APIRouter()
+
+    async def run(fn) -> Any:
+        def guarded() -> Any:
+            try:
+                return fn()
+            except StopIteration:  # cannot cross a future: turned into 410 below
+                return _EXHAUSTED
+
+        try:
+            result = await asyncio.to_thread(guarded)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+            status = http_status(exc)
+            detail = str(exc) if status < 500 else f"internal error ({type(exc).__name__}: {exc}); see the server log"
+            return JSONResponse({"detail": detail}, status_code=status)
+        if result is _EXHAUSTED:
+            return JSONResponse({"detail": "Iterator exhausted"}, status_code=410)
+        return result
+
+    @router.post("/twinkle/create")
+    async def create(who: CallerDep, request: Request) -> Any:
+        body = await _json_object(request)
+        ptype, ctype = body.pop("processor_type", None), body.pop("class_type", None)
+        if not ptype or not ctype:
+            raise UserError(400, "create needs processor_type (e.g. 'dataset') and class_type (e.g. 'Dataset')")
+        result = await run(lambda: service.create(who.tenant, who.session_id, str(ptype), str(ctype), body))
+        return result if isinstance(result, JSONResponse) else {"processor_id": result}
+
+    @router.post("/twinkle/call")
+    async def call(who: CallerDep, request: Request) -> Any:
+        body = await _json_object(request)
+        pid, function = body.pop("processor_id", None), body.pop("function", None)
+        if not pid or not function:
+            raise UserError(400, "call needs processor_id and function")
+        result = await run(lambda: to_jsonable(service.call(who.tenant, str(pid), str(function), body)))
+        if isinstance(result, JSONResponse):
+            return result
+        try:
+            return JSONResponse({"result": result})
+        except (TypeError, ValueError):
+            raise UserError(400, f"{function} returned a {type(result).__name__}, which cannot be sent; call "
+                                 f"methods that return data") from None
 
     return router

@@ -189,6 +189,8 @@ class ServerConfig(_Strict):
         if sampler:
             apps.append({"name": "sampler", "route_prefix": f"/api/v1/sampler/{name}", "import_path": "sampler",
                          "args": {"model_id": model_id, "sampler_type": "torch", **devices}})
+        apps.append({"name": "processor", "route_prefix": "/api/v1/processor", "import_path": "processor",
+                     "args": {}})
         return cls.model_validate({"http_options": {"host": host, "port": port}, "applications": apps})
 
 

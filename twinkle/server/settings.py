@@ -15,6 +15,8 @@ class ServerSettings(BaseSettings):
         token_salt: salts the HMAC that turns a token into a tenant id; set it in production.
         long_poll_timeout: how long ``retrieve_future`` waits (keep it under the Tinker SDK's 45 s read timeout).
         poll_interval: unused by this server (it waits on a condition), kept for the documented env name.
+        per_user_processor_limit: server-side data objects (datasets, dataloaders, ...) one token may hold.
+        processor_timeout: seconds unused after which a server-side data object is dropped.
     """
 
     model_config = SettingsConfigDict(env_prefix="TWINKLE_", extra="ignore", case_sensitive=False)
@@ -29,3 +31,5 @@ class ServerSettings(BaseSettings):
     long_poll_timeout: float = 30.0
     poll_interval: float = 0.5
     cache_dir: str | None = None
+    per_user_processor_limit: int = 20
+    processor_timeout: float = 1800.0

@@ -1,17 +1,18 @@
-"""Tinker-compatible routes (http.md §4.1, §5.1) for the stock ``tinker`` SDK 0.16.1 (JSON bodies), unpatched.
+"""Tinker-compatible routes (http.md §4.1, §5.1) for the stock ``tinker`` SDK, unpatched: 0.16.1 (JSON bodies)
+and 0.38 (``/client/config``, protobuf ``forward_backward`` and results, ``tinker_proto.py``).
 
-Built: sessions, ``create_model`` (LoRA), ``get_info``, ``forward_backward`` with ``cross_entropy`` or
-``importance_sampling`` (clipped GRPO, §10.4), ``optim_step`` (``AdamParams``), ``save_weights`` /
-``load_weights``, ``save_weights_for_sampler``, ``create_sampling_session``, ``asample``, the REST listings of
-runs and checkpoints, and ``retrieve_future``. Calls return a future at once and run on the model's (or
-sampler's) compute queue, in arrival order per model; ``retrieve_future`` long-polls. Not built: other losses,
-DPO, ``forward``, ``unload_model``, and the protobuf protocol of SDK >= 0.38 (docs/http-mode.md).
-Checkpoint URIs are handed out as ``tinker://...`` (the unpatched SDK insists on that scheme) and accepted with
-either scheme.
+Built: sessions, ``create_model`` (LoRA), ``get_info``, ``forward_backward`` / ``forward`` with ``cross_entropy``
+or ``importance_sampling`` (clipped GRPO, §10.4), ``optim_step`` (``AdamParams``), ``save_weights`` /
+``load_weights``, ``save_weights_for_sampler``, ``create_sampling_session``, ``GET /samplers/{id}``, ``asample``,
+the REST listings of runs and checkpoints, and ``retrieve_future``. Calls return a future at once and run on the
+model's (or sampler's) compute queue, in arrival order per model; ``retrieve_future`` long-polls. Not built: other
+losses, DPO, ``unload_model``, and 0.38's newer endpoints (docs/http-mode.md). Checkpoint URIs are handed out as
+``tinker://...`` (the unpatched SDK insists on that scheme) and accepted with either scheme.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -19,9 +20,17 @@ import uuid
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi.responses import Response
 
 from twinkle.server.errors import NotFound, UserError
 from twinkle.server.state import AdapterRecord, tenant_of
+from twinkle.server.tinker_proto import (
+    CONTENT_TYPE,
+    ProtoError,
+    decode_forward_backward_request,
+    encode_forward_backward_output,
+    encode_sample_response,
+)
 
 if TYPE_CHECKING:
     from twinkle.server.app import Server
@@ -30,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["tinker_router"]
 
 
-def tinker_tenant(
+async def tinker_tenant(  # async: a plain def dependency would cost every call a thread-pool hop
     request: Request,
     x_api_key: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
@@ -132,15 +141,28 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
         return {"request_id": request_id, "model_id": model_id}
 
     @router.post("/create_session")
-    def create_session(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def create_session(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         session = server.sessions.create(tenant, {k: body.get(k) for k in ("tags", "user_metadata", "sdk_version")})
         return {"session_id": session.session_id, "type": "create_session"}
 
     @router.post("/session_heartbeat")
-    def heartbeat(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def heartbeat(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         if not server.sessions.touch(str(body.get("session_id", "")), tenant):
             raise NotFound("Unknown session")
         return {"type": "session_heartbeat"}
+
+    @router.post("/client/config")
+    async def client_config(tenant: TenantDep) -> dict[str, Any]:
+        # SDK >= 0.38 asks for its feature flags before anything else. Ours: API keys only (no JWT exchange), plain
+        # httpx transport, uncompressed protobuf forward_backward, one retrieve_future per request (no
+        # retrieve_futures / join_sampling_session / server-side custom losses)
+        return {"pjwt_auth_enabled": False, "credential_default_source": "api_key", "use_pyqwest_transport": False,
+                "proto_compress_fwdbwd": False, "sample_use_retrieve_futures": False,
+                "custom_loss_server_side": False, "sample_join_sampling_session": False}
+
+    @router.post("/client/dynamic_config")
+    async def client_dynamic_config(tenant: TenantDep) -> dict[str, Any]:
+        return {"refresh_interval_sec": 3600, "sample_cancel_enabled": False}
 
     @router.post("/telemetry")
     def telemetry(body: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, str]:
@@ -183,23 +205,45 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
         return future(submitted, model_id)
 
     @router.post("/get_info")
-    def get_info(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def get_info(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         model_id = str(body.get("model_id", ""))
         service, record = model_of(model_id, tenant)
         return {"type": "get_info", "model_data": {"arch": type(service.model.model).__name__,
                                                    "model_name": service.name, "tokenizer_id": service.args.model_id},
                 "model_id": model_id, "is_lora": True, "lora_rank": record.rank, "model_name": service.name}
 
-    @router.post("/forward_backward")
-    def forward_backward(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def read_forward_body(request: Request) -> dict[str, Any]:
+        """The JSON body of SDK 0.16, or SDK 0.38's protobuf ``ForwardBackwardRequest`` in the same shape."""
+        raw = await request.body()
+        if CONTENT_TYPE not in request.headers.get("content-type", ""):
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError as exc:
+                raise UserError(400, f"the body is not JSON ({exc})") from exc
+            if not isinstance(body, dict):
+                raise UserError(400, "the body must be a JSON object")
+            return body
+        if request.headers.get("content-encoding", "identity") != "identity":
+            # /client/config tells the SDK not to compress (proto_compress_fwdbwd: false)
+            raise UserError(415, f"Content-Encoding {request.headers['content-encoding']!r} is not accepted; "
+                                 f"send the protobuf body uncompressed")
+        try:
+            return decode_forward_backward_request(raw)
+        except ProtoError as exc:
+            raise UserError(400, f"bad ForwardBackwardRequest protobuf: {exc}") from exc
+
+    def submit_forward(tenant: str, body: dict[str, Any], key: str, forward_only: bool) -> dict[str, Any]:
         model_id = str(body.get("model_id", ""))
         service, _ = model_of(model_id, tenant)
-        fb = body.get("forward_backward_input") or {}
+        fb = body.get(key) or {}
         loss_fn = fb.get("loss_fn")
         if loss_fn not in ("cross_entropy", "importance_sampling"):
             raise UserError(400, f"loss_fn {loss_fn!r} is not offered yet; use 'cross_entropy' or "
                                  f"'importance_sampling'")
-        config = {k: float(v) for k, v in (fb.get("loss_fn_config") or {}).items()}
+        try:
+            config = {k: float(v) for k, v in (fb.get("loss_fn_config") or {}).items()}
+        except (TypeError, ValueError) as exc:
+            raise UserError(400, f"loss_fn_config values must be numbers for {loss_fn} ({exc})") from exc
         data = fb.get("data") or []
         if not data:
             raise UserError(400, "forward_backward needs at least one Datum")
@@ -216,7 +260,11 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
                                        beta=config.get("beta", 0.0))
             else:
                 service.model.set_loss("CrossEntropyLoss", adapter_name=model_id, reduction="sum")
-            out = service.model.forward_backward(inputs=rows, adapter_name=model_id, **rl)
+            if forward_only:
+                out = service.model.forward_only(inputs=rows, adapter_name=model_id)
+                out["loss"] = service.model.calculate_loss(adapter_name=model_id, **rl)
+            else:
+                out = service.model.forward_backward(inputs=rows, adapter_name=model_id, **rl)
             logps = out["logps"].detach().float().cpu()
             outputs, tokens = [], 0.0
             for i, (row, weights) in enumerate(pairs):
@@ -238,8 +286,18 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
 
         return future(service.run(f"model:{model_id}", tenant, task), model_id)
 
+    @router.post("/forward_backward")
+    async def forward_backward(tenant: TenantDep, request: Request) -> dict[str, Any]:
+        body = await read_forward_body(request)
+        return submit_forward(tenant, body, "forward_backward_input", bool(body.get("forward_only")))
+
+    @router.post("/forward")
+    async def forward(tenant: TenantDep, request: Request) -> dict[str, Any]:
+        # SDK 0.16's forward(): JSON under forward_input (0.38 sends forward_backward with forward_only)
+        return submit_forward(tenant, await read_forward_body(request), "forward_input", True)
+
     @router.post("/optim_step")
-    def optim_step(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    async def optim_step(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         model_id = str(body.get("model_id", ""))
         service, _ = model_of(model_id, tenant)
         adam = body.get("adam_params") or {}
@@ -297,6 +355,15 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
         sampling_id = open_sampling_session(tenant, body.get("base_model"), body.get("model_path"))
         return {"sampling_session_id": sampling_id, "type": "create_sampling_session"}
 
+    @router.get("/samplers/{sampling_id}")
+    def get_sampler(sampling_id: str, tenant: TenantDep) -> dict[str, Any]:
+        session = sampling_sessions.get(sampling_id)
+        if session is None or session["tenant"] != tenant:
+            raise NotFound(f"Sampler {sampling_id} not found")
+        path = session["model_path"]
+        return {"sampler_id": sampling_id, "base_model": session["base_model"],
+                "model_path": to_tinker_uri(path) if path else None}
+
     @router.post("/save_weights_for_sampler")
     def save_weights_for_sampler(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         model_id = str(body.get("model_id", ""))
@@ -344,7 +411,9 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
 
         submitted = sampler.sample(tenant, None, [{"input_ids": prompt}], params, "",
                                    to_twinkle_uri(model_path) if model_path else None, post=answer)
-        return future(submitted)
+        # SDK >= 0.38 stamps these onto the returned sequences (one per sample, in order); 0.16 ignores them
+        return {**future(submitted), "sample_sequence_ids": [f"{submitted[0]}-{i}"
+                                                             for i in range(int(body.get("num_samples", 1)))]}
 
     @router.get("/training_runs")
     def training_runs(tenant: TenantDep, limit: int = 20, offset: int = 0) -> dict[str, Any]:
@@ -361,8 +430,16 @@ def tinker_router(server: Server) -> APIRouter:  # noqa: C901 - one small closur
         return {"checkpoints": [tinker_checkpoint(c) for c in server.checkpoints.list(tenant, run)], "cursor": None}
 
     @router.post("/retrieve_future")
-    async def retrieve_future(tenant: TenantDep, body: Annotated[dict[str, Any], Body()]) -> Any:
-        return await long_poll(server, tenant, body)
+    async def retrieve_future(tenant: TenantDep, request: Request, body: Annotated[dict[str, Any], Body()]) -> Any:
+        result = await long_poll(server, tenant, body)
+        if CONTENT_TYPE in request.headers.get("accept", "") and isinstance(result, dict):
+            # SDK >= 0.38 reads ForwardBackwardOutput and SampleResponse only as protobuf; everything else
+            # (try_again, errors, other results) stays JSON, as it expects
+            if "loss_fn_outputs" in result:
+                return Response(encode_forward_backward_output(result), media_type=CONTENT_TYPE)
+            if result.get("type") == "sample":
+                return Response(encode_sample_response(result), media_type=CONTENT_TYPE)
+        return result
 
     return router
 

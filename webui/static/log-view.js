@@ -31,6 +31,7 @@ export function logView({ downloadHref, downloadName }) {
   const statusEl = h('span', { class: 'muted', id: 'log-status' }, 'Connecting…');
   const follow = h('input', { type: 'checkbox', id: 'follow', checked: true });
   const stamps = h('input', { type: 'checkbox', id: 'log-timestamps' });
+  const allRanks = h('input', { type: 'checkbox', id: 'all-ranks' });
   const search = h('input', { type: 'search', id: 'log-search', placeholder: 'Search the log', autocomplete: 'off' });
   const count = h('span', { class: 'muted small', id: 'log-search-count', role: 'status' });
   const prev = h('button', { type: 'button', class: 'button-link', id: 'log-search-prev', 'aria-label': 'Previous match' }, '↑');
@@ -45,6 +46,7 @@ export function logView({ downloadHref, downloadName }) {
       statusEl,
       h('span', { class: 'checkbox' }, follow, h('label', { for: 'follow' }, 'Follow new lines')),
       h('span', { class: 'checkbox' }, stamps, h('label', { for: 'log-timestamps' }, 'Timestamps')),
+      h('span', { class: 'checkbox' }, allRanks, h('label', { for: 'all-ranks' }, 'All ranks')),
       h('span', { class: 'log-search' }, h('label', { for: 'log-search', class: 'visually-hidden' }, 'Search the log'), search, prev, next, count),
       downloadHref ? h('a', { href: downloadHref, download: downloadName }, 'Download full log') : null,
     ),
@@ -67,7 +69,11 @@ export function logView({ downloadHref, downloadName }) {
       if (!Number.isNaN(date.getTime())) stamp = h('time', { class: 'log-ts', datetime: date.toISOString() }, TIME_FMT.format(date), ' ');
     }
     const err = stream === 'stderr';
-    const line = h('div', { class: `log-line${err ? ' log-stderr' : ''}`, dataset: { stream: stream || 'stdout' } }, stamp, err ? h('span', { class: 'log-mark', 'aria-label': 'stderr' }, '!') : null, textEl);
+    // A multi-rank job's lines start "[rank N] " (the worker puts it there): rank 0's and unprefixed lines show
+    // by default, the other ranks' on demand ("All ranks"), hidden by CSS so the toggle needs no re-render.
+    const rank = /^\[rank (\d+)\] /.exec(text);
+    const other = rank && rank[1] !== '0';
+    const line = h('div', { class: `log-line${err ? ' log-stderr' : ''}${other ? ' rank-other' : ''}`, dataset: { stream: stream || 'stdout' } }, stamp, err ? h('span', { class: 'log-mark', 'aria-label': 'stderr' }, '!') : null, textEl);
     line.dataset.text = text;
     return line;
   }
@@ -91,8 +97,9 @@ export function logView({ downloadHref, downloadName }) {
     }
   }
 
+  /** The matches the reader can see: other ranks' lines count only while "All ranks" shows them. */
   function marks() {
-    return [...box.querySelectorAll('mark')];
+    return [...box.querySelectorAll(allRanks.checked ? 'mark' : '.log-line:not(.rank-other) mark')];
   }
 
   function updateCount() {
@@ -132,6 +139,13 @@ export function logView({ downloadHref, downloadName }) {
   prev.addEventListener('click', () => go(-1));
   next.addEventListener('click', () => go(1));
   stamps.addEventListener('change', () => box.classList.toggle('show-ts', stamps.checked));
+  allRanks.addEventListener('change', () => {
+    box.classList.toggle('all-ranks', allRanks.checked);
+    if (!needle) return;
+    for (const m of box.querySelectorAll('mark.current')) m.classList.remove('current');
+    current = -1;
+    updateCount();
+  });
 
   return {
     el,

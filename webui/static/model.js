@@ -102,6 +102,7 @@ export function deviceGroupText(group) {
   if (group.memory_gb) details.push(`${group.memory_gb} GB`);
   else if (group.min_memory_gb) details.push(`≥ ${group.min_memory_gb} GB`);
   if (details.length) parts.push(`(${details.join(', ')})`);
+  if (group.pooled) parts.push('shared by count');
   return `${group.name || 'default'}: ${parts.join(' ')}`;
 }
 

@@ -40,6 +40,7 @@ const STATE_LABELS = {
   assigned: 'Assigned',
   running: 'Running',
   cancelling: 'Stopping…',
+  validating: 'Validating',
   succeeded: 'Succeeded',
   failed: 'Failed',
   cancelled: 'Cancelled',

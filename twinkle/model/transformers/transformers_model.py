@@ -40,6 +40,7 @@ from twinkle.errors import (
     UnknownComponentError,
 )
 from twinkle.infra import remote_class, remote_function
+from twinkle.infra._job_env import stop_if_reached
 from twinkle.loss import CrossEntropyLoss, Loss, selective_log_softmax
 from twinkle.metric import Accuracy, LossMetric, Metric, TrainMetric
 from twinkle.model._hub import resolve_model_dir
@@ -796,7 +797,8 @@ class TransformersModel(CheckpointingMixin, TwinkleModel, CheckpointEngineMixin)
         """Every metric of the group as strings: loss, grad_norm, accuracy, lr, iters, speed, ...
 
         When ``TWINKLE_METRICS_FILE`` is set, rank 0 also appends ``{"step", "ts", "metrics"}`` as one JSON line
-        (evaluation metrics are prefixed ``eval/`` there).
+        (evaluation metrics are prefixed ``eval/`` there). With ``TWINKLE_STOP_AFTER_STEPS=k`` the process exits
+        (status 0) after the first training record at optimizer step k or later (a platform replay).
         """
         group = self._group(adapter_name)
         values: dict[str, str] = {}
@@ -814,6 +816,8 @@ class TransformersModel(CheckpointingMixin, TwinkleModel, CheckpointEngineMixin)
             Path(sink).parent.mkdir(parents=True, exist_ok=True)
             with open(sink, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+        if is_training:  # a replay stops here after its k-th step's record (TWINKLE_STOP_AFTER_STEPS)
+            stop_if_reached(group.optimizer_steps)
         return values
 
     # ------------------------------------------------------------------ state

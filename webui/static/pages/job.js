@@ -85,6 +85,14 @@ export function artifactFolders(items) {
   return [...byKey.values()].sort((a, b) => b.attempt - a.attempt || a.folder.localeCompare(b.folder));
 }
 
+// The spot check of a succeeded attempt (a replay of its first steps on a trusted worker).
+const VALIDATION_TEXT = {
+  pending: 'Being replayed on a trusted worker; the job succeeds once the replay agrees.',
+  validated: 'A replay on a trusted worker agreed with this attempt\'s loss and grad norm.',
+  unverified: 'A replay disagreed with what this worker reported; the job was run again elsewhere.',
+  inconclusive: 'The replay had nothing to compare (no loss or grad norm recorded).',
+};
+
 function section(id, title, ...children) {
   return h('section', { class: 'section', 'aria-labelledby': `${id}-h` }, h('h2', { id: `${id}-h` }, title), ...children);
 }
@@ -187,6 +195,7 @@ export async function render(root, { params }) {
       job.resubmitted_from ? row('Resubmitted from', h('a', { href: `/jobs/${encodeURIComponent(job.resubmitted_from)}` }, job.resubmitted_from)) : null,
       row('Devices', groups.length ? h('ul', { class: 'plain-list' }, groups.map((g) => h('li', {}, deviceGroupText(g)))) : null),
       row('Isolation', job.request && job.request.allow_unsandboxed ? 'a sandboxed worker, or one without a sandbox (opted out)' : 'sandboxed workers only'),
+      row('Launcher', (job.request && job.request.launcher) || 'python'),
     );
     const attempts = job.attempts || [];
     replace(
@@ -198,7 +207,7 @@ export async function render(root, { params }) {
               {},
               h('td', { class: 'num' }, a.n ?? a.attempt),
               h('td', { class: 'mono' }, attemptWorker(a) ?? '—'),
-              h('td', {}, stateBadge(a.state)),
+              h('td', {}, stateBadge(a.state), a.validation ? h('div', { class: 'muted small', dataset: { validation: a.validation }, title: VALIDATION_TEXT[a.validation] || '' }, `spot check: ${a.validation}`) : null),
               h('td', {}, timeEl(a.started_at)),
               h('td', { class: 'num' }, formatDuration(runSeconds(a.started_at, a.ended_at))),
               h('td', { class: 'num' }, a.exit_code ?? '—'),

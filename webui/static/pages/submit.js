@@ -100,6 +100,18 @@ export async function render(root) {
     h('p', { class: 'hint', id: 'allow_unsandboxed-hint' }, 'By default your job runs only on workers that isolate it (bubblewrap or a container runtime). Tick this to also accept workers of a trusted pool that run jobs unisolated.'),
   );
 
+  // ---- launcher: read from the script (twinkle.initialize(mode=...) and its ranks); the owner may choose
+  const launcherSelect = h(
+    'select',
+    { id: 'launcher', name: 'launcher', 'aria-describedby': 'launcher-hint' },
+    h('option', { value: '' }, 'As the script says'),
+    h('option', { value: 'python' }, 'python: one process'),
+    h('option', { value: 'torchrun' }, 'torchrun: one process per device (local mode)'),
+    h('option', { value: 'ray' }, 'ray: a Ray cluster of the job\'s own'),
+  );
+  const launcherHint = h('p', { class: 'hint', id: 'launcher-hint' }, 'How the worker starts your script.');
+  const launcherField = h('div', { class: 'field', id: 'launcher-field' }, h('label', { for: 'launcher' }, 'Launcher'), launcherSelect, launcherHint);
+
   const submitButton = h('button', { type: 'submit', class: 'button', id: 'submit-job' }, 'Submit job');
   const form = h(
     'form',
@@ -135,6 +147,7 @@ export async function render(root) {
       groupsList,
       addGroup,
     ),
+    launcherField,
     unsandboxedField,
     h('div', { class: 'actions' }, submitButton),
   );
@@ -324,6 +337,8 @@ export async function render(root) {
       const read = groups.length
         ? `Read ${groups.length} device group${groups.length === 1 ? '' : 's'} from ${file.name}`
         : `${file.name} declares no device groups`;
+      const launcherRead = result.request && result.request.launcher;
+      replace(launcherHint, launcherRead ? `How the worker starts your script. Read from ${file.name}: ${launcherRead}.` : 'How the worker starts your script.');
       replace(
         inspectStatus,
         h('p', { class: 'ok' }, kept ? `${read}; your own device groups below are kept.` : `${read}.`),
@@ -410,6 +425,7 @@ export async function render(root) {
     if (Object.keys(env.env).length) body.append('env', JSON.stringify(env.env));
     const args = parseArgs(argsInput.value);
     if (args.length) body.append('args', JSON.stringify(args));
+    if (launcherSelect.value) body.append('launcher', launcherSelect.value);
 
     submitButton.disabled = true;
     replace(submitButton, 'Submitting…');

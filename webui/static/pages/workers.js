@@ -1,5 +1,5 @@
-// Workers: donor and pooled machines, the DeviceGroups they offer, how they isolate jobs, state, last heartbeat,
-// jobs run, GPU-hours.
+// Workers: donor and pooled machines, the DeviceGroups they offer, what their hardware probe found, how they isolate
+// jobs, state and trust (reputation, validated attempts), last heartbeat, jobs run, GPU-hours credited and pending.
 
 import { ROUTES, get } from '../api.js';
 import { deviceGroupText } from '../model.js';
@@ -25,6 +25,38 @@ function isolationCell(w) {
   return h('span', { class: `isolation isolation-${kind}`, title, dataset: { isolation: kind } }, text);
 }
 
+function probedText(d) {
+  const parts = [d.count > 1 ? `${d.count} × ${d.device_type}` : d.device_type];
+  if (d.device_model) parts.push(d.device_model);
+  if (d.memory_gb !== null && d.memory_gb !== undefined) parts.push(`${formatNumber(d.memory_gb, 1)} GB`);
+  if (d.matmul_tflops !== null && d.matmul_tflops !== undefined) parts.push(`${formatNumber(d.matmul_tflops, 2)} TFLOP/s`);
+  return parts.join(' · ');
+}
+
+function probeCell(w) {
+  const devices = (w.probe && w.probe.devices) || [];
+  if (!devices.length) return h('span', { class: 'muted', dataset: { probe: 'none' } }, 'not probed');
+  return h('ul', { class: 'plain-list', dataset: { probe: 'yes' } }, devices.map((d) => h('li', {}, probedText(d))));
+}
+
+function trustLine(w) {
+  if (w.trusted) return h('div', { class: 'muted small', dataset: { trust: 'pool' } }, 'trusted pool');
+  const rep = Number(w.reputation ?? 0.5);
+  return h('div', { class: 'muted small', dataset: { trust: 'donor' }, title: 'Reputation rises with attempts a replay validated and falls on a mismatch; a low one gets no jobs.' },
+    `reputation ${formatNumber(rep, 2)} · ${w.validated_attempts ?? 0} validated`);
+}
+
+/** Which job holds which devices (a pool runs several jobs side by side, each on its own devices). */
+function devicesInUse(w) {
+  const held = w.devices_in_use || [];
+  if (!held.length) return null;
+  return h(
+    'ul',
+    { class: 'plain-list small devices-in-use', 'aria-label': 'Devices in use' },
+    held.map((u) => h('li', { dataset: { jobId: u.job_id } }, h('span', { class: 'mono' }, u.job_id), `: ${u.group} device${u.devices.length === 1 ? '' : 's'} ${u.devices.join(', ')}`)),
+  );
+}
+
 function workerRow(w) {
   const groups = w.device_groups || [];
   const gpuHours = gpuHoursOf(w);
@@ -34,11 +66,15 @@ function workerRow(w) {
     h('th', { scope: 'row' }, h('span', { class: 'mono' }, w.name || w.id), w.hostname && w.hostname !== w.name ? h('div', { class: 'muted small' }, w.hostname) : null),
     h('td', {}, w.owner || h('span', { class: 'muted' }, '—')),
     h('td', {}, groups.length ? h('ul', { class: 'plain-list' }, groups.map((g) => h('li', {}, deviceGroupText(g)))) : h('span', { class: 'muted' }, '—')),
+    h('td', {}, probeCell(w)),
     h('td', {}, isolationCell(w)),
-    h('td', {}, stateBadge(w.state), w.running_jobs ? h('div', { class: 'muted small' }, `running ${w.running_jobs} job${w.running_jobs === 1 ? '' : 's'}`) : null),
+    h('td', {}, stateBadge(w.state), w.running_jobs ? h('div', { class: 'muted small' }, `running ${w.running_jobs} job${w.running_jobs === 1 ? '' : 's'}`) : null, trustLine(w), devicesInUse(w)),
     h('td', {}, timeEl(w.last_heartbeat_at ?? w.last_heartbeat)),
     h('td', { class: 'num' }, w.jobs_run ?? 0),
-    h('td', { class: 'num' }, formatNumber(gpuHours, 3)),
+    h('td', { class: 'num' }, formatNumber(gpuHours, 3),
+      Number(w.pending_gpu_hours ?? 0) > 0
+        ? h('div', { class: 'muted small', dataset: { pending: 'yes' }, title: 'Granted when a spot-check replay validates this worker\'s work' }, `${formatNumber(Number(w.pending_gpu_hours), 3)} pending`)
+        : null),
   );
 }
 
@@ -50,7 +86,7 @@ export async function render(root) {
     'table',
     { class: 'table', id: 'workers-table' },
     h('caption', { class: 'visually-hidden' }, 'Donor and pooled workers'),
-    h('thead', {}, h('tr', {}, ['Worker', 'Donated by', 'Device groups', 'Isolation', 'State', 'Last heartbeat', 'Jobs run', 'GPU-hours given'].map((t) => h('th', { scope: 'col' }, t)))),
+    h('thead', {}, h('tr', {}, ['Worker', 'Donated by', 'Device groups', 'Probed hardware', 'Isolation', 'State', 'Last heartbeat', 'Jobs run', 'GPU-hours credited'].map((t) => h('th', { scope: 'col' }, t)))),
     tbody,
   );
   const empty = h('p', { class: 'empty', hidden: true }, 'No workers have registered yet. Anyone with a GPU can donate it with ', h('code', {}, 'twinkle-worker --server URL --token T'), '.');
@@ -78,7 +114,7 @@ export async function render(root) {
     empty.hidden = items.length > 0;
     const hours = items.reduce((sum, w) => sum + gpuHoursOf(w), 0);
     const jobs = items.reduce((sum, w) => sum + Number(w.jobs_run ?? 0), 0);
-    replace(totals, items.length ? `${items.length} worker${items.length === 1 ? '' : 's'} · ${jobs} jobs run · ${formatNumber(hours, 3)} GPU-hours given` : '');
+    replace(totals, items.length ? `${items.length} worker${items.length === 1 ? '' : 's'} · ${jobs} jobs run · ${formatNumber(hours, 3)} GPU-hours credited` : '');
     return true;
   }, REFRESH_MS);
 }

@@ -1,7 +1,7 @@
 """jobs.env/args/resubmitted_from and attempts.limit_hit/stderr_tail (issue 18: run again, failure first)
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-29 20:40:00
 
 All nullable: jobs submitted before have no variables or arguments, attempts ended before have no recorded limit
@@ -11,8 +11,8 @@ or stderr tail (their failure is then read from ``error`` alone).
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0003'
-down_revision = '0002'
+revision = '0004'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
