@@ -440,8 +440,12 @@ def test_a_pooled_worker_shows_which_job_holds_which_devices_and_logs_show_rank_
         log = page.locator("#log")
         expect(log).to_contain_text("loss from rank zero")
         expect(log.get_by_text("loss from rank one")).to_be_hidden()
+        # search counts the matches the reader can see: other ranks' only once they are shown
+        page.get_by_label("Search the log").fill("loss from")
+        expect(page.locator("#log-search-count")).to_have_text("1 match on 1 line")
         page.get_by_label("All ranks").check()
         expect(log.get_by_text("loss from rank one")).to_be_visible()
+        expect(page.locator("#log-search-count")).to_have_text("2 matches on 2 lines")
     finally:
         stop.set()
         beat.join(5)
