@@ -45,17 +45,20 @@ class ProcessTreeSampler:
 
     def sample(self) -> dict[str, float]:
         cpu = rss = 0.0
-        procs = self._tree()
-        for p in procs:
+        read = 0
+        for p in self._tree():
             try:
                 with p.oneshot():
+                    if p.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped: it reads as 0 bytes
+                        continue
                     cpu += p.cpu_percent(None)
                     rss += p.memory_info().rss
+                read += 1
             except psutil.Error:  # exited between the listing and the read
                 continue
-        if not procs:
+        if not read:  # the tree ended (or was never seen): no sample rather than a false zero
             return {}
-        return {"sys/cpu_percent": round(cpu, 1), "sys/rss_bytes": rss, "sys/processes": float(len(procs))}
+        return {"sys/cpu_percent": round(cpu, 1), "sys/rss_bytes": rss, "sys/processes": float(read)}
 
 
 class GpuSampler:
