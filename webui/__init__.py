@@ -1,6 +1,7 @@
 """The browser UI: one HTML shell plus plain ES modules that call the public ``/api/v1`` routes.
 
-``mount(app)`` adds the page routes (``/``, ``/login``, ``/submit``, ``/workers``, ``/jobs/{job_id}``) and the
+``mount(app)`` adds the page routes (``/``, ``/login``, ``/submit``, ``/workers``, ``/jobs/{job_id}``,
+``/compare``) and the
 static assets under ``/ui/{version}/``. The version is a hash of the asset files, so assets are cached forever
 (``immutable``) and a new release changes every URL; only the small shell is revalidated. The UI has no private
 endpoints: everything it shows comes from the same routes the CLI uses.
@@ -23,7 +24,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 SHELL_FILE = Path(__file__).resolve().parent / "index.html"
 
 #: Paths that serve the HTML shell; ``app.js`` picks the page module from ``location.pathname``.
-PAGES = ("/", "/login", "/submit", "/workers", "/jobs/{job_id}")
+PAGES = ("/", "/login", "/submit", "/workers", "/jobs/{job_id}", "/compare")
 
 # Strict CSP: no inline script or style, nothing from another origin. Downloads are plain navigations
 # (presigned S3 URLs live elsewhere), which ``connect-src`` does not govern.

@@ -85,6 +85,24 @@ def page(chromium, request):
 
 
 
+@pytest.fixture()
+def modules(page, ui_only_url):
+    """Run ``body`` with ``m`` bound to a UI module, in a page of the UI's origin (so imports run under the real
+    CSP); ``arg`` is passed in as ``arg``."""
+    import webui
+
+    page.goto(f"{ui_only_url}/login")
+    prefix = f"/ui/{webui.asset_version()}"
+
+    def run(module: str, body: str, arg=None):
+        return page.evaluate(
+            f"async (arg) => {{ const m = await import('{prefix}/{module}'); {body} }}",
+            arg,
+        )
+
+    return run
+
+
 @pytest.fixture(scope="module")
 def ui_only_url() -> Iterator[str]:
     """The UI alone (no API behind it) in a uvicorn thread: enough to import and exercise the ES modules."""

@@ -154,6 +154,12 @@ def test_submit_watch_cancel_download(page, stack, worker, tmp_path):
     loss_steps = {r["step"] for r in records if "loss" in r["metrics"]}
     assert loss_steps, records
     expect(loss_chart).to_have_attribute("data-points", str(len(loss_steps)), timeout=15_000)
+    # The worker sampled the job's processes: system use is charted in its own group, against time.
+    sys_steps = [r for r in records if "sys/cpu_percent" in r["metrics"]]
+    assert sys_steps, "the worker posted no sys/ samples"
+    cpu = page.locator("#sys-charts #chart-sys-cpu-percent")
+    expect(cpu).to_have_attribute("data-points", str(len(sys_steps)), timeout=15_000)
+    expect(cpu.locator("text.chart-label").last).to_have_text("Time since start")
     # The live tail shows what the stored log holds (its last line at least).
     last_line = [line for line in full_log.splitlines() if line.strip()][-1]
     expect(page.locator("#log")).to_contain_text(last_line.strip())

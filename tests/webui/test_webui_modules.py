@@ -5,24 +5,7 @@ from __future__ import annotations
 import pytest
 from webui_testkit import shot
 
-import webui
-
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture()
-def modules(page, ui_only_url):
-    """A page with the UI's origin loaded, so its modules import under the real CSP."""
-    page.goto(f"{ui_only_url}/login")
-    prefix = f"/ui/{webui.asset_version()}"
-
-    def run(module: str, body: str, arg=None):
-        return page.evaluate(
-            f"async (arg) => {{ const m = await import('{prefix}/{module}'); {body} }}",
-            arg,
-        )
-
-    return run
 
 
 def test_nice_ticks_are_round_and_cover_the_range(modules):
@@ -51,11 +34,11 @@ def test_line_chart_draws_one_path_through_every_point(modules):
       const fig = m.lineChart({id: 't', title: 'Loss', points: arg});
       document.body.append(fig);
       const d = fig.querySelector('path.chart-line').getAttribute('d');
-      return {moves: (d.match(/[ML]/g) || []).length, dots: fig.querySelectorAll('circle').length,
+      return {moves: (d.match(/[ML]/g) || []).length, dots: fig.querySelectorAll('circle.chart-dot').length,
               label: fig.querySelector('svg title').textContent, points: fig.dataset.points};
     """
     out = modules("chart.js", body, [{"x": i, "y": 1 / (i + 1)} for i in range(5)])
-    assert out == {"moves": 5, "dots": 5, "label": "Loss: 5 points, latest 0.2 at step 4.", "points": "5"}
+    assert out == {"moves": 5, "dots": 5, "label": "Loss: 5 points, latest 0.2 at optimizer step 4.", "points": "5"}
     empty = modules("chart.js", "return m.lineChart({id: 'e', title: 'Loss', points: []}).textContent;")
     assert "No values yet" in empty
 
@@ -156,3 +139,19 @@ def test_long_tick_labels_widen_the_margin_instead_of_being_clipped(modules, pag
     lefts = modules("chart.js", body, [{"x": i, "y": 0.0009 + i * 0.00005} for i in range(5)])
     assert lefts and min(lefts) >= 0, lefts
     shot(page, "chart-learning-rate")
+
+
+def test_queue_text_names_the_place_and_the_expected_start(modules):
+    body = """
+      const soon = new Date(Date.now() + 3 * 3600 * 1000).toISOString();
+      const mk = (j) => { const n = m.queueInfo(j); return n ? n.textContent : null; };
+      return [
+        mk({phase: 'queued', queue_position: 2, expected_start_at: soon, pending_reason: 'waiting for a free worker'}),
+        mk({phase: 'held', queue_position: null, expected_start_at: null, pending_reason: 'held: no worker offers 8 × cuda'}),
+        mk({phase: 'running', queue_position: null, pending_reason: null}),
+      ];
+    """
+    queued, held, running = modules("model.js", body)
+    assert queued.startswith("#2 in queue") and "expected to start ~" in queued and "(estimate)" in queued
+    assert held.startswith("Held") and "#" not in held
+    assert running is None

@@ -33,7 +33,7 @@ def _assets_prefix(html: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("path", ["/", "/login", "/submit", "/workers", "/jobs/abc123"])
+@pytest.mark.parametrize("path", ["/", "/login", "/submit", "/workers", "/jobs/abc123", "/compare"])
 def test_every_page_path_serves_the_shell_with_a_strict_csp(client, path):
     r = client.get(path)
     assert r.status_code == 200
@@ -84,6 +84,6 @@ def test_no_asset_is_fetched_from_another_origin():
 def test_every_page_module_the_router_names_exists():
     app_js = (webui.STATIC_DIR / "app.js").read_text()
     modules = re.findall(r"module: '\./(pages/[a-z]+\.js)'", app_js)
-    assert len(modules) == 5
+    assert len(modules) == len(webui.PAGES)  # one module per page path
     for module in modules:
         assert (webui.STATIC_DIR / module).is_file(), module

@@ -11,10 +11,12 @@ export const ROUTES = {
   JOBS: '/jobs',
   JOB: '/jobs/{job_id}',
   JOB_CANCEL: '/jobs/{job_id}/cancel',
+  JOB_RESUBMIT: '/jobs/{job_id}/resubmit',
   JOB_LOGS: '/jobs/{job_id}/logs',
   JOB_LOGS_STREAM: '/jobs/{job_id}/logs/stream',
   JOB_METRICS: '/jobs/{job_id}/metrics',
   JOB_ARTIFACTS: '/jobs/{job_id}/artifacts',
+  JOB_ARTIFACTS_ZIP: '/jobs/{job_id}/artifacts/zip',
   WORKERS: '/workers',
 };
 

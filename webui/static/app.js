@@ -3,13 +3,14 @@
 // or open log streams into the next one.
 
 import { ApiError, ROUTES, del, get } from './api.js';
-import { alertBox, h, replace } from './ui.js';
+import { alertBox, h, replace, scrollCues } from './ui.js';
 
 const PAGES = [
   { pattern: /^\/$/, module: './pages/jobs.js', nav: 'jobs' },
   { pattern: /^\/submit$/, module: './pages/submit.js', nav: 'submit' },
   { pattern: /^\/workers$/, module: './pages/workers.js', nav: 'workers' },
   { pattern: /^\/jobs\/([^/]+)$/, module: './pages/job.js', nav: 'jobs' },
+  { pattern: /^\/compare$/, module: './pages/compare.js', nav: 'jobs' },
   { pattern: /^\/login$/, module: './pages/login.js', nav: null, public: true },
 ];
 
@@ -41,9 +42,16 @@ function showNav(user, active) {
 
 async function main() {
   const root = document.getElementById('main');
+  scrollCues(root);
   const found = findRoute(location.pathname);
   if (!found) {
-    replace(root, h('h1', {}, 'Page not found'), h('p', {}, h('a', { href: '/' }, 'Go to your jobs')));
+    document.title = 'Page not found · Twinkle Commons';
+    replace(
+      root,
+      h('h1', {}, 'Page not found'),
+      h('p', {}, 'Nothing lives at ', h('code', {}, location.pathname), '. The address may be mistyped, or the page has moved.'),
+      h('ul', {}, h('li', {}, h('a', { href: '/' }, 'Go to your jobs')), h('li', {}, h('a', { href: '/docs' }, 'API documentation'))),
+    );
     return;
   }
   const { route, params } = found;

@@ -1,7 +1,7 @@
 // Reading the API's Job and Worker objects in one place, so the pages do not each know the field names.
 
 import { ROUTES, get } from './api.js';
-import { h, runSeconds } from './ui.js';
+import { h, parseTime, runSeconds } from './ui.js';
 
 // Worker ids -> names, from the public GET /workers. Fetched again only when an id we have not seen appears.
 const workerNames = new Map();
@@ -26,6 +26,8 @@ export async function loadWorkerNames(ids) {
 
 export const workerName = (id) => (id ? workerNames.get(id) || id : null);
 
+const TERMINAL_STATES = new Set(['succeeded', 'failed', 'cancelled']);
+
 export const jobName = (job) => job.name || job.entrypoint || job.id;
 export const submittedAt = (job) => job.created_at ?? job.submitted_at ?? null;
 export const endedAt = (job) => job.ended_at ?? job.finished_at ?? null;
@@ -38,24 +40,56 @@ export function jobWorkerId(job) {
   return last ? last.worker_id ?? null : null;
 }
 
-export const jobWorker = (job) => workerName(jobWorkerId(job));
+/** The worker's name as the API gives it (the same name the workers page and the log use), else looked up. */
+export function jobWorker(job) {
+  if (job.worker_name) return job.worker_name;
+  const attempts = job.attempts || [];
+  const last = attempts[attempts.length - 1];
+  if (!job.worker_id && last && last.worker_name) return last.worker_name;
+  return workerName(jobWorkerId(job));
+}
+
+export const attemptWorker = (a) => a.worker_name || workerName(a.worker_id);
+
+/** What to show as the job's state: the API's phase (held, starting, stopping…) when it sends one. */
+export const jobPhase = (job) => job.phase || job.state;
+
+const CLOCK = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', timeZoneName: 'short' });
+const DAY_CLOCK = new Intl.DateTimeFormat(undefined, { weekday: 'short', hour: '2-digit', minute: '2-digit', timeZoneName: 'short' });
+
+/** "~14:05 CET" (today) or "~Tue 14:05 CET" for an estimate; null when there is none. */
+export function expectedStartText(job) {
+  const at = parseTime(job.expected_start_at);
+  if (!at) return null;
+  if (at - Date.now() < 60_000) return 'any moment now';
+  const sameDay = at.toDateString() === new Date().toDateString();
+  return `~${(sameDay ? CLOCK : DAY_CLOCK).format(at)}`;
+}
 
 /** Seconds the job has run: from its first start to its end (or now). */
 export function jobDuration(job) {
+  if (job.duration_s !== null && job.duration_s !== undefined && TERMINAL_STATES.has(String(job.state))) return job.duration_s;
   const attempts = job.attempts || [];
   const started = job.started_at ?? (attempts[0] && attempts[0].started_at);
   return runSeconds(started, endedAt(job));
 }
 
-/** "3rd in queue · no worker offers 8× cuda" as a node, or null when the job is not waiting. */
+/**
+ * "#3 in queue · expected to start ~14:05 (estimate) · <why it waits>" as a node, or null when the job is not
+ * waiting. A held job (no worker can run it now) has no place in the queue: it says "Held" and why.
+ */
 export function queueInfo(job) {
-  const pos = job.queue_position;
+  const held = job.phase === 'held';
+  const pos = held ? null : job.queue_position;
   const reason = job.pending_reason;
-  if ((pos === null || pos === undefined) && !reason) return null;
+  const expected = held ? null : expectedStartText(job);
+  if ((pos === null || pos === undefined) && !reason && !held && !expected) return null;
   return h(
     'span',
-    { class: 'queue' },
+    { class: 'queue', dataset: { held: held ? 'true' : 'false' } },
+    held ? h('span', { class: 'queue-pos queue-held' }, 'Held: no worker can run it now') : null,
     pos !== null && pos !== undefined ? h('span', { class: 'queue-pos' }, `#${pos} in queue`) : null,
+    expected ? h('span', { class: 'queue-eta', title: 'An estimate from recent job durations and the jobs ahead (like squeue --start)' }, `expected to start ${expected} (estimate)`) : null,
     reason ? h('span', { class: 'queue-reason' }, reason) : null,
   );
 }

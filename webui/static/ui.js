@@ -34,9 +34,12 @@ export const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 
 const STATE_LABELS = {
   queued: 'Queued',
+  held: 'Held',
+  starting: 'Starting',
+  stopping: 'Stopping…',
   assigned: 'Assigned',
   running: 'Running',
-  cancelling: 'Cancelling',
+  cancelling: 'Stopping…',
   validating: 'Validating',
   succeeded: 'Succeeded',
   failed: 'Failed',
@@ -173,4 +176,31 @@ export function alertBox(message, { kind = 'error' } = {}) {
 export function pageTitle(text) {
   document.title = `${text} · Twinkle Commons`;
   return h('h1', {}, text);
+}
+
+/**
+ * Give every sideways-scrolling table under `root` a visible cue while it overflows: a shadow on the edge that
+ * has more (CSS) and a "Scroll sideways" hint (`data-overflow` says which edges: "right", "left", "both", "none").
+ * New tables are picked up as pages redraw.
+ */
+export function scrollCues(root) {
+  const sizes = typeof ResizeObserver !== 'undefined' ? new ResizeObserver((entries) => entries.forEach((e) => mark(e.target))) : null;
+  function mark(el) {
+    const more = el.scrollWidth - el.clientWidth > 2;
+    const left = more && el.scrollLeft > 2;
+    const right = more && el.scrollLeft < el.scrollWidth - el.clientWidth - 2;
+    el.dataset.overflow = left && right ? 'both' : left ? 'left' : right ? 'right' : 'none';
+  }
+  function enhance(el) {
+    if (el.dataset.cue) return;
+    el.dataset.cue = '1';
+    el.addEventListener('scroll', () => mark(el), { passive: true });
+    sizes?.observe(el);
+    const table = el.querySelector('table');
+    if (table) sizes?.observe(table);
+    mark(el);
+  }
+  const scan = () => root.querySelectorAll('.table-scroll').forEach(enhance);
+  new MutationObserver(scan).observe(root, { childList: true, subtree: true });
+  scan();
 }

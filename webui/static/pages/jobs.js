@@ -1,7 +1,7 @@
 // My jobs: state, place in the queue and why it waits, worker, duration. Refreshes live; paginated.
 
 import { ROUTES, get, query } from '../api.js';
-import { jobDuration, jobName, jobWorker, jobWorkerId, loadWorkerNames, queueInfo, submittedAt } from '../model.js';
+import { jobDuration, jobName, jobPhase, jobWorker, jobWorkerId, loadWorkerNames, queueInfo, submittedAt } from '../model.js';
 import { alertBox, formatDuration, h, pageTitle, poll, replace, stateBadge, timeEl } from '../ui.js';
 
 export const PAGE_SIZE = 25;
@@ -16,13 +16,26 @@ function pageHref(page, state) {
   return s ? `/?${s}` : '/';
 }
 
-function jobRow(job) {
+// Jobs ticked for comparison; kept for the tab's session so paging and filtering do not lose them.
+const SELECTED = 'twinkle.compare.v1';
+function loadSelected() {
+  try {
+    return new Set(JSON.parse(sessionStorage.getItem(SELECTED) || '[]'));
+  } catch {
+    return new Set();
+  }
+}
+
+function jobRow(job, selected, onToggle) {
   const queue = queueInfo(job);
+  const box = h('input', { type: 'checkbox', id: `cmp-${job.id}`, class: 'compare-box', checked: selected.has(job.id), value: job.id });
+  box.addEventListener('change', () => onToggle(job.id, box.checked));
   return h(
     'tr',
     { dataset: { jobId: job.id } },
+    h('td', { class: 'select-cell' }, box, h('label', { for: `cmp-${job.id}`, class: 'visually-hidden' }, `Compare ${jobName(job)}`)),
     h('th', { scope: 'row' }, h('a', { href: `/jobs/${encodeURIComponent(job.id)}` }, jobName(job)), h('div', { class: 'muted small mono' }, job.id)),
-    h('td', {}, stateBadge(job.state)),
+    h('td', {}, stateBadge(jobPhase(job))),
     h('td', {}, queue || h('span', { class: 'muted' }, '—')),
     h('td', { class: 'mono' }, jobWorker(job) || h('span', { class: 'muted' }, '—')),
     h('td', { class: 'num' }, formatDuration(jobDuration(job))),
@@ -54,7 +67,7 @@ export async function render(root) {
     h(
       'thead',
       {},
-      h('tr', {}, ['Job', 'State', 'Queue', 'Worker', 'Duration', 'Submitted'].map((t) => h('th', { scope: 'col' }, t))),
+      h('tr', {}, h('th', { scope: 'col', class: 'select-cell' }, h('span', { class: 'visually-hidden' }, 'Compare')), ['Job', 'State', 'Queue', 'Worker', 'Duration', 'Submitted'].map((t) => h('th', { scope: 'col' }, t))),
     ),
     tbody,
   );
@@ -65,6 +78,41 @@ export async function render(root) {
     h('p', {}, h('a', { class: 'button', href: '/submit' }, 'Submit a job')),
   );
 
+  const selected = loadSelected();
+  const compare = h('a', { class: 'button secondary', id: 'compare-selected', href: '/compare' }, 'Compare selected');
+  const clearSel = h('button', { type: 'button', class: 'button-link', id: 'compare-clear' }, 'Clear');
+  const compareBar = h('div', { class: 'compare-bar', role: 'status' }, compare, clearSel);
+  const drawCompare = () => {
+    const ids = [...selected];
+    compare.textContent = `Compare selected (${ids.length})`;
+    compare.href = `/compare?jobs=${ids.map(encodeURIComponent).join(',')}`;
+    compareBar.hidden = ids.length === 0;
+    if (ids.length < 2) compare.setAttribute('aria-disabled', 'true');
+    else compare.removeAttribute('aria-disabled');
+    try {
+      sessionStorage.setItem(SELECTED, JSON.stringify(ids));
+    } catch {
+      // storage refused: the selection lasts for this page
+    }
+  };
+  compare.addEventListener('click', (event) => {
+    if (selected.size < 2) {
+      event.preventDefault();
+      compare.textContent = 'Tick at least two jobs to compare';
+    }
+  });
+  clearSel.addEventListener('click', () => {
+    selected.clear();
+    for (const box of tbody.querySelectorAll('.compare-box')) box.checked = false;
+    drawCompare();
+  });
+  const onToggle = (id, on) => {
+    if (on) selected.add(id);
+    else selected.delete(id);
+    drawCompare();
+  };
+  drawCompare();
+
   root.append(
     h(
       'div',
@@ -73,7 +121,8 @@ export async function render(root) {
       h('div', { class: 'inline-field' }, h('label', { for: 'state-filter' }, 'Show'), select),
     ),
     errorSlot,
-    h('div', { class: 'table-scroll' }, table),
+    compareBar,
+    h('div', { class: 'table-scroll', tabindex: '0', role: 'region', 'aria-label': 'Your jobs (scrolls sideways)' }, table),
     empty,
     h('div', { class: 'table-foot' }, status, pager),
   );
@@ -89,13 +138,13 @@ export async function render(root) {
     }
     replace(errorSlot);
     const items = data.items || [];
-    await loadWorkerNames(items.map(jobWorkerId));
+    await loadWorkerNames(items.filter((j) => !j.worker_name).map(jobWorkerId));
     const total = data.total ?? items.length;
 
     // Keep keyboard focus on the same job link across a refresh.
     const focused = document.activeElement;
     const focusHref = focused && tbody.contains(focused) ? focused.getAttribute('href') : null;
-    replace(tbody, items.map(jobRow));
+    replace(tbody, items.map((job) => jobRow(job, selected, onToggle)));
     if (focusHref) {
       const again = [...tbody.querySelectorAll('a')].find((a) => a.getAttribute('href') === focusHref);
       if (again) again.focus();

@@ -3,6 +3,7 @@
 // The API's 422 lists every problem at once; each appears beside its field and in a summary at the top.
 
 import { ApiError, ROUTES, post } from '../api.js';
+import { parseArgs, parseEnv } from '../resubmit.js';
 import { h, pageTitle, replace } from '../ui.js';
 
 const DEVICE_TYPES = ['any', 'cuda', 'gpu', 'npu', 'cpu'];
@@ -50,7 +51,9 @@ function field({ id, label, hint, control, wide = false }) {
 }
 
 export async function render(root) {
-  const state = { mode: 'upload', groups: [], inspectSeq: 0, inspectTimer: null };
+  // groupsTouched: the user changed the device groups since the script last changed, so a reading of the
+  // script that lands late must not overwrite them.
+  const state = { mode: 'upload', groups: [], inspectSeq: 0, inspectTimer: null, groupsTouched: false };
   const errorSummary = h('div', { class: 'error-summary', tabindex: '-1', hidden: true, role: 'alert' });
 
   // ---- script source
@@ -69,6 +72,10 @@ export async function render(root) {
 
   const nameInput = h('input', { type: 'text', id: 'name', name: 'name', maxlength: '200', autocomplete: 'off' });
   const nameField = field({ id: 'name', label: 'Job name (optional)', hint: 'Defaults to the script name.', control: nameInput });
+  const envInput = h('textarea', { id: 'env', name: 'env', class: 'mono short', rows: '3', spellcheck: 'false', placeholder: 'EPOCHS=3' });
+  const envField = field({ id: 'env', label: 'Environment variables (optional)', hint: 'One NAME=value per line; the script reads them with os.environ. TWINKLE_* and a few others are set by the platform.', control: envInput, wide: true });
+  const argsInput = h('textarea', { id: 'args', name: 'args', class: 'mono short', rows: '2', spellcheck: 'false', placeholder: '--epochs' });
+  const argsField = field({ id: 'args', label: 'Arguments (optional)', hint: 'One argument per line, given to the script in this order (sys.argv[1:]).', control: argsInput, wide: true });
   const entryInput = h('input', { type: 'text', id: 'entrypoint', name: 'entrypoint', placeholder: 'train.py', autocomplete: 'off', class: 'mono' });
   const entryField = field({
     id: 'entrypoint',
@@ -124,6 +131,8 @@ export async function render(root) {
       entryField.wrapper,
     ),
     nameField.wrapper,
+    envField.wrapper,
+    argsField.wrapper,
     h(
       'fieldset',
       { class: 'plain', id: 'devices', 'aria-describedby': 'devices-hint' },
@@ -157,6 +166,8 @@ export async function render(root) {
   register('code', codeField.error, codeInput);
   register('name', nameField.error, nameInput);
   register('entrypoint', entryField.error, entryInput);
+  register('env', envField.error, envInput);
+  register('args', argsField.error, argsInput);
 
   function setFieldError(id, message) {
     const entry = fieldErrors.get(id);
@@ -188,9 +199,16 @@ export async function render(root) {
   /** Show every error beside its field and list them all in the summary; unknown fields go only in the summary. */
   function showErrors(fields, message) {
     const items = [];
-    for (const [rawKey, text] of Object.entries(fields)) {
+    for (const [rawKey, message] of Object.entries(fields)) {
+      let text = message;
       let key = normaliseField(rawKey);
       if (key === 'file' && state.mode === 'paste') key = 'code';
+      // "env.TWINKLE_X" and "args.3" belong to the env and args boxes; the message keeps the name or number.
+      const sub = /^(env|args)\.(.+)$/.exec(key);
+      if (sub) {
+        key = sub[1];
+        text = `${sub[2]}: ${text}`;
+      }
       if (key === 'request' || key === 'device_groups') {
         replace(groupsError, text);
         groupsError.hidden = false;
@@ -240,6 +258,7 @@ export async function render(root) {
     for (const p of parts) register(p.control.id, p.error, p.control);
     const remove = h('button', { type: 'button', class: 'button-link danger' }, `Remove device group ${index + 1}`);
     remove.addEventListener('click', () => {
+      state.groupsTouched = true;
       state.groups = readGroups();
       state.groups.splice(index, 1);
       drawGroups();
@@ -274,7 +293,12 @@ export async function render(root) {
     });
   }
 
+  groupsList.addEventListener('input', () => {
+    state.groupsTouched = true;
+  });
+
   addGroup.addEventListener('click', () => {
+    state.groupsTouched = true;
     state.groups = readGroups();
     state.groups.push({ name: state.groups.length ? `group${state.groups.length + 1}` : 'default', ranks: 1, device_type: 'any' });
     drawGroups();
@@ -304,20 +328,20 @@ export async function render(root) {
       if (seq !== state.inspectSeq) return; // a newer file or edit won
       setFieldError(controlId, null);
       const groups = (result.request && result.request.device_groups) || [];
-      state.groups = groups.map((g) => ({ ...g }));
-      drawGroups();
+      const kept = state.groupsTouched;
+      if (!kept) {
+        state.groups = groups.map((g) => ({ ...g }));
+        drawGroups();
+      }
       const warnings = result.warnings || [];
-      const read = result.request && result.request.launcher;
-      replace(launcherHint, read ? `How the worker starts your script. Read from ${file.name}: ${read}.` : 'How the worker starts your script.');
+      const read = groups.length
+        ? `Read ${groups.length} device group${groups.length === 1 ? '' : 's'} from ${file.name}`
+        : `${file.name} declares no device groups`;
+      const launcherRead = result.request && result.request.launcher;
+      replace(launcherHint, launcherRead ? `How the worker starts your script. Read from ${file.name}: ${launcherRead}.` : 'How the worker starts your script.');
       replace(
         inspectStatus,
-        h(
-          'p',
-          { class: 'ok' },
-          groups.length
-            ? `Read ${groups.length} device group${groups.length === 1 ? '' : 's'} from ${file.name}.`
-            : `${file.name} declares no device groups.`,
-        ),
+        h('p', { class: 'ok' }, kept ? `${read}; your own device groups below are kept.` : `${read}.`),
         warnings.length
           ? h('ul', { class: 'warnings', 'aria-label': 'Warnings' }, warnings.map((w) => h('li', {}, typeof w === 'string' ? w : w.message || JSON.stringify(w))))
           : null,
@@ -344,10 +368,12 @@ export async function render(root) {
     }
     const isZip = file && extensionOf(file.name) === 'zip';
     entryField.wrapper.hidden = !isZip;
+    state.groupsTouched = false;
     if (file) inspect();
   });
 
   codeInput.addEventListener('input', () => {
+    state.groupsTouched = false;
     clearTimeout(state.inspectTimer);
     state.inspectTimer = setTimeout(inspect, INSPECT_DELAY_MS);
   });
@@ -377,6 +403,8 @@ export async function render(root) {
       const problem = fileProblem(file);
       if (problem) local.file = problem;
     }
+    const env = parseEnv(envInput.value);
+    if (env.problems.length) local.env = env.problems.join(' ');
     const groups = readGroups();
     groups.forEach((g, i) => {
       if (!g.name) local[`device_groups.${i}.name`] = 'Give the group a name.';
@@ -394,6 +422,9 @@ export async function render(root) {
     if (!entryField.wrapper.hidden && entryInput.value.trim()) body.append('entrypoint', entryInput.value.trim());
     if (groups.length) body.append('request', JSON.stringify({ device_groups: groups }));
     if (unsandboxedInput.checked) body.append('allow_unsandboxed', 'true');
+    if (Object.keys(env.env).length) body.append('env', JSON.stringify(env.env));
+    const args = parseArgs(argsInput.value);
+    if (args.length) body.append('args', JSON.stringify(args));
     if (launcherSelect.value) body.append('launcher', launcherSelect.value);
 
     submitButton.disabled = true;
