@@ -1,4 +1,4 @@
-"""The long-lived parts one process shares: settings, database, storage, Redis, the Celery app.
+"""The long-lived parts one process shares: settings, database, storage, Redis, the claims' waker.
 
 Blocking work of the API (SQLAlchemy, storage, Redis) runs in threads through ``run`` / ``in_session``, in
 one of two lanes, each with its own thread limit and connection pool: ``user`` (submissions, listings, the
@@ -91,10 +91,11 @@ class Runtime:
         )
 
     @cached_property
-    def celery(self) -> Any:
-        from scheduler.tasks.celery_app import make_celery
+    def waker(self) -> Any:
+        """Where a waiting claim waits for the dispatcher's poke (``scheduler.services.assignments.Waker``)."""
+        from scheduler.services.assignments import Waker
 
-        return make_celery(self.redis_url)
+        return Waker(self.redis_url)
 
     def close(self) -> None:
         if "redis" in self.__dict__:

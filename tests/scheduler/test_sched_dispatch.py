@@ -1,9 +1,9 @@
-"""Dispatch through the real Redis broker, fencing, the reaper, the start deadline and cancel of running jobs."""
+"""Dispatch (assignments claimed over HTTP, woken through the real Redis), fencing, the reaper, the start
+deadline and cancel of running jobs."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import pytest
 import redis
@@ -16,13 +16,8 @@ from scheduler.testing import InProcessWorker, auth, create_user, create_worker_
 from scheduler.testing.factories import CPU_JOB, cpu_group, gpu_group
 
 
-def queue_messages(redis_url: str, queue: str) -> list[dict]:
-    r = redis.Redis.from_url(redis_url)
-    return [json.loads(m) for m in r.lrange(queue, 0, -1)]
-
-
 def run_round(env):
-    return dispatch.dispatch_round(env.rt.db, env.rt.celery)
+    return dispatch.dispatch_round(env.rt.db, env.rt.redis)
 
 
 def reap(env):
@@ -43,25 +38,27 @@ def setup(scheduler_env):
     return scheduler_env, c, user, w
 
 
-def test_assignment_lands_once_on_the_workers_queue(setup):
+def test_the_assignment_is_claimed_by_its_worker_only_and_woken_through_redis(setup):
     env, c, user, w = setup
-    other = InProcessWorker(c, w.token, "other", [gpu_group(1)])
+    other = InProcessWorker(c, create_worker_token(c), "other", [gpu_group(1)])
     other.register()
     job = submit_script(c, user, CPU_JOB).json()
+    assert w.claim().status_code == 204  # nothing assigned yet
     res = run_round(env)
     assert [(s.job_id, s.attempt, s.worker_id) for s in res.assigned] == [(job["id"], 1, w.worker_id)]
-    msgs = queue_messages(env.settings.redis_url, f"worker.{w.worker_id}")
-    assert len(msgs) == 1
-    assert msgs[0]["headers"]["task"] == "twinkle.run_attempt"
-    body = json.loads(__import__("base64").b64decode(msgs[0]["body"]))
-    assert body[0] == [job["id"], 1]
-    assert queue_messages(env.settings.redis_url, f"worker.{other.worker_id}") == []
-    # A second round sends nothing again: the job is assigned in the database.
+    r = redis.Redis.from_url(env.settings.redis_url)
+    assert r.lrange(f"twinkle:wake:{w.worker_id}", 0, -1) == [b"1"]  # the poke for its waiting claim
+    assert not r.exists(f"twinkle:wake:{other.worker_id}")
+    assert w.claim().json() == {"job_id": job["id"], "attempt": 1}
+    assert other.claim().status_code == 204
+    # A second round assigns nothing again: the job is assigned in the database; a claim hands it out until started.
     assert run_round(env).assigned == []
-    assert len(queue_messages(env.settings.redis_url, f"worker.{w.worker_id}")) == 1
+    assert w.claim().json() == {"job_id": job["id"], "attempt": 1}
+    assert w.start(job["id"], 1).status_code == 200
+    assert w.claim().status_code == 204
     got = c.get(f"/api/v1/jobs/{job['id']}", headers=auth(user)).json()
-    assert got["state"] == "assigned" and got["attempt"] == 1 and got["worker_id"] == w.worker_id
-    assert got["attempts"][0]["state"] == "assigned" and got["pending_reason"] is None
+    assert got["state"] == "running" and got["attempt"] == 1 and got["worker_id"] == w.worker_id
+    assert got["attempts"][0]["state"] == "running" and got["pending_reason"] is None
 
 
 def test_full_life_start_logs_metrics_finish(setup):
@@ -159,8 +156,8 @@ def test_start_deadline_dispatches_again(setup):
     with env.rt.db.session() as s:
         states = s.execute(sa.select(AttemptModel.n, AttemptModel.state).order_by(AttemptModel.n)).all()
     assert [tuple(x) for x in states] == [(1, "expired"), (2, "assigned")]
-    assert len(queue_messages(env.settings.redis_url, f"worker.{w.worker_id}")) == 2
-    assert w.start(jid, 1).status_code == 409  # the late first delivery must not run
+    assert w.claim().json() == {"job_id": jid, "attempt": 2}  # the claim hands out the live attempt only
+    assert w.start(jid, 1).status_code == 409  # a late start of the first must not run
 
 
 def test_max_attempts_fails_the_job(setup, scheduler_env):

@@ -137,3 +137,24 @@ def test_latest_checkpoint_choice():
     assert latest_checkpoint(paths) == "output/checkpoint-20"
     assert latest_checkpoint(["output/last-checkpoint/a", "output/best/a"]) == "output/last-checkpoint"
     assert latest_checkpoint(["output/x.txt"]) is None
+
+
+@pytest.mark.parametrize(("host", "expected"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])
+def test_the_health_endpoint_binds_loopback_unless_told_otherwise(tmp_path, host, expected):
+    import httpx
+
+    from worker.daemon import WorkerDaemon
+    from worker.sandbox import create_sandbox
+    from worker.settings import WorkerSettings
+
+    extra = {} if host is None else {"health_host": host}
+    settings = WorkerSettings(server_url="http://127.0.0.1:9", token="twk_w_x", work_dir=tmp_path,
+                              device_type="cpu", isolation="container", health_port=0, **extra)
+    daemon = WorkerDaemon(settings, sandbox=create_sandbox("container"))
+    port = daemon.start_health_server()
+    try:
+        assert daemon._health is not None and daemon._health.server_address[0] == expected
+        # answered on loopback either way (503: it has not heartbeated yet)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 503
+    finally:
+        daemon.stop()
