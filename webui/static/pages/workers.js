@@ -46,17 +46,6 @@ function trustLine(w) {
     `reputation ${formatNumber(rep, 2)} · ${w.validated_attempts ?? 0} validated`);
 }
 
-/** Which job holds which devices (a pool runs several jobs side by side, each on its own devices). */
-function devicesInUse(w) {
-  const held = w.devices_in_use || [];
-  if (!held.length) return null;
-  return h(
-    'ul',
-    { class: 'plain-list small devices-in-use', 'aria-label': 'Devices in use' },
-    held.map((u) => h('li', { dataset: { jobId: u.job_id } }, h('span', { class: 'mono' }, u.job_id), `: ${u.group} device${u.devices.length === 1 ? '' : 's'} ${u.devices.join(', ')}`)),
-  );
-}
-
 function workerRow(w) {
   const groups = w.device_groups || [];
   const gpuHours = gpuHoursOf(w);
@@ -71,7 +60,7 @@ function workerRow(w) {
     h('td', {}, stateBadge(w.state),
       // what the state means (awaiting approval, superseded by ..., token revoked)
       w.status && w.status !== w.state ? h('div', { class: 'muted small worker-status' }, w.status) : null,
-      w.running_jobs ? h('div', { class: 'muted small' }, `running ${w.running_jobs} job${w.running_jobs === 1 ? '' : 's'}`) : null, trustLine(w), devicesInUse(w)),
+      w.running_jobs ? h('div', { class: 'muted small' }, `running ${w.running_jobs} job${w.running_jobs === 1 ? '' : 's'}`) : null, trustLine(w)),
     h('td', {}, timeEl(w.last_heartbeat_at ?? w.last_heartbeat)),
     h('td', { class: 'num' }, w.jobs_run ?? 0),
     h('td', { class: 'num' }, formatNumber(gpuHours, 3),
