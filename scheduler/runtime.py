@@ -30,7 +30,8 @@ def redis_client(url: str) -> redis.Redis:
     """The synchronous Redis client of the API and the dispatcher. Socket timeouts: while Redis is down, or
     accepts connections and never answers (a paused server, a black-holed network), a call fails in seconds
     (the API answers 503 + Retry-After; the dispatcher's wake-up poke is skipped) instead of tying up a thread,
-    or the dispatcher's whole loop, matcher and reaper alike, forever."""
+    or the dispatcher's whole loop, matcher and reaper alike, forever. Explicit: redis-py before 6 has none by
+    default (``redis>=5`` is allowed)."""
     return redis.Redis.from_url(
         url, decode_responses=True, health_check_interval=30, socket_connect_timeout=2, socket_timeout=10
     )
