@@ -1,11 +1,11 @@
-"""Dispatch throughput: jobs matched, committed and sent to their worker's Celery queue per second.
+"""Dispatch throughput: jobs matched, committed and their workers' claims woken, per second.
 
 1,000 registered workers (simulated registrations through the workers service: ten 1-GPU slots each, mixed
 GPU memory) and 10,000 queued jobs, on a real database (SQLite by default, ``--database-url`` for
 PostgreSQL) and a real Redis broker. Ours: ``dispatch_round`` (batched reads, one planning pass, executemany
-writes, one commit, then ``send_task`` over one producer). Baseline, measured in the same run on a sample:
+writes, one commit, then one pipelined wake-up per assigned worker). Baseline, measured in the same run on a sample:
 a naive dispatcher doing one job per transaction (read the workers, pick the first fit, update, insert,
-commit, send). Goal: >= 1,000 jobs/s.
+commit, wake). Goal: >= 1,000 jobs/s.
 
     python bench/dispatch_throughput.py [--workers 1000] [--jobs 10000] [--database-url URL] [--redis-url URL]
 """
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from contract.tasks import TASK_RUN_ATTEMPT, worker_queue
+
 from contract.workers import HardwareProbe, OfferedGroup, ProbedDevice
 from scheduler.db import (
     ACTIVE_JOB_STATES,
@@ -38,9 +38,8 @@ from scheduler.db import (
     new_id,
     utcnow,
 )
-from scheduler.services import dispatch, matching
+from scheduler.services import assignments, dispatch, matching
 from scheduler.services import workers as workers_service
-from scheduler.tasks.celery_app import make_celery
 from scheduler.testing.factories import reset_database
 
 
@@ -59,10 +58,13 @@ def populate(db: Database, n_workers: int, n_jobs: int, n_users: int = 100) -> N
     reset_database(db)
     now = utcnow()
     with db.session() as s:
-        token = ApiTokenModel(id=new_id(), token_hash=new_id() * 4, kind="worker", owner="bench", created_at=now)
-        s.add(token)
-        s.flush()
         for i in range(n_workers):
+            # one token per worker: a token has one live worker
+            token = ApiTokenModel(
+                id=new_id(), token_hash=new_id() * 2, kind="worker", owner="bench", created_at=now, approved_at=now
+            )
+            s.add(token)
+            s.flush()
             mem = (24.0, 48.0, 80.0)[i % 3]
             workers_service.register(
                 s, token, name=f"w{i}", hostname=f"h{i}",
@@ -88,7 +90,7 @@ def populate(db: Database, n_workers: int, n_jobs: int, n_users: int = 100) -> N
         s.commit()
 
 
-def ours(db: Database, app) -> tuple[int, float, list]:
+def ours(db: Database, app: redis.Redis) -> tuple[int, float, list]:
     global OURS_CPU_S
     c0 = time.process_time()
     t0 = time.perf_counter()
@@ -107,44 +109,41 @@ def ours(db: Database, app) -> tuple[int, float, list]:
 OURS_CPU_S = 0.0
 
 
-def naive(db: Database, app, limit: int) -> tuple[int, float]:
+def naive(db: Database, app: redis.Redis, limit: int) -> tuple[int, float]:
     """One job per transaction: what a straightforward dispatcher does."""
     t0 = time.perf_counter()
     sent = 0
-    with app.producer_or_acquire() as producer:
-        for _ in range(limit):
-            with db.session() as s:
-                oldest = sa.select(JobModel).where(JobModel.state == "queued").order_by(JobModel.created_at).limit(1)
-                job = s.scalars(oldest).first()
-                if job is None:
+    for _ in range(limit):
+        with db.session() as s:
+            oldest = sa.select(JobModel).where(JobModel.state == "queued").order_by(JobModel.created_at).limit(1)
+            job = s.scalars(oldest).first()
+            if job is None:
+                break
+            busy: dict[str, set] = {}
+            for wid, slots in s.execute(sa.select(JobModel.worker_id, JobModel.slots).where(
+                    JobModel.state.in_([x.value for x in ACTIVE_JOB_STATES]))):
+                # rows the batched dispatcher wrote hold {"slot", "devices"}; the naive one writes bare indexes
+                busy.setdefault(wid, set()).update(e["slot"] if isinstance(e, dict) else e for e in (slots or []))
+            needs = matching.needs_from_request(job.request)
+            chosen = None
+            for w in s.scalars(sa.select(WorkerModel).where(WorkerModel.state == "live")):
+                offers = tuple(matching.Offer.from_dict(g) for g in w.device_groups)
+                free = [i for i in range(len(offers)) if i not in busy.get(w.id, set())]
+                slots = matching.fit_groups(offers, needs, free)
+                if slots is not None:
+                    chosen = (w.id, slots)
                     break
-                busy: dict[str, set] = {}
-                for wid, slots in s.execute(sa.select(JobModel.worker_id, JobModel.slots).where(
-                        JobModel.state.in_([x.value for x in ACTIVE_JOB_STATES]))):
-                    # rows the batched dispatcher wrote hold {"slot", "devices"}; the naive one writes bare indexes
-                    busy.setdefault(wid, set()).update(
-                        e["slot"] if isinstance(e, dict) else e for e in (slots or [])
-                    )
-                needs = matching.needs_from_request(job.request)
-                chosen = None
-                for w in s.scalars(sa.select(WorkerModel).where(WorkerModel.state == "live")):
-                    offers = tuple(matching.Offer.from_dict(g) for g in w.device_groups)
-                    free = [i for i in range(len(offers)) if i not in busy.get(w.id, set())]
-                    slots = matching.fit_groups(offers, needs, free)
-                    if slots is not None:
-                        chosen = (w.id, slots)
-                        break
-                if chosen is None:
-                    break
-                now = utcnow()
-                job.state, job.worker_id, job.slots = "assigned", chosen[0], list(chosen[1])
-                job.attempt, job.assigned_at = 1, now
-                s.add(AttemptModel(job_id=job.id, n=1, worker_id=chosen[0], state="assigned", assigned_at=now,
-                                   logs_persisted=False))
-                s.commit()
-                jid, wid = job.id, chosen[0]
-            app.send_task(TASK_RUN_ATTEMPT, args=[jid, 1], queue=worker_queue(wid), producer=producer)
-            sent += 1
+            if chosen is None:
+                break
+            now = utcnow()
+            job.state, job.worker_id, job.slots = "assigned", chosen[0], list(chosen[1])
+            job.attempt, job.assigned_at = 1, now
+            s.add(AttemptModel(job_id=job.id, n=1, worker_id=chosen[0], state="assigned", assigned_at=now,
+                               logs_persisted=False))
+            s.commit()
+            wid = chosen[0]
+        assignments.wake(app, [wid])
+        sent += 1
     return sent, time.perf_counter() - t0
 
 
@@ -172,9 +171,9 @@ def main() -> None:
     redis_url, embedded = redis_url_or_embedded(args.redis_url, tmp)
     migrate(url)
     db = Database(url)
-    app = make_celery(redis_url)
     r = redis.Redis.from_url(redis_url)
-    print(f"database {db.dialect}, broker {redis_url}, {args.workers} workers x 10 slots, {args.jobs} queued jobs")
+    app = r
+    print(f"database {db.dialect}, Redis {redis_url}, {args.workers} workers x 10 slots, {args.jobs} queued jobs")
 
     populate(db, args.workers, args.jobs)
     r.flushdb()
@@ -185,7 +184,7 @@ def main() -> None:
     r.flushdb()
     sent, elapsed, rounds = ours(db, app)
     rate = sent / elapsed
-    on_queues = sum(r.llen(k) for k in r.scan_iter("worker.*"))
+    woken = sum(1 for _ in r.scan_iter("twinkle:wake:*"))
     first = rounds[0]
     print(f"baseline (one job per transaction): {b_sent} jobs in {b_time:.2f}s = {b_rate:,.0f} jobs/s")
     print(f"ours (batched rounds):              {sent} jobs in {elapsed:.2f}s = {rate:,.0f} jobs/s "
@@ -194,7 +193,7 @@ def main() -> None:
     print(f"ours, CPU time of this process: {OURS_CPU_S:.2f}s = {sent / OURS_CPU_S:,.0f} jobs per CPU-second "
           "(wall time above includes waiting for a shared CPU and for the database/Redis processes)")
     print(f"ratio: {rate / b_rate:.1f}x   goal >= 1,000 jobs/s: {'met' if rate >= 1000 else 'NOT met'}")
-    print(f"messages on worker queues: {on_queues} (expected {sent})")
+    print(f"workers woken: {woken} (each assigned worker once)")
     r.flushdb()
     db.dispose()
     if scratch:

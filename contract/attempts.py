@@ -60,8 +60,14 @@ JOB_ENV_NAMES = frozenset({"TWINKLE_DETERMINISTIC", "TWINKLE_STOP_AFTER_STEPS"})
 steps (a replay). Anything else the API sent would be ignored."""
 
 
+# Every number a worker sends is bounded here, so no value can overflow a database column (SQLite and PostgreSQL
+# integers are 64-bit) or smuggle NaN into a JSON answer.
+MAX_SEQ = 10**12
+MAX_TS = 1e11  # seconds since the epoch: beyond the year 5000
+
+
 class LogLine(BaseModel):
-    ts: float | None = None
+    ts: float | None = Field(default=None, ge=0, le=MAX_TS, allow_inf_nan=False)
     stream: Literal["stdout", "stderr", "system"] = "stdout"
     text: str = Field(max_length=65536)
 
@@ -74,7 +80,7 @@ BATCH_DOC = (
 
 class LogsRequest(BaseModel):
     lines: list[LogLine] = Field(max_length=10_000)
-    batch: int | None = Field(default=None, ge=0, description=BATCH_DOC)
+    batch: int | None = Field(default=None, ge=0, le=MAX_SEQ, description=BATCH_DOC)
 
 
 class Accepted(BaseModel):
@@ -82,19 +88,19 @@ class Accepted(BaseModel):
 
 
 class MetricIn(BaseModel):
-    step: int
-    ts: float
-    metrics: dict[str, Any]
+    step: int = Field(ge=-1, le=MAX_SEQ)
+    ts: float = Field(ge=0, le=MAX_TS, allow_inf_nan=False)
+    metrics: dict[str, Any] = Field(max_length=1024, description="name -> value; its JSON is bounded by a setting")
 
 
 class MetricsRequest(BaseModel):
     records: list[MetricIn] = Field(max_length=10_000)
-    batch: int | None = Field(default=None, ge=0, description=BATCH_DOC)
+    batch: int | None = Field(default=None, ge=0, le=MAX_SEQ, description=BATCH_DOC)
 
 
 class FinishRequest(BaseModel):
     state: Literal["succeeded", "failed", "cancelled"]
-    exit_code: int | None = None
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
     error: str | None = Field(default=None, max_length=65536)
     limit: str | None = Field(default=None, max_length=1000, description="the worker limit the attempt hit, if any")
 

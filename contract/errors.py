@@ -11,7 +11,8 @@ Exceptions a client gets (``status``, ``code``, ``message``, ``fields``):
   - ``NotFound``: 404 (another user's job is 404 too)
   - ``Conflict``: 409 other than a stale attempt (e.g. the attempt was already started, the job ended)
     - ``StaleAttempt``: 409 ``stale_attempt``, or 403 ``not_your_attempt``: another attempt owns the job
-  - ``InvalidRequest``: 400/411/413/422, with each field's problem
+  - ``Superseded``: 410 ``worker_superseded``, a newer registration with the same token took over: stop
+  - ``InvalidRequest``: 400/411/413/422, with each field's problem (``quota_exceeded``: ``fields`` names the limit)
   - ``ServerUnavailable``: 5xx, or no connection (``status`` 0); transient
 """
 
@@ -38,6 +39,7 @@ class ErrorCode(StrEnum):
     CROSS_ORIGIN = "cross_origin"
     METRICS_TOKEN_REQUIRED = "metrics_token_required"
     NOT_YOUR_ATTEMPT = "not_your_attempt"
+    TOKEN_REVOKED = "token_revoked"
     # 404 / 405
     NOT_FOUND = "not_found"
     JOB_NOT_FOUND = "job_not_found"
@@ -51,6 +53,8 @@ class ErrorCode(StrEnum):
     USER_EXISTS = "user_exists"
     JOB_ENDED = "job_ended"
     BUSY = "busy"
+    # 410
+    WORKER_SUPERSEDED = "worker_superseded"
     # 411 / 413 / 422
     LENGTH_REQUIRED = "length_required"
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -62,6 +66,7 @@ class ErrorCode(StrEnum):
     PROBE_MISSING = "probe_missing"
     CLAIM_BEYOND_PROBE = "claim_beyond_probe"
     TOO_MANY_RANKS = "too_many_ranks"
+    QUOTA_EXCEEDED = "quota_exceeded"
     # 5xx, and client-side
     SERVICE_UNAVAILABLE = "service_unavailable"
     REDIS_UNAVAILABLE = "redis_unavailable"
@@ -98,6 +103,10 @@ class StaleAttempt(Conflict):
     pass
 
 
+class Superseded(ApiError):
+    pass
+
+
 class InvalidRequest(ApiError):
     pass
 
@@ -118,6 +127,8 @@ def error_from_body(status: int, body: Any, reason: str = "") -> ApiError:
     cls: type[ApiError]
     if code == ErrorCode.NOT_YOUR_ATTEMPT:  # the attempt was reassigned to another worker: stop, like a stale one
         cls = StaleAttempt
+    elif code == ErrorCode.WORKER_SUPERSEDED or status == 410:
+        cls = Superseded
     elif status in (401, 403):
         cls = AuthError
     elif status == 404:

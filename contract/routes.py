@@ -35,6 +35,9 @@ DOWNLOAD = "/downloads/{signed}"
 WORKERS = "/workers"
 WORKER_REGISTER = "/workers/register"
 WORKER_HEARTBEAT = "/workers/{worker_id}/heartbeat"
+WORKER_CLAIM = "/workers/{worker_id}/claim"
+WORKER_APPROVE = "/workers/{worker_id}/approve"
+WORKER_REVOKE = "/workers/{worker_id}/revoke"
 
 # ---------------------------------------------------------------- one attempt of a job, fenced by its number
 ATTEMPT_START = "/attempts/{job_id}/{attempt}/start"

@@ -31,6 +31,16 @@ class CreateWorkerTokenRequest(BaseModel):
         description="a platform pool, not a donor: its attempts are not spot-checked and its workers run the "
         "replays that check donors",
     )
+    pre_approved: bool = Field(
+        default=False,
+        description="its workers get jobs without an admin's approval (a trusted pool); only matters where the "
+        "deployment requires approval",
+    )
+    pool: bool = Field(
+        default=False,
+        description="a trusted pool's token, shared by its nodes: one live worker per worker name instead of one "
+        "per token; pre-approved",
+    )
 
 
 class SessionRequest(BaseModel):

@@ -17,7 +17,7 @@ class OfferedGroup(BaseModel):
     ranks: int = Field(ge=1, le=4096)
     device_type: str = Field(min_length=1, max_length=32)
     device_model: str | None = Field(default=None, max_length=128)
-    memory_gb: float | None = Field(default=None, ge=0)
+    memory_gb: float | None = Field(default=None, ge=0, le=1_048_576, allow_inf_nan=False)
     pooled: bool = Field(
         default=False,
         description="true: the group's devices are shared by count (a job takes as many as its groups need and "
@@ -73,20 +73,34 @@ class RegisterWorkerRequest(BaseModel):
 
 
 class RegisterWorkerResponse(BaseModel):
+    """No broker or Redis credential: a worker speaks only HTTP(S) to the API and claims its assignments."""
+
     worker_id: str
-    queue: str
-    broker_url: str
     heartbeat_interval_s: float
     lease_s: float
+    approved: bool = Field(
+        default=True,
+        description="false: the deployment requires an admin to approve this token's workers; until then the "
+        "worker registers and heartbeats but is given no jobs ('awaiting approval' in GET /workers)",
+    )
+    claim_wait_s: float = Field(default=20.0, description="how long one claim waits for an assignment (long poll)")
+
+
+class Assignment(BaseModel):
+    """An attempt the dispatcher assigned to this worker: run it (``POST /attempts/{job_id}/{attempt}/start``
+    first; a second start of it answers 409)."""
+
+    job_id: str
+    attempt: int = Field(ge=1)
 
 
 class AttemptRef(BaseModel):
-    job_id: str
-    attempt: int
+    job_id: str = Field(min_length=1, max_length=128)
+    attempt: int = Field(ge=1, le=1_000_000)
 
 
 class HeartbeatRequest(BaseModel):
-    running: list[AttemptRef] = Field(default_factory=list)
+    running: list[AttemptRef] = Field(default_factory=list, max_length=1024)
 
 
 class HeartbeatResponse(BaseModel):
@@ -114,6 +128,13 @@ class Worker(BaseModel):
     reputation: float = Field(default=0.5, description="0..1; rises with validated attempts, falls on a mismatch")
     validated_attempts: int = 0
     trusted: bool = Field(default=False, description="a platform pool (admin-marked token): runs replays")
+    approved: bool = Field(default=True, description="false: awaiting an admin's approval; given no jobs until then")
+    status: str = Field(
+        default="",
+        description="what the state means for this worker in words, e.g. 'awaiting approval', 'superseded by "
+        "worker X (a newer registration with the same token)', 'token revoked'",
+    )
+    superseded_by: str | None = Field(default=None, description="the worker id that took over this one's token")
 
 
 class WorkerList(BaseModel):

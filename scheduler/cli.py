@@ -148,8 +148,15 @@ def create_worker_token(
     trusted: Annotated[
         bool, typer.Option("--trusted", help="a platform pool: not spot-checked, runs the replays of donors' work")
     ] = False,
+    pre_approved: Annotated[
+        bool, typer.Option("--pre-approved", help="its workers get jobs without an admin's approval")
+    ] = False,
+    pool: Annotated[
+        bool, typer.Option("--pool", help="a trusted pool's token, shared by its nodes (one live worker per name)")
+    ] = False,
 ) -> None:
-    """Create a worker token for OWNER's machines and print it."""
+    """Create a worker token for OWNER's machines and print it. One live worker per token (a second registration
+    supersedes the first): give each donor machine its own, or make a --pool token for a trusted pool."""
     from scheduler.db import Database
     from scheduler.db import migrate as do_migrate
     from scheduler.services.users import create_worker_token as mint
@@ -158,12 +165,50 @@ def create_worker_token(
     do_migrate(s.database_url)
     db = Database(s.database_url)
     with db.session() as session:
-        token = mint(session, owner, trusted=trusted)
+        token = mint(session, owner, trusted=trusted, approved=pre_approved, pool=pool)
         session.commit()
     db.dispose()
     if not quiet:
         console.print(f"worker token for [bold]{owner}[/bold] (shown once):")
     print(token)
+
+
+def _admin_worker_action(worker_id: str, action: str) -> None:
+    from scheduler.db import Database
+    from scheduler.db import migrate as do_migrate
+    from scheduler.errors import SchedulerError
+    from scheduler.services import workers as workers_service
+    from scheduler.services.users import Principal
+
+    s = _settings()
+    do_migrate(s.database_url)
+    db = Database(s.database_url)
+    try:
+        with db.session() as session:
+            if action == "revoke":
+                workers_service.revoke(session, Principal(kind="admin"), worker_id, max_attempts=s.max_attempts)
+            else:
+                workers_service.approve(session, worker_id)
+    except SchedulerError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(1) from exc
+    finally:
+        db.dispose()
+
+
+@app.command("revoke-worker")
+def revoke_worker(worker_id: str) -> None:
+    """Revoke the worker token WORKER_ID registered with (see `twinkle-submit workers`): its workers get no more
+    jobs, and what they run is requeued. Same as POST /api/v1/workers/{id}/revoke with the admin token."""
+    _admin_worker_action(worker_id, "revoke")
+    console.print(f"revoked the token of worker {worker_id}; its jobs were requeued")
+
+
+@app.command("approve-worker")
+def approve_worker(worker_id: str) -> None:
+    """Approve the worker token WORKER_ID registered with: its workers get jobs (where approval is required)."""
+    _admin_worker_action(worker_id, "approve")
+    console.print(f"approved the token of worker {worker_id}")
 
 
 @app.command()

@@ -9,8 +9,9 @@ Every error body is ``{"error": {"code": ..., "message": ..., "fields": {...}}}`
   - ``NotFound`` (404): missing, or owned by someone else (never 403, so ids don't leak)
   - ``Conflict`` (409)
     - ``StaleAttempt`` (409, ``stale_attempt``): a write from an attempt that is not the job's live one
+  - ``Gone`` (410, ``worker_superseded``): a newer registration with the same worker token took over
   - ``LengthRequired`` (411)
-  - ``PayloadTooLarge`` (413): a bundle over ``MAX_BUNDLE_MB``
+  - ``PayloadTooLarge`` (413): a bundle over ``MAX_BUNDLE_MB``, an artifact or log post over its quota
   - ``InvalidRequest`` (422): the submission is wrong; ``fields`` lists every problem at once
   - ``ServiceUnavailable`` (503, with ``Retry-After``): Redis or the database is unreachable or saturated for
     now; nothing was changed, send the same request again later
@@ -67,6 +68,11 @@ class Conflict(SchedulerError):
 
 class StaleAttempt(Conflict):
     code = ErrorCode.STALE_ATTEMPT
+
+
+class Gone(SchedulerError):
+    status = 410
+    code = ErrorCode.WORKER_SUPERSEDED
 
 
 class LengthRequired(SchedulerError):

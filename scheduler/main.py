@@ -111,6 +111,47 @@ class NoSniff:
         await self.app(scope, receive, send_with_header)
 
 
+class JsonBodyLimit:
+    """A JSON request body over ``max_bytes`` is refused with 413 ``quota_exceeded`` before it is read (by its
+    ``Content-Length``); one sent without a length is cut off at ``max_bytes``, so it never fills memory (and
+    then fails to parse: 400/422). Uploads (multipart bundles, raw artifacts) have limits of their own."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if b"json" not in headers.get(b"content-type", b""):
+            await self.app(scope, receive, send)
+            return
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            limit_mb = self.max_bytes / 1024 / 1024
+            response = _error(
+                413, ErrorCode.QUOTA_EXCEEDED,
+                f"the JSON body ({int(length)} bytes) is over MAX_JSON_BODY_MB = {limit_mb:g} MiB "
+                "(TWINKLE_SCHEDULER_MAX_JSON_BODY_MB); send it in smaller parts",
+                {"limit": "MAX_JSON_BODY_MB", "max": f"{limit_mb:g}", "got": str(int(length))},
+            )
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def bounded() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        await self.app(scope, bounded, send)
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the API. ``runtime`` (DB, storage, Redis) is made from ``settings`` when not given; the database
     is migrated to the latest schema first unless ``RUN_MIGRATIONS`` is off."""
@@ -139,6 +180,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.runtime = rt
     app.state.metrics_registry = app_registry(rt.db)
     install_error_handlers(app)
+    app.add_middleware(JsonBodyLimit, max_bytes=int(rt.settings.max_json_body_mb * 1024 * 1024))
     app.add_middleware(NoSniff)
     for module in (users, jobs, workers, attempts, downloads):
         app.include_router(module.router, prefix=API_PREFIX)

@@ -1,4 +1,4 @@
-"""The long-lived parts one process shares: settings, database, storage, Redis, the Celery app.
+"""The long-lived parts one process shares: settings, database, storage, Redis, the claims' waker.
 
 Blocking work of the API (SQLAlchemy, storage, Redis) runs in threads through ``run`` / ``in_session``, in
 one of two lanes, each with its own thread limit and connection pool: ``user`` (submissions, listings, the
@@ -24,6 +24,17 @@ from scheduler.storage import Storage, make_storage
 
 T = TypeVar("T")
 Lane = Literal["user", "worker"]
+
+
+def redis_client(url: str) -> redis.Redis:
+    """The synchronous Redis client of the API and the dispatcher. Socket timeouts: while Redis is down, or
+    accepts connections and never answers (a paused server, a black-holed network), a call fails in seconds
+    (the API answers 503 + Retry-After; the dispatcher's wake-up poke is skipped) instead of tying up a thread,
+    or the dispatcher's whole loop, matcher and reaper alike, forever. Explicit: redis-py before 6 has none by
+    default (``redis>=5`` is allowed)."""
+    return redis.Redis.from_url(
+        url, decode_responses=True, health_check_interval=30, socket_connect_timeout=2, socket_timeout=10
+    )
 
 
 @dataclass
@@ -86,16 +97,14 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        # short timeouts: while Redis is down a call fails fast (503 + Retry-After) instead of tying up a thread
-        return redis.Redis.from_url(
-            self.redis_url, decode_responses=True, health_check_interval=30, socket_connect_timeout=2, socket_timeout=10
-        )
+        return redis_client(self.redis_url)
 
     @cached_property
-    def celery(self) -> Any:
-        from scheduler.tasks.celery_app import make_celery
+    def waker(self) -> Any:
+        """Where a waiting claim waits for the dispatcher's poke (``scheduler.services.assignments.Waker``)."""
+        from scheduler.services.assignments import Waker
 
-        return make_celery(self.redis_url)
+        return Waker(self.redis_url)
 
     def close(self) -> None:
         if "redis" in self.__dict__:

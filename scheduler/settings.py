@@ -22,14 +22,14 @@ class Settings(BaseSettings):
 
     Args:
         database_url: SQLAlchemy URL; SQLite is the embedded default, PostgreSQL the production database.
-        redis_url: broker and log streams. ``REDIS_URL`` is honoured too. Unset: ``redis://127.0.0.1:6379/0``,
+        redis_url: log streams and assignment wake-ups; only the API and the dispatcher reach it (never a
+            worker). ``REDIS_URL`` is honoured too. Unset: ``redis://127.0.0.1:6379/0``,
             except under ``up``, which starts an embedded Redis instead.
         secret_key: signs session cookies and local download links; refused as ``changethis`` in production.
         admin_token: bootstraps users and worker tokens over HTTP (``POST /users``, ``POST /worker-tokens``).
         metrics_token: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_token>`` (Prometheus'
             ``authorization`` setting); unset, it is open, as a scrape target inside a cluster usually is.
         public_url: base URL that local-storage download links use; unset: the URL of the request.
-        broker_public_url: the Redis URL handed to workers at registration (unset: ``redis_url``).
         storage_dir: the local storage folder, used unless ``s3_bucket`` is set.
         max_bundle_mb: largest accepted script bundle.
         max_unpacked_mb / max_bundle_files / max_bundle_file_mb / max_compression_ratio: what a zip bundle may
@@ -63,6 +63,18 @@ class Settings(BaseSettings):
         min_reputation: a donor below this reputation gets no jobs.
         trusted_reputation / trusted_min_validated: a donor at or above this reputation with this many validated
             attempts may run replays too (besides trusted pools).
+        require_worker_approval: workers of a new worker token get no jobs until an admin approves them
+            (``POST /workers/{id}/approve``, ``twinkle-scheduler approve-worker``); unset: on in production.
+            Tokens made for a trusted pool (``create-worker-token --pre-approved``) and ``up``'s local worker are
+            approved when made.
+        claim_wait_s: the longest a worker's claim (``POST /workers/{id}/claim``) waits for an assignment.
+        max_artifact_mb / max_attempt_artifacts_mb: largest file a worker may upload, and all files of one
+            attempt together (413 ``quota_exceeded`` naming the limit, and a line in the job's log).
+        max_log_post_kb / max_attempt_log_lines / max_attempt_log_mb: one log post's text, and one attempt's
+            lines and text in all; over them a post is 413 and a line in the job's log says so (once).
+        max_metrics_per_post / max_attempt_metrics / max_metric_record_kb: metric records per post, per attempt,
+            and the JSON size of one record.
+        max_json_body_mb: any JSON request body (413 before it is read).
     """
 
     model_config = SettingsConfigDict(env_prefix="TWINKLE_SCHEDULER_", extra="ignore", case_sensitive=False)
@@ -75,7 +87,6 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     metrics_token: SecretStr | None = None
     public_url: str | None = None
-    broker_public_url: str | None = None
     storage_dir: Path = Path("./.twinkle/storage")
     s3_endpoint_url: str | None = None
     s3_bucket: str | None = None
@@ -115,6 +126,17 @@ class Settings(BaseSettings):
     min_reputation: float = Field(default=0.25, ge=0.0, le=1.0)
     trusted_reputation: float = Field(default=0.9, ge=0.0, le=1.0)
     trusted_min_validated: int = Field(default=20, ge=1)
+    require_worker_approval: bool | None = None
+    claim_wait_s: float = Field(default=20.0, gt=0, le=60)
+    max_artifact_mb: float = Field(default=4096.0, gt=0)
+    max_attempt_artifacts_mb: float = Field(default=32768.0, gt=0)
+    max_log_post_kb: float = Field(default=1024.0, gt=0)
+    max_attempt_log_lines: int = Field(default=1_000_000, ge=1)
+    max_attempt_log_mb: float = Field(default=256.0, gt=0)
+    max_metrics_per_post: int = Field(default=1000, ge=1)
+    max_attempt_metrics: int = Field(default=100_000, ge=1)
+    max_metric_record_kb: float = Field(default=64.0, gt=0)
+    max_json_body_mb: float = Field(default=16.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -129,6 +151,12 @@ class Settings(BaseSettings):
                 f"({self.heartbeat_interval_s}), or every worker is lost between two heartbeats"
             )
         return self
+
+    @property
+    def worker_approval_required(self) -> bool:
+        if self.require_worker_approval is None:
+            return self.environment == "production"
+        return self.require_worker_approval
 
     @property
     def effective_redis_url(self) -> str:

@@ -43,7 +43,10 @@ ServerOpt = Annotated[str | None, typer.Option("--server", help="API URL (or TWI
 TokenOpt = Annotated[
     str | None, typer.Option("--token", help="API token (or TWINKLE_TOKEN, or ~/.config/twinkle/config.toml)")
 ]
-COMMANDS = {"submit", "list", "status", "logs", "cancel", "download", "inspect", "rerun", "open", "metrics"}
+COMMANDS = {
+    "submit", "list", "status", "logs", "cancel", "download", "inspect", "rerun", "open", "metrics", "workers",
+    "revoke-worker",
+}
 EnvOpt = Annotated[
     list[str] | None,
     typer.Option("--env", "-e", help="NAME=VALUE for the script's environment; repeat it for more"),
@@ -318,6 +321,34 @@ def cancel(job_id: str, server: ServerOpt = None, token: TokenOpt = None) -> Non
         word = display.phase(job)
         out.print(f"job {job_id}: {word}" + (" (the worker stops it; `twinkle-submit status` shows when it has)"
                                               if word == "stopping…" else ""), markup=False)
+
+    _run(go)
+
+
+@app.command("workers")
+def list_workers(server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """List the donated workers: state (awaiting approval, superseded, revoked), devices, isolation."""
+
+    def go() -> None:
+        with _client(server, token) as client:
+            items = client.workers()
+        for w in items:
+            groups = ", ".join(f"{g['ranks']}x{g['device_type']}" for g in w["device_groups"])
+            out.print(f"{w['id']}  {w['name']:<20} {w['owner'] or '-':<12} {w['status'] or w['state']:<20} "
+                      f"{groups} ({w['isolation']})")
+
+    _run(go)
+
+
+@app.command("revoke-worker")
+def revoke_worker(worker_id: str, server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Revoke the worker token WORKER_ID registered with (you must be its owner, or use the admin token): its
+    workers get no more jobs, and what they run is requeued."""
+
+    def go() -> None:
+        with _client(server, token) as client:
+            client.revoke_worker(worker_id)
+        out.print(f"revoked the token of worker {worker_id}; its jobs were requeued")
 
     _run(go)
 

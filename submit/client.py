@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from contract import routes
 from contract.errors import error_from_body
 from contract.jobs import ArtifactList, InspectResponse, Job, JobList, MetricsResponse, ResubmitRequest
+from contract.workers import WorkerList
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -226,6 +227,13 @@ class Client:
 
     def cancel(self, job_id: str) -> dict:
         return _parsed(Job, self._request("POST", routes.path(routes.JOB_CANCEL, job_id=job_id)))
+
+    def workers(self) -> list[dict]:
+        return _parsed(WorkerList, self._request("GET", routes.WORKERS))["items"]
+
+    def revoke_worker(self, worker_id: str) -> None:
+        """Revoke the worker token ``worker_id`` registered with (its owner, or the admin token)."""
+        self._request("POST", routes.path(routes.WORKER_REVOKE, worker_id=worker_id))
 
     def logs(self, job_id: str, timestamps: bool = False) -> str:
         params = {"timestamps": "true"} if timestamps else None

@@ -8,7 +8,8 @@ Routes, bodies and error codes come from ``contract``; error responses become th
     * ``NotFound``: 404
     * ``Conflict``: 409 other than ``stale_attempt`` (e.g. the attempt was already started)
         * ``StaleAttempt``: 409 ``stale_attempt`` (or 403 ``not_your_attempt``): another attempt owns the job
-    * ``InvalidRequest``: 400/413/422
+    * ``Superseded``: 410, a newer registration with the same token took over this worker: stop
+    * ``InvalidRequest``: 400/413/422 (``quota_exceeded``: over a limit of the platform; do not send it again)
     * ``ServerUnavailable``: 5xx or no connection; transient, retried before it is raised
 """
 
@@ -34,9 +35,10 @@ from contract.errors import (
     NotFound,
     ServerUnavailable,
     StaleAttempt,
+    Superseded,
     error_from_body,
 )
-from contract.workers import HeartbeatRequest, HeartbeatResponse, RegisterWorkerRequest
+from contract.workers import Assignment, HeartbeatRequest, HeartbeatResponse, RegisterWorkerRequest
 
 __all__ = [
     "AuthError",
@@ -45,6 +47,7 @@ __all__ = [
     "NotFound",
     "ServerUnavailable",
     "StaleAttempt",
+    "Superseded",
     "WorkerAPIError",
     "WorkerClient",
 ]
@@ -158,6 +161,18 @@ class WorkerClient:
         if response.is_error:
             raise error_from_response(response)
         return [(c.job_id, c.attempt) for c in HeartbeatResponse.model_validate(response.json()).cancel]
+
+    def claim(self, worker_id: str, wait: float = 20.0) -> tuple[str, int] | None:
+        """The next attempt assigned to this worker, waiting up to ``wait`` seconds (a long poll); ``None``:
+        nothing yet. Not retried here: the claim loop claims again."""
+        url = routes.path(routes.WORKER_CLAIM, worker_id=worker_id)
+        response = self._http.post(url, params={"wait": wait}, timeout=wait + 15.0)
+        if response.is_error:
+            raise error_from_response(response)
+        if response.status_code == 204:
+            return None
+        got = Assignment.model_validate(response.json())
+        return got.job_id, got.attempt
 
     # ------------------------------------------------------------ attempt writes (fenced)
 

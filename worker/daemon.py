@@ -1,14 +1,17 @@
-"""The donor daemon: register the DeviceGroups, heartbeat on a thread, serve ``/healthz``, consume the queue.
+"""The donor daemon: register the DeviceGroups, heartbeat on a thread, serve ``/healthz``, claim assignments.
 
-Liveness is our own lease, not Celery's: the heartbeat thread reports the running attempts every
-``heartbeat_interval_s`` and receives the attempts to cancel (cancels sent while the worker was offline too).
-The Celery worker runs in this process (thread pool: one thread per device of a pool, or one for a static slot;
-prefetch 1), so the
-task, the heartbeat and the health endpoint share the executor's view of what is running.
+The daemon holds one credential, its worker token, and speaks only HTTP(S) to the API: no broker URL, no
+Redis. Claim threads long-poll ``POST /workers/{id}/claim`` and run each assignment they get: one thread per
+device of a pooled group (attempts run side by side on disjoint devices), one for a static slot. Two threads
+handed the same assignment run it once: ``start`` is the fence (the second gets 409 and claims again).
+Liveness is our own lease: the heartbeat thread reports the running attempts every ``heartbeat_interval_s`` and
+receives the attempts to cancel (cancels sent while the worker was offline too).
 
-A heartbeat answered 404 means the API lost this worker's record (reaped after a long partition, or a reset
-database): the daemon registers again under the same name and moves its queue consumer to the new worker id.
-Jobs already running are left alone; the API's next heartbeat answer says whether they may go on.
+A heartbeat or claim answered 404 means the API lost this worker's record (reaped after a long partition, or a
+reset database): the daemon registers again under the same name and claims under the new worker id. Jobs
+already running are left alone; the API's next heartbeat answer says whether they may go on. Answered 410 (a
+newer registration with the same token superseded this one) or 403 ``token_revoked``, the daemon stops: two
+copies with one token must not keep taking the token from each other.
 On start, the daemon kills the job process groups a SIGKILLed predecessor left (see ``worker.leftovers``).
 Every attempt runs in the sandbox the settings chose (``worker.sandbox``); its name is sent at registration.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,17 +32,23 @@ from pathlib import Path
 
 import httpx
 
-from worker.client import AuthError, NotFound, ServerUnavailable, WorkerAPIError, WorkerClient
+from contract.errors import ErrorCode
+from worker.client import AuthError, NotFound, ServerUnavailable, Superseded, WorkerAPIError, WorkerClient
 from worker.devices import DeviceGroupOffer, offer_from_settings
 from worker.leftovers import LEDGER_FILE, ProcessGroupLedger
 from worker.probe import run_probe
 from worker.sandbox import Sandbox, create_sandbox
 from worker.settings import WorkerSettings
-from worker.tasks import AttemptExecutor, create_celery_app
+from worker.tasks import AttemptExecutor
 
-__all__ = ["WorkerDaemon"]
+__all__ = ["WorkerDaemon", "WorkerStopped"]
 
 log = logging.getLogger(__name__)
+
+
+class WorkerStopped(Exception):
+    """The API will not have this worker any more: superseded by another registration of its token, or the token
+    was revoked. Restarting does not help (or takes the token back from the other copy)."""
 
 
 class WorkerDaemon:
@@ -60,16 +70,16 @@ class WorkerDaemon:
             ranks=self.offer.ranks,
         )
         self.worker_id: str | None = None
-        self.queue: str | None = None
-        self.broker_url: str | None = None
+        self.approved = True
+        self.claim_wait_s = 20.0
         self.heartbeat_interval_s = settings.heartbeat_interval_s or 10.0
         self.lease_s = 3 * self.heartbeat_interval_s
         self.last_heartbeat: float | None = None  # monotonic time of the last successful heartbeat
         self._stop = threading.Event()
         self._health: ThreadingHTTPServer | None = None
-        self._celery_worker = None  # set by run(); the heartbeat thread moves its consumer to a new queue
-        self._consuming: str | None = None  # the queue the Celery consumer reads
+        self.stopped_because: str | None = None  # set when the API refuses this worker for good
         self._probe: dict | None = None
+        self._register_lock = threading.Lock()
 
     # ------------------------------------------------------------ registration and heartbeats
 
@@ -96,20 +106,22 @@ class WorkerDaemon:
                     raise
                 log.warning("API not reachable (%s); retrying registration", exc)
                 time.sleep(2)
-        self.worker_id, self.queue = str(reply["worker_id"]), reply["queue"]
-        self.broker_url = self.settings.redis_url or reply.get("broker_url")
-        if not self.broker_url:
-            raise RuntimeError(
-                "the API handed out no broker URL; set TWINKLE_WORKER_REDIS_URL to the platform's Redis"
-            )
+        self.worker_id = str(reply["worker_id"])
+        self.approved = bool(reply.get("approved", True))
+        self.claim_wait_s = float(reply.get("claim_wait_s", 20.0))
         self.heartbeat_interval_s = self.settings.heartbeat_interval_s or float(reply.get("heartbeat_interval_s", 10))
         self.lease_s = float(reply.get("lease_s", 3 * self.heartbeat_interval_s))
         self.last_heartbeat = time.monotonic()
         log.info(
-            "registered as worker %s (queue %s) offering %s x %s (%s), isolation %s", self.worker_id, self.queue,
+            "registered as worker %s offering %s x %s (%s), isolation %s", self.worker_id,
             self.offer.ranks, self.offer.device_type, "shared by count" if self.offer.pooled else "one job at a time",
             self.sandbox.isolation,
         )
+        if not self.approved:
+            log.warning(
+                "worker %s is awaiting approval: it gets no jobs until the platform admin approves it "
+                "(twinkle-scheduler approve-worker %s)", self.worker_id, self.worker_id,
+            )
         return reply
 
     def heartbeat_once(self) -> list[tuple[str, int]]:
@@ -123,48 +135,91 @@ class WorkerDaemon:
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_interval_s):
+            used = self.worker_id
             try:
                 self.heartbeat_once()
             except NotFound as exc:
-                log.warning("the API does not know worker %s any more (%s); registering again", self.worker_id, exc)
-                self._register_again()
-            except AuthError as exc:
-                log.error("heartbeat refused (%s): the worker token was revoked or is wrong", exc)
+                log.warning("the API does not know worker %s any more (%s); registering again", used, exc)
+                self._register_again(used)
+            except (Superseded, AuthError) as exc:
+                if not self._refused_for_good(exc, used):
+                    log.error("heartbeat refused (%s): the worker token is wrong", exc)
             except (WorkerAPIError, OSError, httpx.HTTPError) as exc:
                 # one line per missed beat: an API that is down for an hour must not fill the log with tracebacks
                 log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
             except Exception as exc:  # the heartbeat thread must outlive any surprise
                 log.error("heartbeat failed: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            self._follow_queue()
 
-    def _register_again(self) -> None:
-        """Same name, same DeviceGroups, a new worker id (and queue); a failure is retried at the next beat."""
-        old = self.worker_id
-        try:
-            self.register(max_wait_s=0)
-        except (WorkerAPIError, OSError) as exc:
-            log.warning("registering again failed (%s); retrying at the next heartbeat", exc)
-            return
+    def _register_again(self, failed_id: str | None) -> None:
+        """Same name, same DeviceGroups, a new worker id; a failure is retried at the next beat. Only once per
+        lost id: the heartbeat and claim threads may both notice, and a second registration would supersede the
+        first."""
+        with self._register_lock:
+            if self.worker_id != failed_id:
+                return  # the other thread registered again already
+            old = self.worker_id
+            try:
+                self.register(max_wait_s=0)
+            except (WorkerAPIError, OSError) as exc:
+                log.warning("registering again failed (%s); retrying at the next heartbeat", exc)
+                return
         if self.executor.running():
             log.warning(
                 "registered again as %s (was %s) while running %s; the API decides at the next heartbeat whether "
                 "they may go on", self.worker_id, old, self.executor.running(),
             )
 
-    def _follow_queue(self) -> None:
-        """Move the Celery consumer to ``self.queue`` once it changed; the switch runs on the consumer's own loop."""
-        consumer = getattr(self._celery_worker, "consumer", None)
-        old, new = self._consuming, self.queue
-        if old == new or consumer is None or getattr(consumer, "task_consumer", None) is None:
-            return  # nothing to do, or the consumer is not up yet: try again at the next beat
+    def _refused_for_good(self, exc: Exception, used: str | None) -> bool:
+        """Stop the daemon when the API says this worker is superseded or its token revoked; True if so. A 410
+        for an id this daemon has replaced itself (a call in flight while it registered again) is not a stop."""
+        code = getattr(exc, "code", "")
+        if not isinstance(exc, Superseded) and code != ErrorCode.TOKEN_REVOKED:
+            return False
+        if isinstance(exc, Superseded) and used != self.worker_id:
+            return True
+        if self.stopped_because is None:
+            self.stopped_because = getattr(exc, "message", str(exc))
+            log.error("the API refuses worker %s for good: %s; stopping", self.worker_id, self.stopped_because)
+        self._stop.set()
+        return True
 
-        def switch() -> None:
-            consumer.add_task_queue(new)
-            consumer.cancel_task_queue(old)
+    # ------------------------------------------------------------ claiming assignments
 
-        consumer.call_soon(switch)
-        self._consuming = new
-        log.info("consuming %s instead of %s", new, old)
+    def claim_once(self) -> tuple[str, int] | None:
+        """One claim (a long poll of up to ``claim_wait_s``); runs the assignment it gets. Returns it."""
+        assert self.worker_id is not None, "register() first"
+        got = self.client.claim(self.worker_id, wait=self.claim_wait_s)
+        if got is None:
+            return None
+        job_id, attempt = got
+        self.executor.run_attempt(job_id, attempt)
+        return got
+
+    @property
+    def concurrency(self) -> int:
+        """How many attempts may run side by side: one per device of a pooled group (the dispatcher never gives
+        more), one for a static slot."""
+        return self.offer.ranks if self.offer.pooled else 1
+
+    def _claim_loop(self) -> None:
+        while not self._stop.is_set():
+            used = self.worker_id
+            try:
+                self.claim_once()
+            except NotFound as exc:
+                log.warning("the API does not know worker %s any more (%s); registering again", used, exc)
+                self._register_again(used)
+                self._stop.wait(1.0)
+            except (Superseded, AuthError) as exc:
+                if not self._refused_for_good(exc, used):
+                    log.error("claim refused (%s): the worker token is wrong", exc)
+                    self._stop.wait(self.heartbeat_interval_s)
+            except (WorkerAPIError, OSError, httpx.HTTPError) as exc:
+                log.warning("claim failed: %s: %s", type(exc).__name__, exc)
+                self._stop.wait(2.0)
+            except Exception as exc:  # the claim thread must outlive any surprise
+                log.error("claim failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+                self._stop.wait(2.0)
 
     def healthy(self) -> bool:
         return self.last_heartbeat is not None and time.monotonic() - self.last_heartbeat <= self.lease_s
@@ -207,43 +262,37 @@ class WorkerDaemon:
     # ------------------------------------------------------------ the whole daemon
 
     def run(self) -> None:
-        """Register, start heartbeats and the health endpoint, then consume the queue until a signal stops it."""
-        from celery import signals
+        """Register, start heartbeats, the health endpoint and the claim thread, then wait for SIGTERM/SIGINT.
 
+        Raises ``WorkerStopped`` when the API refused this worker for good (superseded, or its token revoked)."""
         self.settings.work_dir.mkdir(parents=True, exist_ok=True)
         self.ledger.kill_leftovers(grace_s=self.settings.kill_grace_s)
         self.prepare_assets()
         self.executor.deliver_leftovers()  # reports a killed predecessor left on disk go first (worker.outbox)
         self.register()
         self.start_health_server()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self._stop.set())
         threading.Thread(target=self._heartbeat_loop, daemon=True, name="worker-heartbeat").start()
-        assert self.broker_url is not None  # register() set it or raised
-        app = create_celery_app(self.broker_url, self.executor)
-
-        @signals.worker_shutting_down.connect(weak=False)
-        def _on_shutdown(**_: object) -> None:
-            log.info("shutting down: stopping running jobs (the scheduler requeues them)")
-            self.executor.abandon_all()
-
-        self._consuming = self.queue
-        worker = self._celery_worker = app.Worker(
-            hostname=f"twinkle-{self.worker_id}@{socket.gethostname()}",
-            queues=[self._consuming],
-            pool="threads",
-            # a pool runs as many attempts side by side as it has devices (the dispatcher never gives more)
-            concurrency=self.offer.ranks if self.offer.pooled else 1,
-            prefetch_multiplier=1,
-            without_gossip=True,
-            without_mingle=True,
-            without_heartbeat=True,
-            loglevel=self.settings.log_level,
-            quiet=True,
-        )
-        log.info("consuming %s (pid %s)", self.queue, os.getpid())
+        claimers = [
+            threading.Thread(target=self._claim_loop, daemon=True, name=f"worker-claim-{i}")
+            for i in range(self.concurrency)
+        ]
+        for t in claimers:
+            t.start()
+        log.info("claiming assignments for worker %s with %d thread(s) (pid %s)", self.worker_id, len(claimers),
+                 os.getpid())
         try:
-            worker.start()
+            while not self._stop.wait(1.0):
+                pass
+            log.info("shutting down: stopping running jobs (the scheduler requeues them)")
         finally:
             self.stop()
+            for t in claimers:
+                t.join(timeout=self.settings.kill_grace_s + 5)
+        if self.stopped_because is not None:
+            raise WorkerStopped(self.stopped_because)
 
     def prepare_assets(self) -> None:
         """Fill the assets cache before any job runs: sandboxed jobs see it read-only (one job must not be able

@@ -89,7 +89,6 @@ def run(
     token_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
     name: Annotated[str | None, typer.Option(help="Name shown to users (default: the hostname)")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Where jobs are unpacked and run")] = None,
-    redis_url: Annotated[str | None, typer.Option(help="Broker URL, overriding the one the API hands out")] = None,
     device_type: Annotated[str | None, typer.Option(help="Override detection: cuda, cpu, npu, ...")] = None,
     ranks: Annotated[int | None, typer.Option(help="Override detection: number of devices (ranks) offered")] = None,
     memory_gb: Annotated[float | None, typer.Option(help="Override detection: memory per device in GB")] = None,
@@ -102,6 +101,9 @@ def run(
         ),
     ] = None,
     health_port: Annotated[int | None, typer.Option(help="Port of GET /healthz (default 8081; 0 = any)")] = None,
+    health_host: Annotated[
+        str | None, typer.Option(help="Address of GET /healthz (default 127.0.0.1; 0.0.0.0 for a kubelet probe)")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = None,
     isolation: Annotated[
         str | None, typer.Option(help="bwrap (default), container (the pod/VM is the sandbox) or none")
@@ -128,12 +130,12 @@ def run(
         "token_file": token_file,
         "name": name,
         "work_dir": work_dir,
-        "redis_url": redis_url,
         "device_type": device_type,
         "ranks": ranks,
         "memory_gb": memory_gb,
         "share_devices": share_devices,
         "health_port": health_port,
+        "health_host": health_host,
         "log_level": log_level.upper() if log_level else None,
         "isolation": isolation,
         "trusted_pool": trusted_pool or None,
@@ -157,7 +159,7 @@ def run(
     if settings.isolation == "none":
         typer.secho(_NO_SANDBOX_WARNING, fg=typer.colors.RED, bold=True, err=True)
 
-    from worker.daemon import WorkerDaemon
+    from worker.daemon import WorkerDaemon, WorkerStopped
     from worker.leftovers import WorkDirInUse
     from worker.sandbox import SandboxError
 
@@ -181,6 +183,9 @@ def run(
     except WorkDirInUse as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(5) from None
+    except WorkerStopped as exc:
+        typer.echo(f"error: the platform stopped this worker: {exc}", err=True)
+        raise typer.Exit(7) from None
 
 
 @app.command(help="Print the isolation this worker would use (bwrap version, user namespaces, cgroups, limits).")

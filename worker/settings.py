@@ -24,7 +24,6 @@ class WorkerSettings(BaseSettings):
         token_file: a file holding the token, readable by its owner only (mode 0600).
         name: how this worker shows up in ``GET /workers``; the hostname by default.
         work_dir: where bundles are unpacked and jobs run (``jobs/{job}/{attempt}``).
-        redis_url: overrides the broker URL the API hands out at registration (for a worker behind NAT).
         device_type / ranks / device_model / memory_gb: override what device detection finds (the offer; it must
             still fit in the hardware probe, or the API refuses the registration).
         probe_file: a JSON hardware probe sent instead of measuring (hardware torch cannot see; tests that stand in
@@ -32,7 +31,8 @@ class WorkerSettings(BaseSettings):
         share_devices: offer the devices as a pool shared by count (default): jobs take as many as they need and
             run side by side on disjoint devices; false: one static slot, one job at a time.
         heartbeat_interval_s: overrides the interval the API asks for at registration.
-        health_host / health_port: where ``GET /healthz`` is served (port 0 picks a free one).
+        health_host / health_port: where ``GET /healthz`` is served (port 0 picks a free one); loopback only
+            unless told otherwise (the Helm chart sets ``0.0.0.0`` for the kubelet's probes).
         kill_grace_s: seconds between SIGTERM and SIGKILL when a job is cancelled.
         log_flush_interval_s / log_batch_lines: a log batch is posted every interval or every N lines.
         sys_sample_s: seconds between samples of a job's CPU/RSS (and GPU) use, posted as ``sys/`` metrics.
@@ -58,7 +58,6 @@ class WorkerSettings(BaseSettings):
     token_file: Path | None = None
     name: str = Field(default_factory=socket.gethostname)
     work_dir: Path = Path("./.twinkle/worker")
-    redis_url: str | None = None
 
     device_type: str | None = None
     ranks: int | None = Field(default=None, ge=1)
@@ -72,7 +71,7 @@ class WorkerSettings(BaseSettings):
     )
 
     heartbeat_interval_s: float | None = Field(default=None, gt=0)
-    health_host: str = "0.0.0.0"
+    health_host: str = "127.0.0.1"
     health_port: int = Field(default=8081, ge=0, le=65535)
 
     kill_grace_s: float = Field(default=10.0, ge=0)

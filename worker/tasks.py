@@ -1,7 +1,7 @@
-"""The Celery side of the worker: the ``twinkle.run_attempt(job_id, attempt)`` task and what it does.
+"""What the worker does with an assignment it claimed: start it, fetch the bundle, run it, report.
 
-A message is an assignment, nothing more: it is acked before it runs (``acks_late=False``) and the task is
-idempotent on ``(job_id, attempt)`` because ``POST /attempts/{job}/{n}/start`` answers 409 to a second start.
+An assignment is ``(job_id, attempt)``, nothing more; running one is idempotent because
+``POST /attempts/{job}/{n}/start`` answers 409 to a second start (a claim handed out twice runs once).
 """
 
 from __future__ import annotations
@@ -15,11 +15,8 @@ import threading
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from celery import Celery
-
 from contract.archive import DEFAULT_LIMITS, ArchiveLimits, ArchiveRejected, extract
 from contract.attempts import JOB_ENV_NAMES
-from contract.tasks import CELERY_SHARED_CONFIG, TASK_RUN_ATTEMPT
 from worker.client import Conflict, NotFound, StaleAttempt, WorkerAPIError, WorkerClient
 from worker.launch import attempt_devices, plan_launch
 from worker.leftovers import ProcessGroupLedger
@@ -29,8 +26,7 @@ from worker.sandbox import Sandbox
 from worker.settings import WorkerSettings
 
 __all__ = [
-    "AttemptExecutor", "BundleError", "ClientSink", "create_celery_app", "latest_checkpoint", "platform_env",
-    "unpack_bundle",
+    "AttemptExecutor", "BundleError", "ClientSink", "latest_checkpoint", "platform_env", "unpack_bundle",
 ]
 
 log = logging.getLogger(__name__)
@@ -286,24 +282,3 @@ class AttemptExecutor:
             return RunResult("stale", result.exit_code, result.error)
         log.info("job %s attempt %s %s (exit code %s)", job_id, attempt, result.state, result.exit_code)
         return result
-
-
-def create_celery_app(broker_url: str, executor: AttemptExecutor) -> Celery:
-    """A Celery app whose only task runs assignments on ``executor``; one at a time, prefetch 1, acked early."""
-    app = Celery("twinkle-worker", broker=broker_url, set_as_current=False)
-    app.conf.update(CELERY_SHARED_CONFIG)
-    app.conf.update(
-        worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False,
-        worker_cancel_long_running_tasks_on_connection_loss=False,
-        # our own lease replaces these; they only add broker chatter
-        worker_enable_remote_control=False,
-        worker_send_task_events=False,
-    )
-
-    @app.task(name=TASK_RUN_ATTEMPT, acks_late=False, ignore_result=True)
-    def run_attempt(job_id: str, attempt: int) -> str | None:
-        result = executor.run_attempt(str(job_id), int(attempt))
-        return result.state if result else None
-
-    return app

@@ -24,11 +24,12 @@ from contract.attempts import (
 )
 from scheduler.api.deps import AttemptPath, CurrentWorker, JobIdPath, RuntimeDep
 from scheduler.db import AttemptState, JobState
-from scheduler.errors import StaleAttempt
+from scheduler.errors import PayloadTooLarge, StaleAttempt
 from scheduler.services import attempts as attempts_service
-from scheduler.services import events, validation
+from scheduler.services import events, quotas, validation
 from scheduler.services import logs as logs_service
 from scheduler.services.failures import end_message
+from scheduler.services.quotas import MIB
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ router = APIRouter(tags=["attempts"])
 async def start(
     job_id: JobIdPath, attempt: AttemptPath, request: Request, token: CurrentWorker, rt: RuntimeDep
 ) -> StartResponse:
-    """Confirm an assignment before running it. The idempotency check of ``twinkle.run_attempt``: a second
+    """Confirm an assignment before running it. The idempotency check of a claimed assignment: a second
     start of the same attempt, or a start of a stale one, is 409 ``stale_attempt``; do not run then.
     ``resume_from`` names the complete checkpoint (its marker recorded, every file it lists recorded) the platform
     recorded last for the latest earlier attempt that saved one (``checkpoint``) and lists its files with download
@@ -106,8 +107,26 @@ async def post_logs(
     """Append log lines (fenced); they go to the job's Redis stream for live readers. With ``batch`` a retried
     post is applied once (``accepted`` is then 0). While Redis is down: 503 with ``Retry-After``; send again."""
     await rt.in_session(attempts_service.fence, token, job_id, attempt, attempts_service.WRITABLE, lane="worker")
+    s = rt.settings
     lines = [line.model_dump() for line in body.lines]
-    n = await rt.run(logs_service.append, rt.redis, job_id, attempt, lines, body.batch, lane="worker")
+    size = sum(len(line["text"].encode("utf-8", "surrogatepass")) for line in lines)
+    if size > s.max_log_post_kb * 1024:
+        err = quotas.exceeded(f"a log post of {size} bytes", "MAX_LOG_POST_KB", s.max_log_post_kb, size, " KiB")
+        await rt.run(quotas.note, rt.redis, job_id, attempt, err, lane="worker")
+        raise err
+    n = await rt.run(
+        partial(logs_service.append, max_lines=s.max_attempt_log_lines, max_bytes=int(s.max_attempt_log_mb * MIB)),
+        rt.redis, job_id, attempt, lines, body.batch, lane="worker",
+    )
+    if n <= logs_service.OVER_LINES:
+        if n >= logs_service.OVER_LINES + logs_service.FIRST_TIME:
+            err = quotas.exceeded(f"attempt {attempt}'s log", "MAX_ATTEMPT_LOG_LINES", s.max_attempt_log_lines,
+                                  f"more ({len(lines)} in this post)", " lines")
+        else:
+            err = quotas.exceeded(f"attempt {attempt}'s log", "MAX_ATTEMPT_LOG_MB", s.max_attempt_log_mb,
+                                  f"more ({size} bytes in this post)", " MiB")
+        await rt.run(quotas.note, rt.redis, job_id, attempt, err, lane="worker")
+        raise err
     return Accepted(accepted=max(n, 0))
 
 
@@ -117,7 +136,16 @@ async def post_metrics(
 ) -> Accepted:
     """Record training metrics (fenced): ``{step, ts, metrics}`` per record; a record the attempt already
     reported (same step and ts) is not stored again, so retries are safe."""
-    n = await rt.in_session(attempts_service.add_metrics, token, job_id, attempt, body.records, lane="worker")
+    s = rt.settings
+    try:
+        n = await rt.in_session(
+            partial(attempts_service.add_metrics, per_post=s.max_metrics_per_post, per_attempt=s.max_attempt_metrics,
+                    record_bytes=int(s.max_metric_record_kb * 1024)),
+            token, job_id, attempt, body.records, lane="worker",
+        )
+    except PayloadTooLarge as err:
+        await rt.run(quotas.note, rt.redis, job_id, attempt, err, lane="worker")
+        raise
     return Accepted(accepted=n)
 
 
@@ -134,7 +162,15 @@ async def put_artifact(
     """Upload one file of the attempt (raw body) to ``users/{user}/jobs/{job}/attempts/{n}/{path}``.
     ``Content-Length`` must match the body, else 400 and nothing is kept."""
     attempts_service.check_artifact_path(path)
-    await rt.in_session(attempts_service.fence, token, job_id, attempt, attempts_service.WRITABLE, lane="worker")
+    s = rt.settings
+    try:
+        await rt.in_session(
+            attempts_service.check_artifact_quota, token, job_id, attempt, path, content_length,
+            int(s.max_artifact_mb * MIB), int(s.max_attempt_artifacts_mb * MIB), lane="worker",
+        )
+    except PayloadTooLarge as err:  # refused before a byte of the body is read
+        await rt.run(quotas.note, rt.redis, job_id, attempt, err, lane="worker")
+        raise
     body = await attempts_service.spool_body(request.stream(), content_length)
     assert content_length is not None  # spool_body refuses a body without one (411)
     try:

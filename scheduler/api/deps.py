@@ -101,8 +101,10 @@ class AuthCache:
     """Known tokens for ``ttl_s`` seconds, so a busy client costs no database round trip per request.
 
     Keyed by the token's SHA-256 (the raw token is never kept); only successful look-ups are cached, and at
-    most ``max_entries`` (a flood of made-up tokens cannot grow it). Tokens cannot be revoked today; when they
-    can, ``AUTH_CACHE_S`` bounds how long a revoked one still works (0 turns the cache off)."""
+    most ``max_entries`` (a flood of made-up tokens cannot grow it). A revocation clears this process's cache
+    (``forget_cached_tokens``); in another API process a revoked token still passes this check for at most
+    ``AUTH_CACHE_S``, but heartbeats and claims read the token's row every time, so a revoked worker gets no
+    assignment and no lease at its next call, and its jobs are requeued at once."""
 
     def __init__(self, ttl_s: float, max_entries: int = 10_000):
         self.ttl_s, self.max_entries = ttl_s, max_entries
@@ -113,6 +115,9 @@ class AuthCache:
         if hit is None or hit[0] < time.monotonic():
             return None
         return hit[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
 
     def put(self, key: str, p: Principal) -> None:
         if self.ttl_s <= 0:
@@ -127,6 +132,11 @@ def _auth_cache(rt: Runtime) -> AuthCache:
     if cache is None:
         cache = rt.__dict__["_auth_cache"] = AuthCache(rt.settings.auth_cache_s)
     return cache
+
+
+def forget_cached_tokens(rt: Runtime) -> None:
+    """Drop every cached token check (after a revocation)."""
+    _auth_cache(rt).clear()
 
 
 async def _principal(request: Request, rt: Runtime, lane: Lane) -> Principal:

@@ -47,9 +47,13 @@ def new_token(user: CurrentUser, session: SessionDep) -> TokenResponse:
 
 @router.post(routes.WORKER_TOKENS, status_code=201, response_model=TokenResponse)
 def create_worker_token(body: CreateWorkerTokenRequest, _admin: AdminDep, session: SessionDep) -> TokenResponse:
-    """Create a worker token (admin token required): it can only register workers, heartbeat and report on
-    the attempts assigned to them. ``trusted``: a platform pool (not spot-checked; runs the replays)."""
-    token = users_service.create_worker_token(session, body.owner, trusted=body.trusted)
+    """Create a worker token (admin token required): it can only register one live worker at a time, heartbeat,
+    claim and report on the attempts assigned to it. ``trusted``: a platform pool (not spot-checked; runs the
+    replays). ``pre_approved``: its workers need no approval. ``pool``: a token the nodes of a pool share (one
+    live worker per name). Trusted and pool tokens are approved."""
+    token = users_service.create_worker_token(
+        session, body.owner, trusted=body.trusted, approved=body.pre_approved, pool=body.pool
+    )
     session.commit()
     return TokenResponse(token=token)
 

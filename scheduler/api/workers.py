@@ -1,14 +1,15 @@
 from __future__ import annotations
 
-from typing import Any, cast
+import asyncio
+from typing import Annotated, Any, cast
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from contract import routes
-from contract.tasks import worker_queue
 from contract.workers import (
+    Assignment,
     AttemptRef,
     DevicesInUse,
     HardwareProbe,
@@ -21,9 +22,20 @@ from contract.workers import (
     Worker,
     WorkerList,
 )
-from scheduler.api.deps import CurrentUser, CurrentWorker, RuntimeDep, SessionDep, WorkerIdPath
-from scheduler.services import events
+from scheduler.api.deps import (
+    AdminDep,
+    CurrentUser,
+    CurrentWorker,
+    PrincipalDep,
+    RuntimeDep,
+    SessionDep,
+    WorkerIdPath,
+    forget_cached_tokens,
+)
+from scheduler.services import assignments, events
 from scheduler.services import workers as workers_service
+from scheduler.services.requeue import Requeued
+from scheduler.services.users import Principal
 
 router = APIRouter(tags=["workers"])
 
@@ -39,10 +51,12 @@ def _probe(raw: Any) -> HardwareProbe | None:
 @router.post(routes.WORKER_REGISTER, response_model=RegisterWorkerResponse)
 async def register(body: RegisterWorkerRequest, token: CurrentWorker, rt: RuntimeDep) -> RegisterWorkerResponse:
     """Register the DeviceGroups this worker offers (worker token). Each offered group runs one job at a time.
-    Registering again under the same name means the worker restarted: its unfinished jobs are requeued.
-    ``isolation`` declares how it sandboxes jobs (default ``none``): jobs run only on sandboxed workers unless their
-    owner opts out. ``probe`` (required) is what the worker measured: groups beyond it, or more ranks than
-    ``MAX_RANKS_PER_WORKER``, are refused with 422 naming each problem."""
+    One live worker per token: every registration gets a new worker id and supersedes the token's earlier ones
+    (their unfinished jobs are requeued; their id answers 410 from then on). ``isolation`` declares how it
+    sandboxes jobs (default ``none``): jobs run only on sandboxed workers unless their owner opts out. ``probe``
+    (required) is what the worker measured: groups beyond it, or more ranks than ``MAX_RANKS_PER_WORKER``, are
+    refused with 422 naming each problem. No broker credential is handed out: the worker claims its assignments
+    over HTTP (``POST /workers/{id}/claim``)."""
     s = rt.settings
 
     def work(session: Session) -> workers_service.Registration:
@@ -50,16 +64,17 @@ async def register(body: RegisterWorkerRequest, token: CurrentWorker, rt: Runtim
             session, token, name=body.name, hostname=body.hostname, device_groups=body.device_groups,
             lease_s=s.lease_s, max_attempts=s.max_attempts, isolation=body.isolation, probe=body.probe,
             max_ranks=s.max_ranks_per_worker,
+            approval_required=s.worker_approval_required,
         )
 
     reg = await rt.in_session(work, lane="worker")
     await rt.run(events.requeued, rt.worker_db, rt.redis, rt.storage, reg.requeued, lane="worker")
     return RegisterWorkerResponse(
         worker_id=reg.worker.id,
-        queue=worker_queue(reg.worker.id),
-        broker_url=s.broker_public_url or s.effective_redis_url,
         heartbeat_interval_s=s.heartbeat_interval_s,
         lease_s=s.lease_s,
+        approved=reg.approved,
+        claim_wait_s=s.claim_wait_s,
     )
 
 
@@ -73,6 +88,61 @@ async def heartbeat(
         workers_service.heartbeat, token, worker_id, body.running, rt.settings.lease_s, lane="worker"
     )
     return HeartbeatResponse(cancel=[AttemptRef(job_id=c.job_id, attempt=c.attempt) for c in cancel])
+
+
+@router.post(
+    routes.WORKER_CLAIM,
+    response_model=Assignment,
+    responses={204: {"description": "nothing was assigned to this worker within `wait` seconds; claim again"}},
+)
+async def claim(
+    worker_id: WorkerIdPath,
+    token: CurrentWorker,
+    rt: RuntimeDep,
+    wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for an assignment (long poll)")] = 20.0,
+) -> Assignment | Response:
+    """The next attempt assigned to this worker, waiting up to ``wait`` seconds for one (204: none; claim again).
+    Run it by starting it (``POST /attempts/{job_id}/{attempt}/start``): the start is the fence, so an assignment
+    handed out twice runs once; two claims waiting at once (a pooled worker holds one per device) get different
+    assignments. A worker awaiting approval gets 204; a superseded one 410; a revoked token 403.
+    No database connection or thread is held while waiting."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait, rt.settings.claim_wait_s)
+    while True:
+        found = await rt.in_session(workers_service.next_assignments, token, worker_id, lane="worker")
+        # a pooled worker holds several claims at once: each gets a different assignment
+        got = await rt.waker.reserve(found, lambda a: (a.job_id, a.attempt))
+        if got is not None:
+            if len(found) > 1:
+                await rt.waker.poke(worker_id)  # more are waiting: wake the worker's next claim now
+            return Assignment(job_id=got.job_id, attempt=got.attempt)
+        left = deadline - loop.time()
+        if left <= 0:
+            return Response(status_code=204)
+        await rt.waker.wait(worker_id, min(left, assignments.POLL_S))
+
+
+@router.post(routes.WORKER_REVOKE, status_code=204)
+async def revoke(worker_id: WorkerIdPath, p: PrincipalDep, rt: RuntimeDep) -> Response:
+    """Revoke the worker token this worker registered with (the admin, the token's owner, or the token itself):
+    its workers get no more assignments, their next heartbeat or claim is 403 ``token_revoked``, and what they
+    were running is requeued now."""
+    requeued = await rt.in_session(_revoke, p, worker_id, rt.settings.max_attempts, lane="worker")
+    forget_cached_tokens(rt)
+    await rt.run(events.requeued, rt.worker_db, rt.redis, rt.storage, requeued, lane="worker")
+    return Response(status_code=204)
+
+
+def _revoke(session: Session, p: Principal, worker_id: str, max_attempts: int) -> list[Requeued]:
+    return workers_service.revoke(session, p, worker_id, max_attempts=max_attempts)
+
+
+@router.post(routes.WORKER_APPROVE, status_code=204)
+async def approve(worker_id: WorkerIdPath, _admin: AdminDep, rt: RuntimeDep) -> Response:
+    """Approve the worker token this worker registered with (admin token): its workers get jobs from the next
+    dispatch round. Needed only where TWINKLE_SCHEDULER_REQUIRE_WORKER_APPROVAL is on (the production default)."""
+    await rt.in_session(workers_service.approve, worker_id, lane="worker")
+    return Response(status_code=204)
 
 
 @router.get(routes.WORKERS, response_model=WorkerList)
@@ -101,6 +171,9 @@ def list_workers(_user: CurrentUser, session: SessionDep) -> WorkerList:
                 reputation=round(i.worker.reputation, 4),
                 validated_attempts=i.worker.validated_attempts,
                 trusted=bool(i.worker.trusted),
+                approved=i.approved,
+                status=i.status,
+                superseded_by=i.worker.superseded_by,
             )
             for i in workers_service.list_workers(session)
         ]

@@ -84,6 +84,8 @@ class Credit(StrEnum):
 class WorkerState(StrEnum):
     LIVE = "live"
     LOST = "lost"
+    SUPERSEDED = "superseded"  # a newer registration with the same token took over (one live worker per token)
+    REVOKED = "revoked"  # its token was revoked
 
 
 class UserModel(Base):
@@ -110,11 +112,21 @@ class ApiTokenModel(Base):
     last_used_at: Mapped[dt.datetime | None]
     # A platform pool (set by the admin): its workers are not spot-checked and run the replays of donors' attempts.
     trusted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # worker tokens: set once an admin approved its workers (or at creation when approval is not required, or for
+    # a trusted pool); workers of an unapproved token register and heartbeat but get no jobs
+    approved_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]  # a revoked token authenticates nothing
+    # a trusted pool's token, shared by its nodes: one live worker per name instead of one per token
+    pool: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     user: Mapped[UserModel | None] = relationship(back_populates="tokens")
 
 
 class WorkerModel(Base):
+    """One registration of a worker. A token has at most one live (not superseded, not revoked) worker (per name,
+    for a pool token): each registration is a new row, and the earlier rows of its token are marked
+    ``superseded`` (and renamed ``<name> (superseded <id>)``, so (token, name) stays unique)."""
+
     __tablename__ = "workers"
     __table_args__ = (sa.UniqueConstraint("token_id", "name", name="uq_workers_token_name"),)
 
@@ -137,6 +149,7 @@ class WorkerModel(Base):
     reputation: Mapped[float] = mapped_column(sa.Float, default=0.5, server_default="0.5")
     validated_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     trusted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())  # copied from its token
+    superseded_by: Mapped[str | None] = mapped_column(sa.String(32))
 
 
 class JobModel(Base):

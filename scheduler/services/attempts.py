@@ -33,7 +33,7 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import BadRequest, Forbidden, InvalidRequest, LengthRequired, NotFound, StaleAttempt
-from scheduler.services import matching, validation
+from scheduler.services import matching, quotas, validation
 from scheduler.services.usage import record_attempt_end
 from scheduler.storage import Storage, attempt_key
 
@@ -67,7 +67,7 @@ def fence(session: Session, token: ApiTokenModel, job_id: str, n: int, allowed: 
 
 
 def start(session: Session, token: ApiTokenModel, job_id: str, n: int) -> Fenced:
-    """Confirm the assignment; the idempotency check of ``twinkle.run_attempt`` (a second start gets 409)."""
+    """Confirm the assignment; the idempotency check of a claimed assignment (a second start gets 409)."""
     f = fence(session, token, job_id, n, (AttemptState.ASSIGNED,))
     now = utcnow()
     # Conditional updates: of two concurrent starts of the same attempt only one matches.
@@ -185,10 +185,31 @@ def first_complete(candidates: list[ResumePoint], read: Callable[[str], bytes]) 
     return None
 
 
-def add_metrics(session: Session, token: ApiTokenModel, job_id: str, n: int, records: list[MetricIn]) -> int:
+def add_metrics(
+    session: Session,
+    token: ApiTokenModel,
+    job_id: str,
+    n: int,
+    records: list[MetricIn],
+    *,
+    per_post: int = 0,
+    per_attempt: int = 0,
+    record_bytes: int = 0,
+) -> int:
     """Insert the records the attempt has not reported yet: a record is ``(step, ts)`` within its attempt, so
-    a batch the worker sends again (its answer was lost in an outage) adds nothing twice."""
+    a batch the worker sends again (its answer was lost in an outage) adds nothing twice. Quotas (0: none):
+    ``per_post`` records in one post, ``per_attempt`` stored for the attempt, ``record_bytes`` of JSON per record;
+    over one, nothing of the post is stored (413 ``quota_exceeded``)."""
     fence(session, token, job_id, n, WRITABLE)
+    if per_post and len(records) > per_post:
+        raise quotas.exceeded(f"a metrics post of {len(records)} records", "MAX_METRICS_PER_POST", per_post,
+                              len(records))
+    if record_bytes:
+        for r in records:
+            size = len(json.dumps(r.metrics, separators=(",", ":"), default=str))
+            if size > record_bytes:
+                raise quotas.exceeded(f"the metrics of step {r.step} ({size} bytes of JSON)",
+                                      "MAX_METRIC_RECORD_KB", record_bytes / 1024, size, " KiB")
     seen = set()
     if records:
         seen = {
@@ -205,10 +226,41 @@ def add_metrics(session: Session, token: ApiTokenModel, job_id: str, n: int, rec
         if (r.step, r.ts) not in seen:
             seen.add((r.step, r.ts))
             fresh.append(dict(job_id=job_id, attempt=n, step=r.step, ts=r.ts, metrics=r.metrics))
+    if fresh and per_attempt:
+        stored = session.scalar(
+            sa.select(sa.func.count()).select_from(MetricModel).where(
+                MetricModel.job_id == job_id, MetricModel.attempt == n
+            )
+        ) or 0
+        if stored + len(fresh) > per_attempt:
+            raise quotas.exceeded(f"attempt {n}'s metrics ({stored} stored, {len(fresh)} more)",
+                                  "MAX_ATTEMPT_METRICS", per_attempt, stored + len(fresh))
     if fresh:
         session.execute(sa.insert(MetricModel), fresh)
     session.commit()
     return len(fresh)
+
+
+def check_artifact_quota(
+    session: Session, token: ApiTokenModel, job_id: str, n: int, path: str, size: int | None, per_file: int,
+    per_attempt: int,
+) -> None:
+    """Fence the upload and check it against the quotas before its body is read: ``per_file`` bytes for one file,
+    ``per_attempt`` for all of the attempt's files (a file uploaded again counts once, at its new size)."""
+    fence(session, token, job_id, n, WRITABLE)
+    if size is None:
+        raise LengthRequired("send a Content-Length header with the artifact body")
+    if size > per_file:
+        raise quotas.exceeded(f"the file {path} ({size} bytes)", "MAX_ARTIFACT_MB", per_file / quotas.MIB, size,
+                              " MiB")
+    others = session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(ArtifactModel.size), 0)).where(
+            ArtifactModel.job_id == job_id, ArtifactModel.attempt == n, ArtifactModel.path != path
+        )
+    ) or 0
+    if others + size > per_attempt:
+        raise quotas.exceeded(f"attempt {n}'s files ({others} bytes stored, {size} more for {path})",
+                              "MAX_ATTEMPT_ARTIFACTS_MB", per_attempt / quotas.MIB, others + size, " MiB")
 
 
 def check_artifact_path(path: str) -> str:

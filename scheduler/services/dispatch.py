@@ -1,9 +1,10 @@
-"""One dispatcher round (match queued jobs, commit assignments, then send Celery tasks) and the reaper.
+"""One dispatcher round (match queued jobs, commit assignments, then wake the workers' claims) and the reaper.
 
 Order in a round, and why: (1) read workers, busy slots and the queue; (2) plan in memory (``matching``);
-(3) write every assignment and attempt row in one transaction and COMMIT; (4) only then send
-``twinkle.run_attempt`` to each worker's queue. A crash between (3) and (4) loses messages, never jobs:
-the start deadline dispatches an unconfirmed assignment again.
+(3) write every assignment and attempt row in one transaction and COMMIT; (4) only then poke each assigned
+worker's waiting claim (``scheduler.services.assignments``). A crash between (3) and (4) loses pokes, never jobs:
+claims also poll the database, and the start deadline dispatches an unconfirmed assignment again. Only workers
+whose token is approved and not revoked are matched.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
+import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from contract.tasks import TASK_RUN_ATTEMPT, worker_queue
 from scheduler.db import (
     ACTIVE_JOB_STATES,
+    ApiTokenModel,
     AttemptModel,
     AttemptState,
     Database,
@@ -31,7 +33,7 @@ from scheduler.db import (
     WorkerState,
     utcnow,
 )
-from scheduler.services import matching
+from scheduler.services import assignments, matching
 from scheduler.services.liveness import LeaseGate, latest_heartbeat
 from scheduler.services.requeue import Requeued, requeue_active_jobs, requeue_jobs
 from scheduler.services.validation import ReplayPolicy, unverified_workers
@@ -74,6 +76,13 @@ def plan_round(
         sa.select(
             WorkerModel.id, WorkerModel.device_groups, WorkerModel.state, WorkerModel.lease_expires_at,
             WorkerModel.isolation, WorkerModel.trusted, WorkerModel.reputation, WorkerModel.validated_attempts,
+        )
+        .join(ApiTokenModel, ApiTokenModel.id == WorkerModel.token_id)
+        # superseded and revoked workers are gone for good; unapproved ones wait for an admin
+        .where(
+            WorkerModel.state.in_([WorkerState.LIVE, WorkerState.LOST]),
+            ApiTokenModel.approved_at.is_not(None),
+            ApiTokenModel.revoked_at.is_(None),
         )
     ).all()
     offers = {row[0]: tuple(matching.Offer.from_dict(g) for g in row[1]) for row in workers_rows}
@@ -156,7 +165,9 @@ def plan_round(
     return matching.plan(views, queued, priority), info
 
 
-def dispatch_round(db: Database, celery_app: object, policy: ReplayPolicy | None = None) -> RoundResult:
+def dispatch_round(db: Database, r: redis.Redis | None, policy: ReplayPolicy | None = None) -> RoundResult:
+    """One round; ``r`` is the platform's Redis, used only to wake the assigned workers' claims (``None``:
+    claims find their assignments by polling)."""
     result = RoundResult()
     now = utcnow()
     t0 = time.perf_counter()
@@ -219,51 +230,10 @@ def dispatch_round(db: Database, celery_app: object, policy: ReplayPolicy | None
         result.db_s = time.perf_counter() - t1
     # Committed; now the network calls.
     t2 = time.perf_counter()
-    send_assignments(celery_app, result.assigned)
+    assignments.wake(r, (s.worker_id for s in result.assigned))
     result.send_s = time.perf_counter() - t2
     observe_latency(result.assigned)
     return result
-
-
-def send_assignments(celery_app: object, sent: list[Sent]) -> None:
-    """Send ``twinkle.run_attempt(job_id, attempt)`` to each worker's queue, pipelined into Redis.
-
-    The message is the one Celery builds (``amqp.create_task_message``, protocol 2, JSON), published with one
-    producer to the default exchange with the queue name as routing key, which the Redis transport turns
-    into an LPUSH on the list ``worker.{id}``. No declaration per publish: the worker declares its own queue.
-    The producer channel's Redis client is swapped for a pipeline while publishing (one round trip per
-    1,000 messages). If publishing fails the messages are lost, which the start deadline already covers:
-    the database holds the assignments.
-    """
-    if not sent:
-        return
-    import uuid
-
-    app: Any = celery_app  # a celery.Celery
-    amqp = app.amqp
-    with app.producer_or_acquire() as producer:
-        channel = producer.channel
-        pipe = None
-        if hasattr(channel, "_create_client") and hasattr(channel, "client"):  # kombu's Redis transport
-            pipe = channel.client.pipeline(transaction=False)
-            channel._create_client = lambda *a, **k: pipe
-        try:
-            for i, s in enumerate(sent, 1):
-                args = [s.job_id, s.attempt]
-                msg = amqp.create_task_message(
-                    str(uuid.uuid4()), TASK_RUN_ATTEMPT, args, {}, argsrepr=repr(args), kwargsrepr="{}"
-                )
-                producer.publish(
-                    msg.body, exchange="", routing_key=worker_queue(s.worker_id), headers=msg.headers,
-                    serializer="json", declare=[], retry=False, **msg.properties,
-                )
-                if pipe is not None and i % 1000 == 0:
-                    pipe.execute()
-            if pipe is not None:
-                pipe.execute()
-        finally:
-            if pipe is not None:
-                del channel._create_client
 
 
 def observe_latency(sent: list[Sent]) -> None:

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, cast
 
 import redis
-from redis.typing import EncodableT, FieldT
 
 from scheduler.storage import ObjectNotFound, Storage, attempt_key
 
@@ -33,46 +32,74 @@ def batches_key(job_id: str) -> str:
     return f"twinkle:logs:{job_id}:batches"
 
 
-# Appends a batch once: the batch id goes into a set first, and a batch already there is not added again.
-# One script, so the check and the XADDs are atomic (a retry racing its lost original cannot double it).
-_APPEND_ONCE = """
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return -1 end
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-local n = 0
-for i = 4, #ARGV, 4 do
+def usage_key(job_id: str) -> str:
+    return f"twinkle:logs:{job_id}:usage"
+
+
+DUPLICATE = -1  # the batch was appended before (a retry)
+OVER_LINES = -2  # the post would cross the attempt's line quota
+OVER_BYTES = -4  # ... its byte quota
+FIRST_TIME = -1  # added to OVER_*: the first refusal of this attempt (say so in the job's log, once)
+
+# Appends a post once and within the attempt's quota, atomically (a retry racing its lost original cannot double
+# it, and two posts racing cannot both squeeze under the quota). KEYS: stream, batches set, usage hash.
+# ARGV: batch id ('' for none), MAXLEN, TTL, attempt, max lines (0: none), max bytes (0: none), this post's bytes,
+# then 4 per line (attempt, stream, text, ts). Returns the lines added, or one of the negative codes above.
+_APPEND = """
+local batch, attempt = ARGV[1], ARGV[4]
+if batch ~= '' and redis.call('SISMEMBER', KEYS[2], batch) == 1 then return -1 end
+local n_lines = (#ARGV - 7) / 4
+local max_lines, max_bytes, post_bytes = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+if max_lines > 0 or max_bytes > 0 then
+  local lines = tonumber(redis.call('HGET', KEYS[3], attempt .. ':lines') or '0')
+  local bytes = tonumber(redis.call('HGET', KEYS[3], attempt .. ':bytes') or '0')
+  local over = 0
+  if max_lines > 0 and lines + n_lines > max_lines then over = -2
+  elseif max_bytes > 0 and bytes + post_bytes > max_bytes then over = -4 end
+  if over ~= 0 then return over - redis.call('HSETNX', KEYS[3], attempt .. ':over', '1') end
+end
+if batch ~= '' then
+  redis.call('SADD', KEYS[2], batch)
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+if max_lines > 0 or max_bytes > 0 then  -- the worker's lines count; the platform's own notes do not
+  redis.call('HINCRBY', KEYS[3], attempt .. ':lines', n_lines)
+  redis.call('HINCRBY', KEYS[3], attempt .. ':bytes', post_bytes)
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+end
+for i = 8, #ARGV, 4 do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'attempt', ARGV[i], 'stream', ARGV[i + 1],
              'text', ARGV[i + 2], 'ts', ARGV[i + 3])
-  n = n + 1
 end
-return n
+return n_lines
 """
 
 
 def append(
-    r: redis.Redis, job_id: str, attempt: int, lines: Iterable[Mapping[str, Any]], batch: int | str | None = None
+    r: redis.Redis,
+    job_id: str,
+    attempt: int,
+    lines: Iterable[Mapping[str, Any]],
+    batch: int | str | None = None,
+    *,
+    max_lines: int = 0,
+    max_bytes: int = 0,
 ) -> int:
     """XADD each line; call only after the attempt's fence check. With ``batch`` (the worker's sequence
-    number), a batch already appended is skipped (returns -1): log posts are retried safely."""
-    if batch is not None:
-        args: list[Any] = [f"{attempt}:{batch}", MAXLEN, END_TTL_S]
-        for line in lines:
-            args += [str(attempt), str(line.get("stream") or "stdout"), str(line.get("text", "")),
-                     str(line.get("ts") or time.time())]
-        return int(r.eval(_APPEND_ONCE, 2, stream_key(job_id), batches_key(job_id), *args))
-    pipe = r.pipeline(transaction=False)
-    n = 0
+    number), a batch already appended is skipped (returns ``DUPLICATE``): log posts are retried safely. With
+    ``max_lines`` / ``max_bytes`` (the attempt's quota, 0: none) a post that would cross it adds nothing and
+    returns ``OVER_LINES`` or ``OVER_BYTES`` (plus ``FIRST_TIME`` for the attempt's first refusal)."""
+    args: list[Any] = ["" if batch is None else f"{attempt}:{batch}", MAXLEN, END_TTL_S, str(attempt),
+                       max_lines, max_bytes, 0]
+    size = 0
     for line in lines:
-        fields: dict[FieldT, EncodableT] = {
-            "attempt": str(attempt),
-            "stream": str(line.get("stream") or "stdout"),
-            "text": str(line.get("text", "")),
-            "ts": str(line.get("ts") or time.time()),
-        }
-        pipe.xadd(stream_key(job_id), fields, maxlen=MAXLEN, approximate=True)
-        n += 1
-    if n:
-        pipe.execute()
-    return n
+        text = str(line.get("text", ""))
+        size += len(text.encode("utf-8", "surrogatepass"))
+        args += [str(attempt), str(line.get("stream") or "stdout"), text, str(line.get("ts") or time.time())]
+    if len(args) == 7:
+        return 0
+    args[6] = size
+    return int(r.eval(_APPEND, 3, stream_key(job_id), batches_key(job_id), usage_key(job_id), *args))
 
 
 def system_line(r: redis.Redis, job_id: str, attempt: int, text: str) -> None:

@@ -68,16 +68,23 @@ def create_user_token(session: Session, user: UserModel) -> str:
     return token
 
 
-def create_worker_token(session: Session, owner: str, *, trusted: bool = False) -> str:
-    """A worker token of ``owner``; ``trusted`` marks a platform pool (never a donor): its attempts are not
-    spot-checked and its workers replay donors' attempts."""
+def create_worker_token(
+    session: Session, owner: str, *, trusted: bool = False, approved: bool = False, pool: bool = False
+) -> str:
+    """A worker token for ``owner``'s machines. ``trusted`` marks a platform pool (never a donor): its attempts
+    are not spot-checked and its workers replay donors' attempts. ``approved``: its workers get jobs at once, even
+    where the deployment requires approval (``up``'s local worker); else an admin approves them. ``pool``: a
+    pool's token, shared by its nodes (one live worker per name, not per token). ``trusted`` and ``pool`` are
+    approved too."""
     owner = owner.strip()
     if not owner or len(owner) > 128:
         raise InvalidRequest("owner must be 1 to 128 characters", fields={"owner": "1 to 128 characters"})
     token = _mint(WORKER_PREFIX)
+    now = utcnow()
     session.add(
         ApiTokenModel(
-            id=new_id(), token_hash=hash_token(token), kind="worker", owner=owner, created_at=utcnow(), trusted=trusted
+            id=new_id(), token_hash=hash_token(token), kind="worker", owner=owner, created_at=now, trusted=trusted,
+            approved_at=now if approved or pool or trusted else None, pool=pool,
         )
     )
     session.flush()
@@ -90,12 +97,21 @@ def authenticate(session: Session, token: str, admin_token: str | None) -> Princ
     row = session.scalar(sa.select(ApiTokenModel).where(ApiTokenModel.token_hash == hash_token(token)))
     if row is None:
         raise Unauthorized("the token is not valid; create one with `twinkle-scheduler create-user`")
+    if row.revoked_at is not None:
+        raise_revoked()
     return Principal(kind=row.kind, token=row, user=row.user)
+
+
+def raise_revoked() -> None:
+    raise Forbidden(
+        "this worker token was revoked by its owner or the admin; ask the platform admin for a new one",
+        code=ErrorCode.TOKEN_REVOKED,
+    )
 
 
 def principal_from_token_id(session: Session, token_id: str) -> Principal:
     row = session.get(ApiTokenModel, token_id)
-    if row is None or row.kind != "user":
+    if row is None or row.kind != "user" or row.revoked_at is not None:
         raise Unauthorized("the session has ended; sign in again")
     return Principal(kind="user", token=row, user=row.user)
 

@@ -1,4 +1,5 @@
-"""Workers: register DeviceGroups, heartbeat (renews the lease, delivers cancels), list with usage."""
+"""Workers: register DeviceGroups (one live worker per token), heartbeat (renews the lease, delivers cancels),
+claim assignments, revoke and approve tokens, list with usage and what each state means."""
 
 from __future__ import annotations
 
@@ -21,17 +22,30 @@ from scheduler.db import (
     new_id,
     utcnow,
 )
-from scheduler.errors import NotFound
+from scheduler.errors import Forbidden, Gone, NotFound
 from scheduler.services import matching
+from scheduler.services import users as users_service
 from scheduler.services.hardware import check_claim
 from scheduler.services.requeue import Requeued, requeue_active_jobs
 from scheduler.services.usage import pending_seconds
+from scheduler.services.users import Principal
 
 
 @dataclass
 class Registration:
     worker: WorkerModel
     requeued: list[Requeued] = field(default_factory=list)
+    approved: bool = True
+
+
+def _fresh_token(session: Session, token: ApiTokenModel) -> ApiTokenModel:
+    """The token's row as the database has it now: the principal may come from the auth cache, and a revocation
+    or an approval must take effect at the next heartbeat or claim, not when the cache entry runs out."""
+    row = session.get(ApiTokenModel, token.id)
+    if row is None or row.revoked_at is not None:
+        users_service.raise_revoked()
+    assert row is not None
+    return row
 
 
 def register(
@@ -46,56 +60,75 @@ def register(
     isolation: str = "none",
     probe: HardwareProbe | None = None,
     max_ranks: int = 64,
+    approval_required: bool = False,
 ) -> Registration:
-    """Register (or re-register) the worker ``name`` of this token.
-
-    A worker that registers again has restarted, so whatever it was running is gone: its active jobs are
-    requeued as their next attempt now rather than after the lease runs out. ``isolation`` is what the worker
-    declares now (it may have lost or gained its sandbox since the last time).
+    """Register a worker of this token: always a new worker id, and the token's earlier workers are superseded.
 
     The offered groups must fit in ``probe`` and the rank cap (``scheduler.services.hardware``), else 422 and
-    nothing changes. The probe is stored and shown by ``GET /workers``.
+    nothing changes. The probe is stored and shown by ``GET /workers``. The new row inherits the reputation and
+    validated attempts of the token's latest earlier registration of this name (or of the token), so registering
+    again never resets a donor's record.
+
+    One live worker per token (per token and name for a pool token): whatever an earlier registration ran is
+    gone (the daemon restarted) or belongs to another copy of the daemon using the same token (a stolen token, a
+    second machine), so its active jobs are requeued as their next attempt now, and its id answers 410
+    ``worker_superseded`` from then on. ``isolation`` is what the worker declares now. Without
+    ``approval_required`` the token counts as approved from its first registration; with it, its workers get no
+    jobs until an admin approves the token.
     """
     check_claim(device_groups, probe, max_ranks=max_ranks)
     probed = probe.model_dump() if probe is not None else None
     now = utcnow()
-    worker = session.scalar(sa.select(WorkerModel).where(WorkerModel.token_id == token.id, WorkerModel.name == name))
-    groups = [g.model_dump() for g in device_groups]
+    tok = _fresh_token(session, token)
+    if tok.approved_at is None and not approval_required:
+        tok.approved_at = now
+    same = sa.select(WorkerModel).where(
+        WorkerModel.token_id == token.id, WorkerModel.state.in_([WorkerState.LIVE, WorkerState.LOST])
+    )
+    if tok.pool:  # a pool's nodes share the token: each name has one live worker
+        same = same.where(WorkerModel.name == name)
+    previous = session.scalars(same).all()
+    earlier = session.scalars(
+        sa.select(WorkerModel).where(WorkerModel.token_id == token.id)
+        .order_by((WorkerModel.name == name).desc(), WorkerModel.registered_at.desc()).limit(1)
+    ).first()
+    for old in previous:
+        if old.name == name:  # (token, name) is unique: the superseded row gives the name up
+            suffix = f" (superseded {old.id})"
+            old.name = old.name[: 128 - len(suffix)] + suffix
+    session.flush()
+    worker = WorkerModel(
+        id=new_id(),
+        token_id=token.id,
+        name=name,
+        hostname=hostname or name,
+        owner=token.owner,
+        state=WorkerState.LIVE,
+        device_groups=[g.model_dump() for g in device_groups],
+        isolation=isolation,
+        registered_at=now,
+        last_heartbeat_at=now,
+        lease_expires_at=now + dt.timedelta(seconds=lease_s),
+        jobs_run=0,
+        gpu_seconds=0.0,
+        probe=probed,
+        trusted=bool(tok.trusted),
+    )
+    if earlier is not None:  # a restart (or a copy) keeps the donor's record, never a fresh one
+        worker.reputation, worker.validated_attempts = earlier.reputation, earlier.validated_attempts
+    session.add(worker)
+    session.flush()
     requeued: list[Requeued] = []
-    if worker is None:
-        worker = WorkerModel(
-            id=new_id(),
-            token_id=token.id,
-            name=name,
-            hostname=hostname or name,
-            owner=token.owner,
-            state=WorkerState.LIVE,
-            device_groups=groups,
-            isolation=isolation,
-            registered_at=now,
-            last_heartbeat_at=now,
-            lease_expires_at=now + dt.timedelta(seconds=lease_s),
-            jobs_run=0,
-            gpu_seconds=0.0,
-            probe=probed,
-            trusted=bool(token.trusted),
+    for old in previous:
+        reason = (
+            f"worker {name} registered again (restarted)" if old.name.startswith(f"{name} (superseded ")
+            else f"worker {old.name} was superseded by a new registration ({name}) with the same token"
         )
-        session.add(worker)
-    else:
-        requeued = requeue_active_jobs(
-            session, [worker.id], reason=f"worker {name} registered again (restarted)", max_attempts=max_attempts
-        )
-        worker.hostname = hostname or name
-        worker.device_groups = groups
-        worker.isolation = isolation
-        worker.probe = probed
-        worker.trusted = bool(token.trusted)
-        worker.state = WorkerState.LIVE
-        worker.registered_at = now
-        worker.last_heartbeat_at = now
-        worker.lease_expires_at = now + dt.timedelta(seconds=lease_s)
+        requeued += requeue_active_jobs(session, [old.id], reason=reason, max_attempts=max_attempts)
+        old.state = WorkerState.SUPERSEDED
+        old.superseded_by = worker.id
     session.commit()
-    return Registration(worker, requeued)
+    return Registration(worker, requeued, approved=tok.approved_at is not None)
 
 
 def get_own_worker(session: Session, token: ApiTokenModel, worker_id: str) -> WorkerModel:
@@ -107,6 +140,39 @@ def get_own_worker(session: Session, token: ApiTokenModel, worker_id: str) -> Wo
     return worker
 
 
+def usable_worker(session: Session, token: ApiTokenModel, worker_id: str) -> tuple[WorkerModel, ApiTokenModel]:
+    """This token's worker ``worker_id``, if it may still heartbeat and claim: 403 ``token_revoked`` once the
+    token is revoked, 410 ``worker_superseded`` once a newer registration of the token took over."""
+    worker = get_own_worker(session, token, worker_id)
+    tok = _fresh_token(session, token)
+    if worker.state == WorkerState.REVOKED:
+        users_service.raise_revoked()
+    if worker.state == WorkerState.SUPERSEDED:
+        raise Gone(
+            f"worker {worker_id} was superseded by worker {worker.superseded_by}: a newer registration with the "
+            "same worker token took over (one live worker per token). Stop this copy; give each machine its own "
+            "token (twinkle-scheduler create-worker-token)",
+            fields={"superseded_by": worker.superseded_by or ""},
+        )
+    return worker, tok
+
+
+def next_assignments(session: Session, token: ApiTokenModel, worker_id: str, limit: int = 64) -> list[AttemptRef]:
+    """The attempts assigned to this worker and not started yet, oldest first (none while the token awaits
+    approval). Handing one out changes nothing here: the worker's ``start`` is the fence, and the claim route
+    keeps two waiting claims from getting the same one (``assignments.Waker.reserve``)."""
+    worker, tok = usable_worker(session, token, worker_id)
+    if tok.approved_at is None:
+        return []
+    rows = session.execute(
+        sa.select(JobModel.id, JobModel.attempt)
+        .where(JobModel.worker_id == worker.id, JobModel.state == JobState.ASSIGNED)
+        .order_by(JobModel.assigned_at, JobModel.id)
+        .limit(limit)
+    ).all()
+    return [AttemptRef(job_id=job_id, attempt=n) for job_id, n in rows]
+
+
 def heartbeat(
     session: Session, token: ApiTokenModel, worker_id: str, running: list[AttemptRef], lease_s: float
 ) -> list[AttemptRef]:
@@ -115,7 +181,7 @@ def heartbeat(
     Stop: attempts of jobs being cancelled, and anything the worker runs that is no longer the job's live
     attempt on this worker (requeued while the worker was unreachable, or cancelled while it was offline).
     """
-    worker = get_own_worker(session, token, worker_id)
+    worker, _ = usable_worker(session, token, worker_id)
     now = utcnow()
     worker.last_heartbeat_at = now
     worker.lease_expires_at = now + dt.timedelta(seconds=lease_s)
@@ -151,7 +217,19 @@ class WorkerInfo:
     worker: WorkerModel
     running_jobs: int
     pending_seconds: float = 0.0  # device-seconds waiting for a spot check
+    approved: bool = True
+    status: str = ""
     devices_in_use: list[tuple[str, str, list[int]]] = field(default_factory=list)  # (job, group, devices)
+
+
+def _status(w: WorkerModel, tok: ApiTokenModel | None) -> str:
+    if w.state == WorkerState.SUPERSEDED:
+        return f"superseded by worker {w.superseded_by} (a newer registration with the same token)"
+    if w.state == WorkerState.REVOKED or (tok is not None and tok.revoked_at is not None):
+        return "token revoked"
+    if tok is not None and tok.approved_at is None:
+        return "awaiting approval"
+    return w.state
 
 
 def list_workers(session: Session) -> list[WorkerInfo]:
@@ -164,13 +242,71 @@ def list_workers(session: Session) -> list[WorkerInfo]:
         held.setdefault(worker_id, []).append((job_id, slots))
     workers = session.scalars(sa.select(WorkerModel).order_by(WorkerModel.registered_at)).all()
     pending = pending_seconds(session)
+    tokens = {
+        t.id: t
+        for t in session.scalars(sa.select(ApiTokenModel).where(ApiTokenModel.id.in_({w.token_id for w in workers})))
+    }
     out = []
     for w in workers:
+        tok = tokens.get(w.token_id)
+        approved = tok is not None and tok.approved_at is not None
         offers = tuple(matching.Offer.from_dict(g) for g in w.device_groups or [])
         in_use = [
             (job_id, offers[idx].name, list(devices))
             for job_id, slots in held.get(w.id, [])
             for idx, devices in matching.held_devices(slots, offers)
         ]
-        out.append(WorkerInfo(w, len(held.get(w.id, [])), pending.get(w.id, 0.0), in_use))
+        out.append(WorkerInfo(w, len(held.get(w.id, [])), pending.get(w.id, 0.0), approved, _status(w, tok), in_use))
     return out
+
+
+def _may_revoke(p: Principal, tok: ApiTokenModel) -> bool:
+    """The admin; the donor, with the token itself; or the user named as the token's owner."""
+    if p.kind == "admin":
+        return True
+    if p.kind == "worker":
+        return p.token is not None and p.token.id == tok.id
+    return p.user is not None and tok.owner is not None and p.user.name == tok.owner
+
+
+def revoke(session: Session, p: Principal, worker_id: str, *, max_attempts: int) -> list[Requeued]:
+    """Revoke the token ``worker_id`` registered with: none of its workers heartbeats, claims or writes again,
+    and what they were running is requeued now (not after their lease)."""
+    worker = session.get(WorkerModel, worker_id)
+    if worker is None:
+        raise NotFound(f"no worker {worker_id!r}", code=ErrorCode.WORKER_NOT_FOUND)
+    tok = session.get(ApiTokenModel, worker.token_id)
+    assert tok is not None  # the foreign key cascades
+    if not _may_revoke(p, tok):
+        raise Forbidden(
+            f"only the admin or the token's owner ({tok.owner}) may revoke worker {worker_id}'s token",
+            code=ErrorCode.FORBIDDEN,
+        )
+    now = utcnow()
+    if tok.revoked_at is None:
+        tok.revoked_at = now
+    ids = list(session.scalars(
+        sa.select(WorkerModel.id).where(
+            WorkerModel.token_id == tok.id, WorkerModel.state.in_([WorkerState.LIVE, WorkerState.LOST])
+        )
+    ))
+    requeued = requeue_active_jobs(session, ids, reason="the worker's token was revoked", max_attempts=max_attempts)
+    if ids:
+        session.execute(sa.update(WorkerModel).where(WorkerModel.id.in_(ids)).values(state=WorkerState.REVOKED))
+    session.commit()
+    return requeued
+
+
+def approve(session: Session, worker_id: str) -> WorkerModel:
+    """Approve the token ``worker_id`` registered with (admin): its workers, this one and later ones, get jobs."""
+    worker = session.get(WorkerModel, worker_id)
+    if worker is None:
+        raise NotFound(f"no worker {worker_id!r}", code=ErrorCode.WORKER_NOT_FOUND)
+    tok = session.get(ApiTokenModel, worker.token_id)
+    assert tok is not None
+    if tok.revoked_at is not None:
+        users_service.raise_revoked()
+    if tok.approved_at is None:
+        tok.approved_at = utcnow()
+    session.commit()
+    return worker

@@ -1,1 +1,1 @@
-"""Celery app and the dispatcher loop (matcher, reaper, start-deadline re-dispatch)."""
+"""The dispatcher loop (matcher, reaper, start-deadline re-dispatch)."""

@@ -42,7 +42,7 @@ def scheduled_tasks(rt: Runtime) -> list[Periodic]:
         return res
 
     def match() -> object:
-        res = dispatch.dispatch_round(rt.db, rt.celery, ReplayPolicy.from_settings(s))
+        res = dispatch.dispatch_round(rt.db, rt.redis, ReplayPolicy.from_settings(s))
         if res.assigned:
             log.info("dispatched %d job(s), %d waiting", len(res.assigned), res.waiting)
         return res

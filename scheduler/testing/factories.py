@@ -132,7 +132,6 @@ class InProcessWorker:
         self.isolation = isolation
         self.probe = probe_for(device_groups) if probe is _AUTO else probe
         self.worker_id: str | None = None
-        self.queue: str | None = None
 
     def _url(self, job_id: str, attempt: int, template: str) -> str:
         return _api(template, job_id=job_id, attempt=attempt)
@@ -153,8 +152,14 @@ class InProcessWorker:
         r = self.try_register()
         assert r.status_code == 200, r.text
         body = r.json()
-        self.worker_id, self.queue = body["worker_id"], body["queue"]
+        self.worker_id = body["worker_id"]
         return body
+
+    def claim(self, wait: float = 0) -> Any:
+        """``POST /workers/{id}/claim?wait=``: 200 with ``{job_id, attempt}``, or 204 when nothing is assigned."""
+        return self.client.post(
+            _api(routes.WORKER_CLAIM, worker_id=self.worker_id), params={"wait": wait}, headers=auth(self.token)
+        )
 
     def heartbeat(self, running: list[tuple[str, int]] = ()) -> Any:  # type: ignore[assignment]
         return self.client.post(
@@ -220,6 +225,6 @@ def start_cpu_job(env: Any) -> tuple[Any, str, InProcessWorker, str]:
     w = InProcessWorker(c, create_worker_token(c), "box", [cpu_group()])
     w.register()
     jid = submit_script(c, user, CPU_JOB).json()["id"]
-    dispatch.dispatch_round(env.rt.db, env.rt.celery)
+    dispatch.dispatch_round(env.rt.db, env.rt.redis)
     assert w.start(jid, 1).status_code == 200
     return c, user, w, jid

@@ -271,7 +271,8 @@ class Stack:
     worker_owner: str = "tests"
     source_root: Path = SOURCE_ROOT
     services: list[Service] = field(default_factory=list)
-    _worker_token: str | None = None
+    _worker_tokens: dict[str, str] = field(default_factory=dict)
+    _last_worker: str = "default"
 
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -294,7 +295,6 @@ class Stack:
             **FAST_SETTINGS,
             "database_url": self.database_url,
             "redis_url": self.redis_url,
-            "broker_public_url": self.redis_url,
             "admin_token": self.admin_token,
             "secret_key": "stack-" + secrets.token_urlsafe(24),
             "storage_dir": self.home / "storage",
@@ -328,14 +328,17 @@ class Stack:
         service = Service(name, argv, self.scheduler_env(**settings), self.home, self.home / f"{name}.log")
         return self.add(service).start()
 
-    def worker_token(self) -> str:
-        """One worker token (owned by ``worker_owner``) shared by this stack's workers, made on first use."""
-        if self._worker_token is None:
+    def worker_token(self, name: str | None = None) -> str:
+        """The worker token (owned by ``worker_owner``) of the worker ``name`` (default: the one started last),
+        made on first use. One live worker per token: each worker name gets its own, and a worker started again
+        under its name supersedes its predecessor, as a restarted daemon does."""
+        name = name or self._last_worker
+        if name not in self._worker_tokens:
             with self.http(self.admin_token) as c:
                 r = c.post(routes.path(routes.WORKER_TOKENS), json={"owner": self.worker_owner})
                 assert r.status_code in (200, 201), r.text
-                self._worker_token = r.json()["token"]
-        return self._worker_token
+                self._worker_tokens[name] = r.json()["token"]
+        return self._worker_tokens[name]
 
     def start_worker(self, name: str, *, wait: bool = True, timeout: float = 60.0, **settings: Any) -> Service:
         """Start a real ``twinkle-worker`` offering this machine's CPU; ``settings`` become ``TWINKLE_WORKER_*``
@@ -344,13 +347,14 @@ class Stack:
         values: dict[str, Any] = {
             **WORKER_SETTINGS,
             "server_url": self.url,
-            "token": self.worker_token(),
+            "token": self.worker_token(name),
             "name": name,
             "work_dir": self.home / f"work-{name}",
             "health_port": health_port,
             **settings,
         }
         env = {**base_env(), **settings_env("TWINKLE_WORKER_", values)}
+        self._last_worker = name
         service = Service(f"worker-{name}", command("twinkle-worker", "worker.main"), env, self.home,
                           self.home / f"worker-{name}.log", port=health_port)
         self.add(service)
@@ -360,8 +364,8 @@ class Stack:
         return service
 
     def wait_worker(self, service: Service, timeout: float = 60.0) -> None:
-        """Wait until the worker is ready for work: its ``/healthz`` answers and its queue consumer has connected
-        (it logs ``consuming <queue>``, which it does only once registered, and Celery's ready line).
+        """Wait until the worker is ready for work: its ``/healthz`` answers and its claim thread runs (it logs
+        ``claiming assignments``, which it does only once registered).
 
         Raises:
             AssertionError: it exited or was not ready in time (every log is in the message).
@@ -370,8 +374,7 @@ class Stack:
         while time.monotonic() < deadline:
             assert service.alive(), f"{service.name} exited:\n{service.log(6000)}"
             text = service.run_log()
-            consuming = "consuming" in text and ("ready" in text or "Connected to" in text)
-            if consuming and self._healthy(f"http://127.0.0.1:{service.port}/healthz"):
+            if "claiming assignments" in text and self._healthy(f"http://127.0.0.1:{service.port}/healthz"):
                 return
             time.sleep(0.2)
         raise AssertionError(f"{service.name} not ready after {timeout}s:\n{self.diagnostics()}")

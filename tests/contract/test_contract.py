@@ -134,7 +134,7 @@ def test_the_contract_imports_without_fastapi_sqlalchemy_celery_or_torch():
     import sys
 
     code = (
-        "import sys, contract, contract.routes, contract.errors, contract.tasks, contract.jobs, contract.workers,"
+        "import sys, contract, contract.routes, contract.errors, contract.jobs, contract.workers,"
         " contract.attempts, contract.users\n"
         "heavy = [m for m in ('fastapi', 'sqlalchemy', 'celery', 'torch', 'starlette') if m in sys.modules]\n"
         "print(heavy)"

@@ -26,10 +26,7 @@ from tests.helm.helmchart import (
 SENTINELS = {
     "auth": {"secretKey": "SENTINEL-secret-key", "adminToken": "SENTINEL-admin-token"},
     "s3": {"accessKeyId": "SENTINEL-s3-access", "secretAccessKey": "SENTINEL-s3-secret"},
-    "redis": {
-        "auth": {"password": "SENTINEL-redis-pw"},
-        "publicUrl": "rediss://:SENTINEL-redis-pw@broker.example.org:6380/0",
-    },
+    "redis": {"auth": {"password": "SENTINEL-redis-pw"}},
     "postgresql": {"auth": {"password": "SENTINEL-db-pw"}},
     "worker": {"token": "twk_w_SENTINEL-worker-token"},
 }
@@ -107,9 +104,9 @@ def test_every_process_uses_the_same_redis_database_and_bucket(render, external)
         assert (pg_env["POSTGRES_USER"], pg_env["POSTGRES_DB"]) == ("twinkle", "twinkle")
         assert rendered.get("Service", "demo-twinkle-postgresql")["spec"]["ports"][0]["port"] == 5432
 
-    # in-cluster workers consume from the very broker the dispatcher sends to, and register with this API
+    # in-cluster workers register with and claim from this API, and get no Redis URL: Redis is the platform's
     for name, env in workers(rendered).items():
-        assert env["TWINKLE_WORKER_REDIS_URL"] == redis, name
+        assert not any("REDIS" in k for k in env), name
         assert env["TWINKLE_WORKER_SERVER_URL"] == "http://demo-twinkle-api:8000", name
     api_service = rendered.get("Service", "demo-twinkle-api")
     assert api_service["spec"]["ports"][0]["port"] == 8000
@@ -126,7 +123,7 @@ def test_credentials_appear_only_in_the_secret(render):
     assert stored["redis-password"] == "SENTINEL-redis-pw"
     assert stored["postgres-password"] == "SENTINEL-db-pw"
     assert stored["worker-token"] == "twk_w_SENTINEL-worker-token"
-    assert stored["broker-public-url"] == SENTINELS["redis"]["publicUrl"]
+    assert "broker-public-url" not in stored
 
     leaks = []
     for doc in rendered.docs:
@@ -162,7 +159,7 @@ def test_existing_secrets_are_referenced_not_copied(render):
         s3={"existingSecret": "lab-s3", "accessKeyIdKey": "AWS_ACCESS_KEY_ID",
             "secretAccessKeyKey": "AWS_SECRET_ACCESS_KEY", "accessKeyId": "", "secretAccessKey": ""},
         postgresql={"auth": {"existingSecret": "pg-auth", "existingSecretKey": "password", "password": ""}},
-        redis={"auth": {"existingSecret": "redis-auth", "password": ""}, "publicUrl": ""},
+        redis={"auth": {"existingSecret": "redis-auth", "password": ""}},
         worker={"existingSecret": "pool-token", "token": ""},
     ))
     assert rendered.of_kind("Secret") == []  # nothing left for the chart to hold
@@ -178,15 +175,12 @@ def test_existing_secrets_are_referenced_not_copied(render):
 
 
 def test_workers_hold_no_platform_credentials(render):
-    """A GPU node runs other people's code: its worker gets its own token and the broker, nothing else."""
+    """A GPU node runs other people's code: its worker gets its own token, nothing else (no broker: it claims
+    its assignments over HTTP)."""
     rendered = render(gpu_pool())
     for name, env in workers(rendered).items():
         secrets = {value for value in env.values() if "{secret:" in value}
-        assert secrets == {
-            "{secret:demo-twinkle/worker-token}",
-            "{secret:demo-twinkle/redis-password}",
-            "redis://:{secret:demo-twinkle/redis-password}@demo-twinkle-redis:6379/0",
-        }, name
+        assert secrets == {"{secret:demo-twinkle/worker-token}"}, name
         assert not [k for k in env if k.startswith(("TWINKLE_SCHEDULER_", "AWS_"))], name
 
 
@@ -302,3 +296,21 @@ def test_bundled_redis_command_starts_a_password_protected_server(render, tmp_pa
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_the_chart_opens_the_workers_health_port_to_the_kubelet_explicitly(render):
+    """The daemon binds its /healthz to loopback unless told otherwise; the kubelet probes from outside the
+    pod's loopback, so the chart says 0.0.0.0 itself (and the probe targets that port)."""
+    from worker.settings import WorkerSettings
+
+    assert WorkerSettings.model_fields["health_host"].default == "127.0.0.1"
+    rendered = render(gpu_pool())
+    for name, env in workers(rendered).items():
+        assert env["TWINKLE_WORKER_HEALTH_HOST"] == "0.0.0.0", name
+        assert env["TWINKLE_WORKER_HEALTH_PORT"] == "8081", name
+
+
+def test_production_requires_approval_of_new_workers_unless_turned_off(render):
+    assert render(gpu_pool()).configmap_data("demo-twinkle-config")["TWINKLE_SCHEDULER_REQUIRE_WORKER_APPROVAL"] == "true"
+    off = render(gpu_pool(config={"requireWorkerApproval": False})).configmap_data("demo-twinkle-config")
+    assert off["TWINKLE_SCHEDULER_REQUIRE_WORKER_APPROVAL"] == "false"

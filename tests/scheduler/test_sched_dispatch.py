@@ -1,28 +1,24 @@
-"""Dispatch through the real Redis broker, fencing, the reaper, the start deadline and cancel of running jobs."""
+"""Dispatch (assignments claimed over HTTP, woken through the real Redis), fencing, the reaper, the start
+deadline and cancel of running jobs."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import pytest
 import redis
 import sqlalchemy as sa
 
 from scheduler.db import AttemptModel, JobModel, WorkerModel
-from scheduler.services import dispatch
+from scheduler.runtime import redis_client
+from scheduler.services import assignments, dispatch
 from scheduler.tasks.dispatcher import scheduled_tasks
 from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
 from scheduler.testing.factories import CPU_JOB, cpu_group, gpu_group
 
 
-def queue_messages(redis_url: str, queue: str) -> list[dict]:
-    r = redis.Redis.from_url(redis_url)
-    return [json.loads(m) for m in r.lrange(queue, 0, -1)]
-
-
 def run_round(env):
-    return dispatch.dispatch_round(env.rt.db, env.rt.celery)
+    return dispatch.dispatch_round(env.rt.db, env.rt.redis)
 
 
 def reap(env):
@@ -43,25 +39,33 @@ def setup(scheduler_env):
     return scheduler_env, c, user, w
 
 
-def test_assignment_lands_once_on_the_workers_queue(setup):
+def test_the_assignment_is_claimed_by_its_worker_only_and_woken_through_redis(setup):
     env, c, user, w = setup
-    other = InProcessWorker(c, w.token, "other", [gpu_group(1)])
+    other = InProcessWorker(c, create_worker_token(c), "other", [gpu_group(1)])
     other.register()
     job = submit_script(c, user, CPU_JOB).json()
+    assert w.claim().status_code == 204  # nothing assigned yet
     res = run_round(env)
     assert [(s.job_id, s.attempt, s.worker_id) for s in res.assigned] == [(job["id"], 1, w.worker_id)]
-    msgs = queue_messages(env.settings.redis_url, f"worker.{w.worker_id}")
-    assert len(msgs) == 1
-    assert msgs[0]["headers"]["task"] == "twinkle.run_attempt"
-    body = json.loads(__import__("base64").b64decode(msgs[0]["body"]))
-    assert body[0] == [job["id"], 1]
-    assert queue_messages(env.settings.redis_url, f"worker.{other.worker_id}") == []
-    # A second round sends nothing again: the job is assigned in the database.
+    r = redis.Redis.from_url(env.settings.redis_url)
+    assert r.lrange(f"twinkle:wake:{w.worker_id}", 0, -1) == [b"1"]  # the poke for its waiting claim
+    assert not r.exists(f"twinkle:wake:{other.worker_id}")
+    assert w.claim().json() == {"job_id": job["id"], "attempt": 1}
+    assert other.claim().status_code == 204
+    # A second round assigns nothing again: the job is assigned in the database. While the first claim holds it,
+    # another claim (a pooled worker holds one per device) gets nothing; once the hold expires (the first claim's
+    # answer was lost, say) it is handed out again until started.
     assert run_round(env).assigned == []
-    assert len(queue_messages(env.settings.redis_url, f"worker.{w.worker_id}")) == 1
+    assert w.claim().status_code == 204
+    held = f"twinkle:claimed:{job['id']}:1"
+    assert 0 < r.ttl(held) <= assignments.CLAIM_HOLD_S
+    r.delete(held)  # the hold expired
+    assert w.claim().json() == {"job_id": job["id"], "attempt": 1}
+    assert w.start(job["id"], 1).status_code == 200
+    assert w.claim().status_code == 204
     got = c.get(f"/api/v1/jobs/{job['id']}", headers=auth(user)).json()
-    assert got["state"] == "assigned" and got["attempt"] == 1 and got["worker_id"] == w.worker_id
-    assert got["attempts"][0]["state"] == "assigned" and got["pending_reason"] is None
+    assert got["state"] == "running" and got["attempt"] == 1 and got["worker_id"] == w.worker_id
+    assert got["attempts"][0]["state"] == "running" and got["pending_reason"] is None
 
 
 def test_full_life_start_logs_metrics_finish(setup):
@@ -159,8 +163,8 @@ def test_start_deadline_dispatches_again(setup):
     with env.rt.db.session() as s:
         states = s.execute(sa.select(AttemptModel.n, AttemptModel.state).order_by(AttemptModel.n)).all()
     assert [tuple(x) for x in states] == [(1, "expired"), (2, "assigned")]
-    assert len(queue_messages(env.settings.redis_url, f"worker.{w.worker_id}")) == 2
-    assert w.start(jid, 1).status_code == 409  # the late first delivery must not run
+    assert w.claim().json() == {"job_id": jid, "attempt": 2}  # the claim hands out the live attempt only
+    assert w.start(jid, 1).status_code == 409  # a late start of the first must not run
 
 
 def test_max_attempts_fails_the_job(setup, scheduler_env):
@@ -221,3 +225,59 @@ def test_heartbeat_of_unknown_worker_and_dispatcher_tasks(setup):
     assert set(names) == {"reap", "match"}
     submit_script(c, user, CPU_JOB)
     assert len(names["match"].run().assigned) == 1
+
+
+def test_a_pooled_workers_waiting_claims_each_get_a_different_assignment(scheduler_env):
+    """A pool of two devices holds two claims; with two one-device jobs assigned, each claim gets its own job (not
+    both the oldest: then one device would idle until the next look at the database)."""
+    env, c = scheduler_env, scheduler_env.client
+    user = create_user(c, "alice")
+    w = InProcessWorker(c, create_worker_token(c), "pool", [{**cpu_group(2), "pooled": True}])
+    w.register()
+    jids = [submit_script(c, user, CPU_JOB).json()["id"] for _ in range(2)]
+    assert sorted(s.job_id for s in run_round(env).assigned) == sorted(jids)
+    got = [w.claim().json(), w.claim().json()]
+    assert sorted(g["job_id"] for g in got) == sorted(jids)
+    for g in got:
+        assert w.start(g["job_id"], g["attempt"]).status_code == 200
+    assert w.claim().status_code == 204
+
+
+def test_a_stalled_redis_fails_the_dispatchers_poke_in_seconds_instead_of_hanging_its_round(scheduler_env):
+    """A Redis that accepts connections and never answers (a paused server, a black-holed network) must not wedge
+    the dispatcher: the match and the reaper share its loop. The poke gives up within the client's socket
+    timeouts; the assignment is committed already, and the worker's claim finds it at its next look."""
+    import socket
+    import threading
+    import time
+
+    env, c = scheduler_env, scheduler_env.client
+    user = create_user(c, "alice")
+    w = InProcessWorker(c, create_worker_token(c), "box", [cpu_group()])
+    w.register()
+    jid = submit_script(c, user, CPU_JOB).json()["id"]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # accepted by the kernel, never read: every command waits for an answer that never comes
+    stalled = redis_client(f"redis://127.0.0.1:{listener.getsockname()[1]}/0")  # what the dispatcher builds
+    outcome: list[object] = []
+
+    def round_() -> None:
+        try:
+            outcome.append(dispatch.dispatch_round(env.rt.db, stalled))
+        except BaseException as exc:  # noqa: BLE001 - the outcome is what the test looks at
+            outcome.append(exc)
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=round_, daemon=True)
+    thread.start()
+    thread.join(60)
+    try:
+        assert outcome, "the dispatcher's round was still hanging on Redis after 60 s"
+        assert time.monotonic() - t0 < 30
+        res = outcome[0]
+        assert isinstance(res, dispatch.RoundResult), res
+        assert [(s.job_id, s.attempt) for s in res.assigned] == [(jid, 1)]
+    finally:
+        listener.close()
+    assert w.claim().json() == {"job_id": jid, "attempt": 1}  # committed: the claim finds it without the poke

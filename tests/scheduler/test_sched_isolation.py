@@ -72,9 +72,10 @@ def workers_by_name(c, token) -> dict[str, dict]:
 def test_registration_stores_isolation_and_get_workers_shows_it(env):
     _, c, user, wtoken = env
     InProcessWorker(c, wtoken, "boxed", [cpu_group()], isolation="bwrap").register()
-    InProcessWorker(c, wtoken, "pod", [cpu_group()], isolation="container").register()
-    InProcessWorker(c, wtoken, "bare", [cpu_group()], isolation="none").register()
-    InProcessWorker(c, wtoken, "old", [cpu_group()], isolation=None).register()  # sends no isolation field
+    InProcessWorker(c, create_worker_token(c), "pod", [cpu_group()], isolation="container").register()
+    InProcessWorker(c, create_worker_token(c), "bare", [cpu_group()], isolation="none").register()
+    # sends no isolation field
+    InProcessWorker(c, create_worker_token(c), "old", [cpu_group()], isolation=None).register()
     got = {name: w["isolation"] for name, w in workers_by_name(c, user).items()}
     assert got == {"boxed": "bwrap", "pod": "container", "bare": "none", "old": "none"}
 
@@ -103,14 +104,14 @@ def test_a_job_waits_for_a_sandboxed_worker_and_says_why(env):
     job = submit_script(c, user, CPU_JOB).json()
     assert job["request"]["allow_unsandboxed"] is False
     assert job["pending_reason"].startswith("held: no sandboxed worker offers 1 cpu ranks")
-    res = dispatch.dispatch_round(scheduler_env.rt.db, scheduler_env.rt.celery)
+    res = dispatch.dispatch_round(scheduler_env.rt.db, scheduler_env.rt.redis)
     assert res.assigned == []
     again = c.get(f"/api/v1/jobs/{job['id']}", headers=auth(user)).json()
     assert again["state"] == "queued" and "--allow-unsandboxed" in again["pending_reason"]
 
-    boxed = InProcessWorker(c, wtoken, "boxed", [cpu_group()], isolation="bwrap")
+    boxed = InProcessWorker(c, create_worker_token(c), "boxed", [cpu_group()], isolation="bwrap")
     boxed.register()
-    res = dispatch.dispatch_round(scheduler_env.rt.db, scheduler_env.rt.celery)
+    res = dispatch.dispatch_round(scheduler_env.rt.db, scheduler_env.rt.redis)
     assert [(s.job_id, s.worker_id) for s in res.assigned] == [(job["id"], boxed.worker_id)]
 
 
@@ -129,7 +130,7 @@ def test_the_owner_opts_out_per_job(env, how):
     job = r.json()
     assert job["request"]["allow_unsandboxed"] is True
     assert job["pending_reason"] == "waiting for the dispatcher"
-    res = dispatch.dispatch_round(scheduler_env.rt.db, scheduler_env.rt.celery)
+    res = dispatch.dispatch_round(scheduler_env.rt.db, scheduler_env.rt.redis)
     assert [(s.job_id, s.worker_id) for s in res.assigned] == [(job["id"], bare.worker_id)]
 
 

@@ -32,7 +32,7 @@ def scheduler_overrides(request):
 
 
 def _run_on(env, w: InProcessWorker, jid: str, attempt: int = 1) -> dict:
-    dispatch.dispatch_round(env.rt.db, env.rt.celery)
+    dispatch.dispatch_round(env.rt.db, env.rt.redis)
     r = w.start(jid, attempt)
     assert r.status_code == 200, r.text
     return r.json()

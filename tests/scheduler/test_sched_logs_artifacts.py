@@ -21,7 +21,7 @@ def running(scheduler_env):
     w = InProcessWorker(c, create_worker_token(c), "box", [cpu_group()])
     w.register()
     jid = submit_script(c, user, CPU_JOB).json()["id"]
-    dispatch.dispatch_round(scheduler_env.rt.db, scheduler_env.rt.celery)
+    dispatch.dispatch_round(scheduler_env.rt.db, scheduler_env.rt.redis)
     assert w.start(jid, 1).status_code == 200
     return scheduler_env, c, user, w, jid
 
@@ -184,7 +184,7 @@ def test_api_on_s3_storage(scheduler_env):
     w = InProcessWorker(c, create_worker_token(c), "box", [cpu_group()])
     w.register()
     jid = submit_script(c, user, CPU_JOB).json()["id"]
-    dispatch.dispatch_round(env.rt.db, env.rt.celery)
+    dispatch.dispatch_round(env.rt.db, env.rt.redis)
     w.start(jid, 1)
     assert w.bundle(jid, 1).content[:2] == b"PK"
     w.artifact(jid, 1, "output/ckpt/w.bin", b"abc")

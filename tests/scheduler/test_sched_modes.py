@@ -73,7 +73,7 @@ def test_two_2_rank_jobs_share_a_4_rank_pool_on_disjoint_devices(scheduler_env):
     w = InProcessWorker(c, create_worker_token(c), "box", [pooled_cpu(4)])
     w.register()
     jobs = [submit_script(c, u, LOCAL_DP2).json()["id"] for u in (alice, bob, alice)]
-    dispatch.dispatch_round(env.rt.db, env.rt.celery)
+    dispatch.dispatch_round(env.rt.db, env.rt.redis)
     starts = {jid: w.start(jid, 1) for jid in jobs[:2]}
     assert all(r.status_code == 200 for r in starts.values())
     given = {jid: r.json()["devices"] for jid, r in starts.items()}
@@ -92,7 +92,7 @@ def test_two_2_rank_jobs_share_a_4_rank_pool_on_disjoint_devices(scheduler_env):
     # a job's end frees exactly its devices: the third job takes them
     first = jobs[0]
     assert w.finish(first, 1).status_code == 200
-    dispatch.dispatch_round(env.rt.db, env.rt.celery)
+    dispatch.dispatch_round(env.rt.db, env.rt.redis)
     r = w.start(jobs[2], 1)
     assert r.status_code == 200, r.text
     assert r.json()["devices"][0]["devices"] == given[first][0]["devices"]
@@ -105,7 +105,7 @@ def test_a_static_slot_still_runs_one_job_at_a_time(scheduler_env):
     w = InProcessWorker(c, create_worker_token(c), "box", [static])
     w.register()
     jobs = [submit_script(c, alice, LOCAL_DP2).json()["id"] for _ in range(2)]
-    dispatch.dispatch_round(env.rt.db, env.rt.celery)
+    dispatch.dispatch_round(env.rt.db, env.rt.redis)
     r = w.start(jobs[0], 1)
     assert r.status_code == 200 and r.json()["devices"][0]["devices"] == [0, 1, 2, 3]
     assert c.get(f"/api/v1/jobs/{jobs[1]}", headers=auth(alice)).json()["state"] == "queued"

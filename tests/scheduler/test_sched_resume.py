@@ -25,7 +25,7 @@ def setup(scheduler_env):
 
 
 def run_round(env):
-    return dispatch.dispatch_round(env.rt.db, env.rt.celery)
+    return dispatch.dispatch_round(env.rt.db, env.rt.redis)
 
 
 def test_the_newest_recorded_checkpoint_wins_not_the_biggest_number(setup):

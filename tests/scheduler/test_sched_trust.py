@@ -29,7 +29,7 @@ def scheduler_overrides() -> dict[str, Any]:
 
 
 def _dispatch(env: Any) -> None:
-    dispatch.dispatch_round(env.rt.db, env.rt.celery, ReplayPolicy.from_settings(env.settings))
+    dispatch.dispatch_round(env.rt.db, env.rt.redis, ReplayPolicy.from_settings(env.settings))
 
 
 def _workers(c: Any, user: str) -> dict[str, dict]:

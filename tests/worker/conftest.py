@@ -13,7 +13,7 @@ def platform(tmp_path, redis_server_url):
     """API + dispatcher on a fresh SQLite database; no S3 (the worker tests do not look at stored files).
 
     Redis db 13 is this fixture's own: scheduler tests running at the same time flush db 9 (``redis_url``), which
-    would drop the broker's queues under a running daemon."""
+    would drop the wake-up keys and claim holds under a running daemon."""
     import redis
 
     from scheduler.testing.stack import running_stack

@@ -82,7 +82,7 @@ def test_worker_registers_again_after_the_api_lost_its_record_and_takes_a_new_jo
     assert done["state"] == "succeeded", (done, platform.diagnostics())
     assert [a["worker_id"] for a in done["attempts"]] == [new_id]
     log = proc.log()
-    assert f"does not know worker {old_id}" in log and f"consuming worker.{new_id} instead of worker.{old_id}" in log
+    assert f"does not know worker {old_id}" in log and f"registered as worker {new_id}" in log
     assert "Traceback" not in log, log
 
 

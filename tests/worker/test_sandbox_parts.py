@@ -172,7 +172,7 @@ def test_registration_sends_the_isolation(tmp_path, isolation):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            reply = json.dumps({"worker_id": "w1", "queue": "worker.w1", "broker_url": "redis://x"}).encode()
+            reply = json.dumps({"worker_id": "w1", "heartbeat_interval_s": 1, "lease_s": 3}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(reply)))

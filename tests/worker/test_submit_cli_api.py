@@ -63,7 +63,7 @@ def submit(tmp_path, capsys, *extra: str) -> str:
 
 
 def run_job(env, worker, job_id):
-    dispatch.dispatch_round(env.rt.db, env.rt.celery)
+    dispatch.dispatch_round(env.rt.db, env.rt.redis)
     assert worker.start(job_id, 1).status_code == 200
 
 

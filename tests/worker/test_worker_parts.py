@@ -158,3 +158,37 @@ def test_a_donor_offers_a_shared_pool_unless_it_asks_for_one_job_at_a_time():
 
     assert offer()["pooled"] is True and offer()["ranks"] == 4
     assert offer("--one-job-at-a-time")["pooled"] is False
+
+
+@pytest.mark.parametrize(("host", "expected"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])
+def test_the_health_endpoint_binds_loopback_unless_told_otherwise(tmp_path, host, expected):
+    import httpx
+
+    from worker.daemon import WorkerDaemon
+    from worker.sandbox import create_sandbox
+    from worker.settings import WorkerSettings
+
+    extra = {} if host is None else {"health_host": host}
+    settings = WorkerSettings(server_url="http://127.0.0.1:9", token="twk_w_x", work_dir=tmp_path,
+                              device_type="cpu", isolation="container", health_port=0, **extra)
+    daemon = WorkerDaemon(settings, sandbox=create_sandbox("container"))
+    port = daemon.start_health_server()
+    try:
+        assert daemon._health is not None and daemon._health.server_address[0] == expected
+        # answered on loopback either way (503: it has not heartbeated yet)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 503
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize(("share", "ranks", "threads"), [(True, 3, 3), (False, 3, 1)])
+def test_the_daemon_holds_one_claim_per_attempt_it_may_run_side_by_side(tmp_path, share, ranks, threads):
+    """A pool of N devices runs up to N attempts at once, so it holds N claims (one thread each); a static slot
+    runs one job at a time on all its devices: one claim."""
+    from worker.daemon import WorkerDaemon
+    from worker.sandbox import create_sandbox
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings(server_url="http://127.0.0.1:9", token="twk_w_x", work_dir=tmp_path, device_type="cpu",
+                              ranks=ranks, share_devices=share, isolation="container", health_port=0)
+    assert WorkerDaemon(settings, sandbox=create_sandbox("container")).concurrency == threads

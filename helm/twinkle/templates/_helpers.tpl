@@ -190,10 +190,6 @@ key: {{ $key }}
 {{- if or .Values.s3.existingSecret .Values.s3.accessKeyId .Values.s3.secretAccessKey }}true{{ end }}
 {{- end }}
 
-{{- define "twinkle.hasPublicBrokerUrl" -}}
-{{- if or (and .Values.redis.enabled .Values.redis.publicUrl) (and (not .Values.redis.enabled) .Values.externalRedis.publicUrl) }}true{{ end }}
-{{- end }}
-
 {{/*
 Redis URL environment. The bundled Redis's URL is assembled by Kubernetes from the password variable
 ($(VAR) expansion), so the password itself never appears in the pod spec or the ConfigMap.
@@ -232,13 +228,6 @@ Call with (dict "root" $ "name" "TWINKLE_SCHEDULER_REDIS_URL").
       {{- include "twinkle.ref.databaseUrl" . | nindent 6 }}
 {{- end }}
 {{- include "twinkle.redisUrlEnv" (dict "root" . "name" "TWINKLE_SCHEDULER_REDIS_URL") }}
-{{- if include "twinkle.hasPublicBrokerUrl" . }}
-- name: TWINKLE_SCHEDULER_BROKER_PUBLIC_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "twinkle.secretName" . }}
-      key: broker-public-url
-{{- end }}
 - name: TWINKLE_SCHEDULER_SECRET_KEY
   valueFrom:
     secretKeyRef:

@@ -68,7 +68,10 @@ function workerRow(w) {
     h('td', {}, groups.length ? h('ul', { class: 'plain-list' }, groups.map((g) => h('li', {}, deviceGroupText(g)))) : h('span', { class: 'muted' }, '—')),
     h('td', {}, probeCell(w)),
     h('td', {}, isolationCell(w)),
-    h('td', {}, stateBadge(w.state), w.running_jobs ? h('div', { class: 'muted small' }, `running ${w.running_jobs} job${w.running_jobs === 1 ? '' : 's'}`) : null, trustLine(w), devicesInUse(w)),
+    h('td', {}, stateBadge(w.state),
+      // what the state means (awaiting approval, superseded by ..., token revoked)
+      w.status && w.status !== w.state ? h('div', { class: 'muted small worker-status' }, w.status) : null,
+      w.running_jobs ? h('div', { class: 'muted small' }, `running ${w.running_jobs} job${w.running_jobs === 1 ? '' : 's'}`) : null, trustLine(w), devicesInUse(w)),
     h('td', {}, timeEl(w.last_heartbeat_at ?? w.last_heartbeat)),
     h('td', { class: 'num' }, w.jobs_run ?? 0),
     h('td', { class: 'num' }, formatNumber(gpuHours, 3),
