@@ -29,6 +29,8 @@ SCRIPT = b"from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1,
 
 
 def _database(kind: str, tmp: Path) -> tuple[str, object]:
+    # scheduler.testing.stack.scratch_database, copied: this runs under the compared checkout's code too, which
+    # may predate it
     if kind == "sqlite":
         return f"sqlite:///{tmp / 'twinkle.db'}", None
     import sqlalchemy as sa

@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 
 from scheduler.testing import InProcessWorker, Stack
-from scheduler.testing.stack import SOURCE_ROOT
+from scheduler.testing.stack import SOURCE_ROOT, scratch_database
 
 SCRIPT = b"from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\nprint('hi')\n"
 HEARTBEAT_INTERVAL_S = 1.0
@@ -289,23 +289,6 @@ def check_exactly_once(database_url: str, phase: PhaseResult, tag: str) -> list[
 # ---------------------------------------------------------------- databases
 
 
-def make_database(kind: str, tmp: Path) -> tuple[str, object]:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp / 'twinkle.db'}", None
-    import sqlalchemy as sa
-
-    base = os.environ.get("TWINKLE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-    name = f"twinkle_load_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return sa.make_url(base).set(database=name).render_as_string(hide_password=False), drop
 
 
 @dataclass
@@ -355,7 +338,7 @@ def main() -> int:
             for i, (label, root) in enumerate(sources):
                 tmp = Path(d) / f"t{i}"
                 tmp.mkdir()
-                db_url, drop = make_database(args.db, tmp)
+                db_url, drop = scratch_database(args.db, tmp, "twinkle_load")
                 drops.append(drop)
                 server = start_api(tmp, db_url, args.redis, api_workers=args.api_workers, source_root=root)
                 targets.append(Target(label, db_url, server, make_users(server, args.users), make_worker(server)))

@@ -482,3 +482,24 @@ def running_stack(
         yield stack
     finally:
         stack.close()
+
+
+def scratch_database(kind: str, tmp: Path, prefix: str = "twinkle_bench") -> tuple[str, Any]:
+    """A fresh database for a benchmark: ``(url, drop)``. ``sqlite``: a file in ``tmp`` (``drop`` is None);
+    ``postgres``: a new database on ``TWINKLE_TEST_POSTGRES_URL``'s server, dropped by ``drop()``."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / 'twinkle.db'}", None
+    import sqlalchemy as sa
+
+    base = os.environ.get("TWINKLE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return sa.make_url(base).set(database=name).render_as_string(hide_password=False), drop
