@@ -449,7 +449,7 @@ def inspect_upload(filename: str, data: bytes, entrypoint: str | None, limits: A
     )
 
 
-def views(session: Session, jobs: list[JobModel]) -> list[Job]:
+def views(session: Session, jobs: list[Any]) -> list[Job]:
     """The jobs as the API shows them: queue estimates and worker names for the whole list at once."""
     estimates = queue_service.estimates(session, jobs)
     names = worker_names(session, jobs)

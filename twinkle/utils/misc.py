@@ -55,7 +55,7 @@ def find_free_port(address: str = "", start_port: int | None = None, retry: int 
 def find_node_ip() -> str | None:
     """The first non-loopback IPv4 address (virtual interfaces last), or None."""
     try:
-        import psutil  # type: ignore[import-untyped]
+        import psutil
     except ImportError:
         return None
     virtual = ("docker", "veth", "br-", "virbr", "lo", "tun", "tap", "cni", "flannel", "cali")
