@@ -495,10 +495,11 @@ def prepare_resubmit(session: Session, user: UserModel, job_id: str, body: Resub
     if body.args is not None:
         problems.extend(args_problems(body.args))
     request = dict(original.request) if body.request is None else body.request.model_dump(exclude_none=True)
-    if body.request is not None and not body.request.launcher:  # new devices, launched the way the original was
-        was = (original.request or {}).get("launcher") or "python"
-        ranks = sum(int(g.get("ranks", 1)) for g in request.get("device_groups") or [])
-        request["launcher"] = was if was == "ray" else ("torchrun" if ranks > 1 else "python")
+    if body.request is not None and not body.request.launcher:  # new devices, in the original's mode
+        mode = "ray" if (original.request or {}).get("launcher") == "ray" else "local"
+        request["launcher"] = decide_launcher(
+            mode, request.get("device_groups") or [], mode_unread=False, ranks_unread=False, warnings=[]
+        )
     warnings = [str(w) for w in original.warnings or []]
     if body.request is not None:
         warnings = [w for w in warnings if "DeviceGroup" not in w and "nproc" not in w]

@@ -99,6 +99,7 @@ def test_resubmit_copies_the_bundle_keeps_what_is_left_out_and_overrides_the_res
     }).json()
     assert edited["name"] == "sft longer" and edited["env"] == {"LR": "5e-4", "MAX_STEPS": "100"}
     assert edited["args"] == [] and edited["request"]["device_groups"][0]["ranks"] == 2
+    assert edited["request"]["launcher"] == "torchrun"  # two ranks in local mode now: launched with torchrun
     # the worker gets the original's bundle
     _run_on(env, w, same["id"])
     bundle = w.bundle(same["id"], 1)

@@ -11,19 +11,12 @@ import pytest
 from scheduler.services import dispatch
 from scheduler.storage import LocalStorage, ObjectNotFound, S3Storage
 from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
-from scheduler.testing.factories import CPU_JOB, cpu_group
+from scheduler.testing.factories import CPU_JOB, cpu_group, start_cpu_job
 
 
 @pytest.fixture()
 def running(scheduler_env):
-    c = scheduler_env.client
-    user = create_user(c, "alice")
-    w = InProcessWorker(c, create_worker_token(c), "box", [cpu_group()])
-    w.register()
-    jid = submit_script(c, user, CPU_JOB).json()["id"]
-    dispatch.dispatch_round(scheduler_env.rt.db, scheduler_env.rt.redis)
-    assert w.start(jid, 1).status_code == 200
-    return scheduler_env, c, user, w, jid
+    return (scheduler_env, *start_cpu_job(scheduler_env))
 
 
 def parse_sse(text: str) -> list[dict]:
