@@ -58,6 +58,8 @@ class Settings(BaseSettings):
             the attempt ended, so a donor cannot tell a sampled attempt from another.
         replay_first_n: every succeeded attempt of a donor is replayed until it has this many validated ones.
         replay_steps: optimizer steps a replay runs (``TWINKLE_STOP_AFTER_STEPS``) and compares.
+        replay_wait_s: a replay no trusted worker has taken within this is cancelled and the checked job succeeds
+            unvalidated (its donor earns no credit from it), so its owner never waits on a pool that is down.
         replay_rtol_cpu / replay_rtol_gpu: relative tolerance on per-step loss and grad norm (CPU training is
             deterministic; GPU kernels differ between devices).
         min_reputation: a donor below this reputation gets no jobs.
@@ -121,6 +123,7 @@ class Settings(BaseSettings):
     replay_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     replay_first_n: int = Field(default=3, ge=0)
     replay_steps: int = Field(default=3, ge=1, le=1000)
+    replay_wait_s: float = Field(default=1800.0, gt=0)
     replay_rtol_cpu: float = Field(default=1e-4, gt=0)
     replay_rtol_gpu: float = Field(default=2e-2, gt=0)
     min_reputation: float = Field(default=0.25, ge=0.0, le=1.0)

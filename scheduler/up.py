@@ -150,8 +150,9 @@ class Stack:
                 sa.select(ApiTokenModel.id).where(ApiTokenModel.token_hash == hash_token(worker_token))
             )
             if not known:  # one worker token per data folder, so the local worker keeps its identity
-                worker_token = create_worker_token(session, "local", trusted=True)  # the platform's own machine
-                worker_token = create_worker_token(session, "local", approved=True)  # our own machine
+                # the platform's own machine: approved at once, and trusted, so its attempts are not sent for a
+                # spot-check replay that no other worker of this stack could run (the job would wait forever)
+                worker_token = create_worker_token(session, "local", trusted=True)
                 token_file.touch(mode=0o600)  # created private: never readable by others, not even for a moment
                 token_file.write_text(worker_token)
             token_file.chmod(0o600)  # the worker refuses a token file others can read (an older up wrote 0644)

@@ -407,7 +407,7 @@ def finish(
         f.verdict = validation.conclude(session, job, state, policy)
     elif (
         policy is not None and state == JobState.SUCCEEDED and worker is not None
-        and validation.should_sample(worker, policy)
+        and validation.should_sample(worker, policy) and validation.replay_possible(session, worker, policy)
     ):
         validation.start_replay(session, job, attempt, policy.steps)
     session.commit()

@@ -301,3 +301,23 @@ def reap(
             )
         session.commit()
     return result
+
+
+def expire_replays(db: Database, policy: ReplayPolicy) -> list[Requeued]:
+    """Cancel replays that no trusted worker took within ``policy.wait_s``: each checked job succeeds unvalidated
+    (``validation.conclude``'s inconclusive branch: its donor earns no credit from it, and loses no reputation)."""
+    from scheduler.services import validation
+
+    out: list[Requeued] = []
+    now = utcnow()
+    with db.session() as session:
+        for replay in validation.stale_replays(session, policy, now):
+            reason = f"no trusted worker took it within {policy.wait_s:g}s"
+            replay.state, replay.ended_at, replay.updated_at = JobState.CANCELLED, now, now
+            replay.pending_reason, replay.error = None, reason
+            verdict = validation.conclude(session, replay, reason, policy)
+            if verdict is not None:
+                out.append(Requeued(verdict.job_id, verdict.user_id, verdict.attempt, verdict.job_state,
+                                    verdict.message))
+        session.commit()
+    return out

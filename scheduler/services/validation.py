@@ -23,6 +23,7 @@ reputable donors still are.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import random
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ from scheduler.db import (
     MetricModel,
     Validation,
     WorkerModel,
+    WorkerState,
     new_id,
     utcnow,
 )
@@ -57,6 +59,7 @@ class ReplayPolicy:
     fraction: float = 0.0
     first_n: int = 0
     steps: int = 3
+    wait_s: float = 1800.0
     rtol_cpu: float = 1e-4
     rtol_gpu: float = 2e-2
     min_reputation: float = 0.25
@@ -69,7 +72,8 @@ class ReplayPolicy:
     @classmethod
     def from_settings(cls, s: Any) -> ReplayPolicy:
         return cls(
-            fraction=s.replay_fraction, first_n=s.replay_first_n, steps=s.replay_steps, rtol_cpu=s.replay_rtol_cpu,
+            fraction=s.replay_fraction, first_n=s.replay_first_n, steps=s.replay_steps, wait_s=s.replay_wait_s,
+            rtol_cpu=s.replay_rtol_cpu,
             rtol_gpu=s.replay_rtol_gpu, min_reputation=s.min_reputation, trusted_reputation=s.trusted_reputation,
             trusted_min_validated=s.trusted_min_validated, max_attempts=s.max_attempts,
         )
@@ -95,6 +99,31 @@ def should_sample(worker: WorkerModel, policy: ReplayPolicy) -> bool:
     if worker.trusted:
         return False
     return worker.validated_attempts < policy.first_n or _rng.random() < policy.fraction
+
+
+def replay_possible(session: Session, donor: WorkerModel, policy: ReplayPolicy) -> bool:
+    """Is a live worker other than the donor allowed to run the replay? Without one a sampled job would wait in
+    ``validating`` for nobody (a deployment with no trusted pool and no reputable donor yet): no spot check."""
+    may_replay = sa.or_(
+        WorkerModel.trusted.is_(True),
+        sa.and_(WorkerModel.reputation >= policy.trusted_reputation,
+                WorkerModel.validated_attempts >= policy.trusted_min_validated),
+    )
+    return session.scalar(
+        sa.select(WorkerModel.id)
+        .where(WorkerModel.state == WorkerState.LIVE, WorkerModel.id != donor.id, may_replay)
+        .limit(1)
+    ) is not None
+
+
+def stale_replays(session: Session, policy: ReplayPolicy, now: Any) -> list[JobModel]:
+    """Replays still queued ``policy.wait_s`` after they were queued (their trusted workers are gone or busy)."""
+    cutoff = now - dt.timedelta(seconds=policy.wait_s)
+    return list(session.scalars(
+        sa.select(JobModel)
+        .where(JobModel.kind == JobKind.REPLAY, JobModel.state == JobState.QUEUED, JobModel.queued_at < cutoff)
+        .with_for_update(skip_locked=True)
+    ))
 
 
 def start_replay(session: Session, job: JobModel, attempt: AttemptModel, steps: int) -> JobModel:

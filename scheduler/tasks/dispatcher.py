@@ -33,16 +33,18 @@ def scheduled_tasks(rt: Runtime) -> list[Periodic]:
     """Every periodic job of the scheduler and its interval, in one place."""
     s = rt.settings
     gate = LeaseGate(s.lease_s, s.heartbeat_interval_s, api_probe(s.effective_api_url))
+    policy = ReplayPolicy.from_settings(s)
 
     def reap() -> object:
         res = dispatch.reap(rt.db, start_deadline_s=s.start_deadline_s, max_attempts=s.max_attempts, gate=gate)
-        events.requeued(rt.db, rt.redis, rt.storage, res.requeued)
-        for item in res.requeued:
+        ended = res.requeued + dispatch.expire_replays(rt.db, policy)
+        events.requeued(rt.db, rt.redis, rt.storage, ended)
+        for item in ended:
             log.info("job %s: %s", item.job_id, item.message)
         return res
 
     def match() -> object:
-        res = dispatch.dispatch_round(rt.db, rt.redis, ReplayPolicy.from_settings(s))
+        res = dispatch.dispatch_round(rt.db, rt.redis, policy)
         if res.assigned:
             log.info("dispatched %d job(s), %d waiting", len(res.assigned), res.waiting)
         return res

@@ -3,7 +3,9 @@ spot-check replays of donors' results on a trusted worker, and credit only for v
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from contract import routes
-from scheduler.db import AttemptModel, JobKind, JobModel
-from scheduler.services import dispatch
+from scheduler.db import AttemptModel, JobKind, JobModel, WorkerModel
+from scheduler.services import dispatch, events
 from scheduler.services.validation import ReplayPolicy, compare
 from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
 from scheduler.testing.factories import CPU_JOB, cpu_group, gpu_group
@@ -150,10 +152,25 @@ def _donor_success(env: Any, metrics: list[dict], *, gpu: bool = False) -> tuple
     assert donor.start(jid, 1).status_code == 200
     assert donor.metrics(jid, 1, metrics).status_code == 200
     _ran_for(env, jid, 1, hours=1.0)
-    r = donor.finish(jid, 1)
+    with _a_trusted_worker_is_live(env):  # a spot check is drawn only when someone could run it
+        r = donor.finish(jid, 1)
     assert r.status_code == 200 and r.json()["state"] == "validating", r.text
     assert donor.finish(jid, 1).json()["state"] == "validating", "a retried finish gets the same answer"
     return user, jid, donor
+
+
+@contextlib.contextmanager
+def _a_trusted_worker_is_live(env: Any) -> Iterator[InProcessWorker]:
+    """A trusted standby is live for the block, then lost: each test brings the pool that takes the replay."""
+    standby = InProcessWorker(env.client, create_worker_token(env.client, "platform", trusted=True), "standby",
+                              [cpu_group()])
+    standby.register()
+    try:
+        yield standby
+    finally:
+        with env.rt.db.session() as s:
+            s.execute(sa.update(WorkerModel).where(WorkerModel.id == standby.worker_id).values(state="lost"))
+            s.commit()
 
 
 def _pool_replays(
@@ -237,6 +254,50 @@ def test_trusted_pools_are_not_sampled(scheduler_env):
     _dispatch(env)
     assert pool.start(jid, 1).json()["env"] == {"TWINKLE_DETERMINISTIC": "1"}
     assert pool.finish(jid, 1).json()["state"] == "succeeded"
+
+
+def test_with_no_live_trusted_worker_a_donors_success_is_not_held_for_a_check_nobody_can_run(scheduler_env):
+    env, c = scheduler_env, scheduler_env.client
+    user = create_user(c, "alice")
+    donor = InProcessWorker(c, create_worker_token(c, "donor"), "donor", [cpu_group()])
+    donor.register()
+    jid = submit_script(c, user, CPU_JOB).json()["id"]
+    _dispatch(env)
+    assert donor.start(jid, 1).status_code == 200
+    assert donor.metrics(jid, 1, CURVE).status_code == 200
+    _ran_for(env, jid, 1, hours=1.0)
+    assert donor.finish(jid, 1).json()["state"] == "succeeded"
+    job = _job(c, user, jid)
+    assert job["state"] == "succeeded" and job["attempts"][0]["validation"] is None
+    with env.rt.db.session() as s:
+        assert s.scalar(sa.select(JobModel.id).where(JobModel.replay_of == jid)) is None
+    w = _workers(c, user)["donor"]
+    assert w["gpu_hours"] == 0.0 and w["pending_gpu_hours"] > 0, "unchecked work is not credited"
+
+
+def test_a_replay_no_trusted_worker_takes_in_time_is_dropped_and_the_job_succeeds_unvalidated(scheduler_env):
+    env, c = scheduler_env, scheduler_env.client
+    policy = ReplayPolicy.from_settings(env.settings)
+    user, jid, _donor = _donor_success(env, CURVE)
+    replay = _replay_of(env, jid)
+    assert dispatch.expire_replays(env.rt.db, policy) == [], "a fresh replay waits"
+    with env.rt.db.session() as s:
+        s.execute(sa.update(JobModel).where(JobModel.id == replay.id).values(
+            queued_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=policy.wait_s + 1)))
+        s.commit()
+
+    [ended] = dispatch.expire_replays(env.rt.db, policy)
+    events.requeued(env.rt.db, env.rt.redis, env.rt.storage, [ended])
+    job = _job(c, user, jid)
+    assert job["state"] == "succeeded" and job["attempts"][0]["validation"] == "inconclusive"
+    with env.rt.db.session() as s:
+        row = s.get(JobModel, replay.id)
+        assert row is not None and row.state == "cancelled" and "no trusted worker took it" in (row.error or "")
+    w = _workers(c, user)["donor"]
+    assert w["reputation"] == pytest.approx(0.5) and w["gpu_hours"] == 0.0, "no evidence: no reward, no penalty"
+    log = c.get(f"{API}{routes.path(routes.JOB_LOGS, job_id=jid)}", headers=auth(user)).text
+    assert "no trusted worker took it" in log and "not validated" in log
+    assert dispatch.expire_replays(env.rt.db, policy) == [], "dropped once"
 
 
 def test_compare_is_per_record_and_relative():
