@@ -33,6 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from contract.jobs import SYS_METRIC_PREFIX
 from scheduler.db import (
     AttemptModel,
     JobKind,
@@ -143,13 +144,17 @@ def start_replay(session: Session, job: JobModel, attempt: AttemptModel, steps: 
 
 
 def _records(session: Session, job_id: str, n: int) -> list[dict[str, Any]]:
+    """The attempt's training records in order. The worker's ``sys/`` samples are left out: they come every few
+    seconds, so they fall between training records at different places in two honest runs and would shift the
+    record-by-record comparison."""
     return [
-        dict(m or {})
+        dict(m)
         for m in session.scalars(
             sa.select(MetricModel.metrics)
             .where(MetricModel.job_id == job_id, MetricModel.attempt == n)
             .order_by(MetricModel.step, MetricModel.ts, MetricModel.id)
         )
+        if m and not all(str(k).startswith(SYS_METRIC_PREFIX) for k in m)
     ]
 
 

@@ -215,6 +215,21 @@ def test_a_validated_attempt_ends_succeeded_and_its_pending_credit_is_granted(sc
     assert "attempt 1 validated" in log
 
 
+def _with_system_samples(curve: list[dict], every: float, offset: float) -> list[dict]:
+    """``curve`` with the worker's ``sys/`` samples between its records, as a real worker posts them."""
+    samples = [{"step": r["step"], "ts": r["ts"] + offset + k * every, "metrics": {"sys/cpu_percent": 99.0}}
+               for r in curve for k in range(int(1 / every))]
+    return sorted(curve + samples, key=lambda r: (r["step"], r["ts"]))
+
+
+def test_an_honest_donor_passes_although_its_system_samples_fall_elsewhere_than_the_replays(scheduler_env):
+    env, c = scheduler_env, scheduler_env.client
+    user, jid, _donor = _donor_success(env, _with_system_samples(CURVE, every=0.5, offset=-0.3))
+    _pool_replays(env, jid, _with_system_samples(CURVE, every=1.0, offset=0.2))
+    job = _job(c, user, jid)
+    assert job["state"] == "succeeded" and job["attempts"][0]["validation"] == "validated", job
+
+
 @pytest.mark.parametrize("posted", [[], [{**r, "metrics": {**r["metrics"], "loss": 0.1}} for r in CURVE]],
                          ids=["no-metrics", "made-up-loss"])
 def test_a_mismatch_marks_the_attempt_unverified_requeues_elsewhere_and_bans_the_donor(scheduler_env, posted):
