@@ -360,7 +360,7 @@ def _bundle() -> bytes:
     return buf.getvalue()
 
 
-def _real_executor(env: Any, token: str, tmp_path: Any, assets_dir: Any) -> Any:
+def _real_executor(env: Any, token: str, tmp_path: Any, assets_dir: Any, sys_sample_s: float = 5.0) -> Any:
     """The real worker's AttemptExecutor (child process, outbox, metrics tailing), no sandbox, talking to the app."""
     from worker.client import WorkerClient
     from worker.settings import WorkerSettings
@@ -373,7 +373,8 @@ def _real_executor(env: Any, token: str, tmp_path: Any, assets_dir: Any) -> Any:
         return httpx.Response(r.status_code, content=r.content, headers=r.headers)
 
     client = WorkerClient("http://testserver", token, transport=httpx.MockTransport(to_app), retries=2, backoff_s=0.1)
-    settings = WorkerSettings(work_dir=tmp_path / "pool", assets_dir=str(assets_dir), log_flush_interval_s=0.2)
+    settings = WorkerSettings(work_dir=tmp_path / token[-8:], assets_dir=str(assets_dir), log_flush_interval_s=0.2,
+                              sys_sample_s=sys_sample_s)
     return AttemptExecutor(client, settings)
 
 
@@ -467,3 +468,42 @@ def test_a_replay_goes_only_to_a_trusted_worker_and_never_holds_up_the_owners_jo
     pool.register()
     _dispatch(env)
     assert pool.start(replay.id, 1).status_code == 200
+
+
+@pytest.mark.slow
+def test_an_honest_donor_running_the_real_example_is_validated_by_the_real_replay(
+    scheduler_env, tmp_path, tiny_model_dir, self_cognition_file
+):
+    """Both runs are the real worker executor training the tiny model, sampling system use every 0.2 s."""
+    env, c = scheduler_env, scheduler_env.client
+    user = create_user(c, "alice")
+    donor_token = create_worker_token(c, "bob")
+    donor = InProcessWorker(c, donor_token, "donor", [cpu_group()])
+    donor.register()
+    r = c.post(f"{API}{routes.JOBS}", files={"file": ("job.zip", _bundle())}, data={"entrypoint": "train.py"},
+               headers=auth(user))
+    assert r.status_code == 201, r.text
+    jid = r.json()["id"]
+    _dispatch(env)
+    honest = _real_executor(env, donor_token, tmp_path, tiny_model_dir.parent, sys_sample_s=0.2)
+    with _a_trusted_worker_is_live(env):
+        result = honest.run_attempt(jid, 1)
+    assert result is not None and result.state == "succeeded", result
+    assert _job(c, user, jid)["state"] == "validating"
+
+    pool_token = create_worker_token(c, "platform", trusted=True)
+    pool = InProcessWorker(c, pool_token, "pool", [cpu_group()])
+    pool.register()
+    _dispatch(env)
+    replay = _replay_of(env, jid)
+    result = _real_executor(env, pool_token, tmp_path, tiny_model_dir.parent, sys_sample_s=0.2).run_attempt(
+        replay.id, 1)
+    assert result is not None and result.state == "succeeded", result
+    with env.rt.db.session() as s:
+        samples = s.scalar(sa.text(f"SELECT count(*) FROM metrics WHERE job_id = '{jid}'"))
+    assert samples > 6, "the donor posted system samples besides its 6 training records"
+
+    job = _job(c, user, jid)
+    assert job["state"] == "succeeded" and job["attempts"][0]["validation"] == "validated", job
+    donor_row = _workers(c, user)["donor"]
+    assert donor_row["validated_attempts"] == 1 and donor_row["reputation"] > 0.5
