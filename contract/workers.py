@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 Isolation = Literal["bwrap", "container", "none"]
+CanaryStateName = Literal["pending", "passed", "failed"]
 
 
 class OfferedGroup(BaseModel):
@@ -107,6 +108,17 @@ class HeartbeatResponse(BaseModel):
     cancel: list[AttemptRef]
 
 
+class CanaryStatus(BaseModel):
+    """A donor's known-answer check: a tiny training whose loss curve the platform computed itself, run before the
+    worker gets any user's job."""
+
+    state: CanaryStateName = Field(
+        description="pending: its canary is queued or running and it gets no other job; passed; failed: it gets no "
+        "jobs (see detail)",
+    )
+    detail: str = Field(default="", description="why, in words (e.g. which step's loss differed)")
+
+
 class Worker(BaseModel):
     id: str
     name: str
@@ -135,6 +147,9 @@ class Worker(BaseModel):
         "worker X (a newer registration with the same token)', 'token revoked'",
     )
     superseded_by: str | None = Field(default=None, description="the worker id that took over this one's token")
+    canary: CanaryStatus | None = Field(
+        default=None, description="its known-answer canary; null: none was required (a trusted pool, or canaries off)"
+    )
 
 
 class WorkerList(BaseModel):

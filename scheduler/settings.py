@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         min_reputation: a donor below this reputation gets no jobs.
         trusted_reputation / trusted_min_validated: a donor at or above this reputation with this many validated
             attempts may run replays too (besides trusted pools).
+        canary_required: a new donor's worker (its token not trusted, no passed canary for its token and name) runs
+            a known-answer canary (a tiny training whose loss curve the platform computes itself) before it gets
+            any user's job; one that fails it gets no jobs. Trusted pools never run one.
+        canary_steps: optimizer steps of a canary (each step's loss is compared).
+        canary_timeout_s: a canary not finished this long after it was assigned fails its worker's check.
         require_worker_approval: workers of a new worker token get no jobs until an admin approves them
             (``POST /workers/{id}/approve``, ``twinkle-scheduler approve-worker``); unset: on in production.
             Tokens made for a trusted pool (``create-worker-token --pre-approved``) and ``up``'s local worker are
@@ -129,6 +134,9 @@ class Settings(BaseSettings):
     min_reputation: float = Field(default=0.25, ge=0.0, le=1.0)
     trusted_reputation: float = Field(default=0.9, ge=0.0, le=1.0)
     trusted_min_validated: int = Field(default=20, ge=1)
+    canary_required: bool = True
+    canary_steps: int = Field(default=8, ge=2, le=100)
+    canary_timeout_s: float = Field(default=600.0, gt=0)
     require_worker_approval: bool | None = None
     claim_wait_s: float = Field(default=20.0, gt=0, le=60)
     max_artifact_mb: float = Field(default=4096.0, gt=0)

@@ -214,6 +214,8 @@ async def finish(
                          lane="worker")
         except redis.RedisError as exc:  # committed; the job view's pending_reason says the same
             log.warning("could not note the replay of job %s attempt %s in its log: %s", job_id, attempt, exc)
+    if f.canary is not None:
+        log.info("canary job %s: its worker %s", job_id, f.canary)
     v = f.verdict
     if v is not None:  # a replay ended: tell the checked job's owner what it decided, in that job's log
         await rt.run(

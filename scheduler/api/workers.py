@@ -11,6 +11,8 @@ from contract import routes
 from contract.workers import (
     Assignment,
     AttemptRef,
+    CanaryStateName,
+    CanaryStatus,
     DevicesInUse,
     HardwareProbe,
     HeartbeatRequest,
@@ -32,10 +34,11 @@ from scheduler.api.deps import (
     WorkerIdPath,
     forget_cached_tokens,
 )
-from scheduler.services import assignments, events
+from scheduler.services import assignments, canary, events
 from scheduler.services import workers as workers_service
 from scheduler.services.requeue import Requeued
 from scheduler.services.users import Principal
+from scheduler.services.validation import ReplayPolicy
 
 router = APIRouter(tags=["workers"])
 
@@ -56,7 +59,8 @@ async def register(body: RegisterWorkerRequest, token: CurrentWorker, rt: Runtim
     sandboxes jobs (default ``none``): jobs run only on sandboxed workers unless their owner opts out. ``probe``
     (required) is what the worker measured: groups beyond it, or more ranks than ``MAX_RANKS_PER_WORKER``, are
     refused with 422 naming each problem. No broker credential is handed out: the worker claims its assignments
-    over HTTP (``POST /workers/{id}/claim``)."""
+    over HTTP (``POST /workers/{id}/claim``). A new donor's worker (``CANARY_REQUIRED``) first gets a
+    known-answer canary job, and no user's job until it passed (``GET /workers`` shows ``canary``)."""
     s = rt.settings
 
     def work(session: Session) -> workers_service.Registration:
@@ -64,10 +68,12 @@ async def register(body: RegisterWorkerRequest, token: CurrentWorker, rt: Runtim
             session, token, name=body.name, hostname=body.hostname, device_groups=body.device_groups,
             lease_s=s.lease_s, max_attempts=s.max_attempts, isolation=body.isolation, probe=body.probe,
             max_ranks=s.max_ranks_per_worker,
-            approval_required=s.worker_approval_required,
+            approval_required=s.worker_approval_required, policy=ReplayPolicy.from_settings(s),
         )
 
     reg = await rt.in_session(work, lane="worker")
+    if reg.canary:  # committed pending first, so no round gives it a user's job; the script goes to storage now
+        await rt.in_session(canary.queue, rt.storage, reg.worker.id, s.canary_steps, lane="worker")
     await rt.run(events.requeued, rt.worker_db, rt.redis, rt.storage, reg.requeued, lane="worker")
     return RegisterWorkerResponse(
         worker_id=reg.worker.id,
@@ -174,6 +180,8 @@ def list_workers(_user: CurrentUser, session: SessionDep) -> WorkerList:
                 approved=i.approved,
                 status=i.status,
                 superseded_by=i.worker.superseded_by,
+                canary=None if i.worker.canary_state is None else CanaryStatus(
+                    state=cast(CanaryStateName, i.worker.canary_state), detail=i.worker.canary_detail or ""),
             )
             for i in workers_service.list_workers(session)
         ]

@@ -64,6 +64,15 @@ class AttemptState(StrEnum):
 class JobKind(StrEnum):
     USER = "user"
     REPLAY = "replay"  # the platform's re-run of a sampled attempt's first k steps on a trusted worker
+    CANARY = "canary"  # the platform's known-answer job a new donor's worker must pass before it gets users' jobs
+
+
+class CanaryState(StrEnum):
+    """A worker's known-answer check (``workers.canary_state``; NULL: none was required at its registration)."""
+
+    PENDING = "pending"  # its canary is queued or running: it gets no other job
+    PASSED = "passed"
+    FAILED = "failed"  # a wrong curve, no curve, a failed exit, or out of time: reputation 0, no jobs
 
 
 class Validation(StrEnum):
@@ -150,6 +159,8 @@ class WorkerModel(Base):
     validated_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     trusted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())  # copied from its token
     superseded_by: Mapped[str | None] = mapped_column(sa.String(32))
+    canary_state: Mapped[str | None] = mapped_column(sa.String(16))  # CanaryState
+    canary_detail: Mapped[str | None] = mapped_column(sa.Text)  # why it passed or failed, in words
 
 
 class JobModel(Base):
@@ -187,6 +198,10 @@ class JobModel(Base):
     # a replay job: the job and attempt it checks
     replay_of: Mapped[str | None] = mapped_column(sa.String(32), index=True)
     replay_attempt: Mapped[int | None]
+    # a canary job: the worker it checks (the only one it may run on) and the loss per step it must report;
+    # the curve never leaves the platform (the worker gets the script, not the answer)
+    canary_for: Mapped[str | None] = mapped_column(sa.String(32), index=True)
+    canary_expected: Mapped[list[Any] | None] = mapped_column(sa.JSON)
 
     attempts: Mapped[list[AttemptModel]] = relationship(
         back_populates="job", order_by="AttemptModel.n", cascade="all, delete-orphan"

@@ -33,7 +33,7 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import BadRequest, Forbidden, InvalidRequest, LengthRequired, NotFound, StaleAttempt
-from scheduler.services import matching, quotas, validation
+from scheduler.services import canary, matching, quotas, validation
 from scheduler.services.usage import record_attempt_end
 from scheduler.storage import Storage, attempt_key
 
@@ -47,6 +47,7 @@ class Fenced:
     job: JobModel
     attempt: AttemptModel
     verdict: validation.Verdict | None = None  # finish of a replay: what it decided about the checked attempt
+    canary: str | None = None  # finish of a canary: its worker's verdict, in words
 
 
 def fence(session: Session, token: ApiTokenModel, job_id: str, n: int, allowed: tuple[str, ...]) -> Fenced:
@@ -377,8 +378,9 @@ def finish(
     policy: validation.ReplayPolicy | None = None, stderr_tail: list[str] | None = None,
 ) -> Fenced:
     """End the attempt. A donor's success may be sampled for a replay (the job is then ``validating``); the end of
-    a replay judges the attempt it checked (``Fenced.verdict``). ``policy`` None: no spot checks. ``stderr_tail``:
-    the last stderr lines of its log (``Job.failure``)."""
+    a replay judges the attempt it checked (``Fenced.verdict``); the end of a canary judges its worker
+    (``Fenced.canary``), whatever ``policy`` (a canary was queued only because it was required). ``policy`` None:
+    no spot checks. ``stderr_tail``: the last stderr lines of its log (``Job.failure``)."""
     f = fence(session, token, job_id, n, (AttemptState.ASSIGNED, AttemptState.RUNNING))
     now = utcnow()
     job, attempt = f.job, f.attempt
@@ -403,7 +405,10 @@ def finish(
     job.updated_at = now
     job.error = body.error if state == "failed" else None
     job.slots = None
-    if policy is not None and job.kind == JobKind.REPLAY:
+    if job.kind == JobKind.CANARY:
+        attempt.credit = None  # the platform's check, not work for anyone: nothing to credit
+        f.canary = canary.judge(session, job, attempt, state)
+    elif policy is not None and job.kind == JobKind.REPLAY:
         f.verdict = validation.conclude(session, job, state, policy)
     elif (
         policy is not None and state == JobState.SUCCEEDED and worker is not None

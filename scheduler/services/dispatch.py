@@ -25,6 +25,7 @@ from scheduler.db import (
     ApiTokenModel,
     AttemptModel,
     AttemptState,
+    CanaryState,
     Database,
     JobKind,
     JobModel,
@@ -70,12 +71,14 @@ def plan_round(
 ) -> tuple[matching.Plan, dict[str, tuple]]:
     """Read what the matcher needs. Donors below ``policy.min_reputation`` are left out (they get no jobs); a
     replay job may go only to a trusted worker other than the donor it checks; a job never goes back to a worker
-    whose attempt of it failed a spot check."""
+    whose attempt of it failed a spot check. A worker pending its canary gets only its canary (and a canary goes
+    only to its worker); one that failed its canary gets nothing."""
     policy = policy or ReplayPolicy()
     workers_rows = session.execute(
         sa.select(
             WorkerModel.id, WorkerModel.device_groups, WorkerModel.state, WorkerModel.lease_expires_at,
             WorkerModel.isolation, WorkerModel.trusted, WorkerModel.reputation, WorkerModel.validated_attempts,
+            WorkerModel.canary_state,
         )
         .join(ApiTokenModel, ApiTokenModel.id == WorkerModel.token_id)
         # superseded and revoked workers are gone for good; unapproved ones wait for an admin
@@ -103,14 +106,15 @@ def plan_round(
             trusted=bool(trusted) or (reputation >= policy.trusted_reputation
                                       and validated >= policy.trusted_min_validated),
             in_use={i: frozenset(d) for i, d in in_use.get(wid, {}).items()},
+            reserved=canary == CanaryState.PENDING,
         )
-        for wid, _groups, state, lease, isolation, trusted, reputation, validated in workers_rows
-        if trusted or reputation >= policy.min_reputation
+        for wid, _groups, state, lease, isolation, trusted, reputation, validated, canary in workers_rows
+        if (trusted or reputation >= policy.min_reputation) and canary != CanaryState.FAILED
     ]
     rows = session.execute(
         sa.select(
             JobModel.id, JobModel.user_id, JobModel.request, JobModel.attempt, JobModel.pending_reason,
-            JobModel.queued_at, JobModel.kind, JobModel.replay_of, JobModel.replay_attempt,
+            JobModel.queued_at, JobModel.kind, JobModel.replay_of, JobModel.replay_attempt, JobModel.canary_for,
         )
         .where(JobModel.state == JobState.QUEUED)
         .order_by(JobModel.created_at, JobModel.id)
@@ -133,7 +137,7 @@ def plan_round(
     needs_cache: dict[str, tuple[matching.Need, ...]] = {}
     queued = []
     info: dict[str, tuple] = {}
-    for jid, uid, request, attempt, reason, queued_at, kind, replay_of, replay_attempt in rows:
+    for jid, uid, request, attempt, reason, queued_at, kind, replay_of, replay_attempt, canary_for in rows:
         key = repr(request)
         needs = needs_cache.get(key)
         if needs is None:
@@ -143,6 +147,8 @@ def plan_round(
         queued.append(matching.QueuedJob(
             jid, uid, needs, bool(request.get("allow_unsandboxed")), trusted_only=replay,
             avoid=frozenset({donor}) if donor else avoid.get(jid, frozenset()),
+            # a canary goes to its worker only ("?" matches no worker: a row without one is never placed)
+            only=(canary_for or "?") if kind == JobKind.CANARY else None,
         ))
         info[jid] = (attempt, reason, queued_at)
     users = list({q.user_id for q in queued})
@@ -319,5 +325,16 @@ def expire_replays(db: Database, policy: ReplayPolicy) -> list[Requeued]:
             if verdict is not None:
                 out.append(Requeued(verdict.job_id, verdict.user_id, verdict.attempt, verdict.job_state,
                                     verdict.message))
+        session.commit()
+    return out
+
+
+def expire_canaries(db: Database, policy: ReplayPolicy) -> list[Requeued]:
+    """Fail the canaries not finished ``policy.canary_timeout_s`` after their assignment; their workers fail the
+    check (``scheduler.services.canary.expire``)."""
+    from scheduler.services import canary
+
+    with db.session() as session:
+        out = canary.expire(session, policy.canary_timeout_s)
         session.commit()
     return out

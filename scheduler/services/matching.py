@@ -23,6 +23,10 @@ Trust (``scheduler.services.validation``): a replay job (``trusted_only``) goes 
 job goes to a worker in its ``avoid`` set (the donor a replay checks; workers whose attempt of it failed a spot
 check). Such jobs are rare and take the scanning path.
 
+Canary (``scheduler.services.canary``): a worker pending its known-answer canary is ``reserved``: it gets only jobs
+addressed to it (``only``, its canary), never a user's; a job addressed to a busy or offline worker waits without
+holding up its owner's (the platform's) other jobs.
+
 Speed: single-group jobs (the usual case) look their slot up in an index keyed by shape (family, free count,
 memory; a pool is re-filed under its remaining free count after each take) instead of scanning workers, so a
 round over 10,000 jobs and 1,000 workers is milliseconds.
@@ -195,6 +199,7 @@ class WorkerView:
     sandboxed: bool = True
     trusted: bool = False  # may run replays (a platform pool, or a donor of high reputation)
     in_use: Mapping[int, frozenset[int]] = field(default_factory=dict)  # group -> device indexes held by jobs
+    reserved: bool = False  # pending its canary: only jobs addressed to it (``QueuedJob.only``)
 
     def free_devices(self, slot: int) -> list[int]:
         """The devices of offered group ``slot`` a new job may take (a static slot: all of them, or none)."""
@@ -213,6 +218,7 @@ class QueuedJob:
     allow_unsandboxed: bool = False  # the owner accepts a worker without a sandbox (a trusted pool)
     trusted_only: bool = False  # a replay: only a trusted worker may run it
     avoid: frozenset[str] = frozenset()  # workers it must not go to (the donor a replay checks; failed spot checks)
+    only: str | None = None  # the one worker it may go to (a canary)
 
 
 @dataclass
@@ -297,6 +303,7 @@ class _FreeSlots:
         self.devs: dict[str, dict[int, list[int]]] = {}  # worker -> group -> free device indexes (ascending)
         self.sandboxed: dict[str, bool] = {}
         self.trusted: dict[str, bool] = {}
+        self.reserved: dict[str, bool] = {}
         # Buckets are keyed by (family, sandboxed), so a job that needs a sandbox never even looks at the others.
         buckets: dict[tuple[str, bool], dict[tuple[int, float], list[tuple[str, int]]]] = defaultdict(
             lambda: defaultdict(list)
@@ -312,10 +319,13 @@ class _FreeSlots:
             self.devs[w.worker_id] = free
             self.sandboxed[w.worker_id] = w.sandboxed
             self.trusted[w.worker_id] = w.trusted
+            self.reserved[w.worker_id] = w.reserved
+            self.total += sum(len(d) for d in free.values())
+            if w.reserved:
+                continue  # kept out of the index: only the scan of a job addressed to it finds it
             for i in sorted(free, reverse=True):  # popped from the end: lowest slot first
                 o = w.offers[i]
                 buckets[(o.family, w.sandboxed)][(len(free[i]), o.memory_gb or 0.0)].append((w.worker_id, i))
-                self.total += len(free[i])
         # (family, sandboxed) -> sorted shapes, and shape -> stack of (worker, slot); stale entries are skipped lazily.
         self.shapes = {key: sorted(b) for key, b in buckets.items()}
         self.stacks = {key: dict(b) for key, b in buckets.items()}
@@ -364,13 +374,16 @@ class _FreeSlots:
 
     def take_multi(
         self, needs: tuple[Need, ...], allow_unsandboxed: bool = False, *, trusted_only: bool = False,
-        avoid: frozenset[str] = frozenset(),
+        avoid: frozenset[str] = frozenset(), only: str | None = None,
     ) -> tuple[str, tuple[int, ...], tuple[tuple[int, ...], ...]] | None:
         """Scan the workers for the least wasteful fit; also the path of jobs restricted to some workers."""
         best: tuple[tuple[Any, ...], str, tuple[int, ...]] | None = None
         wanted = sum(n.ranks for n in needs)
-        for wid, free in self.devs.items():
+        candidates = self.devs.items() if only is None else [(only, self.devs[only])] if only in self.devs else []
+        for wid, free in candidates:
             if not (self.sandboxed[wid] or allow_unsandboxed):
+                continue
+            if self.reserved[wid] and wid != only:
                 continue
             if wid in avoid or (trusted_only and not self.trusted[wid]):
                 continue
@@ -442,9 +455,10 @@ def plan(
                 continue  # held jobs never block the user's later jobs
             placed: tuple[str, tuple[int, ...], tuple[tuple[int, ...], ...]] | None = None
             if pool.total >= sum(n.ranks for n in job.needs):
-                if job.trusted_only or job.avoid:
+                if job.trusted_only or job.avoid or job.only:
                     placed = pool.take_multi(
-                        job.needs, job.allow_unsandboxed, trusted_only=job.trusted_only, avoid=job.avoid
+                        job.needs, job.allow_unsandboxed, trusted_only=job.trusted_only, avoid=job.avoid,
+                        only=job.only,
                     )
                 elif len(job.needs) == 1:
                     hit = pool.take_single(job.needs[0], job.allow_unsandboxed)
@@ -453,6 +467,9 @@ def plan(
                     placed = pool.take_multi(job.needs, job.allow_unsandboxed)
             if placed is None and job.trusted_only:  # the platform's replay never holds up the owner's jobs
                 result.reasons[job.job_id] = "waiting for a free trusted worker"
+                continue
+            if placed is None and job.only:  # nor does a canary waiting for its one worker
+                result.reasons[job.job_id] = f"waiting for worker {job.only} (free and live)"
                 continue
             if placed is None:
                 result.reasons[job.job_id] = catalog.busy_reason(job.needs, job.allow_unsandboxed)

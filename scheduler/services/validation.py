@@ -69,6 +69,11 @@ class ReplayPolicy:
     max_attempts: int = 5
     reward: float = 0.05  # reputation gained per validated attempt
     penalty: float = 0.5  # reputation lost per mismatch: a new donor (0.5) is out after one
+    # the known-answer canary of new donors (``scheduler.services.canary``) rides along: it is judged where
+    # replays are, by the same callers; off unless the settings say so (tests that build a bare policy)
+    canary_required: bool = False
+    canary_steps: int = 8
+    canary_timeout_s: float = 600.0
 
     @classmethod
     def from_settings(cls, s: Any) -> ReplayPolicy:
@@ -77,6 +82,7 @@ class ReplayPolicy:
             rtol_cpu=s.replay_rtol_cpu,
             rtol_gpu=s.replay_rtol_gpu, min_reputation=s.min_reputation, trusted_reputation=s.trusted_reputation,
             trusted_min_validated=s.trusted_min_validated, max_attempts=s.max_attempts,
+            canary_required=s.canary_required, canary_steps=s.canary_steps, canary_timeout_s=s.canary_timeout_s,
         )
 
     def is_trusted(self, worker: WorkerModel) -> bool:

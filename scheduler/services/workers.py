@@ -15,6 +15,7 @@ from contract.workers import AttemptRef, HardwareProbe, OfferedGroup
 from scheduler.db import (
     ACTIVE_JOB_STATES,
     ApiTokenModel,
+    CanaryState,
     JobModel,
     JobState,
     WorkerModel,
@@ -23,12 +24,13 @@ from scheduler.db import (
     utcnow,
 )
 from scheduler.errors import Forbidden, Gone, NotFound
-from scheduler.services import matching
+from scheduler.services import canary, matching
 from scheduler.services import users as users_service
 from scheduler.services.hardware import check_claim
 from scheduler.services.requeue import Requeued, requeue_active_jobs
 from scheduler.services.usage import pending_seconds
 from scheduler.services.users import Principal
+from scheduler.services.validation import ReplayPolicy
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Registration:
     worker: WorkerModel
     requeued: list[Requeued] = field(default_factory=list)
     approved: bool = True
+    canary: bool = False  # the worker is pending a known-answer canary: queue one (``canary.queue``) after commit
 
 
 def _fresh_token(session: Session, token: ApiTokenModel) -> ApiTokenModel:
@@ -61,6 +64,7 @@ def register(
     probe: HardwareProbe | None = None,
     max_ranks: int = 64,
     approval_required: bool = False,
+    policy: ReplayPolicy | None = None,
 ) -> Registration:
     """Register a worker of this token: always a new worker id, and the token's earlier workers are superseded.
 
@@ -75,6 +79,10 @@ def register(
     ``worker_superseded`` from then on. ``isolation`` is what the worker declares now. Without
     ``approval_required`` the token counts as approved from its first registration; with it, its workers get no
     jobs until an admin approves the token.
+
+    Canary (``policy.canary_required``): an untrusted worker whose earlier row of the same token and name has not
+    passed one is ``pending`` from this transaction on (no user's job before its canary passed); a passed or
+    failed verdict carries over to the same token and name. The earlier rows' queued canaries are dropped.
     """
     check_claim(device_groups, probe, max_ranks=max_ranks)
     probed = probe.model_dump() if probe is not None else None
@@ -92,6 +100,7 @@ def register(
         sa.select(WorkerModel).where(WorkerModel.token_id == token.id)
         .order_by((WorkerModel.name == name).desc(), WorkerModel.registered_at.desc()).limit(1)
     ).first()
+    same_name = earlier is not None and earlier.name == name  # read before the superseded rows are renamed
     for old in previous:
         if old.name == name:  # (token, name) is unique: the superseded row gives the name up
             suffix = f" (superseded {old.id})"
@@ -118,6 +127,12 @@ def register(
         worker.reputation, worker.validated_attempts = earlier.reputation, earlier.validated_attempts
     session.add(worker)
     session.flush()
+    if same_name and earlier is not None and earlier.canary_state in (CanaryState.PASSED, CanaryState.FAILED):
+        worker.canary_state, worker.canary_detail = earlier.canary_state, earlier.canary_detail
+    # after the flush: the column defaults (a first registration's reputation) are filled in
+    needs = policy is not None and canary.needs_canary(worker, policy)
+    if needs:
+        worker.canary_state, worker.canary_detail = CanaryState.PENDING, "pending: a known-answer canary is queued"
     requeued: list[Requeued] = []
     for old in previous:
         reason = (
@@ -127,8 +142,9 @@ def register(
         requeued += requeue_active_jobs(session, [old.id], reason=reason, max_attempts=max_attempts)
         old.state = WorkerState.SUPERSEDED
         old.superseded_by = worker.id
+    canary.drop_for(session, [old.id for old in previous], f"worker {name} registered again")
     session.commit()
-    return Registration(worker, requeued, approved=tok.approved_at is not None)
+    return Registration(worker, requeued, approved=tok.approved_at is not None, canary=needs)
 
 
 def get_own_worker(session: Session, token: ApiTokenModel, worker_id: str) -> WorkerModel:
@@ -291,6 +307,7 @@ def revoke(session: Session, p: Principal, worker_id: str, *, max_attempts: int)
         )
     ))
     requeued = requeue_active_jobs(session, ids, reason="the worker's token was revoked", max_attempts=max_attempts)
+    canary.drop_for(session, ids, "the worker's token was revoked")
     if ids:
         session.execute(sa.update(WorkerModel).where(WorkerModel.id.in_(ids)).values(state=WorkerState.REVOKED))
     session.commit()

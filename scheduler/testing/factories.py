@@ -28,6 +28,8 @@ def make_settings(tmp_path: Path, *, database_url: str | None = None, redis_url:
         # no spot checks unless a test asks: most tests have no trusted worker to replay on
         replay_fraction=0.0,
         replay_first_n=0,
+        # no known-answer canary unless a test asks: most tests give a new donor a user's job at once
+        canary_required=False,
     )
     values.update(overrides)
     return Settings(**values)

@@ -58,6 +58,8 @@ FAST_SETTINGS: dict[str, Any] = {
     # them sets these and starts a worker with a trusted token)
     "replay_first_n": 0,
     "replay_fraction": 0.0,
+    # no known-answer canary before a donor's first job (a stack that tests it sets this back to true)
+    "canary_required": False,
 }
 """Scheduler settings a stack starts with (``Stack(**settings)`` overrides them): failures show within seconds."""
 

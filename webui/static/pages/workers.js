@@ -1,5 +1,5 @@
 // Workers: donor and pooled machines, the DeviceGroups they offer, what their hardware probe found, how they isolate
-// jobs, state and trust (reputation, validated attempts), last heartbeat, jobs run, GPU-hours credited and pending.
+// jobs, state and trust (reputation, validated attempts, known-answer canary), last heartbeat, jobs run, GPU-hours credited and pending.
 
 import { ROUTES, get } from '../api.js';
 import { deviceGroupText } from '../model.js';
@@ -46,6 +46,17 @@ function trustLine(w) {
     `reputation ${formatNumber(rep, 2)} · ${w.validated_attempts ?? 0} validated`);
 }
 
+const CANARY_TEXT = { pending: 'canary pending', passed: 'canary passed', failed: 'canary failed' };
+
+/** A new donor's known-answer check: pending (no user's job yet), passed, or failed (no jobs), with the reason. */
+function canaryLine(w) {
+  if (!w.canary) return null;
+  const state = w.canary.state;
+  return h('div', { class: `muted small canary canary-${state}`, dataset: { canary: state }, title: w.canary.detail || '' },
+    CANARY_TEXT[state] || `canary ${state}`,
+    state === 'failed' && w.canary.detail ? h('div', { class: 'small' }, w.canary.detail) : null);
+}
+
 /** Which job holds which devices (a pool runs several jobs side by side, each on its own devices). */
 function devicesInUse(w) {
   const held = w.devices_in_use || [];
@@ -71,7 +82,7 @@ function workerRow(w) {
     h('td', {}, stateBadge(w.state),
       // what the state means (awaiting approval, superseded by ..., token revoked)
       w.status && w.status !== w.state ? h('div', { class: 'muted small worker-status' }, w.status) : null,
-      w.running_jobs ? h('div', { class: 'muted small' }, `running ${w.running_jobs} job${w.running_jobs === 1 ? '' : 's'}`) : null, trustLine(w), devicesInUse(w)),
+      w.running_jobs ? h('div', { class: 'muted small' }, `running ${w.running_jobs} job${w.running_jobs === 1 ? '' : 's'}`) : null, trustLine(w), canaryLine(w), devicesInUse(w)),
     h('td', {}, timeEl(w.last_heartbeat_at ?? w.last_heartbeat)),
     h('td', { class: 'num' }, w.jobs_run ?? 0),
     h('td', { class: 'num' }, formatNumber(gpuHours, 3),
