@@ -25,6 +25,21 @@ def url(tiny_model_dir, tmp_path_factory):
     stop()
 
 
+@pytest.fixture()
+def open_service():
+    """``tinker.ServiceClient`` for a key; each is closed after the test, else its session heartbeat outlives the
+    server and warns every 10 s until pytest exits."""
+    made = []
+
+    def make(url: str, key: str):
+        made.append(tinker.ServiceClient(base_url=url, api_key=key))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.holder.close()
+
+
 def sft_data(n: int = 2, length: int = 17) -> list:
     rnd = random.Random(0)
     data = []
@@ -43,8 +58,8 @@ def step(client, data, lr: float = 1e-2) -> float:
     return out.metrics["loss:mean"], out
 
 
-def test_sft_loop_with_the_stock_sdk_lowers_the_loss_and_checkpoints_round_trip(url):
-    service = tinker.ServiceClient(base_url=url, api_key="tml-alice")
+def test_sft_loop_with_the_stock_sdk_lowers_the_loss_and_checkpoints_round_trip(url, open_service):
+    service = open_service(url, "tml-alice")
     assert [m.model_name for m in service.get_server_capabilities().supported_models] == ["tiny"]
     client = service.create_lora_training_client(base_model="tiny", rank=8)
     assert client.get_info().lora_rank == 8
@@ -89,11 +104,11 @@ def test_sft_loop_with_the_stock_sdk_lowers_the_loss_and_checkpoints_round_trip(
     assert again.sequences[0].tokens == result.sequences[0].tokens
 
     # another key cannot load alice's checkpoint, and an unknown loss is a clear error
-    other = tinker.ServiceClient(base_url=url, api_key="tml-mallory").create_lora_training_client(
+    other = open_service(url, "tml-mallory").create_lora_training_client(
         base_model="tiny", rank=4)
     with pytest.raises(Exception, match="not found"):
         other.load_state(saved).result()
-    mallory_rest = tinker.ServiceClient(base_url=url, api_key="tml-mallory").create_rest_client()
+    mallory_rest = open_service(url, "tml-mallory").create_rest_client()
     assert run_id not in [r.training_run_id for r in mallory_rest.list_training_runs().result().training_runs]
     with pytest.raises(Exception):  # noqa: B017 - the SDK raises its NotFoundError
         mallory_rest.list_checkpoints(run_id).result()
@@ -110,8 +125,8 @@ def test_sft_loop_with_the_stock_sdk_lowers_the_loss_and_checkpoints_round_trip(
     assert fb2.metrics["loss:mean"] == pytest.approx(next_loss, abs=1e-5)
 
 
-def test_importance_sampling_moves_log_probs_in_the_direction_of_the_advantages(url):
-    client = tinker.ServiceClient(base_url=url, api_key="tml-rl").create_lora_training_client(
+def test_importance_sampling_moves_log_probs_in_the_direction_of_the_advantages(url, open_service):
+    client = open_service(url, "tml-rl").create_lora_training_client(
         base_model="tiny", rank=8)
     rnd = random.Random(1)
     tokens = [[rnd.randrange(3, 200) for _ in range(13)] for _ in range(2)]
