@@ -122,6 +122,7 @@ def test_sft_loop_with_the_stock_sdk_lowers_the_loss_and_checkpoints_round_trip(
     client2 = same.create_lora_training_client(base_model="tiny", rank=8)
     client2.load_state(saved).result()
     fb2 = client2.forward_backward(data, "cross_entropy").result()
+    same.holder.close()
     assert fb2.metrics["loss:mean"] == pytest.approx(next_loss, abs=1e-5)
 
 
