@@ -14,10 +14,13 @@ from scheduler.testing.factories import (
     auth,
     create_user,
     create_worker_token,
+    dispatch_once,
+    job_view,
     make_app,
     make_settings,
     reset_database,
     submit_script,
+    workers_by_name,
 )
 from scheduler.testing.net import free_port, wait_for, wait_for_port
 from scheduler.testing.stack import Service, Stack, redis_url_of, running_stack, start_redis
@@ -29,7 +32,9 @@ __all__ = [
     "auth",
     "create_user",
     "create_worker_token",
+    "dispatch_once",
     "free_port",
+    "job_view",
     "make_app",
     "make_settings",
     "redis_url_of",
@@ -39,4 +44,5 @@ __all__ = [
     "submit_script",
     "wait_for",
     "wait_for_port",
+    "workers_by_name",
 ]

@@ -66,6 +66,24 @@ def create_user(client: Any, name: str) -> str:
     return r.json()["token"]
 
 
+def job_view(client: Any, token: str, job_id: str) -> dict:
+    """``GET /jobs/{id}`` as the user with ``token`` sees it."""
+    return dict(client.get(_api(routes.JOB, job_id=job_id), headers=auth(token)).json())
+
+
+def workers_by_name(client: Any, token: str) -> dict[str, dict]:
+    """``GET /workers`` as the user with ``token`` sees it, by worker name."""
+    return {w["name"]: w for w in client.get(_api(routes.WORKERS), headers=auth(token)).json()["items"]}
+
+
+def dispatch_once(env: Any) -> None:
+    """One matcher round of the dispatcher, with the env's replay and canary policy."""
+    from scheduler.services import dispatch
+    from scheduler.services.validation import ReplayPolicy
+
+    dispatch.dispatch_round(env.rt.db, env.rt.redis, ReplayPolicy.from_settings(env.settings))
+
+
 def create_worker_token(client: Any, owner: str = "tests", *, trusted: bool = False) -> str:
     """A worker token made with the admin token; ``trusted``: a platform pool (runs replays, never sampled)."""
     r = client.post(_api(routes.WORKER_TOKENS), json={"owner": owner, "trusted": trusted}, headers=auth(ADMIN_TOKEN))

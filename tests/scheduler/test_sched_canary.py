@@ -14,7 +14,16 @@ from contract import routes
 from scheduler.db import JobKind, JobModel
 from scheduler.services import canary, dispatch
 from scheduler.services.validation import ReplayPolicy
-from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
+from scheduler.testing import (
+    InProcessWorker,
+    auth,
+    create_user,
+    create_worker_token,
+    dispatch_once,
+    job_view,
+    submit_script,
+    workers_by_name,
+)
 from scheduler.testing.factories import CPU_JOB, cpu_group, gpu_group
 
 API = routes.API_PREFIX
@@ -24,18 +33,6 @@ API = routes.API_PREFIX
 def scheduler_overrides() -> dict[str, Any]:
     # the test harness turns canaries off by default; here they are what is tested
     return {"canary_required": True, "canary_steps": 6}
-
-
-def _dispatch(env: Any) -> None:
-    dispatch.dispatch_round(env.rt.db, env.rt.redis, ReplayPolicy.from_settings(env.settings))
-
-
-def _workers(c: Any, user: str) -> dict[str, dict]:
-    return {w["name"]: w for w in c.get(f"{API}{routes.WORKERS}", headers=auth(user)).json()["items"]}
-
-
-def _job(c: Any, user: str, jid: str) -> dict:
-    return c.get(f"{API}{routes.path(routes.JOB, job_id=jid)}", headers=auth(user)).json()
 
 
 def _canaries(env: Any, worker_id: str | None) -> list[JobModel]:
@@ -82,15 +79,15 @@ def test_a_new_donor_runs_its_canary_first_and_gets_a_users_job_only_after_it_pa
     user = create_user(c, "alice")
     jid = submit_script(c, user, CPU_JOB).json()["id"]  # queued before the donor came
     donor = _two_slot_donor(c)
-    shown = _workers(c, user)["donor"]
+    shown = workers_by_name(c, user)["donor"]
     assert shown["canary"]["state"] == "pending"
 
-    _dispatch(env)
+    dispatch_once(env)
     job = _canary_of(env, donor)
     with env.rt.db.session() as s:
         row = s.get(JobModel, job.id)
         assert row is not None and row.state == "assigned" and row.worker_id == donor.worker_id
-    assert _job(c, user, jid)["state"] == "queued", "no user's job while the canary has not passed"
+    assert job_view(c, user, jid)["state"] == "queued", "no user's job while the canary has not passed"
     assert [j["id"] for j in c.get(f"{API}{routes.JOBS}", headers=auth(user)).json()["items"]] == [jid]
 
     # what the worker gets: the script, its data baked in; the expected curve stays on the platform
@@ -99,20 +96,20 @@ def test_a_new_donor_runs_its_canary_first_and_gets_a_users_job_only_after_it_pa
     source = donor.bundle(job.id, 1).content.decode()
     assert "TWINKLE_METRICS_FILE" in source and "torch.optim.SGD" in source
     assert not any(repr(v) in source for v in job.canary_expected or []), "the answer is not in the script"
-    _dispatch(env)
-    assert _job(c, user, jid)["state"] == "queued", "nor while it runs"
+    dispatch_once(env)
+    assert job_view(c, user, jid)["state"] == "queued", "nor while it runs"
 
     # the honest run's records, plus a system-use sample (no loss) as the real worker sends
     records = _records(list(job.canary_expected or []))
     records.insert(2, {"step": 2, "ts": 2.5, "metrics": {"sys/cpu_percent": 40.0}})
     assert donor.metrics(job.id, 1, records).status_code == 200
     assert donor.finish(job.id, 1).json()["state"] == "succeeded"
-    shown = _workers(c, user)["donor"]
+    shown = workers_by_name(c, user)["donor"]
     assert shown["canary"]["state"] == "passed" and "agree" in shown["canary"]["detail"]
     assert shown["reputation"] == pytest.approx(0.5) and shown["pending_gpu_hours"] == 0.0
 
-    _dispatch(env)
-    got = _job(c, user, jid)
+    dispatch_once(env)
+    got = job_view(c, user, jid)
     assert got["state"] == "assigned" and got["worker_id"] == donor.worker_id
 
 
@@ -121,7 +118,7 @@ def test_a_donor_answering_wrong_fails_its_canary_gets_no_jobs_and_the_workers_p
     env, c = scheduler_env, scheduler_env.client
     user = create_user(c, "alice")
     donor = _two_slot_donor(c)
-    _dispatch(env)
+    dispatch_once(env)
     job = _canary_of(env, donor)
     expected = list(job.canary_expected or [])
     records = {
@@ -133,7 +130,7 @@ def test_a_donor_answering_wrong_fails_its_canary_gets_no_jobs_and_the_workers_p
     state = _answer(donor, job, records, state="failed" if how == "failed-exit" else "succeeded")
     assert state == ("failed" if how == "failed-exit" else "succeeded")
 
-    shown = _workers(c, user)["donor"]
+    shown = workers_by_name(c, user)["donor"]
     assert shown["canary"]["state"] == "failed"
     why = {"made-up-curve": "wrong loss curve (record 1", "no-metrics": "reported no loss",
            "shifted-by-one": "wrong loss curve (record 1", "failed-exit": "the canary ended failed"}[how]
@@ -142,22 +139,22 @@ def test_a_donor_answering_wrong_fails_its_canary_gets_no_jobs_and_the_workers_p
 
     jid = submit_script(c, user, CPU_JOB).json()["id"]
     assert donor.heartbeat().status_code == 200
-    _dispatch(env)
-    assert _job(c, user, jid)["state"] == "queued", "a donor that failed its canary gets no jobs"
+    dispatch_once(env)
+    assert job_view(c, user, jid)["state"] == "queued", "a donor that failed its canary gets no jobs"
 
     # registering again (a restart) does not buy a new try: the verdict stays with the token and name
     donor.register()
-    assert _workers(c, user)["donor"]["canary"]["state"] == "failed"
+    assert workers_by_name(c, user)["donor"]["canary"]["state"] == "failed"
     assert _canaries(env, donor.worker_id) == []
-    _dispatch(env)
-    assert _job(c, user, jid)["state"] == "queued"
+    dispatch_once(env)
+    assert job_view(c, user, jid)["state"] == "queued"
 
 
 def test_each_canary_draws_new_parameters_so_a_recorded_answer_fails(scheduler_env):
     env, c = scheduler_env, scheduler_env.client
     user = create_user(c, "alice")
     first, second = _two_slot_donor(c, "ann", "first"), _two_slot_donor(c, "bob", "second")
-    _dispatch(env)
+    dispatch_once(env)
     a, b = _canary_of(env, first), _canary_of(env, second)
     assert a.canary_expected != b.canary_expected
     assert first.bundle(a.id, 1).content != second.bundle(b.id, 1).content
@@ -165,7 +162,7 @@ def test_each_canary_draws_new_parameters_so_a_recorded_answer_fails(scheduler_e
     # the second donor replays the answer the first one got right
     assert _answer(first, a, _records(list(a.canary_expected or []))) == "succeeded"
     assert _answer(second, b, _records(list(a.canary_expected or []))) == "succeeded"
-    shown = _workers(c, user)
+    shown = workers_by_name(c, user)
     assert shown["first"]["canary"]["state"] == "passed"
     assert shown["second"]["canary"]["state"] == "failed"
 
@@ -186,10 +183,10 @@ def test_a_trusted_pool_gets_no_canary_and_works_at_once(scheduler_env):
     pool = InProcessWorker(c, create_worker_token(c, "platform", trusted=True), "pool", [cpu_group()])
     pool.register()
     jid = submit_script(c, user, CPU_JOB).json()["id"]
-    _dispatch(env)
+    dispatch_once(env)
     assert _canaries(env, pool.worker_id) == []
-    assert _workers(c, user)["pool"]["canary"] is None
-    assert _job(c, user, jid)["worker_id"] == pool.worker_id
+    assert workers_by_name(c, user)["pool"]["canary"] is None
+    assert job_view(c, user, jid)["worker_id"] == pool.worker_id
 
 
 @pytest.mark.parametrize("scheduler_overrides", [{"canary_required": False}])
@@ -198,17 +195,17 @@ def test_with_canaries_off_a_new_donor_works_at_once(scheduler_env):
     user = create_user(c, "alice")
     donor = _two_slot_donor(c)
     jid = submit_script(c, user, CPU_JOB).json()["id"]
-    _dispatch(env)
+    dispatch_once(env)
     assert _canaries(env, donor.worker_id) == []
-    assert _workers(c, user)["donor"]["canary"] is None
-    assert _job(c, user, jid)["worker_id"] == donor.worker_id
+    assert workers_by_name(c, user)["donor"]["canary"] is None
+    assert job_view(c, user, jid)["worker_id"] == donor.worker_id
 
 
 def test_a_restart_keeps_a_passed_canary_and_a_canary_cut_short_is_drawn_again(scheduler_env):
     env, c = scheduler_env, scheduler_env.client
     user = create_user(c, "alice")
     donor = _two_slot_donor(c)
-    _dispatch(env)
+    dispatch_once(env)
     cut = _canary_of(env, donor)
     assert donor.start(cut.id, 1).status_code == 200
 
@@ -220,22 +217,22 @@ def test_a_restart_keeps_a_passed_canary_and_a_canary_cut_short_is_drawn_again(s
         assert row is not None and row.state == "cancelled"
     fresh = _canary_of(env, donor)
     assert fresh.canary_expected != cut.canary_expected and old_id != donor.worker_id
-    _dispatch(env)
+    dispatch_once(env)
     assert _answer(donor, fresh, _records(list(fresh.canary_expected or []))) == "succeeded"
 
     donor.register()  # restarted again: same token and name, the pass carries over
-    assert _workers(c, user)["donor"]["canary"]["state"] == "passed"
+    assert workers_by_name(c, user)["donor"]["canary"]["state"] == "passed"
     assert _canaries(env, donor.worker_id) == []
     jid = submit_script(c, user, CPU_JOB).json()["id"]
-    _dispatch(env)
-    assert _job(c, user, jid)["worker_id"] == donor.worker_id
+    dispatch_once(env)
+    assert job_view(c, user, jid)["worker_id"] == donor.worker_id
 
 
 def test_a_canary_not_finished_in_time_fails_its_worker(scheduler_env):
     env, c = scheduler_env, scheduler_env.client
     user = create_user(c, "alice")
     donor = _two_slot_donor(c)
-    _dispatch(env)
+    dispatch_once(env)
     job = _canary_of(env, donor)
     assert donor.start(job.id, 1).status_code == 200
     policy = ReplayPolicy.from_settings(env.settings)
@@ -246,7 +243,7 @@ def test_a_canary_not_finished_in_time_fails_its_worker(scheduler_env):
         s.commit()
     [ended] = dispatch.expire_canaries(env.rt.db, policy)
     assert ended.job_id == job.id and ended.job_state == "failed"
-    shown = _workers(c, user)["donor"]
+    shown = workers_by_name(c, user)["donor"]
     assert shown["canary"]["state"] == "failed" and "did not finish within" in shown["canary"]["detail"]
     assert donor.heartbeat([(job.id, 1)]).json()["cancel"] == [{"job_id": job.id, "attempt": 1}]
 
@@ -278,10 +275,10 @@ def test_the_real_worker_runs_the_real_canary_and_its_curve_is_the_platforms(sch
     token = create_worker_token(c, "donor")
     donor = InProcessWorker(c, token, "donor", [cpu_group()])
     donor.register()
-    _dispatch(env)
+    dispatch_once(env)
     job = _canary_of(env, donor)
     result = _real_executor(env, token, tmp_path).run_attempt(job.id, 1)
     assert result is not None and result.state == "succeeded", result
-    shown = _workers(c, user)["donor"]
+    shown = workers_by_name(c, user)["donor"]
     assert shown["canary"]["state"] == "passed", shown["canary"]
     assert "6 losses" in shown["canary"]["detail"]

@@ -17,7 +17,16 @@ from contract import routes
 from scheduler.db import AttemptModel, JobKind, JobModel, WorkerModel
 from scheduler.services import dispatch, events
 from scheduler.services.validation import ReplayPolicy, compare
-from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
+from scheduler.testing import (
+    InProcessWorker,
+    auth,
+    create_user,
+    create_worker_token,
+    dispatch_once,
+    job_view,
+    submit_script,
+    workers_by_name,
+)
 from scheduler.testing.factories import CPU_JOB, cpu_group, gpu_group
 
 API = routes.API_PREFIX
@@ -28,18 +37,6 @@ GPU_JOB = CPU_JOB.replace("device_type='cpu'", "device_type='cuda'")
 def scheduler_overrides() -> dict[str, Any]:
     # every succeeded attempt of a new donor is replayed until it has one validated; 3 steps compared
     return {"replay_first_n": 1, "replay_fraction": 0.0, "replay_steps": 3, "max_ranks_per_worker": 64}
-
-
-def _dispatch(env: Any) -> None:
-    dispatch.dispatch_round(env.rt.db, env.rt.redis, ReplayPolicy.from_settings(env.settings))
-
-
-def _workers(c: Any, user: str) -> dict[str, dict]:
-    return {w["name"]: w for w in c.get(f"{API}{routes.WORKERS}", headers=auth(user)).json()["items"]}
-
-
-def _job(c: Any, user: str, jid: str) -> dict:
-    return c.get(f"{API}{routes.path(routes.JOB, job_id=jid)}", headers=auth(user)).json()
 
 
 def _replay_of(env: Any, jid: str) -> JobModel:
@@ -83,7 +80,7 @@ def test_a_sybil_claiming_64_groups_of_4096_b200_ranks_is_refused_with_the_reaso
     assert r.status_code == 422 and r.json()["error"]["code"] == "too_many_ranks"
 
     user = create_user(c, "alice")
-    assert _workers(c, user) == {}, "nothing of a refused registration is stored"
+    assert workers_by_name(c, user) == {}, "nothing of a refused registration is stored"
 
 
 def test_claims_beyond_the_probe_are_refused_naming_each_problem(scheduler_env):
@@ -114,7 +111,7 @@ def test_a_claim_within_the_probe_is_accepted_and_the_probe_is_shown(scheduler_e
              "seconds": 1.5}
     groups = [gpu_group(2, memory_gb=79.6, model="H100"), cpu_group(8)]
     InProcessWorker(c, create_worker_token(c), "honest", groups, probe=probe).register()
-    shown = _workers(c, create_user(c, "alice"))["honest"]
+    shown = workers_by_name(c, create_user(c, "alice"))["honest"]
     assert shown["probe"]["devices"][0]["device_model"] == "NVIDIA H100 80GB HBM3"
     assert shown["probe"]["devices"][0]["matmul_tflops"] == 48.5
     assert shown["probe"]["devices"][2]["count"] == 16
@@ -148,7 +145,7 @@ def _donor_success(env: Any, metrics: list[dict], *, gpu: bool = False) -> tuple
     donor.register()
     script = GPU_JOB if gpu else CPU_JOB
     jid = submit_script(c, user, script).json()["id"]
-    _dispatch(env)
+    dispatch_once(env)
     assert donor.start(jid, 1).status_code == 200
     assert donor.metrics(jid, 1, metrics).status_code == 200
     _ran_for(env, jid, 1, hours=1.0)
@@ -180,7 +177,7 @@ def _pool_replays(
     pool = InProcessWorker(c, create_worker_token(c, "platform", trusted=True), "pool", [gpu_group(ranks)] if gpu
                            else [cpu_group(ranks)])
     pool.register()
-    _dispatch(env)
+    dispatch_once(env)
     replay = _replay_of(env, jid)
     started = pool.start(replay.id, 1)
     assert started.status_code == 200
@@ -196,19 +193,19 @@ CURVE = [{"step": s, "ts": float(s), "metrics": {"loss": 2.0 / s, "grad_norm": 1
 def test_a_validated_attempt_ends_succeeded_and_its_pending_credit_is_granted(scheduler_env):
     env, c = scheduler_env, scheduler_env.client
     user, jid, _donor = _donor_success(env, CURVE, gpu=True)
-    job = _job(c, user, jid)
+    job = job_view(c, user, jid)
     assert job["state"] == "validating" and job["attempts"][0]["validation"] == "pending"
     assert "being replayed" in job["pending_reason"]
-    w = _workers(c, user)["donor"]
+    w = workers_by_name(c, user)["donor"]
     assert w["gpu_hours"] == 0.0 and w["pending_gpu_hours"] == pytest.approx(1.0, abs=0.01)
     assert [j["id"] for j in c.get(f"{API}{routes.JOBS}", headers=auth(user)).json()["items"]] == [jid], (
         "the replay is the platform's, not in the owner's list"
     )
 
     _pool_replays(env, jid, CURVE, gpu=True)
-    job = _job(c, user, jid)
+    job = job_view(c, user, jid)
     assert job["state"] == "succeeded" and job["attempts"][0]["validation"] == "validated"
-    w = _workers(c, user)["donor"]
+    w = workers_by_name(c, user)["donor"]
     assert w["gpu_hours"] == pytest.approx(1.0, abs=0.01) and w["pending_gpu_hours"] == 0.0
     assert w["validated_attempts"] == 1 and w["reputation"] > 0.5
     log = c.get(f"{API}{routes.path(routes.JOB_LOGS, job_id=jid)}", headers=auth(user)).text
@@ -226,7 +223,7 @@ def test_an_honest_donor_passes_although_its_system_samples_fall_elsewhere_than_
     env, c = scheduler_env, scheduler_env.client
     user, jid, _donor = _donor_success(env, _with_system_samples(CURVE, every=0.5, offset=-0.3))
     _pool_replays(env, jid, _with_system_samples(CURVE, every=1.0, offset=0.2))
-    job = _job(c, user, jid)
+    job = job_view(c, user, jid)
     assert job["state"] == "succeeded" and job["attempts"][0]["validation"] == "validated", job
 
 
@@ -236,10 +233,10 @@ def test_a_mismatch_marks_the_attempt_unverified_requeues_elsewhere_and_bans_the
     env, c = scheduler_env, scheduler_env.client
     user, jid, donor = _donor_success(env, posted, gpu=True)
     pool, _ = _pool_replays(env, jid, CURVE, gpu=True)
-    job = _job(c, user, jid)
+    job = job_view(c, user, jid)
     assert job["state"] == "queued" and job["attempts"][0]["validation"] == "unverified"
     assert "failed its spot check" in job["pending_reason"]
-    w = _workers(c, user)["donor"]
+    w = workers_by_name(c, user)["donor"]
     assert w["reputation"] < env.settings.min_reputation
     assert w["gpu_hours"] == 0.0 and w["pending_gpu_hours"] == 0.0, "a failed check forfeits the pending credit"
     log = c.get(f"{API}{routes.path(routes.JOB_LOGS, job_id=jid)}", headers=auth(user)).text
@@ -248,9 +245,9 @@ def test_a_mismatch_marks_the_attempt_unverified_requeues_elsewhere_and_bans_the
     # the donor gets nothing more, not this job and not a new one; the pool takes the job
     second = submit_script(c, user, GPU_JOB).json()["id"]
     assert donor.heartbeat().status_code == 200 and pool.heartbeat().status_code == 200  # both live and idle
-    _dispatch(env)
-    assert _job(c, user, jid)["attempts"][1]["worker_id"] == pool.worker_id
-    assert _job(c, user, second)["state"] == "queued"
+    dispatch_once(env)
+    assert job_view(c, user, jid)["attempts"][1]["worker_id"] == pool.worker_id
+    assert job_view(c, user, second)["state"] == "queued"
 
 
 def test_cancelling_a_validating_job_ends_it_at_once(scheduler_env):
@@ -266,7 +263,7 @@ def test_trusted_pools_are_not_sampled(scheduler_env):
     pool = InProcessWorker(c, create_worker_token(c, "platform", trusted=True), "pool", [cpu_group()])
     pool.register()
     jid = submit_script(c, user, CPU_JOB).json()["id"]
-    _dispatch(env)
+    dispatch_once(env)
     assert pool.start(jid, 1).json()["env"] == {"TWINKLE_DETERMINISTIC": "1"}
     assert pool.finish(jid, 1).json()["state"] == "succeeded"
 
@@ -277,16 +274,16 @@ def test_with_no_live_trusted_worker_a_donors_success_is_not_held_for_a_check_no
     donor = InProcessWorker(c, create_worker_token(c, "donor"), "donor", [gpu_group(1)])
     donor.register()
     jid = submit_script(c, user, GPU_JOB).json()["id"]
-    _dispatch(env)
+    dispatch_once(env)
     assert donor.start(jid, 1).status_code == 200
     assert donor.metrics(jid, 1, CURVE).status_code == 200
     _ran_for(env, jid, 1, hours=1.0)
     assert donor.finish(jid, 1).json()["state"] == "succeeded"
-    job = _job(c, user, jid)
+    job = job_view(c, user, jid)
     assert job["state"] == "succeeded" and job["attempts"][0]["validation"] is None
     with env.rt.db.session() as s:
         assert s.scalar(sa.select(JobModel.id).where(JobModel.replay_of == jid)) is None
-    w = _workers(c, user)["donor"]
+    w = workers_by_name(c, user)["donor"]
     assert w["gpu_hours"] == 0.0 and w["pending_gpu_hours"] == pytest.approx(1.0, abs=0.01), (
         "unchecked work is not credited"
     )
@@ -305,12 +302,12 @@ def test_a_replay_no_trusted_worker_takes_in_time_is_dropped_and_the_job_succeed
 
     [ended] = dispatch.expire_replays(env.rt.db, policy)
     events.requeued(env.rt.db, env.rt.redis, env.rt.storage, [ended])
-    job = _job(c, user, jid)
+    job = job_view(c, user, jid)
     assert job["state"] == "succeeded" and job["attempts"][0]["validation"] == "inconclusive"
     with env.rt.db.session() as s:
         row = s.get(JobModel, replay.id)
         assert row is not None and row.state == "cancelled" and "no trusted worker took it" in (row.error or "")
-    w = _workers(c, user)["donor"]
+    w = workers_by_name(c, user)["donor"]
     assert w["reputation"] == pytest.approx(0.5) and w["gpu_hours"] == 0.0, "no evidence: no reward, no penalty"
     log = c.get(f"{API}{routes.path(routes.JOB_LOGS, job_id=jid)}", headers=auth(user)).text
     assert "no trusted worker took it" in log and "not validated" in log
@@ -390,7 +387,7 @@ def test_a_worker_reporting_success_without_running_is_caught_and_the_job_succee
                headers=auth(user))
     assert r.status_code == 201, r.text
     jid = r.json()["id"]
-    _dispatch(env)
+    dispatch_once(env)
 
     # the cheater downloads nothing, runs nothing: made-up metrics, then "succeeded"
     assert cheat.start(jid, 1).status_code == 200
@@ -398,13 +395,13 @@ def test_a_worker_reporting_success_without_running_is_caught_and_the_job_succee
     assert cheat.metrics(jid, 1, fake).status_code == 200
     with _a_trusted_worker_is_live(env):
         assert cheat.finish(jid, 1).json()["state"] == "validating"
-    assert _job(c, user, jid)["state"] == "validating", "not succeeded while its result is unchecked"
+    assert job_view(c, user, jid)["state"] == "validating", "not succeeded while its result is unchecked"
 
     # the platform's pool replays the first 3 steps for real, with the same seed and data
     pool_token = create_worker_token(c, "platform", trusted=True)
     pool = InProcessWorker(c, pool_token, "pool", [cpu_group()])
     pool.register()
-    _dispatch(env)
+    dispatch_once(env)
     executor = _real_executor(env, pool_token, tmp_path, tiny_model_dir.parent)
     replay = _replay_of(env, jid)
     result = executor.run_attempt(replay.id, 1)
@@ -413,18 +410,18 @@ def test_a_worker_reporting_success_without_running_is_caught_and_the_job_succee
         steps = [m for (m,) in s.execute(sa.text(f"SELECT step FROM metrics WHERE job_id = '{replay.id}'"))]
     assert steps and max(steps) == 3, f"the replay stops after step 3 (TWINKLE_STOP_AFTER_STEPS): {steps}"
 
-    job = _job(c, user, jid)
+    job = job_view(c, user, jid)
     assert job["state"] == "queued" and job["attempts"][0]["validation"] == "unverified", job
-    assert _workers(c, user)["cheater"]["reputation"] < env.settings.min_reputation
+    assert workers_by_name(c, user)["cheater"]["reputation"] < env.settings.min_reputation
 
     # requeued on the honest worker, run for real; a trusted pool's success is final
     assert pool.heartbeat().status_code == 200  # the replay outlasted the test's 5 s lease
-    _dispatch(env)
-    job = _job(c, user, jid)
+    dispatch_once(env)
+    job = job_view(c, user, jid)
     assert job["attempt"] == 2 and job["worker_id"] == pool.worker_id, job
     result = executor.run_attempt(jid, 2)
     assert result is not None and result.state == "succeeded", result
-    job = _job(c, user, jid)
+    job = job_view(c, user, jid)
     assert job["state"] == "succeeded" and job["attempts"][1]["worker_id"] == pool.worker_id
     records = c.get(f"{API}{routes.path(routes.JOB_METRICS, job_id=jid)}", headers=auth(user)).json()["records"]
     # training records only: the worker's sys/ system-use samples (issue 18) carry no loss
@@ -441,13 +438,13 @@ def test_a_reputable_donor_that_fails_a_check_keeps_working_but_never_gets_that_
     # the pool offers 2 ranks: for these 1-rank jobs the donor's 1-rank slot is the best fit, so only the rule
     # keeps the job away from it
     pool, _ = _pool_replays(env, jid, CURVE, gpu=True, ranks=2)
-    assert _workers(c, user)["donor"]["reputation"] == pytest.approx(0.5)
+    assert workers_by_name(c, user)["donor"]["reputation"] == pytest.approx(0.5)
     second = submit_script(c, user, GPU_JOB).json()["id"]
     for w in (donor, pool):
         assert w.heartbeat().status_code == 200
-    _dispatch(env)
-    assert _job(c, user, jid)["worker_id"] == pool.worker_id, "the job never goes back to the donor it caught"
-    assert _job(c, user, second)["worker_id"] == donor.worker_id, "the donor still gets other work"
+    dispatch_once(env)
+    assert job_view(c, user, jid)["worker_id"] == pool.worker_id, "the job never goes back to the donor it caught"
+    assert job_view(c, user, second)["worker_id"] == donor.worker_id, "the donor still gets other work"
 
 
 def test_a_replay_goes_only_to_a_trusted_worker_and_never_holds_up_the_owners_jobs(scheduler_env):
@@ -456,17 +453,17 @@ def test_a_replay_goes_only_to_a_trusted_worker_and_never_holds_up_the_owners_jo
     other = InProcessWorker(c, create_worker_token(c, "bob"), "other-donor", [cpu_group()])
     other.register()
     assert donor.heartbeat().status_code == 200
-    _dispatch(env)
+    dispatch_once(env)
     replay = _replay_of(env, jid)
     with env.rt.db.session() as s:
         row = s.get(JobModel, replay.id)
         assert row is not None and row.state == "queued" and row.pending_reason == "waiting for a free trusted worker"
     later = submit_script(c, user, CPU_JOB).json()["id"]
-    _dispatch(env)
-    assert _job(c, user, later)["state"] == "assigned", "the owner's next job is not stuck behind the replay"
+    dispatch_once(env)
+    assert job_view(c, user, later)["state"] == "assigned", "the owner's next job is not stuck behind the replay"
     pool = InProcessWorker(c, create_worker_token(c, "platform", trusted=True), "pool", [cpu_group()])
     pool.register()
-    _dispatch(env)
+    dispatch_once(env)
     assert pool.start(replay.id, 1).status_code == 200
 
 
@@ -484,17 +481,17 @@ def test_an_honest_donor_running_the_real_example_is_validated_by_the_real_repla
                headers=auth(user))
     assert r.status_code == 201, r.text
     jid = r.json()["id"]
-    _dispatch(env)
+    dispatch_once(env)
     honest = _real_executor(env, donor_token, tmp_path, tiny_model_dir.parent, sys_sample_s=0.2)
     with _a_trusted_worker_is_live(env):
         result = honest.run_attempt(jid, 1)
     assert result is not None and result.state == "succeeded", result
-    assert _job(c, user, jid)["state"] == "validating"
+    assert job_view(c, user, jid)["state"] == "validating"
 
     pool_token = create_worker_token(c, "platform", trusted=True)
     pool = InProcessWorker(c, pool_token, "pool", [cpu_group()])
     pool.register()
-    _dispatch(env)
+    dispatch_once(env)
     replay = _replay_of(env, jid)
     result = _real_executor(env, pool_token, tmp_path, tiny_model_dir.parent, sys_sample_s=0.2).run_attempt(
         replay.id, 1)
@@ -503,7 +500,7 @@ def test_an_honest_donor_running_the_real_example_is_validated_by_the_real_repla
         samples = s.scalar(sa.text(f"SELECT count(*) FROM metrics WHERE job_id = '{jid}'"))
     assert samples > 6, "the donor posted system samples besides its 6 training records"
 
-    job = _job(c, user, jid)
+    job = job_view(c, user, jid)
     assert job["state"] == "succeeded" and job["attempts"][0]["validation"] == "validated", job
-    donor_row = _workers(c, user)["donor"]
+    donor_row = workers_by_name(c, user)["donor"]
     assert donor_row["validated_attempts"] == 1 and donor_row["reputation"] > 0.5
