@@ -37,7 +37,9 @@ def scheduled_tasks(rt: Runtime) -> list[Periodic]:
 
     def reap() -> object:
         res = dispatch.reap(rt.db, start_deadline_s=s.start_deadline_s, max_attempts=s.max_attempts, gate=gate)
-        ended = res.requeued + dispatch.expire_replays(rt.db, policy) + dispatch.expire_canaries(rt.db, policy)
+        ended = res.requeued + dispatch.expire_replays(rt.db, policy)
+        if gate.may_expire():  # a canary cut off by an API outage is no failure of its donor
+            ended += dispatch.expire_canaries(rt.db, policy)
         events.requeued(rt.db, rt.redis, rt.storage, ended)
         for item in ended:
             log.info("job %s: %s", item.job_id, item.message)

@@ -248,6 +248,26 @@ def test_a_canary_not_finished_in_time_fails_its_worker(scheduler_env):
     assert donor.heartbeat([(job.id, 1)]).json()["cancel"] == [{"job_id": job.id, "attempt": 1}]
 
 
+def test_a_canary_cut_off_by_an_api_outage_does_not_fail_its_donor(scheduler_env):
+    """The dispatcher fails overdue canaries only once it has seen the platform healthy for a full lease (the
+    lease gate of ``scheduler.services.liveness``): a fresh dispatcher, as after an outage, fails none."""
+    from scheduler.tasks.dispatcher import scheduled_tasks
+
+    env, c = scheduler_env, scheduler_env.client
+    user = create_user(c, "alice")
+    donor = _two_slot_donor(c)
+    dispatch_once(env)
+    job = _canary_of(env, donor)
+    assert donor.start(job.id, 1).status_code == 200
+    with env.rt.db.session() as s:
+        s.execute(sa.update(JobModel).where(JobModel.id == job.id).values(
+            assigned_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=env.settings.canary_timeout_s + 1)))
+        s.commit()
+    reap = next(t for t in scheduled_tasks(env.rt) if t.name == "reap")
+    reap.run()
+    assert workers_by_name(c, user)["donor"]["canary"]["state"] == "pending"
+
+
 def _real_executor(env: Any, token: str, tmp_path: Any) -> Any:
     """The real worker's AttemptExecutor (child process, metrics tailing, outbox), no sandbox, talking to the app."""
     import httpx
