@@ -248,3 +248,23 @@ def start_cpu_job(env: Any) -> tuple[Any, str, InProcessWorker, str]:
     dispatch.dispatch_round(env.rt.db, env.rt.redis)
     assert w.start(jid, 1).status_code == 200
     return c, user, w, jid
+
+
+def real_executor(env: Any, token: str, work_dir: Path, **worker_settings: Any) -> Any:
+    """The real worker's ``AttemptExecutor`` (child process, metrics tailing, outbox), no sandbox, speaking to the
+    in-process app of ``env`` through its test client; ``worker_settings`` override ``WorkerSettings``."""
+    import httpx
+
+    from worker.client import WorkerClient
+    from worker.settings import WorkerSettings
+    from worker.tasks import AttemptExecutor
+
+    c = env.client
+
+    def to_app(request: httpx.Request) -> httpx.Response:
+        r = c.request(request.method, request.url.raw_path.decode(), content=request.content, headers=request.headers)
+        return httpx.Response(r.status_code, content=r.content, headers=r.headers)
+
+    client = WorkerClient("http://testserver", token, transport=httpx.MockTransport(to_app), retries=2, backoff_s=0.1)
+    settings = WorkerSettings(**{"work_dir": work_dir, "log_flush_interval_s": 0.2, **worker_settings})
+    return AttemptExecutor(client, settings)

@@ -21,6 +21,7 @@ from scheduler.testing import (
     create_worker_token,
     dispatch_once,
     job_view,
+    real_executor,
     submit_script,
     workers_by_name,
 )
@@ -268,24 +269,6 @@ def test_a_canary_cut_off_by_an_api_outage_does_not_fail_its_donor(scheduler_env
     assert workers_by_name(c, user)["donor"]["canary"]["state"] == "pending"
 
 
-def _real_executor(env: Any, token: str, tmp_path: Any) -> Any:
-    """The real worker's AttemptExecutor (child process, metrics tailing, outbox), no sandbox, talking to the app."""
-    import httpx
-
-    from worker.client import WorkerClient
-    from worker.settings import WorkerSettings
-    from worker.tasks import AttemptExecutor
-
-    c = env.client
-
-    def to_app(request: httpx.Request) -> httpx.Response:
-        r = c.request(request.method, request.url.raw_path.decode(), content=request.content, headers=request.headers)
-        return httpx.Response(r.status_code, content=r.content, headers=r.headers)
-
-    client = WorkerClient("http://testserver", token, transport=httpx.MockTransport(to_app), retries=2, backoff_s=0.1)
-    return AttemptExecutor(client, WorkerSettings(work_dir=tmp_path / "pool", log_flush_interval_s=0.2))
-
-
 @pytest.mark.slow
 def test_the_real_worker_runs_the_real_canary_and_its_curve_is_the_platforms(scheduler_env, tmp_path):
     """The script, run by the real executor (torch, metrics file, tailing, POST /metrics), reports the very curve
@@ -297,7 +280,7 @@ def test_the_real_worker_runs_the_real_canary_and_its_curve_is_the_platforms(sch
     donor.register()
     dispatch_once(env)
     job = _canary_of(env, donor)
-    result = _real_executor(env, token, tmp_path).run_attempt(job.id, 1)
+    result = real_executor(env, token, tmp_path / "pool").run_attempt(job.id, 1)
     assert result is not None and result.state == "succeeded", result
     shown = workers_by_name(c, user)["donor"]
     assert shown["canary"]["state"] == "passed", shown["canary"]

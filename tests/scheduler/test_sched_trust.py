@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -24,6 +23,7 @@ from scheduler.testing import (
     create_worker_token,
     dispatch_once,
     job_view,
+    real_executor,
     submit_script,
     workers_by_name,
 )
@@ -358,21 +358,7 @@ def _bundle() -> bytes:
 
 
 def _real_executor(env: Any, token: str, tmp_path: Any, assets_dir: Any, sys_sample_s: float = 5.0) -> Any:
-    """The real worker's AttemptExecutor (child process, outbox, metrics tailing), no sandbox, talking to the app."""
-    from worker.client import WorkerClient
-    from worker.settings import WorkerSettings
-    from worker.tasks import AttemptExecutor
-
-    c = env.client
-
-    def to_app(request: httpx.Request) -> httpx.Response:
-        r = c.request(request.method, request.url.raw_path.decode(), content=request.content, headers=request.headers)
-        return httpx.Response(r.status_code, content=r.content, headers=r.headers)
-
-    client = WorkerClient("http://testserver", token, transport=httpx.MockTransport(to_app), retries=2, backoff_s=0.1)
-    settings = WorkerSettings(work_dir=tmp_path / token[-8:], assets_dir=str(assets_dir), log_flush_interval_s=0.2,
-                              sys_sample_s=sys_sample_s)
-    return AttemptExecutor(client, settings)
+    return real_executor(env, token, tmp_path / token[-8:], assets_dir=str(assets_dir), sys_sample_s=sys_sample_s)
 
 
 @pytest.mark.slow
