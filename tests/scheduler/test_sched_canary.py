@@ -229,19 +229,28 @@ def test_a_restart_keeps_a_passed_canary_and_a_canary_cut_short_is_drawn_again(s
     assert job_view(c, user, jid)["worker_id"] == donor.worker_id
 
 
-def test_a_canary_not_finished_in_time_fails_its_worker(scheduler_env):
-    env, c = scheduler_env, scheduler_env.client
-    user = create_user(c, "alice")
-    donor = _two_slot_donor(c)
+def _a_started_canary(env: Any) -> tuple[str, InProcessWorker, JobModel]:
+    user = create_user(env.client, "alice")
+    donor = _two_slot_donor(env.client)
     dispatch_once(env)
     job = _canary_of(env, donor)
     assert donor.start(job.id, 1).status_code == 200
-    policy = ReplayPolicy.from_settings(env.settings)
-    assert dispatch.expire_canaries(env.rt.db, policy) == [], "a fresh canary runs on"
+    return user, donor, job
+
+
+def _overdue(env: Any, job: JobModel) -> None:
     with env.rt.db.session() as s:
         s.execute(sa.update(JobModel).where(JobModel.id == job.id).values(
-            assigned_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=policy.canary_timeout_s + 1)))
+            assigned_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=env.settings.canary_timeout_s + 1)))
         s.commit()
+
+
+def test_a_canary_not_finished_in_time_fails_its_worker(scheduler_env):
+    env, c = scheduler_env, scheduler_env.client
+    user, donor, job = _a_started_canary(env)
+    policy = ReplayPolicy.from_settings(env.settings)
+    assert dispatch.expire_canaries(env.rt.db, policy) == [], "a fresh canary runs on"
+    _overdue(env, job)
     [ended] = dispatch.expire_canaries(env.rt.db, policy)
     assert ended.job_id == job.id and ended.job_state == "failed"
     shown = workers_by_name(c, user)["donor"]
@@ -255,15 +264,8 @@ def test_a_canary_cut_off_by_an_api_outage_does_not_fail_its_donor(scheduler_env
     from scheduler.tasks.dispatcher import scheduled_tasks
 
     env, c = scheduler_env, scheduler_env.client
-    user = create_user(c, "alice")
-    donor = _two_slot_donor(c)
-    dispatch_once(env)
-    job = _canary_of(env, donor)
-    assert donor.start(job.id, 1).status_code == 200
-    with env.rt.db.session() as s:
-        s.execute(sa.update(JobModel).where(JobModel.id == job.id).values(
-            assigned_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=env.settings.canary_timeout_s + 1)))
-        s.commit()
+    user, _donor, job = _a_started_canary(env)
+    _overdue(env, job)
     reap = next(t for t in scheduled_tasks(env.rt) if t.name == "reap")
     reap.run()
     assert workers_by_name(c, user)["donor"]["canary"]["state"] == "pending"
