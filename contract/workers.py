@@ -29,7 +29,7 @@ class OfferedGroup(BaseModel):
 class DevicesInUse(BaseModel):
     """Devices of one offered group that one job holds (indexes 0..ranks-1 within the group)."""
 
-    job_id: str
+    job_id: str | None = Field(description="the job holding them when it is the caller's; null for another user's")
     group: str
     devices: list[int]
 

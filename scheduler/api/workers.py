@@ -152,9 +152,10 @@ async def approve(worker_id: WorkerIdPath, _admin: AdminDep, rt: RuntimeDep) -> 
 
 
 @router.get(routes.WORKERS, response_model=WorkerList)
-def list_workers(_user: CurrentUser, session: SessionDep) -> WorkerList:
+def list_workers(user: CurrentUser, session: SessionDep) -> WorkerList:
     """Donors and pools: offered DeviceGroups, isolation, state, last heartbeat, jobs run, the hardware probe, GPU-hours
-    credited (validated) and pending (waiting for a spot check), reputation and validated attempts."""
+    credited (validated) and pending (waiting for a spot check), reputation and validated attempts. The devices
+    each active job holds name the job only when it is the caller's."""
     return WorkerList(
         items=[
             Worker(
@@ -183,6 +184,6 @@ def list_workers(_user: CurrentUser, session: SessionDep) -> WorkerList:
                 canary=None if i.worker.canary_state is None else CanaryStatus(
                     state=cast(CanaryStateName, i.worker.canary_state), detail=i.worker.canary_detail or ""),
             )
-            for i in workers_service.list_workers(session)
+            for i in workers_service.list_workers(session, user.id)
         ]
     )

@@ -235,7 +235,8 @@ class WorkerInfo:
     pending_seconds: float = 0.0  # device-seconds waiting for a spot check
     approved: bool = True
     status: str = ""
-    devices_in_use: list[tuple[str, str, list[int]]] = field(default_factory=list)  # (job, group, devices)
+    # (job, group, devices); the job is None when it is not the viewer's (another user's job ids stay private)
+    devices_in_use: list[tuple[str | None, str, list[int]]] = field(default_factory=list)
 
 
 def _status(w: WorkerModel, tok: ApiTokenModel | None) -> str:
@@ -248,14 +249,15 @@ def _status(w: WorkerModel, tok: ApiTokenModel | None) -> str:
     return w.state
 
 
-def list_workers(session: Session) -> list[WorkerInfo]:
-    held: dict[str, list[tuple[str, Any]]] = {}
-    for job_id, worker_id, slots in session.execute(
-        sa.select(JobModel.id, JobModel.worker_id, JobModel.slots)
+def list_workers(session: Session, viewer_id: str | None = None) -> list[WorkerInfo]:
+    """Every worker, with the devices each active job holds; only ``viewer_id``'s own jobs are named."""
+    held: dict[str, list[tuple[str | None, Any]]] = {}
+    for job_id, user_id, worker_id, slots in session.execute(
+        sa.select(JobModel.id, JobModel.user_id, JobModel.worker_id, JobModel.slots)
         .where(JobModel.state.in_([s.value for s in ACTIVE_JOB_STATES]), JobModel.worker_id.is_not(None))
         .order_by(JobModel.assigned_at, JobModel.id)
     ):
-        held.setdefault(worker_id, []).append((job_id, slots))
+        held.setdefault(worker_id, []).append((job_id if user_id == viewer_id else None, slots))
     workers = session.scalars(sa.select(WorkerModel).order_by(WorkerModel.registered_at)).all()
     pending = pending_seconds(session)
     tokens = {

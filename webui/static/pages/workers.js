@@ -64,7 +64,9 @@ function devicesInUse(w) {
   return h(
     'ul',
     { class: 'plain-list small devices-in-use', 'aria-label': 'Devices in use' },
-    held.map((u) => h('li', { dataset: { jobId: u.job_id } }, h('span', { class: 'mono' }, u.job_id), `: ${u.group} device${u.devices.length === 1 ? '' : 's'} ${u.devices.join(', ')}`)),
+    held.map((u) => h('li', { dataset: { jobId: u.job_id || '' } },
+      u.job_id ? h('span', { class: 'mono' }, u.job_id) : h('span', { class: 'muted' }, "another user's job"),
+      `: ${u.group} device${u.devices.length === 1 ? '' : 's'} ${u.devices.join(', ')}`)),
   );
 }
 
