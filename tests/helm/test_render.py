@@ -218,7 +218,7 @@ def test_notes_tell_how_to_reach_the_api_and_create_a_user(render):
     assert "/api/v1/users" in notes and '{"name": "alice"}' in notes
     assert "deploy/demo-twinkle-api -c api -- twinkle-scheduler create-user alice" in notes
     # how to add GPUs when no pool is configured yet
-    assert "twinkle-scheduler create-worker-token my-lab -q" in notes
+    assert "twinkle-scheduler create-worker-token my-lab --pool --trusted -q" in notes
 
     with_ingress = render(_values("gpu-pool")).notes
     assert "export TWINKLE_API_URL=https://twinkle.lab.example.org" in with_ingress
