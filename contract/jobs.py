@@ -239,6 +239,16 @@ SYS_METRIC_PREFIX = "sys/"
 """Metrics the worker samples itself (not the script), e.g. ``sys/cpu_percent``, ``sys/rss_bytes``,
 ``sys/gpu0/util_percent``, ``sys/gpu0/memory_bytes``; chart them against ``ts``."""
 
+MetricSeries = Literal["all", "training", "system"]
+"""Which records ``GET /jobs/{id}/metrics?series=`` returns: every one, the script's (training), or the worker's
+``sys/`` samples (system), as W&B keeps system metrics apart from the run's own."""
+
+
+def is_system_record(metrics: dict[str, Any]) -> bool:
+    """A record of the worker's ``sys/`` samples only (the script's records may carry ``sys/`` keys besides its
+    own; those count as training)."""
+    return bool(metrics) and all(str(k).startswith(SYS_METRIC_PREFIX) for k in metrics)
+
 
 class LogEntry(BaseModel):
     """One log line with its attempt, time and stream (``GET /jobs/{id}/logs?format=json``, and the SSE

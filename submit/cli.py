@@ -477,6 +477,9 @@ def metrics(
     as_csv: Annotated[bool, typer.Option("--csv", help="Every record as CSV (attempt,step,ts,<metrics>)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Every record as JSON")] = False,
     system: Annotated[bool, typer.Option("--system", help="Include the worker's sys/ samples in the table")] = False,
+    series: Annotated[
+        str, typer.Option(help="With --csv/--json: all, training (the script's records) or system (sys/ samples)")
+    ] = "all",
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -486,9 +489,9 @@ def metrics(
     def go() -> None:
         with _client(server, token) as client:
             if as_csv:
-                sys.stdout.write(client.metrics_csv(job_id))
+                sys.stdout.write(client.metrics_csv(job_id, series))
                 return
-            records = client.metrics(job_id)
+            records = client.metrics(job_id, series if as_json else "all")
         if as_json:
             print(json.dumps(records, indent=2))
             return

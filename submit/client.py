@@ -239,12 +239,13 @@ class Client:
         params = {"timestamps": "true"} if timestamps else None
         return self._request("GET", routes.path(routes.JOB_LOGS, job_id=job_id), params=params).text
 
-    def metrics(self, job_id: str) -> list[dict]:
-        return _parsed(MetricsResponse, self._request("GET", routes.path(routes.JOB_METRICS, job_id=job_id)))["records"]
-
-    def metrics_csv(self, job_id: str) -> str:
+    def metrics(self, job_id: str, series: str = "all") -> list[dict]:
         url = routes.path(routes.JOB_METRICS, job_id=job_id)
-        return self._request("GET", url, params={"format": "csv"}).text
+        return _parsed(MetricsResponse, self._request("GET", url, params={"series": series}))["records"]
+
+    def metrics_csv(self, job_id: str, series: str = "all") -> str:
+        url = routes.path(routes.JOB_METRICS, job_id=job_id)
+        return self._request("GET", url, params={"format": "csv", "series": series}).text
 
     def download_zip(
         self, job_id: str, dest_dir: Path, *, attempt: int | None = None, folder: str | None = None,

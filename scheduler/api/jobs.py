@@ -14,6 +14,7 @@ from contract.jobs import (
     JobList,
     LogEntries,
     LogEntry,
+    MetricSeries,
     MetricsResponse,
     ResubmitRequest,
 )
@@ -225,15 +226,20 @@ async def job_metrics(
     format: Annotated[
         Literal["json", "csv"], Query(description="json (default) or csv: attempt,step,ts,<metric names sorted>")
     ] = "json",
+    series: Annotated[
+        MetricSeries, Query(description="all (default); training: the script's records; system: the worker's sys/ "
+                            "samples")
+    ] = "all",
 ) -> Any:
     """Training metrics the job reported (``model.calculate_metric``), every attempt, in step order, plus the
     worker's samples of the job's processes under ``sys/`` (``sys/cpu_percent``, ``sys/rss_bytes``,
-    ``sys/gpu0/util_percent``, ...; chart those against ``ts``).
+    ``sys/gpu0/util_percent``, ...; chart those against ``ts``). ``?series=training`` or ``?series=system`` keeps
+    one kind.
 
     ``step`` is the optimizer step. To forward metrics elsewhere (W&B, MLflow, a dashboard), poll this route
     with the user's token and send the records you have not seen (the key ``(attempt, step, ts)`` is unique),
     or take ``?format=csv``."""
-    metrics = await rt.in_session(metrics_service.job_metrics, user, job_id)
+    metrics = await rt.in_session(metrics_service.job_metrics, user, job_id, series)
     if format == "csv":
         return Response(
             metrics_service.metrics_csv(metrics), media_type="text/csv; charset=utf-8",

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from contract.jobs import MetricRecord, MetricsResponse
+from contract.jobs import MetricRecord, MetricSeries, MetricsResponse, is_system_record
 from scheduler.db import MetricModel, UserModel
 from scheduler.services.jobs import get_job
 
@@ -25,13 +25,15 @@ def list_metrics(session: Session, job_id: str) -> list[MetricModel]:
     )
 
 
-def job_metrics(session: Session, user: UserModel, job_id: str) -> MetricsResponse:
-    """The metrics a job of ``user`` reported, every attempt, in step order (another user's job is 404)."""
+def job_metrics(session: Session, user: UserModel, job_id: str, series: MetricSeries = "all") -> MetricsResponse:
+    """The metrics a job of ``user`` reported, every attempt, in step order (another user's job is 404);
+    ``series`` keeps the script's records (training) or the worker's ``sys/`` samples (system) only."""
     job = get_job(session, user, job_id)
     return MetricsResponse(
         records=[
             MetricRecord(attempt=r.attempt, step=r.step, ts=r.ts, metrics=r.metrics)
             for r in list_metrics(session, job.id)
+            if series == "all" or is_system_record(r.metrics or {}) == (series == "system")
         ]
     )
 

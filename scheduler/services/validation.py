@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from contract.jobs import SYS_METRIC_PREFIX
+from contract.jobs import is_system_record
 from scheduler.db import (
     AttemptModel,
     JobKind,
@@ -160,7 +160,7 @@ def _records(session: Session, job_id: str, n: int) -> list[dict[str, Any]]:
             .where(MetricModel.job_id == job_id, MetricModel.attempt == n)
             .order_by(MetricModel.step, MetricModel.ts, MetricModel.id)
         )
-        if m and not all(str(k).startswith(SYS_METRIC_PREFIX) for k in m)
+        if m and not is_system_record(m)
     ]
 
 

@@ -210,6 +210,27 @@ def test_metrics_export_as_csv_with_every_metric_a_column_and_formulas_defused(s
     assert len(c.get(f"{API}/jobs/{jid}/metrics?format=json", headers=auth(user)).json()["records"]) == 3
 
 
+def test_metrics_series_keep_the_scripts_records_or_the_workers_system_samples_apart(scheduler_env):
+    c, user, w, jid = start_cpu_job(scheduler_env)
+    w.metrics(jid, 1, [
+        {"step": 1, "ts": 10.0, "metrics": {"loss": 2.5}},
+        {"step": 1, "ts": 10.5, "metrics": {"sys/cpu_percent": 97.5, "sys/rss_bytes": 1e9}},
+        {"step": 2, "ts": 11.0, "metrics": {"loss": 1.5, "sys/own_note": 1.0}},  # the script's: it has a loss
+    ])
+
+    def keys(series: str) -> list[list[str]]:
+        r = c.get(f"{API}/jobs/{jid}/metrics", params={"series": series}, headers=auth(user))
+        assert r.status_code == 200, r.text
+        return [sorted(rec["metrics"]) for rec in r.json()["records"]]
+
+    assert keys("training") == [["loss"], ["loss", "sys/own_note"]]
+    assert keys("system") == [["sys/cpu_percent", "sys/rss_bytes"]]
+    assert len(keys("all")) == 3
+    csv_rows = c.get(f"{API}/jobs/{jid}/metrics?format=csv&series=system", headers=auth(user)).text.splitlines()
+    assert csv_rows[0] == "attempt,step,ts,sys/cpu_percent,sys/rss_bytes" and len(csv_rows) == 2
+    assert c.get(f"{API}/jobs/{jid}/metrics?series=gpu", headers=auth(user)).status_code == 422
+
+
 # ---------------------------------------------------------------- checkpoint folder as one zip
 
 

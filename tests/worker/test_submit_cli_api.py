@@ -134,6 +134,8 @@ def test_metrics_table_and_csv(api, tmp_path, capsys):
     code, out, _ = cli(["metrics", job_id, "--csv"], capsys)
     rows = list(csv.reader(io.StringIO(out)))
     assert rows[0] == ["attempt", "step", "ts", "loss", "sys/cpu_percent"] and len(rows) == 4
+    code, out, _ = cli(["metrics", job_id, "--json", "--series", "training"], capsys)
+    assert code == 0 and [r["metrics"] for r in json.loads(out)] == [{"loss": 2.0}, {"loss": 1.5}]
 
 
 def test_download_says_where_the_files_landed_and_zip_saves_one_file(api, tmp_path, capsys):
