@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -9,6 +10,7 @@ import select
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from typing import Any
 
@@ -51,25 +53,49 @@ def headers() -> dict[str, str]:
     return out
 
 
-def _connection(url: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPConnection:
-    """This thread's connection to the server, reused while the server keeps it open.
+def _proxy_for(url: urllib.parse.SplitResult) -> urllib.parse.SplitResult | None:
+    """The proxy the environment names for ``url`` (``HTTP_PROXY``/``HTTPS_PROXY``, ``NO_PROXY`` honoured), the
+    same variables ``requests`` reads."""
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if not proxy or urllib.request.proxy_bypass(url.netloc):
+        return None
+    return urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+
+
+def _proxy_headers(proxy: urllib.parse.SplitResult) -> dict[str, str]:
+    if not proxy.username:
+        return {}
+    user = urllib.parse.unquote(proxy.username) + ":" + urllib.parse.unquote(proxy.password or "")
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(user.encode()).decode()}
+
+
+def _connection(url: urllib.parse.SplitResult, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+    """This thread's connection to the server, reused while the server keeps it open, and whether requests on it
+    name the absolute URL (plain HTTP through a proxy; HTTPS goes through a ``CONNECT`` tunnel instead).
 
     ``http.client`` rather than ``requests``: a training step is a few small calls, and ``requests`` costs
     about 1-2 ms of client CPU per call on top (bench/multitenant.py measures the client's share).
     """
-    key = (url.scheme, url.netloc)
+    proxy = _proxy_for(url)
+    key = (url.scheme, url.netloc, proxy.netloc if proxy else None)
     conn = getattr(state.local, "conn", None)
     if conn is not None and (getattr(state.local, "key", None) != key or _dropped(conn)):
         conn.close()
         conn = None
     if conn is None:
-        cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        conn = cls(url.netloc, timeout=timeout)
+        if proxy is None:
+            cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+            conn = cls(url.netloc, timeout=timeout)
+        elif url.scheme == "https":
+            conn = http.client.HTTPSConnection(proxy.netloc.rpartition("@")[2], timeout=timeout)
+            conn.set_tunnel(url.hostname or "", url.port, headers=_proxy_headers(proxy))
+        else:
+            conn = http.client.HTTPConnection(proxy.netloc.rpartition("@")[2], timeout=timeout)
         state.local.conn, state.local.key = conn, key
     conn.timeout = timeout
     if conn.sock is not None:
         conn.sock.settimeout(timeout)
-    return conn
+    return conn, proxy is not None and url.scheme != "https"
 
 
 def _dropped(conn: http.client.HTTPConnection) -> bool:
@@ -94,7 +120,11 @@ def request(method: str, path: str, body: Any = None, timeout: float = 600, **pa
     if body is not None:
         payload = json.dumps(body).encode()
         send["Content-Type"] = "application/json"
-    conn = _connection(url, timeout)
+    conn, absolute = _connection(url, timeout)
+    if absolute:  # through an HTTP proxy: the request line names the server
+        proxy = _proxy_for(url)
+        target = f"{url.scheme}://{url.netloc}{target}"
+        send.update(_proxy_headers(proxy) if proxy else {})
     try:
         conn.request(method, target, body=payload, headers=send)
         response = conn.getresponse()
