@@ -10,6 +10,7 @@ import json
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -43,7 +44,7 @@ class _Api(http.server.BaseHTTPRequestHandler):
 
 
 class _Proxy(http.server.BaseHTTPRequestHandler):
-    seen: list[tuple[str, str | None]] = []
+    seen: ClassVar[list[tuple[str, str | None]]] = []
 
     def do_GET(self) -> None:  # a forward proxy gets the absolute URL and forwards it
         type(self).seen.append((self.path, self.headers.get("Proxy-Authorization")))
