@@ -523,7 +523,7 @@ class JobRunner:
         how = spec.launch.describe if spec.launch is not None else f"python {spec.entrypoint}"
         started = (
             f"attempt {spec.attempt}: {how} "
-            f"(pid {self._proc.pid}, isolation {self.sandbox.isolation})"
+            f"(pid {self._proc.pid}, isolation {self.sandbox.isolation}; limits: {self.limits.describe()})"
         )
         self._lines.put(self._line("system", started))
         readers = [

@@ -219,7 +219,7 @@ class AttemptExecutor:
             max_line_chars=self.settings.max_log_line_chars,
             ledger=self.ledger,
             sandbox=self.sandbox,
-            limits=self.settings.limits(),
+            limits=self.settings.limits().share(devices.count, self.ranks),
             sys_sample_s=self.settings.sys_sample_s,
         )
         with self._lock:

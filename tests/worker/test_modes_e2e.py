@@ -114,7 +114,7 @@ def test_dp2_and_fsdp2_jobs_share_a_4_rank_worker_and_train_like_torchrun_by_han
     platform, assets_dir, tiny_model_dir, self_cognition_file, tmp_path
 ):
     # the assets exist before the worker starts (else it makes them first, and is not ready within a minute)
-    four_rank_worker(platform, tmp_path, assets_dir=str(assets_dir))
+    four_rank_worker(platform, tmp_path, assets_dir=str(assets_dir), memory_limit_gb="8")
     user = platform.create_user()
     bundles = {"dp2": sft_bundle(fsdp=False), "fsdp2": sft_bundle(fsdp=True)}
     jobs = {tag: submit_zip(platform, user, files, tag) for tag, files in bundles.items()}
@@ -149,6 +149,7 @@ def test_dp2_and_fsdp2_jobs_share_a_4_rank_worker_and_train_like_torchrun_by_han
         logs = job_logs(platform, user, job["id"])
         assert "torchrun --nproc_per_node 2" in logs
         assert "[rank 0] " in logs and "[rank 1] " in logs  # every rank's output, prefixed by its rank
+        assert "limits: memory 4 GiB" in logs, "2 of the pool's 4 ranks: half the worker's 8 GiB"
 
 
 SLEEPER = """

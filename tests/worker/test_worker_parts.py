@@ -192,3 +192,17 @@ def test_the_daemon_holds_one_claim_per_attempt_it_may_run_side_by_side(tmp_path
     settings = WorkerSettings(server_url="http://127.0.0.1:9", token="twk_w_x", work_dir=tmp_path, device_type="cpu",
                               ranks=ranks, share_devices=share, isolation="container", health_port=0)
     assert WorkerDaemon(settings, sandbox=create_sandbox("container")).concurrency == threads
+
+
+def test_an_attempt_gets_the_share_of_the_workers_limits_that_its_devices_are_of_the_pool():
+    from worker.sandbox import Limits
+
+    gib = 1024**3
+    whole = Limits(memory_bytes=16 * gib, pids=512, cpus=8.0, disk_bytes=40 * gib)
+    quarter = whole.share(1, 4)
+    assert (quarter.memory_bytes, quarter.cpus, quarter.disk_bytes, quarter.pids) == (4 * gib, 2.0, 10 * gib, 512)
+    assert whole.share(4, 4) == whole and whole.share(2, 1) == whole  # all of it (or an API older than pools)
+    assert Limits(cpus=2.0).share(1, 8).cpus == 1.0  # never below one CPU
+    assert Limits(memory_bytes=None).share(1, 2).memory_bytes is None
+    assert quarter.describe() == "memory 4 GiB, disk 10 GiB, 2 CPUs, 512 processes"
+    assert Limits().describe() == "none"

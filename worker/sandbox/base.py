@@ -17,7 +17,7 @@ import signal
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Literal
 
@@ -56,6 +56,33 @@ class Limits:
     pids: int | None = None
     cpus: float | None = None
     disk_bytes: int | None = None
+
+    def describe(self) -> str:
+        """``memory 4.8 GiB, disk 12.5 GiB, 2 CPUs, 4096 processes``: what the job's log tells its owner."""
+        parts = []
+        if self.memory_bytes is not None:
+            parts.append(f"memory {format_bytes(self.memory_bytes)}")
+        if self.disk_bytes is not None:
+            parts.append(f"disk {format_bytes(self.disk_bytes)}")
+        if self.cpus is not None:
+            parts.append(f"{self.cpus:g} CPU{'' if self.cpus == 1 else 's'}")
+        if self.pids is not None:
+            parts.append(f"{self.pids} processes")
+        return ", ".join(parts) or "none"
+
+    def share(self, held: int, offered: int) -> Limits:
+        """The part of the worker's limits an attempt holding ``held`` of its ``offered`` devices gets: memory,
+        CPUs and disk in proportion, so jobs side by side on a pool cannot starve each other (Slurm's
+        ``DefMemPerGPU`` idea); the process cap stays per attempt."""
+        if offered <= 0 or held >= offered:
+            return self
+        part = max(held, 1) / offered
+        return replace(
+            self,
+            memory_bytes=None if self.memory_bytes is None else int(self.memory_bytes * part),
+            cpus=None if self.cpus is None else max(1.0, self.cpus * part),
+            disk_bytes=None if self.disk_bytes is None else int(self.disk_bytes * part),
+        )
 
 
 @dataclass
