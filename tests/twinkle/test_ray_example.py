@@ -37,9 +37,9 @@ def ray_address():
 
 
 def _run(script: str, env: dict[str, str]) -> list[str]:
-    merged = {**os.environ, **KNOBS, **env}
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TWINKLE_MODE"):
-        merged.pop(var, None)
+    # the caller's variables win: popping TWINKLE_MODE after merging them ran every "Ray" run in local mode
+    inherited = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TWINKLE_MODE")}
+    merged = {**inherited, **KNOBS, **env}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / script)], env=merged, capture_output=True, text=True, timeout=540
     )
@@ -88,3 +88,19 @@ def test_the_usage_example_trains_under_ray_like_one_local_process(ray_address, 
     assert sorted(local_weights) == sorted(ray_weights) and local_weights
     for name, tensor in local_weights.items():
         assert (ray_weights[name] - tensor).abs().max().item() < 1e-5, name
+
+
+def test_a_replays_stop_switch_ends_a_ray_job_after_step_k(ray_address, tiny_model_dir, self_cognition_file, tmp_path):
+    """``TWINKLE_STOP_AFTER_STEPS=1`` in Ray mode: the actor writes step 1's record and leaves the marker, and the
+    driver exits with status 0 at its next remote call, before step 2 and before saving."""
+    import json
+
+    metrics = tmp_path / "metrics.jsonl"
+    lines = _run("self_cognition.py", {
+        "MODEL_ID": str(tiny_model_dir), "DATASET_ID": str(self_cognition_file), "TWINKLE_MODE": "ray",
+        "TWINKLE_OUTPUT_DIR": str(tmp_path / "ray"), "RAY_ADDRESS": ray_address,
+        "TWINKLE_STOP_AFTER_STEPS": "1", "TWINKLE_METRICS_FILE": str(metrics),
+    })
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records] == [1], records
+    assert sorted(_metrics(lines)) == [1] and not any(line.startswith("saved ") for line in lines), lines
