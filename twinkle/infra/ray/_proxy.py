@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from twinkle.infra._job_env import stop_driver_if_asked
 from twinkle.infra.ray._call_queue import CALLS, QueuedCall
 from twinkle.infra.ray._dispatch import dispatch_args, result_ranks
 from twinkle.infra.ray._errors import RemoteCallError
@@ -137,6 +138,7 @@ class RemoteProxy:
         return True
 
     def _invoke(self, name: str, options: dict[str, Any], args: tuple, kwargs: dict) -> Any:
+        stop_driver_if_asked()  # a platform replay's actors reached their last step (TWINKLE_STOP_AFTER_STEPS)
         CALLS.drain()
         label = f"{self._label}.{name}"
         args = tuple(resolve(a) for a in args)
