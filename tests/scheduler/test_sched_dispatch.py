@@ -224,6 +224,7 @@ def test_heartbeat_of_unknown_worker_and_dispatcher_tasks(setup):
     names = {t.name: t for t in scheduled_tasks(env.rt)}
     assert set(names) == {"reap", "match"}
     submit_script(c, user, CPU_JOB)
+    assert w.heartbeat().status_code == 200  # the test's short lease may have run out on a loaded machine
     assert len(names["match"].run().assigned) == 1
 
 

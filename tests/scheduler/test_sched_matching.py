@@ -115,9 +115,9 @@ def test_multi_group_job_takes_distinct_slots_on_one_worker():
 def test_plan_is_fast_for_10k_jobs_on_1k_workers():
     workers = [WorkerView(f"w{i}", tuple(gpu(1 + (i % 4) * 2, 24.0 + (i % 3) * 40) for _ in range(10))) for i in range(1000)]
     jobs = [job(f"j{i}", f"u{i % 50}", need(1 + i % 7, mem=float(i % 5) * 10)) for i in range(10_000)]
-    t = time.perf_counter()
+    t = time.process_time()  # CPU time: a loaded CI machine stretches wall time, not this
     p = plan(workers, jobs)
-    elapsed = time.perf_counter() - t
+    elapsed = time.process_time() - t
     assert len(p.assignments) + len(p.reasons) == 10_000
     assert len(p.assignments) > 5_000
     assert elapsed < 5.0, f"planning took {elapsed:.2f}s"
