@@ -78,9 +78,8 @@ def seed(database_url: str, owner_id: str, jobs: int, users: int = 10, queued: i
                         "attempt": 0 if state == "queued" else 1,
                         "worker_id": None,
                         "slots": None,
-                        "pending_reason": (
-                            "held: no registered worker offers 1 any ranks" if state == "queued" else None
-                        ),
+                        # waiting, not held: a held job (no registered worker could ever run it) has no position
+                        "pending_reason": "waiting for a free worker" if state == "queued" else None,
                         "error": None,
                         "created_at": created,
                         "queued_at": created,
@@ -196,7 +195,7 @@ def main() -> None:
             body = browser.get(first).json()
             assert body["total"] == args.jobs // 10 and len(body["items"]) == PAGE_SIZE, body["total"]
             positions = {j["id"]: j["queue_position"] for j in body["items"]}
-            assert sum(1 for p in positions.values() if p) == min(args.queued, PAGE_SIZE)
+            assert sum(1 for p in positions.values() if p) == min(args.queued, PAGE_SIZE), positions
             old_positions = {j["id"]: j["queue_position"] for j in old.get(first).json()["items"]}
             assert positions == old_positions, f"positions differ from the per-job path: {positions} {old_positions}"
 

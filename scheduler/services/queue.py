@@ -57,6 +57,7 @@ class _Queued:
     id: str
     user_id: str
     key: tuple[Any, ...]  # (created_at, id): the order within a user
+    fits: dict[str, int]  # live worker -> how many jobs of its request the worker could run at once
     signature: frozenset[str]  # live workers that could run it
 
 
@@ -64,10 +65,6 @@ class _Queued:
 class _Worker:
     view: matching.WorkerView
     running: list[dt.datetime]  # when each of its active jobs started (or was assigned)
-
-
-def _request_key(request: Any) -> str:
-    return json.dumps(request, sort_keys=True, default=str)
 
 
 def mean_duration_s(session: Session) -> float | None:
@@ -157,25 +154,28 @@ def estimates(session: Session, jobs: list[JobModel]) -> dict[str, Estimate]:
     workers = _live_workers(session)
     fits_cache: dict[str, dict[str, int]] = {}
 
-    def fitting(request: Any) -> dict[str, int]:
-        key = _request_key(request)
-        hit = fits_cache.get(key)
+    def fitting(raw: str | None) -> dict[str, int]:
+        # keyed by the stored JSON text: a queue holds few distinct requests, so most rows are never decoded
+        hit = fits_cache.get(raw or "")
         if hit is None:
-            req = request if isinstance(request, dict) else {}
+            req = json.loads(raw) if raw else {}
+            req = req if isinstance(req, dict) else {}
             needs = matching.needs_from_request(req)
             allow = bool(req.get("allow_unsandboxed"))
-            hit = fits_cache[key] = {
+            hit = fits_cache[raw or ""] = {
                 wid: n for wid, w in workers.items() if (n := _fits(w.view, needs, allow))
             }
         return hit
 
     queued = [
-        _Queued(jid, uid, (created, jid), frozenset(fitting(request)))
-        for jid, uid, created, request, reason in session.execute(
-            sa.select(JobModel.id, JobModel.user_id, JobModel.created_at, JobModel.request, JobModel.pending_reason)
+        _Queued(jid, uid, (created, jid), fits, frozenset(fits))
+        for jid, uid, created, raw, reason in session.execute(
+            sa.select(JobModel.id, JobModel.user_id, JobModel.created_at, sa.cast(JobModel.request, sa.Text),
+                      JobModel.pending_reason)
             .where(JobModel.state == JobState.QUEUED)
         )
         if not is_held(reason)
+        for fits in (fitting(raw),)
     ]
     by_id = {q.id: q for q in queued}
     mean_s = mean_duration_s(session)
@@ -193,7 +193,6 @@ def estimates(session: Session, jobs: list[JobModel]) -> dict[str, Estimate]:
                 [q for q in queued if q.signature & me.signature or not (q.signature or me.signature)]
             )
         position = _position(me, groups[me.signature])
-        fits = fitting(job.request)
-        slots = [(fits[wid], workers[wid].running) for wid in me.signature]
+        slots = [(me.fits[wid], workers[wid].running) for wid in me.signature]
         out[job.id] = Estimate(position, _expected_start(position - 1, slots, mean_s, now), False)
     return out
