@@ -64,7 +64,9 @@ def start_api(
     """The API alone (no dispatcher: nothing should run) on ``database_url``, running the code in ``source_root``;
     ``settings`` are scheduler settings (``api_workers=2``)."""
     stack = Stack(tmp, redis_url=redis_url, database_url=database_url, source_root=source_root,
-                  settings={"heartbeat_interval_s": HEARTBEAT_INTERVAL_S, "lease_s": LEASE_S, **settings})
+                  settings={"heartbeat_interval_s": HEARTBEAT_INTERVAL_S, "lease_s": LEASE_S,
+                            "queue_estimate_ttl_s": None,  # the code's own default, not the harness's exact 0
+                            **settings})
     try:
         stack.serve("--log-level", "warning")
     except BaseException:

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
             Tokens made for a trusted pool (``create-worker-token --pre-approved``) and ``up``'s local worker are
             approved when made.
         claim_wait_s: the longest a worker's claim (``POST /workers/{id}/claim``) waits for an assignment.
+        queue_estimate_ttl_s: queue positions and expected starts are computed from a read of the whole queue
+            shared by one API process's requests for this long (0: every request reads the queue), so a
+            submission or a page costs the same whatever the queue's length; estimates are this much stale.
         max_artifact_mb / max_attempt_artifacts_mb: largest file a worker may upload, and all files of one
             attempt together (413 ``quota_exceeded`` naming the limit, and a line in the job's log).
         max_log_post_kb / max_attempt_log_lines / max_attempt_log_mb: one log post's text, and one attempt's
@@ -139,6 +142,7 @@ class Settings(BaseSettings):
     canary_timeout_s: float = Field(default=600.0, gt=0)
     require_worker_approval: bool | None = None
     claim_wait_s: float = Field(default=20.0, gt=0, le=60)
+    queue_estimate_ttl_s: float = Field(default=2.0, ge=0, le=60)
     max_artifact_mb: float = Field(default=4096.0, gt=0)
     max_attempt_artifacts_mb: float = Field(default=32768.0, gt=0)
     max_log_post_kb: float = Field(default=1024.0, gt=0)

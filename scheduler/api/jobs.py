@@ -100,7 +100,7 @@ async def create_job(request: Request, user: CurrentUser, rt: RuntimeDep) -> Job
         fields.get("allow_unsandboxed"), rt.settings.archive_limits, fields.get("launcher"), fields.get("env"),
         fields.get("args"),
     )
-    return await rt.in_session(jobs_service.submit, rt.storage, user, sub)
+    return await rt.in_session(jobs_service.submit, rt.storage, user, sub, rt.settings.queue_estimate_ttl_s)
 
 
 @router.post(routes.JOB_RESUBMIT, status_code=201, response_model=Job)
@@ -110,7 +110,7 @@ async def resubmit_job(job_id: JobIdPath, body: ResubmitRequest, user: CurrentUs
     ``resubmitted_from`` names the original."""
     sub, key = await rt.in_session(jobs_service.prepare_resubmit, user, job_id, body)
     sub.bundle_zip = await rt.run(rt.storage.get_bytes, key)  # no storage call inside a DB transaction
-    return await rt.in_session(jobs_service.submit, rt.storage, user, sub)
+    return await rt.in_session(jobs_service.submit, rt.storage, user, sub, rt.settings.queue_estimate_ttl_s)
 
 
 @router.get(routes.JOBS, response_model=JobList)
@@ -128,14 +128,16 @@ async def list_jobs(
     weighs fair share (running jobs, last served), held jobs and free slot shapes, so the real order can
     differ. Positions for the whole page come from two database queries, whatever its size.
     """
-    return await rt.in_session(jobs_service.job_page, user, state, limit, offset, readonly=True)
+    return await rt.in_session(
+        jobs_service.job_page, user, state, limit, offset, rt.settings.queue_estimate_ttl_s, readonly=True
+    )
 
 
 @router.get(routes.JOB, response_model=Job)
 async def get_job(job_id: JobIdPath, user: CurrentUser, rt: RuntimeDep) -> Job:
     """One job with its attempts; while queued, ``queue_position`` (an estimate, see ``GET /jobs``) and
     ``pending_reason`` say why it waits."""
-    return await rt.in_session(jobs_service.job_view, user, job_id, readonly=True)
+    return await rt.in_session(jobs_service.job_view, user, job_id, rt.settings.queue_estimate_ttl_s, readonly=True)
 
 
 @router.post(routes.JOB_CANCEL, response_model=Job)

@@ -449,31 +449,34 @@ def inspect_upload(filename: str, data: bytes, entrypoint: str | None, limits: A
     )
 
 
-def views(session: Session, jobs: list[Any]) -> list[Job]:
-    """The jobs as the API shows them: queue estimates and worker names for the whole list at once."""
-    estimates = queue_service.estimates(session, jobs)
+def views(session: Session, jobs: list[Any], ttl_s: float = 0.0) -> list[Job]:
+    """The jobs as the API shows them: queue estimates (from a queue read at most ``ttl_s`` ago) and worker names
+    for the whole list at once."""
+    estimates = queue_service.estimates(session, jobs, ttl_s)
     names = worker_names(session, jobs)
     return [job_model_to_job(j, estimates.get(j.id), names) for j in jobs]
 
 
-def submit(session: Session, storage: Storage, user: UserModel, sub: Submission) -> Job:
+def submit(session: Session, storage: Storage, user: UserModel, sub: Submission, ttl_s: float = 0.0) -> Job:
     """Store a prepared submission and answer with the job as the API shows it (built from what was just
     inserted: no reload)."""
     job = create_job(session, storage, user, sub)
-    return views(session, [job])[0]
+    return views(session, [job], ttl_s)[0]
 
 
-def job_view(session: Session, user: UserModel, job_id: str) -> Job:
+def job_view(session: Session, user: UserModel, job_id: str, ttl_s: float = 0.0) -> Job:
     """One job with its queue position and expected start (while queued)."""
-    return views(session, [get_job(session, user, job_id)])[0]
+    return views(session, [get_job(session, user, job_id)], ttl_s)[0]
 
 
-def job_page(session: Session, user: UserModel, state: str | None, limit: int, offset: int) -> JobList:
+def job_page(
+    session: Session, user: UserModel, state: str | None, limit: int, offset: int, ttl_s: float = 0.0
+) -> JobList:
     """A page of the user's jobs, newest first, with queue estimates from a fixed number of queries."""
     items, attempts, total = list_jobs(session, user, state, limit, offset)
     # plain rows (no ORM objects: half the API CPU of a page), each carrying its attempt rows
     jobs = [SimpleNamespace(**row._mapping, attempts=attempts.get(row.id, [])) for row in items]
-    return JobList(items=views(session, jobs), total=total)
+    return JobList(items=views(session, jobs, ttl_s), total=total)
 
 
 def cancel_job_view(session: Session, user: UserModel, job_id: str) -> tuple[Job, bool]:

@@ -25,6 +25,8 @@ import bisect
 import datetime as dt
 import heapq
 import json
+import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -146,53 +148,98 @@ def _expected_start(
     return now + dt.timedelta(seconds=free[0])
 
 
-def estimates(session: Session, jobs: list[JobModel]) -> dict[str, Estimate]:
-    """Position, expected start and whether it is held, for each queued job of ``jobs`` (others are left out)."""
-    page = [j for j in jobs if j.state == JobState.QUEUED]
-    if not page:
-        return {}
-    workers = _live_workers(session)
-    fits_cache: dict[str, dict[str, int]] = {}
+class _Snapshot:
+    """What every estimate reads, taken once: live workers, the queued jobs, the mean duration, and (filled as
+    pages ask) the competitors of each signature by user. Shared for ``ttl_s`` by the requests of one process."""
 
-    def fitting(raw: str | None) -> dict[str, int]:
-        # keyed by the stored JSON text: a queue holds few distinct requests, so most rows are never decoded
-        hit = fits_cache.get(raw or "")
+    def __init__(self, session: Session) -> None:
+        self.taken = time.monotonic()
+        self.workers = _live_workers(session)
+        self._fits: dict[str, dict[str, int]] = {}
+        self.queued = [
+            self.queued_job(jid, uid, created, raw)
+            for jid, uid, created, raw, reason in session.execute(
+                sa.select(JobModel.id, JobModel.user_id, JobModel.created_at, sa.cast(JobModel.request, sa.Text),
+                          JobModel.pending_reason)
+                .where(JobModel.state == JobState.QUEUED)
+            )
+            if not is_held(reason)
+        ]
+        self.by_id = {q.id: q for q in self.queued}
+        self.mean_s = mean_duration_s(session)
+        self._groups: dict[frozenset[str], dict[str, list[tuple[Any, ...]]]] = {}
+        self._lock = threading.Lock()
+
+    def fits(self, raw: str | None) -> dict[str, int]:
+        """Live worker -> how many jobs of this request it could run at once, keyed by the stored JSON text: a
+        queue holds few distinct requests, so most rows are never decoded."""
+        hit = self._fits.get(raw or "")
         if hit is None:
             req = json.loads(raw) if raw else {}
             req = req if isinstance(req, dict) else {}
             needs = matching.needs_from_request(req)
             allow = bool(req.get("allow_unsandboxed"))
-            hit = fits_cache[raw or ""] = {
-                wid: n for wid, w in workers.items() if (n := _fits(w.view, needs, allow))
+            hit = self._fits[raw or ""] = {
+                wid: n for wid, w in self.workers.items() if (n := _fits(w.view, needs, allow))
             }
         return hit
 
-    queued = [
-        _Queued(jid, uid, (created, jid), fits, frozenset(fits))
-        for jid, uid, created, raw, reason in session.execute(
-            sa.select(JobModel.id, JobModel.user_id, JobModel.created_at, sa.cast(JobModel.request, sa.Text),
-                      JobModel.pending_reason)
-            .where(JobModel.state == JobState.QUEUED)
-        )
-        if not is_held(reason)
-        for fits in (fitting(raw),)
-    ]
-    by_id = {q.id: q for q in queued}
-    mean_s = mean_duration_s(session)
+    def queued_job(self, jid: str, uid: str, created: Any, raw: str | None) -> _Queued:
+        fits = self.fits(raw)
+        return _Queued(jid, uid, (created, jid), fits, frozenset(fits))
+
+    def competitors(self, signature: frozenset[str]) -> dict[str, list[tuple[Any, ...]]]:
+        """The queued jobs competing with a job of ``signature``, by user, each user's in order."""
+        with self._lock:
+            found = self._groups.get(signature)
+            if found is None:
+                # jobs no live worker fits now (none registered yet, say) wait for the same thing: any worker
+                found = self._groups[signature] = _by_user(
+                    [q for q in self.queued if q.signature & signature or not (q.signature or signature)]
+                )
+            return found
+
+
+_snapshots: dict[str, _Snapshot] = {}  # database URL -> the latest snapshot of this process
+_snapshots_lock = threading.Lock()
+
+
+def _snapshot(session: Session, ttl_s: float) -> _Snapshot:
+    if ttl_s <= 0:
+        return _Snapshot(session)
+    key = str(session.get_bind().engine.url)
+    with _snapshots_lock:
+        snap = _snapshots.get(key)
+    if snap is None or time.monotonic() - snap.taken > ttl_s:
+        snap = _Snapshot(session)  # two requests racing may both take one: harmless, the later one stays
+        with _snapshots_lock:
+            _snapshots[key] = snap
+    return snap
+
+
+def estimates(session: Session, jobs: list[Any], ttl_s: float = 0.0) -> dict[str, Estimate]:
+    """Position, expected start and whether it is held, for each queued job of ``jobs`` (others are left out).
+
+    ``ttl_s`` > 0: the queue, the workers and the competitor groups are read at most once per ``ttl_s`` per
+    process and shared (``QUEUE_ESTIMATE_TTL_S``), so a request costs what its page costs, not what the whole
+    queue does. A job queued since the snapshot (the one just submitted, say) is placed last among its user's."""
+    page = [j for j in jobs if j.state == JobState.QUEUED]
+    if not page:
+        return {}
+    snap = _snapshot(session, ttl_s)
     now = utcnow()
-    groups: dict[frozenset[str], dict[str, list[tuple[Any, ...]]]] = {}
     out: dict[str, Estimate] = {}
     for job in page:
-        me = by_id.get(job.id)
-        if me is None:  # held: the dispatcher found no worker that could ever run it
-            out[job.id] = Estimate(None, None, True)
-            continue
-        if me.signature not in groups:
-            # jobs no live worker fits now (none registered yet, say) wait for the same thing: any worker
-            groups[me.signature] = _by_user(
-                [q for q in queued if q.signature & me.signature or not (q.signature or me.signature)]
-            )
-        position = _position(me, groups[me.signature])
-        slots = [(me.fits[wid], workers[wid].running) for wid in me.signature]
-        out[job.id] = Estimate(position, _expected_start(position - 1, slots, mean_s, now), False)
+        me = snap.by_id.get(job.id)
+        if me is None:
+            if is_held(job.pending_reason):  # the dispatcher found no worker that could ever run it
+                out[job.id] = Estimate(None, None, True)
+                continue
+            me = snap.queued_job(job.id, job.user_id, job.created_at, json.dumps(job.request))
+        by_user = snap.competitors(me.signature)
+        if me.id not in snap.by_id:  # newer than the snapshot: after the user's other competing jobs
+            by_user = {**by_user, me.user_id: [*by_user.get(me.user_id, []), me.key]}
+        position = _position(me, by_user)
+        slots = [(me.fits[wid], snap.workers[wid].running) for wid in me.signature]
+        out[job.id] = Estimate(position, _expected_start(position - 1, slots, snap.mean_s, now), False)
     return out

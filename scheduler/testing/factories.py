@@ -30,6 +30,8 @@ def make_settings(tmp_path: Path, *, database_url: str | None = None, redis_url:
         replay_first_n=0,
         # no known-answer canary unless a test asks: most tests give a new donor a user's job at once
         canary_required=False,
+        # exact queue estimates: tests check positions right after the queue changed
+        queue_estimate_ttl_s=0.0,
     )
     values.update(overrides)
     return Settings(**values)

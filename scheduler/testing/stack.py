@@ -60,6 +60,8 @@ FAST_SETTINGS: dict[str, Any] = {
     "replay_fraction": 0.0,
     # no known-answer canary before a donor's first job (a stack that tests it sets this back to true)
     "canary_required": False,
+    # exact queue estimates (the pages tested show positions right after the queue changed)
+    "queue_estimate_ttl_s": 0.0,
 }
 """Scheduler settings a stack starts with (``Stack(**settings)`` overrides them): failures show within seconds."""
 

@@ -276,6 +276,35 @@ def test_a_checkpoint_folder_downloads_as_one_zip_from_s3(scheduler_env):
 # ---------------------------------------------------------------- the queue
 
 
+def test_a_shared_queue_snapshot_serves_estimates_without_reading_the_queue_and_places_new_jobs_last(
+    scheduler_env,
+):
+    """``QUEUE_ESTIMATE_TTL_S``: one read of the queue serves the requests that follow; a job queued since is
+    placed where a fresh read would place it (last among its user's), with no statement run."""
+    import sqlalchemy as sa
+
+    from scheduler.services.queue import estimates
+
+    env, c = scheduler_env, scheduler_env.client
+    alice, bob = create_user(c, "alice"), create_user(c, "bob")
+    InProcessWorker(c, create_worker_token(c), "cpu-box", [cpu_group()]).register()  # else they are held
+    first = [submit_script(c, u, CPU_JOB).json()["id"] for u in (alice, alice, bob)]
+    statements: list[str] = []
+    sa.event.listen(env.rt.db.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    with env.rt.db.session() as s:
+        jobs = [s.get(JobModel, j) for j in first]
+        fresh = estimates(s, jobs, 0.0)
+        assert [fresh[j].position for j in first] == [1, 3, 2]
+        assert estimates(s, jobs, 60.0) == fresh  # the snapshot is taken here
+    newer = submit_script(c, alice, CPU_JOB).json()["id"]
+    with env.rt.db.session() as s:
+        job = s.get(JobModel, newer)
+        statements.clear()
+        cached = estimates(s, [job], 60.0)
+        assert statements == [], "a warm snapshot answers without reading the queue"
+        assert cached[newer].position == estimates(s, [job], 0.0)[newer].position == 4
+
+
 def test_held_jobs_have_no_place_and_only_competitors_count(scheduler_env):
     c = scheduler_env.client
     alice, bob = create_user(c, "alice"), create_user(c, "bob")
