@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import threading
 
-import uvicorn
 from fastapi import FastAPI
 
 import webui
-from scheduler.testing.net import free_port
+from scheduler.testing.net import serving
 
 CHROMIUM = os.environ.get("TWINKLE_TEST_CHROMIUM", "/usr/bin/chromium")
 
@@ -59,29 +57,19 @@ def main() -> None:
 
     app = FastAPI()
     webui.mount(app)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        thread.join(0.05)
 
     from playwright.sync_api import sync_playwright
 
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM)
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.goto(f"http://127.0.0.1:{port}/login")
-            script = TIMING.replace("PREFIX", repr(f"/ui/{webui.asset_version()}"))
-            results = {}
-            for n in (50, args.points):
-                page.evaluate(script, [n, 3])  # warm-up: JIT and fonts
-                results[n] = page.evaluate(script, [n, args.samples])
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(app) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(f"{url}/login")
+        script = TIMING.replace("PREFIX", repr(f"/ui/{webui.asset_version()}"))
+        results = {}
+        for n in (50, args.points):
+            page.evaluate(script, [n, 3])  # warm-up: JIT and fonts
+            results[n] = page.evaluate(script, [n, args.samples])
+        browser.close()
 
     print(f"load average: {os.getloadavg()[0]:.2f} (1 min)")
     for kind in ("draw", "redraw"):

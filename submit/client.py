@@ -266,15 +266,9 @@ class Client:
                     raise _error(response)
                 name = _attachment_name(response.headers.get("content-disposition", "")) or f"{job_id}.zip"
                 dest = dest_dir / name
-                tmp = dest.with_name(dest.name + ".part")
-                with open(tmp, "wb") as f:
-                    for chunk in response.iter_bytes(1 << 20):
-                        f.write(chunk)
-                        if on_bytes:
-                            on_bytes(len(chunk))
+                _save_body(response, dest, on_bytes)
         except httpx.TransportError as exc:
             raise Unreachable(f"download of job {job_id}'s zip failed: {exc}") from exc
-        tmp.replace(dest)
         return dest
 
     def artifacts(self, job_id: str) -> list[dict]:
@@ -319,24 +313,29 @@ class Client:
         """Fetch a (presigned) artifact URL to ``dest``; relative URLs are resolved against the server."""
         absolute = urljoin(self.server + "/", url)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        total = 0
         try:
             # presigned URLs carry their own auth; our bearer token must not travel to a storage host
             with httpx.stream("GET", absolute, timeout=httpx.Timeout(60.0, read=300.0)) as response:
                 if response.is_error:
                     response.read()
                     raise _error(response)
-                with open(tmp, "wb") as f:
-                    for chunk in response.iter_bytes(1 << 20):
-                        f.write(chunk)
-                        total += len(chunk)
-                        if on_bytes:
-                            on_bytes(len(chunk))
+                return _save_body(response, dest, on_bytes)
         except httpx.TransportError as exc:
             raise Unreachable(f"download of {url} failed: {exc}") from exc
-        tmp.replace(dest)
-        return total
+
+
+def _save_body(response: httpx.Response, dest: Path, on_bytes: Callable[[int], None] | None) -> int:
+    """Stream the body into ``dest`` through ``dest.part``, so a cut download never looks whole; bytes written."""
+    tmp = dest.with_name(dest.name + ".part")
+    total = 0
+    with open(tmp, "wb") as f:
+        for chunk in response.iter_bytes(1 << 20):
+            f.write(chunk)
+            total += len(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+    tmp.replace(dest)
+    return total
 
 
 def _attachment_name(disposition: str) -> str | None:

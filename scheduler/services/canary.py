@@ -45,7 +45,6 @@ from scheduler.db import (
     JobKind,
     JobModel,
     JobState,
-    MetricModel,
     UserModel,
     WorkerModel,
     new_id,
@@ -53,7 +52,7 @@ from scheduler.db import (
 )
 from scheduler.services import matching
 from scheduler.services.requeue import Requeued
-from scheduler.services.validation import ReplayPolicy, compare
+from scheduler.services.validation import ReplayPolicy, compare, training_records
 from scheduler.storage import Storage, bundle_key
 
 PLATFORM_USER = "platform"  # owns the platform's own jobs; they are never in a user's job list
@@ -220,13 +219,8 @@ def drop_for(session: Session, worker_ids: Sequence[str], reason: str) -> None:
 
 
 def _losses(session: Session, job_id: str, n: int) -> list[dict[str, Any]]:
-    """The attempt's training records in order (the worker's ``sys/`` samples carry no loss and are skipped)."""
-    rows = session.scalars(
-        sa.select(MetricModel.metrics)
-        .where(MetricModel.job_id == job_id, MetricModel.attempt == n)
-        .order_by(MetricModel.step, MetricModel.ts, MetricModel.id)
-    )
-    return [dict(m) for m in rows if isinstance(m, dict) and "loss" in m]
+    """The attempt's records that carry a loss, in order (the worker's ``sys/`` samples carry none)."""
+    return [m for m in training_records(session, job_id, n) if "loss" in m]
 
 
 def _fail(worker: WorkerModel, detail: str) -> None:

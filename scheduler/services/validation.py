@@ -149,7 +149,7 @@ def start_replay(session: Session, job: JobModel, attempt: AttemptModel, steps: 
     return replay
 
 
-def _records(session: Session, job_id: str, n: int) -> list[dict[str, Any]]:
+def training_records(session: Session, job_id: str, n: int) -> list[dict[str, Any]]:
     """The attempt's training records in order. The worker's ``sys/`` samples are left out: they come every few
     seconds, so they fall between training records at different places in two honest runs and would shift the
     record-by-record comparison."""
@@ -222,8 +222,8 @@ def conclude(session: Session, replay: JobModel, replay_state: str, policy: Repl
     rtol = policy.rtol_gpu if gpu else policy.rtol_cpu
     now = utcnow()
     if replay_state == JobState.SUCCEEDED:
-        replayed = _records(session, replay.id, replay.attempt)
-        agree, detail = compare(_records(session, job.id, attempt.n), replayed, rtol)
+        replayed = training_records(session, replay.id, replay.attempt)
+        agree, detail = compare(training_records(session, job.id, attempt.n), replayed, rtol)
         if agree and not detail:
             attempt.validation = Validation.INCONCLUSIVE
             _settle(job, now)

@@ -23,7 +23,7 @@ from scheduler.testing.factories import (
     submit_script,
     workers_by_name,
 )
-from scheduler.testing.net import free_port, wait_for, wait_for_port
+from scheduler.testing.net import free_port, serving, wait_for, wait_for_port
 from scheduler.testing.stack import Service, Stack, redis_url_of, running_stack, start_redis
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "redis_url_of",
     "reset_database",
     "running_stack",
+    "serving",
     "start_redis",
     "submit_script",
     "wait_for",

@@ -64,6 +64,16 @@ def scheduler_overrides() -> dict[str, Any]:
     return {}
 
 
+def s3_overrides_for(request: Any) -> dict[str, Any]:
+    """``scheduler_overrides`` that put storage on the test S3 server (the ``s3_bucket`` fixture) for a test whose
+    name says ``s3``; none for the others."""
+    if "s3" not in request.node.name:
+        return {}
+    s3 = request.getfixturevalue("s3_bucket")
+    return dict(s3_bucket=s3["bucket"], s3_endpoint_url=s3["endpoint_url"], s3_region=s3["region"],
+                s3_access_key_id="testing", s3_secret_access_key="testing")
+
+
 @pytest.fixture()
 def scheduler_env(
     scheduler_db_url: str, redis_url: str, tmp_path: Path, scheduler_overrides: dict[str, Any]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -47,3 +49,31 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout}s for {what}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def serving(
+    app: Any, *, port: int | None = None, lifespan: Literal["auto", "on", "off"] = "auto", timeout: float = 30.0
+) -> Iterator[str]:
+    """``app`` served by a real uvicorn in a thread on 127.0.0.1 (``port``, or a free one) for the block; yields
+    its URL. For tests that need a socket: a CLI, a browser, an SSE reader, a client with its own retries.
+
+    Raises:
+        RuntimeError: uvicorn did not start within ``timeout`` seconds.
+    """
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start on port {port}")
+            thread.join(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

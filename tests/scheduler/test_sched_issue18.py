@@ -17,6 +17,7 @@ from scheduler.services import dispatch
 from scheduler.storage import S3Storage
 from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
 from scheduler.testing.factories import CPU_JOB, cpu_group, gpu_group, start_cpu_job
+from scheduler.testing.fixtures import s3_overrides_for
 from tests.scheduler.test_sched_logs_artifacts import parse_sse
 
 API = "/api/v1"
@@ -24,11 +25,7 @@ API = "/api/v1"
 
 @pytest.fixture()
 def scheduler_overrides(request):
-    if "s3" in request.node.name:
-        s3 = request.getfixturevalue("s3_bucket")
-        return dict(s3_bucket=s3["bucket"], s3_endpoint_url=s3["endpoint_url"], s3_region=s3["region"],
-                    s3_access_key_id="testing", s3_secret_access_key="testing")
-    return {}
+    return s3_overrides_for(request)
 
 
 def _run_on(env, w: InProcessWorker, jid: str, attempt: int = 1) -> dict:

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 
 import sqlalchemy as sa
-import uvicorn
 
 from scheduler.db import WorkerModel
 from scheduler.services import dispatch
 from scheduler.services.liveness import LeaseGate, api_probe
-from scheduler.testing import InProcessWorker, auth, create_worker_token
+from scheduler.testing import InProcessWorker, auth, create_worker_token, serving
 from scheduler.testing.factories import cpu_group, start_cpu_job
 from tests.conftest import free_port
 
@@ -80,23 +78,12 @@ def test_reap_requeues_nothing_while_the_api_is_unreachable_and_does_once_it_is_
     assert c.get(f"/api/v1/jobs/{jid}", headers=auth(user)).json()["state"] == "running"
 
     # the API comes back (a real uvicorn serving the app); the worker still says nothing
-    server = uvicorn.Server(uvicorn.Config(env.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        import time
-
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with serving(env.app, port=port):
         assert reap().lost_workers == []  # healthy now, but not for a full lease yet
         clock.t += 6
         res = reap()
         assert res.lost_workers == [w.worker_id]  # healthy a full lease and still silent: lost
         assert c.get(f"/api/v1/jobs/{jid}", headers=auth(user)).json()["state"] == "queued"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_the_dispatcher_builds_its_reaper_with_the_gate(scheduler_env):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
@@ -12,6 +11,7 @@ from scheduler.services import dispatch
 from scheduler.storage import LocalStorage, ObjectNotFound, S3Storage
 from scheduler.testing import InProcessWorker, auth, create_user, create_worker_token, submit_script
 from scheduler.testing.factories import CPU_JOB, cpu_group, start_cpu_job
+from scheduler.testing.fixtures import s3_overrides_for
 
 
 @pytest.fixture()
@@ -59,20 +59,12 @@ def test_sse_stream_of_a_finished_job_replays_and_ends(running):
 
 def test_sse_stream_is_live(running, scheduler_env):
     """A real server: lines posted while a reader is connected arrive, then ``end`` closes the stream."""
-    import uvicorn
-
-    from tests.conftest import free_port, wait_for_port
+    from scheduler.testing import serving
 
     env, _c, user, w, jid = running
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(env.app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    try:
-        wait_for_port("127.0.0.1", port)
+    with serving(env.app) as url:
         got: list[str] = []
-        with httpx.stream("GET", f"http://127.0.0.1:{port}/api/v1/jobs/{jid}/logs/stream", headers=auth(user),
-                          timeout=30) as resp:
+        with httpx.stream("GET", f"{url}/api/v1/jobs/{jid}/logs/stream", headers=auth(user), timeout=30) as resp:
             lines = resp.iter_lines()
             for line in lines:
                 if line.startswith("data: ") and "started on worker" in line:
@@ -87,9 +79,6 @@ def test_sse_stream_is_live(running, scheduler_env):
             rest = list(lines)
         assert got[-1] == "live!"
         assert "event: end" in rest and "data: failed" in rest
-    finally:
-        server.should_exit = True
-        t.join(10)
 
 
 def test_artifacts_stream_to_storage_and_download_by_signed_link(running):
@@ -163,11 +152,7 @@ def test_s3_backend_against_moto_server(s3_bucket):
 
 @pytest.fixture()
 def scheduler_overrides(request):
-    if "s3" in request.node.name:
-        s3 = request.getfixturevalue("s3_bucket")
-        return dict(s3_bucket=s3["bucket"], s3_endpoint_url=s3["endpoint_url"], s3_region=s3["region"],
-                    s3_access_key_id="testing", s3_secret_access_key="testing")
-    return {}
+    return s3_overrides_for(request)
 
 
 def test_api_on_s3_storage(scheduler_env):

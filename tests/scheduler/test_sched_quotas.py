@@ -130,23 +130,15 @@ def test_the_workers_outbox_drops_a_refused_entry_once_and_delivers_the_rest(sch
     """The real worker outbox against the real API: a 413 is never sent again (no retry loop), the entries
     behind it still go, and the attempt still finishes."""
     import logging
-    import threading
 
-    import uvicorn
-
-    from tests.conftest import free_port, wait_for_port
+    from scheduler.testing import serving
     from worker.client import WorkerClient
     from worker.outbox import Outbox
 
     c, user, w, jid = start_cpu_job(scheduler_env)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(scheduler_env.app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
     caplog.set_level(logging.ERROR, logger="worker.outbox")
-    try:
-        wait_for_port("127.0.0.1", port)
-        client = WorkerClient(f"http://127.0.0.1:{port}", w.token, retries=0)
+    with serving(scheduler_env.app) as url:
+        client = WorkerClient(url, w.token, retries=0)
         box = Outbox(client, jid, 1, tmp_path / "outbox", backoff_s=0.05)
         line = {"ts": 0.0, "stream": "stdout"}
         box.put_logs([{**line, "text": "y" * 700}, {**line, "text": "z" * 700}])
@@ -154,9 +146,6 @@ def test_the_workers_outbox_drops_a_refused_entry_once_and_delivers_the_rest(sch
         box.put_finish("succeeded", 0, None)
         assert box.wait_drained(timeout=60)
         box.close()
-    finally:
-        server.should_exit = True
-        t.join(10)
     refusals = [r for r in caplog.records if "quota_exceeded" in r.getMessage()]
     assert len(refusals) == 1, caplog.text
     text = job_log(c, user, jid)

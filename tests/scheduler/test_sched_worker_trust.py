@@ -290,24 +290,15 @@ def test_the_admin_cli_approves(scheduler_env):
 
 
 def test_the_owner_revokes_with_twinkle_submit_and_lists_the_workers(scheduler_env, capsys):
-    import threading
-
-    import uvicorn
-
+    from scheduler.testing import serving
     from submit.cli import main
-    from tests.conftest import free_port, wait_for_port
 
     c = scheduler_env.client
     owner = create_user(c, "dora")
     w = InProcessWorker(c, create_worker_token(c, owner="dora"), "dora-box", [cpu_group()])
     w.register()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(scheduler_env.app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    try:
-        wait_for_port("127.0.0.1", port)
-        base = ["--server", f"http://127.0.0.1:{port}", "--token", owner]
+    with serving(scheduler_env.app) as url:
+        base = ["--server", url, "--token", owner]
         with pytest.raises(SystemExit) as done:
             main(["workers", *base])
         assert done.value.code in (0, None)
@@ -316,9 +307,6 @@ def test_the_owner_revokes_with_twinkle_submit_and_lists_the_workers(scheduler_e
             main(["revoke-worker", w.worker_id, *base])
         assert done.value.code in (0, None), capsys.readouterr()
         assert "revoked" in capsys.readouterr().out
-    finally:
-        server.should_exit = True
-        t.join(10)
     assert w.claim().status_code == 403
 
 

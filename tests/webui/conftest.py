@@ -106,26 +106,12 @@ def modules(page, ui_only_url):
 @pytest.fixture(scope="module")
 def ui_only_url() -> Iterator[str]:
     """The UI alone (no API behind it) in a uvicorn thread: enough to import and exercise the ES modules."""
-    import threading
-
-    import uvicorn
     from fastapi import FastAPI
-    from webui_testkit import free_port
 
     import webui
+    from scheduler.testing import serving
 
     app = FastAPI()
     webui.mount(app)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        thread.join(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(app) as url:
+        yield url

@@ -4,12 +4,10 @@ UI's "not found" page (the shell, status 404) while API clients still get JSON."
 from __future__ import annotations
 
 import re
-import threading
-import time
 
 import pytest
 
-from scheduler.testing.net import free_port
+from scheduler.testing.net import serving
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 
@@ -41,20 +39,8 @@ def test_unknown_pages_get_the_ui_not_found_page_and_api_clients_json(scheduler_
 
 @pytest.fixture()
 def live_url(scheduler_env):
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(scheduler_env.app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving(scheduler_env.app, lifespan="off") as url:
+        yield url
 
 
 @pytest.mark.browser

@@ -102,11 +102,16 @@ def test_a_non_python_file_shows_an_error_and_submits_nothing(page, stack):
     assert _jobs(stack, token)["total"] == 0
 
 
-def test_python_that_does_not_parse_is_reported_by_the_server_beside_the_code(page, stack):
-    sign_in(page, stack, _user(stack))
+def _paste(page, stack, code: str) -> None:
+    """The submit page with ``code`` pasted in (the form then reads it with the server's script reader)."""
     page.goto(f"{stack.url}/submit")
     page.get_by_label("Paste code").check()
-    page.get_by_label("Code", exact=True).fill("def broken(:\n    pass\n")
+    page.get_by_label("Code", exact=True).fill(code)
+
+
+def test_python_that_does_not_parse_is_reported_by_the_server_beside_the_code(page, stack):
+    sign_in(page, stack, _user(stack))
+    _paste(page, stack, "def broken(:\n    pass\n")
     expect(page.locator("#code-error")).to_contain_text("line 1")
 
 
@@ -128,9 +133,7 @@ def test_an_oversized_upload_shows_the_servers_limit_beside_the_field(page, stac
 def test_device_groups_come_from_the_script_and_can_be_changed(page, stack):
     token = _user(stack)
     sign_in(page, stack, token)
-    page.goto(f"{stack.url}/submit")
-    page.get_by_label("Paste code").check()
-    page.get_by_label("Code", exact=True).fill(SCRIPT)
+    _paste(page, stack, SCRIPT)
     expect(page.locator("#dg-0-name")).to_have_value("actors")
     expect(page.locator("#dg-0-ranks")).to_have_value("2")
     expect(page.locator("#dg-0-device_type")).to_have_value("cpu")
@@ -153,9 +156,7 @@ def test_device_groups_come_from_the_script_and_can_be_changed(page, stack):
 def test_environment_and_arguments_go_with_the_job_and_bad_ones_are_named(page, stack):
     token = _user(stack)
     sign_in(page, stack, token)
-    page.goto(f"{stack.url}/submit")
-    page.get_by_label("Paste code").check()
-    page.get_by_label("Code", exact=True).fill(SCRIPT)
+    _paste(page, stack, SCRIPT)
     expect(page.locator("#dg-0-name")).to_have_value("actors")
     page.get_by_label("Environment variables (optional)").fill("HOME=/root")
     page.get_by_role("button", name="Submit job").click()
@@ -179,9 +180,7 @@ def test_environment_and_arguments_go_with_the_job_and_bad_ones_are_named(page, 
 
 def test_client_side_checks_name_each_bad_device_field(page, stack):
     sign_in(page, stack, _user(stack))
-    page.goto(f"{stack.url}/submit")
-    page.get_by_label("Paste code").check()
-    page.get_by_label("Code", exact=True).fill("print('no groups declared')\n")
+    _paste(page, stack, "print('no groups declared')\n")
     page.get_by_role("button", name="Add a device group").click()
     page.locator("#dg-0-ranks").fill("0")
     page.locator("#dg-0-name").fill("")
@@ -333,9 +332,7 @@ def test_workers_show_their_isolation_and_a_job_can_opt_out_of_the_sandbox(page,
     expect(row.locator("[data-probe]")).to_contain_text("4 × cpu · Test CPU · 0.25 TFLOP/s")
     expect(row.locator("[data-trust]")).to_contain_text("reputation 0.5 · 0 validated")
 
-    page.goto(f"{stack.url}/submit")
-    page.get_by_label("Paste code").check()
-    page.get_by_label("Code", exact=True).fill(SCRIPT)
+    _paste(page, stack, SCRIPT)
     expect(page.locator("#dg-0-name")).to_have_value("actors")
     box = page.get_by_label("Allow a worker without a sandbox")
     expect(box).not_to_be_checked()
@@ -351,9 +348,7 @@ def test_workers_show_their_isolation_and_a_job_can_opt_out_of_the_sandbox(page,
 def test_a_job_is_sandboxed_unless_the_box_is_ticked(page, stack):
     token = _user(stack)
     sign_in(page, stack, token)
-    page.goto(f"{stack.url}/submit")
-    page.get_by_label("Paste code").check()
-    page.get_by_label("Code", exact=True).fill(SCRIPT.replace("ranks=2", "ranks=64"))
+    _paste(page, stack, SCRIPT.replace("ranks=2", "ranks=64"))
     expect(page.locator("#dg-0-ranks")).to_have_value("64")
     page.get_by_role("button", name="Submit job").click()
     page.wait_for_url(re.compile(r"/jobs/[^/]+$"))
@@ -454,9 +449,7 @@ def test_a_pooled_worker_shows_which_job_holds_which_devices_and_logs_show_rank_
 def test_the_submit_page_warns_when_the_launcher_is_unclear_and_lets_the_owner_choose(page, stack):
     token = _user(stack)
     sign_in(page, stack, token)
-    page.goto(f"{stack.url}/submit")
-    page.get_by_label("Paste code").check()
-    page.get_by_label("Code", exact=True).fill(MODE_FROM_ENV)
+    _paste(page, stack, MODE_FROM_ENV)
     expect(page.locator(".warnings")).to_contain_text("--launcher")
     page.get_by_label("Launcher").select_option("torchrun")
     page.get_by_role("button", name="Submit job").click()

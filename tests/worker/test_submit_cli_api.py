@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import os
-import threading
 import time
 import zipfile
 
@@ -16,7 +15,7 @@ import pytest
 from scheduler.services import dispatch
 from scheduler.testing import InProcessWorker, create_worker_token
 from scheduler.testing.factories import cpu_group, create_user
-from scheduler.testing.net import free_port
+from scheduler.testing.net import serving
 from submit.cli import main
 
 JOB = "from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, device_type='cpu')\nprint('hi')\n"
@@ -25,27 +24,16 @@ JOB = "from twinkle import DeviceGroup\nDeviceGroup(name='default', ranks=1, dev
 @pytest.fixture()
 def api(scheduler_env, monkeypatch, tmp_path):
     """The API on http://127.0.0.1:<port>; the CLI's connection set through its environment variables."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(scheduler_env.app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    token = create_user(scheduler_env.client, "alice")
-    monkeypatch.setenv("TWINKLE_API_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("TWINKLE_TOKEN", token)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("COLUMNS", "250")
-    worker = InProcessWorker(scheduler_env.client, create_worker_token(scheduler_env.client), "donor-7", [cpu_group()])
-    worker.register()
-    yield scheduler_env, f"http://127.0.0.1:{port}", worker
-    server.should_exit = True
-    thread.join(10)
+    with serving(scheduler_env.app, lifespan="off") as url:
+        token = create_user(scheduler_env.client, "alice")
+        monkeypatch.setenv("TWINKLE_API_URL", url)
+        monkeypatch.setenv("TWINKLE_TOKEN", token)
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+        monkeypatch.setenv("COLUMNS", "250")
+        client = scheduler_env.client
+        worker = InProcessWorker(client, create_worker_token(client), "donor-7", [cpu_group()])
+        worker.register()
+        yield scheduler_env, url, worker
 
 
 def cli(args, capsys) -> tuple[int, str, str]:
