@@ -7,19 +7,23 @@ then runs two phases on the same server:
 - **baseline**: 30 concurrent clients (the most the API survived before this work: issue 14),
 - **load**: ``--clients`` concurrent clients (default 1,000),
 
-each client an ``httpx.AsyncClient`` with its own connection, doing ``--rounds`` x (``POST /jobs`` with a name
-unique to that submission, then ``GET /jobs?limit=20``), spread over ``--procs`` client processes so the
-clients themselves are not the bottleneck. A separate prober process heartbeats the worker and reads
-``/healthz`` every 0.25 s throughout.
+each client with its own connection, doing ``--rounds`` x (``POST /jobs`` with a name unique to that submission,
+then ``GET /jobs?limit=20``), spread over ``--procs`` client processes. ``--client httpx`` (the default): an
+``httpx.AsyncClient`` each, as a user's script would; ``--client raw``: pre-encoded requests on asyncio streams,
+answers parsed by httptools, as a load generator like ``wrk`` would, at about a tenth of httpx's CPU per request,
+so that on a small machine the figure is the server's and not its clients'. A separate prober process heartbeats
+the worker and reads ``/healthz`` every 0.25 s throughout.
 
-Prints, per phase: submissions/s, p50/p99 submit and list latency, server errors (5xx), time-outs, and the
-heartbeat and healthz max/p99 latency; then the ratio load/baseline of submissions/s. Afterwards it checks the
+Prints, per phase: submissions/s, p50/p99 submit and list latency, server errors (5xx), time-outs, the
+heartbeat and healthz max/p99 latency, and where the machine's CPU went (the API, the clients, the rest: the
+database, Redis, the prober); then the ratio load/baseline of submissions/s. Afterwards it checks the
 database: every submission answered 201 is stored exactly once (by its unique name) and none of the others is.
 
 Exit status 1 if any 5xx, time-out, lost or duplicated job, or late heartbeat (one slower than
 ``LEASE_S - HEARTBEAT_INTERVAL_S``, the slack a lease has) was seen.
 
     python bench/api_load.py [--db sqlite|postgres] [--clients 1000] [--rounds 1] [--procs 2] [--api-workers N]
+        [--client httpx|raw] [--set api_threads=4 ...]   # --set: a scheduler setting of the API under test
         [--compare DIR]   # DIR: another checkout (the baseline's code), measured in the same run
 """
 
@@ -29,13 +33,16 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import ssl
 import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httptools
 import httpx
 
 from scheduler.testing import InProcessWorker, Stack
@@ -128,11 +135,14 @@ class Sample:
     name: str = ""
 
 
-async def _client(url: str, token: str, names: list[str], start_at: float, timeout: float) -> list[Sample]:
+async def _client(url: str, token: str, names: list[str], start_at: float, timeout: float,
+                  tls: ssl.SSLContext) -> list[Sample]:
     out: list[Sample] = []
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    # ``verify=tls``: one TLS context for the process's clients. httpx builds (and loads the CA bundle into) a new
+    # one per client otherwise: 52 ms of CPU each, which for 1,000 clients was most of the machine during the run.
     async with httpx.AsyncClient(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
-                                 timeout=timeout, limits=limits) as c:
+                                 timeout=timeout, limits=limits, verify=tls) as c:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         for name in names:
             t0 = time.perf_counter()
@@ -151,17 +161,89 @@ async def _client(url: str, token: str, names: list[str], start_at: float, timeo
     return out
 
 
+class _RawConnection:
+    """One keep-alive HTTP/1.1 connection sending pre-encoded requests, answers parsed by httptools (uvicorn's own
+    C parser): the load a client like ``wrk`` makes, at a fraction of httpx's CPU per request, so the figure
+    measures the server rather than the clients that share its two cores."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.done = False
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+    async def request(self, data: bytes) -> int:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            self.parser = httptools.HttpResponseParser(self)
+        self.done = False
+        self.writer.write(data)
+        while not self.done:
+            chunk = await self.reader.read(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            self.parser.feed_data(chunk)
+        return int(self.parser.get_status_code())
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def _encoded_submit(host: str, token: str, name: str) -> bytes:
+    b = "twinkle-load-boundary"
+    body = (f'--{b}\r\nContent-Disposition: form-data; name="name"\r\n\r\n{name}\r\n--{b}\r\n'
+            'Content-Disposition: form-data; name="file"; filename="train.py"\r\n'
+            'Content-Type: text/x-python\r\n\r\n').encode() + SCRIPT + f"\r\n--{b}--\r\n".encode()
+    return (f"POST /api/v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: multipart/form-data; boundary={b}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _client_raw(url: str, token: str, names: list[str], start_at: float, timeout: float) -> list[Sample]:
+    """``_client``'s requests over ``_RawConnection``."""
+    parts = urlsplit(url)
+    host = parts.netloc
+    listing = f"GET /api/v1/jobs?limit=20 HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    conn = _RawConnection(parts.hostname or "127.0.0.1", parts.port or 80)
+    out: list[Sample] = []
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    try:
+        for name in names:
+            for kind, data in (("submit", _encoded_submit(host, token, name)), ("list", listing)):
+                t0 = time.perf_counter()
+                try:
+                    status = await asyncio.wait_for(conn.request(data), timeout)
+                except (TimeoutError, OSError, httptools.HttpParserError):
+                    status = 0
+                    conn.close()
+                out.append(Sample(kind, status, time.perf_counter() - t0, name if kind == "submit" else ""))
+    finally:
+        conn.close()
+    return out
+
+
 def _client_proc(url: str, tokens: list[str], plan: list[list[str]], start_at: float, timeout: float,
-                 out: mp.Queue) -> None:
+                 out: mp.Queue, client: str = "httpx") -> None:
+    tls = ssl.create_default_context()
+    cpu0 = sum(os.times()[:2])  # the clients' own work, not this process's imports
+
     async def main() -> list[Sample]:
-        results = await asyncio.gather(
-            *(_client(url, tokens[i % len(tokens)], names, start_at, timeout) for i, names in enumerate(plan))
-        )
+        if client == "raw":
+            calls = [_client_raw(url, tokens[i % len(tokens)], names, start_at, timeout)
+                     for i, names in enumerate(plan)]
+        else:
+            calls = [_client(url, tokens[i % len(tokens)], names, start_at, timeout, tls)
+                     for i, names in enumerate(plan)]
+        results = await asyncio.gather(*calls)
         return [s for r in results for s in r]
 
     samples = asyncio.run(main())
-    t = os.times()
-    out.put(([(s.kind, s.status, s.latency, s.name) for s in samples], t.user + t.system))
+    out.put(([(s.kind, s.status, s.latency, s.name) for s in samples], sum(os.times()[:2]) - cpu0))
 
 
 @dataclass
@@ -173,6 +255,7 @@ class PhaseResult:
     health: list[float] = field(default_factory=list)
     probe_failures: int = 0
     server_cpu_s: float = 0.0
+    machine_cpu_s: float = 0.0
     clients_cpu_s: float = 0.0
 
     def of(self, kind: str) -> list[Sample]:
@@ -206,13 +289,22 @@ class PhaseResult:
             f"max {max(self.beats, default=0):.3f} s ({len(self.beats)} beats, {self.probe_failures} failed); "
             f"healthz max {max(self.health, default=0):.3f} s; API CPU {self.server_cpu_s:.1f} s = "
             f"{1000 * self.server_cpu_s / max(len(self.samples), 1):.1f} ms per request; clients' CPU "
-            f"{self.clients_cpu_s:.1f} s"
+            f"{self.clients_cpu_s:.1f} s = {1000 * self.clients_cpu_s / max(len(self.samples), 1):.1f} ms per request; "
+            f"the rest (database, Redis, prober) {self.machine_cpu_s - self.server_cpu_s - self.clients_cpu_s:.1f} s; "
+            f"machine busy {self.machine_cpu_s:.1f} of {self.wall_s * (os.cpu_count() or 1):.1f} CPU-s"
         )
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (``/proc/stat``: all but idle and iowait), every process."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def run_phase(server: Stack, tokens: list[str], worker: tuple[str, str], clients: int, rounds: int = 1,
-              procs: int = 2, timeout: float = 120.0, tag: str = "") -> PhaseResult:
-    """``clients`` concurrent clients, ``rounds`` submit+list each, in ``procs`` processes; heartbeats probed."""
+              procs: int = 2, timeout: float = 120.0, tag: str = "", client: str = "httpx") -> PhaseResult:
+    """``clients`` concurrent clients, ``rounds`` submit+list each, in ``procs`` processes; heartbeats probed.
+    ``client``: ``httpx`` (an ``httpx.AsyncClient`` each) or ``raw`` (``_RawConnection``)."""
     ctx = mp.get_context("spawn")
     tag = tag or uuid.uuid4().hex[:6]
     plans: list[list[list[str]]] = [[] for _ in range(procs)]
@@ -225,13 +317,15 @@ def run_phase(server: Stack, tokens: list[str], worker: tuple[str, str], clients
     prober.start()
     start_at = time.time() + 2.0 + 0.002 * clients  # every client connected and waiting before the gun
     api = server.service("api")
-    cpu0 = api.cpu_s()
     workers = [
-        ctx.Process(target=_client_proc, args=(server.url, tokens, plan, start_at, timeout, out), daemon=True)
+        ctx.Process(target=_client_proc, args=(server.url, tokens, plan, start_at, timeout, out, client),
+                    daemon=True)
         for plan in plans if plan
     ]
     for p in workers:
         p.start()
+    time.sleep(max(0.0, start_at - time.time()))  # the client processes' start-up is not the load
+    cpu0, machine0 = api.cpu_s(), machine_busy_s()
     samples: list[Sample] = []
     import queue as queue_mod
 
@@ -249,13 +343,14 @@ def run_phase(server: Stack, tokens: list[str], worker: tuple[str, str], clients
                 stop.set()
                 raise RuntimeError(f"client processes failed (exit codes {[p.exitcode for p in workers]})") from exc
     wall = time.time() - start_at
-    cpu = api.cpu_s() - cpu0
+    cpu, machine = api.cpu_s() - cpu0, machine_busy_s() - machine0
     for p in workers:
         p.join()
     stop.set()
     probe = probe_out.get()
     prober.join()
-    return PhaseResult(clients, wall, samples, probe["beats"], probe["health"], probe["failures"], cpu, clients_cpu)
+    return PhaseResult(clients, wall, samples, probe["beats"], probe["health"], probe["failures"], cpu, machine,
+                       clients_cpu)
 
 
 def stored_names(database_url: str, prefix: str) -> list[str]:
@@ -307,7 +402,8 @@ class Target:
     errors: int = 0
 
     def phase(self, args: argparse.Namespace, clients: int, tag: str) -> PhaseResult:
-        result = run_phase(self.server, self.tokens, self.worker, clients, args.rounds, args.procs, tag=tag)
+        result = run_phase(self.server, self.tokens, self.worker, clients, args.rounds, args.procs, tag=tag,
+                           client=args.client)
         print(f"{self.label:>13} {tag:<5}", result.summary(), flush=True)
         self.problems += check_exactly_once(self.database_url, result, tag)
         self.late += [b for b in result.beats if b > LEASE_S - HEARTBEAT_INTERVAL_S]
@@ -324,6 +420,11 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=20)
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--api-workers", type=int, default=1, help="uvicorn processes of the API")
+    ap.add_argument("--client", choices=["httpx", "raw"], default="httpx",
+                    help="httpx: an httpx.AsyncClient per client; raw: pre-encoded requests on asyncio streams, "
+                         "parsed by httptools, for the server's capacity when the clients cost little")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a scheduler setting for the API under test, e.g. --set api_threads=4 (repeatable)")
     ap.add_argument("--compare", type=Path, default=None, metavar="CHECKOUT",
                     help="also run the API from this checkout (e.g. `git archive main | tar -x -C DIR`), on a "
                          "database of its own, with the phases interleaved, and print its CPU per request beside ours")
@@ -342,7 +443,8 @@ def main() -> int:
                 tmp.mkdir()
                 db_url, drop = scratch_database(args.db, tmp, "twinkle_load")
                 drops.append(drop)
-                server = start_api(tmp, db_url, args.redis, api_workers=args.api_workers, source_root=root)
+                extra = dict(kv.split("=", 1) for kv in args.set)
+                server = start_api(tmp, db_url, args.redis, api_workers=args.api_workers, source_root=root, **extra)
                 targets.append(Target(label, db_url, server, make_users(server, args.users), make_worker(server)))
             print(f"{len(targets)} API(s) ({args.api_workers} process(es) each), {args.db}, {os.cpu_count()} CPUs "
                   f"(shared; load average {os.getloadavg()[0]:.1f}), {args.users} users, {args.procs} client processes")

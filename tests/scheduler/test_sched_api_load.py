@@ -57,3 +57,26 @@ def test_150_concurrent_clients_no_server_error_exactly_once_heartbeats_on_time(
     finally:
         server.close()
     assert "Traceback" not in server.service("api").log()
+
+
+@pytest.mark.slow
+def test_the_raw_load_client_sees_what_httpx_sees(tmp_path, redis_url):
+    """``--client raw`` (the cheap load generator): every submission accepted and stored once, its statuses the
+    server's own (a wrong token is 401 through it too)."""
+    bench = load_bench()
+    db_url = f"sqlite:///{tmp_path / 'twinkle.db'}"
+    server = bench.start_api(tmp_path, db_url, redis_url)
+    try:
+        tokens = bench.make_users(server, 3)
+        worker = bench.make_worker(server)
+        phase = bench.run_phase(server, tokens, worker, clients=40, rounds=2, procs=1, timeout=60, tag="raw",
+                                client="raw")
+        assert phase.server_errors == 0 and phase.timeouts == 0, phase.summary()
+        assert len(phase.accepted) == 80 and len(phase.of("list")) == 80, phase.summary()
+        assert {s.status for s in phase.of("list")} == {200}
+        assert bench.check_exactly_once(db_url, phase, "raw") == []
+        refused = bench.run_phase(server, ["not-a-token"], worker, clients=2, rounds=1, procs=1, timeout=60,
+                                  tag="bad", client="raw")
+        assert {s.status for s in refused.samples} == {401}, refused.summary()
+    finally:
+        server.close()

@@ -280,9 +280,10 @@ def test_a_shared_queue_snapshot_serves_estimates_without_reading_the_queue_and_
     placed where a fresh read would place it (last among its user's), with no statement run."""
     import sqlalchemy as sa
 
-    from scheduler.services.queue import estimates
+    from scheduler.services.queue import _snapshots, estimates
 
     env, c = scheduler_env, scheduler_env.client
+    _snapshots.clear()  # tests share database URLs: another test's snapshot may be there
     alice, bob = create_user(c, "alice"), create_user(c, "bob")
     InProcessWorker(c, create_worker_token(c), "cpu-box", [cpu_group()]).register()  # else they are held
     first = [submit_script(c, u, CPU_JOB).json()["id"] for u in (alice, alice, bob)]
@@ -300,6 +301,62 @@ def test_a_shared_queue_snapshot_serves_estimates_without_reading_the_queue_and_
         cached = estimates(s, [job], 60.0)
         assert statements == [], "a warm snapshot answers without reading the queue"
         assert cached[newer].position == estimates(s, [job], 0.0)[newer].position == 4
+
+
+def test_a_stale_queue_snapshot_is_taken_again_by_one_request_while_the_others_answer_from_the_old_one(
+    scheduler_env,
+):
+    """Under load many requests find the snapshot expired at the same moment; only the first reads the queue
+    again, the rest answer from the old snapshot meanwhile, without a statement of their own."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from scheduler.services import queue
+
+    env, c = scheduler_env, scheduler_env.client
+    alice = create_user(c, "alice")
+    InProcessWorker(c, create_worker_token(c), "cpu-box", [cpu_group()]).register()
+    job_id = submit_script(c, alice, CPU_JOB).json()["id"]
+    queue._snapshots.clear()  # tests share database URLs: another test's snapshot may be there
+    with env.rt.db.session() as s:
+        old = queue._snapshot(s, 60.0)
+    old.taken -= 120  # expired
+    reading, release = threading.Event(), threading.Event()
+    real_init = queue._Snapshot.__init__
+
+    def slow_init(self, session):
+        reading.set()
+        assert release.wait(10)
+        real_init(self, session)
+
+    statements: list[str] = []
+    got: list[object] = []
+    try:
+        queue._Snapshot.__init__ = slow_init  # type: ignore[method-assign]
+
+        def first() -> None:
+            with env.rt.db.session() as s:
+                got.append(queue._snapshot(s, 60.0))
+
+        t = threading.Thread(target=first)
+        t.start()
+        assert reading.wait(10)
+        sa.event.listen(env.rt.db.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        with env.rt.db.session() as s:
+            during = queue._snapshot(s, 60.0)
+            job = s.get(JobModel, job_id)
+            statements.clear()
+            assert queue.estimates(s, [job], 60.0)[job_id].position == 1
+        assert during is old and statements == [], "while one request reads the queue, the others use the old one"
+        release.set()
+        t.join(10)
+    finally:
+        release.set()
+        queue._Snapshot.__init__ = real_init  # type: ignore[method-assign]
+    assert got and got[0] is not old
+    with env.rt.db.session() as s:
+        assert queue._snapshot(s, 60.0) is got[0], "the new snapshot replaces the old one"
 
 
 def test_held_jobs_have_no_place_and_only_competitors_count(scheduler_env):
