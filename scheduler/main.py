@@ -166,6 +166,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         # Sync routes and streamed bodies share this limit; keep it within the pool (see Settings).
         anyio.to_thread.current_default_thread_limiter().total_tokens = rt.settings.api_threads
         yield
+        if "waker" in rt.__dict__:
+            await rt.waker.aclose()
         if runtime is None:
             rt.close()
 

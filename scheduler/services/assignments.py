@@ -62,6 +62,9 @@ def wake(r: redis.Redis | None, worker_ids: Iterable[str]) -> None:
         log.warning("could not wake %d worker(s) (%s); their claims find the assignments by polling", len(ids), exc)
 
 
+CLIENT_NAME = "twinkle-api-waker"  # how the waker's connections show in Redis' CLIENT LIST
+
+
 class Waker:
     """The API side: wait up to ``timeout_s`` for a poke (``BLPOP``) on an asyncio Redis client of the running
     loop, so a waiting claim holds no thread and no database connection. Redis down: just sleep."""
@@ -76,9 +79,16 @@ class Waker:
         if client is None:
             # socket_timeout above the longest block, so a BLPOP is never cut short by its own client
             client = self._clients[key] = aioredis.Redis.from_url(
-                self.redis_url, socket_connect_timeout=2, socket_timeout=POLL_S + 5
+                self.redis_url, socket_connect_timeout=2, socket_timeout=POLL_S + 5, client_name=CLIENT_NAME
             )
         return client
+
+    async def aclose(self) -> None:
+        """Close the running loop's client and its connections (the API's shutdown): one per claim that waited
+        at once, which would otherwise stay open on Redis until the process is gone."""
+        client = self._clients.pop(id(asyncio.get_running_loop()), None)
+        if client is not None:
+            await client.aclose()
 
     async def wait(self, worker_id: str, timeout_s: float) -> bool:
         """True when poked; False after ``timeout_s`` (or when Redis failed: then after sleeping it out)."""

@@ -282,3 +282,34 @@ def test_a_stalled_redis_fails_the_dispatchers_poke_in_seconds_instead_of_hangin
     finally:
         listener.close()
     assert w.claim().json() == {"job_id": jid, "attempt": 1}  # committed: the claim finds it without the poke
+
+
+def test_the_api_closes_the_redis_connections_of_waiting_claims_when_it_shuts_down(
+    scheduler_db_url, redis_url, tmp_path
+):
+    """A claim waits on a Redis connection of the API's waker; at shutdown those are closed, not left open on
+    Redis until the process is gone."""
+    from fastapi.testclient import TestClient
+
+    from scheduler.testing.fixtures import make_app, make_settings, reset_database
+
+    app, rt = make_app(make_settings(tmp_path, database_url=scheduler_db_url, redis_url=redis_url,
+                                     run_migrations=False))
+    reset_database(rt.db)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def wakers() -> set[str]:
+        return {c["id"] for c in r.client_list() if c.get("name") == assignments.CLIENT_NAME}
+
+    before = wakers()  # another process's, if any
+    try:
+        with TestClient(app) as c:
+            w = InProcessWorker(c, create_worker_token(c), "box", [cpu_group()])
+            w.register()
+            assert w.claim(wait=0.2).status_code == 204
+            ours = wakers() - before
+            assert ours, "the claim waited on the waker's connection"
+        assert not ours & wakers(), "the API's shutdown closed them"
+    finally:
+        rt.close()
+        r.close()
