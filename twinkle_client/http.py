@@ -69,9 +69,11 @@ def _proxy_headers(proxy: urllib.parse.SplitResult) -> dict[str, str]:
     return {"Proxy-Authorization": "Basic " + base64.b64encode(user.encode()).decode()}
 
 
-def _connection(url: urllib.parse.SplitResult, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
-    """This thread's connection to the server, reused while the server keeps it open, and whether requests on it
-    name the absolute URL (plain HTTP through a proxy; HTTPS goes through a ``CONNECT`` tunnel instead).
+def _connection(
+    url: urllib.parse.SplitResult, timeout: float
+) -> tuple[http.client.HTTPConnection, urllib.parse.SplitResult | None]:
+    """This thread's connection to the server, reused while the server keeps it open, and the proxy when requests
+    on it must name the absolute URL (plain HTTP through a proxy; HTTPS goes through a ``CONNECT`` tunnel instead).
 
     ``http.client`` rather than ``requests``: a training step is a few small calls, and ``requests`` costs
     about 1-2 ms of client CPU per call on top (bench/multitenant.py measures the client's share).
@@ -95,7 +97,7 @@ def _connection(url: urllib.parse.SplitResult, timeout: float) -> tuple[http.cli
     conn.timeout = timeout
     if conn.sock is not None:
         conn.sock.settimeout(timeout)
-    return conn, proxy is not None and url.scheme != "https"
+    return conn, proxy if url.scheme != "https" else None
 
 
 def _dropped(conn: http.client.HTTPConnection) -> bool:
@@ -120,11 +122,10 @@ def request(method: str, path: str, body: Any = None, timeout: float = 600, **pa
     if body is not None:
         payload = json.dumps(body).encode()
         send["Content-Type"] = "application/json"
-    conn, absolute = _connection(url, timeout)
-    if absolute:  # through an HTTP proxy: the request line names the server
-        proxy = _proxy_for(url)
+    conn, http_proxy = _connection(url, timeout)
+    if http_proxy is not None:  # through an HTTP proxy: the request line names the server
         target = f"{url.scheme}://{url.netloc}{target}"
-        send.update(_proxy_headers(proxy) if proxy else {})
+        send.update(_proxy_headers(http_proxy))
     try:
         conn.request(method, target, body=payload, headers=send)
         response = conn.getresponse()

@@ -4,7 +4,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from sqlalchemy.orm import Session
 
 from contract import routes
 from contract.jobs import (
@@ -96,18 +95,10 @@ async def create_job(request: Request, user: CurrentUser, rt: RuntimeDep) -> Job
     ``pending_reason``, since a matching donor may join later.
     """
     filename, data, fields = await read_upload(request, rt.settings.max_bundle_bytes)
-
-    def prepare_and_submit(session: Session) -> Job:
-        # one trip to a thread for both: reading the script needs no connection, and the session takes one
-        # only at its first statement, after the bundle is stored
-        sub = jobs_service.prepare(
-            filename, data, fields.get("entrypoint"), fields.get("name"), fields.get("request"),
-            fields.get("allow_unsandboxed"), rt.settings.archive_limits, fields.get("launcher"), fields.get("env"),
-            fields.get("args"),
-        )
-        return jobs_service.submit(session, rt.storage, user, sub, rt.settings.queue_estimate_ttl_s)
-
-    return await rt.in_session(prepare_and_submit)
+    s = rt.settings
+    return await rt.in_session(
+        jobs_service.submit_upload, rt.storage, user, filename, data, fields, s.archive_limits, s.queue_estimate_ttl_s
+    )
 
 
 @router.post(routes.JOB_RESUBMIT, status_code=201, response_model=Job)

@@ -465,6 +465,20 @@ def submit(session: Session, storage: Storage, user: UserModel, sub: Submission,
     return views(session, [job], ttl_s)[0]
 
 
+def submit_upload(
+    session: Session, storage: Storage, user: UserModel, filename: str, data: bytes, fields: dict[str, str],
+    limits: ArchiveLimits, ttl_s: float = 0.0,
+) -> Job:
+    """``POST /jobs``: read the uploaded script or bundle with its form ``fields`` and store it as a job. One thread
+    call for both: reading needs no connection, and the session takes one only at its first statement, after the
+    bundle is stored."""
+    sub = prepare(
+        filename, data, fields.get("entrypoint"), fields.get("name"), fields.get("request"),
+        fields.get("allow_unsandboxed"), limits, fields.get("launcher"), fields.get("env"), fields.get("args"),
+    )
+    return submit(session, storage, user, sub, ttl_s)
+
+
 def job_view(session: Session, user: UserModel, job_id: str, ttl_s: float = 0.0) -> Job:
     """One job with its queue position and expected start (while queued)."""
     return views(session, [get_job(session, user, job_id)], ttl_s)[0]

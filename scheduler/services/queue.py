@@ -205,6 +205,12 @@ _retaking: set[str] = set()  # database URLs whose snapshot a request of this pr
 _snapshots_lock = threading.Lock()
 
 
+def forget_snapshots() -> None:
+    """Drop this process's snapshots: the next estimate reads the queue again."""
+    with _snapshots_lock:
+        _snapshots.clear()
+
+
 def _snapshot(session: Session, ttl_s: float) -> _Snapshot:
     """The process's snapshot of the queue, taken again once it is ``ttl_s`` old, by one request only: while it
     reads, the others keep answering from the old one (at most one read's time staler). Without this, every

@@ -47,10 +47,14 @@ def make_app(settings: Settings) -> tuple[Any, Any]:
 
 
 def reset_database(db: Database) -> None:
-    """Empty every table (children first), keeping the migrated schema."""
+    """Empty every table (children first), keeping the migrated schema, and forget this process's queue snapshots
+    of it (tests reuse database URLs: an earlier test's snapshot would describe a queue that is gone)."""
+    from scheduler.services import queue
+
     with db.engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(sa.delete(table))
+    queue.forget_snapshots()
 
 
 def _api(template: str, **params: object) -> str:

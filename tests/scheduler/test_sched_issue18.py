@@ -280,10 +280,9 @@ def test_a_shared_queue_snapshot_serves_estimates_without_reading_the_queue_and_
     placed where a fresh read would place it (last among its user's), with no statement run."""
     import sqlalchemy as sa
 
-    from scheduler.services.queue import _snapshots, estimates
+    from scheduler.services.queue import estimates
 
     env, c = scheduler_env, scheduler_env.client
-    _snapshots.clear()  # tests share database URLs: another test's snapshot may be there
     alice, bob = create_user(c, "alice"), create_user(c, "bob")
     InProcessWorker(c, create_worker_token(c), "cpu-box", [cpu_group()]).register()  # else they are held
     first = [submit_script(c, u, CPU_JOB).json()["id"] for u in (alice, alice, bob)]
@@ -318,7 +317,6 @@ def test_a_stale_queue_snapshot_is_taken_again_by_one_request_while_the_others_a
     alice = create_user(c, "alice")
     InProcessWorker(c, create_worker_token(c), "cpu-box", [cpu_group()]).register()
     job_id = submit_script(c, alice, CPU_JOB).json()["id"]
-    queue._snapshots.clear()  # tests share database URLs: another test's snapshot may be there
     with env.rt.db.session() as s:
         old = queue._snapshot(s, 60.0)
     old.taken -= 120  # expired
